@@ -1,0 +1,1 @@
+"""Model engines: everything that touches a tensor. Never imports protobuf or the daemon."""
