@@ -1,0 +1,58 @@
+"""Generate the Python stubs for `protos/galactic/v1/*.proto` (the only way they are made).
+
+    python protos/generate.py OUT_DIR          # write galactic/v1/*_pb2{,_grpc}.py{,i}
+    python protos/generate.py --check OUT_DIR  # exit 1 if OUT_DIR differs from a fresh run
+
+The proto path mirrors the package (`-I protos`, files under `galactic/v1/`) so generated
+modules import each other as `galactic.v1.x_pb2`, not as top-level siblings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import sys
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+import google.rpc
+from grpc_tools import protoc
+
+ROOT = Path(__file__).resolve().parent
+PACKAGE = Path("galactic/v1")
+
+
+def generate(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    wkt = str(resources.files("grpc_tools") / "_proto")
+    # google/rpc/status.proto ships with googleapis-common-protos.
+    googleapis = str(Path(google.rpc.__path__[0]).parent.parent)
+    protos = sorted(str(p.relative_to(ROOT)) for p in (ROOT / PACKAGE).glob("*.proto"))
+    args = ["protoc", f"-I{ROOT}", f"-I{wkt}", f"-I{googleapis}", f"--python_out={out}",
+            f"--pyi_out={out}", f"--grpc_python_out={out}", *protos]
+    if protoc.main(args) != 0:
+        raise SystemExit("protoc failed")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--check", action="store_true")
+    args = parser.parse_args()
+    if not args.check:
+        generate(args.out)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        generate(Path(tmp))
+        fresh, committed = Path(tmp) / PACKAGE, args.out / PACKAGE
+        names = {p.name for p in fresh.glob("*_pb2*")} | {p.name for p in committed.glob("*_pb2*")}
+        drift = [n for n in sorted(names) if not (fresh / n).exists() or not (committed / n).exists()
+                 or not filecmp.cmp(fresh / n, committed / n, shallow=False)]
+    if drift:
+        print(f"generated stubs drift from protos/: {', '.join(drift)}; run `make protos`", file=sys.stderr)
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
