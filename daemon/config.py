@@ -1,0 +1,184 @@
+"""The daemon's configuration: one TOML file, `GALACTIC_*` overrides, one frozen object.
+
+Built once in `daemon.main` and passed down; nothing else reads files or the environment.
+Sections: `[server]`, `[telemetry]`, `[security]`, plus one table per engine kind named in
+`daemon/registry.py` (`[llm]`, `[coordination]`), each typed by its engine's own config
+class. An engine table with `enabled = false` (or absent) serves nothing.
+
+Environment overrides use a double underscore between levels, e.g.
+`GALACTIC_SERVER__LISTEN=0.0.0.0:50051`, `GALACTIC_LLM__SCHEDULER__MAX_RUNNING=64`,
+`GALACTIC_COORDINATION__ENABLED=false`. Every error names the dotted key.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from engines.config import ConfigError, _parse_scalar, check, from_mapping, replace_path
+
+from daemon import registry
+
+ENV_PREFIX = "GALACTIC_"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    # host:port to listen on; port 0 picks a free port (tests).
+    listen: str = "127.0.0.1:50051"
+    # Largest request message accepted. Tensors and 10k-target coordination calls are big;
+    # gRPC's own default (4 MiB) is too small for them and silently caps clients.
+    max_receive_message_bytes: int = 64 * 1024 * 1024
+    # Largest response message sent.
+    max_send_message_bytes: int = 64 * 1024 * 1024
+    # On SIGTERM/SIGINT: seconds in-flight calls get to finish before they are cancelled.
+    grace_period_s: float = 30.0
+    # Calls handled at once; more wait in gRPC's queue (0 = unlimited).
+    max_concurrent_rpcs: int = 0
+    # Seconds between HTTP/2 keepalive pings to clients (detects dead peers on long streams).
+    keepalive_time_s: float = 30.0
+    # Serve grpc.reflection (lets grpcurl and similar tools list services).
+    reflection: bool = True
+
+    def __post_init__(self) -> None:
+        host, sep, port = self.listen.rpartition(":")
+        check(bool(sep) and bool(host) and port.isdigit() and int(port) < 65536, "listen",
+              f"expected HOST:PORT, got {self.listen!r}")
+        check(self.max_receive_message_bytes >= 1024, "max_receive_message_bytes", "must be >= 1024")
+        check(self.max_send_message_bytes >= 1024, "max_send_message_bytes", "must be >= 1024")
+        check(self.grace_period_s >= 0, "grace_period_s", "must be >= 0")
+        check(self.max_concurrent_rpcs >= 0, "max_concurrent_rpcs", "must be >= 0")
+        check(self.keepalive_time_s > 0, "keepalive_time_s", "must be > 0")
+
+
+@dataclass(frozen=True)
+class TelemetryConfig:
+    # debug | info | warning | error
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # auto = pretty on a terminal, JSON lines otherwise (journald, files).
+    log_format: Literal["auto", "json", "console"] = "auto"
+    # Where spans go: none, console (stderr), or otlp (gRPC to otlp_endpoint).
+    tracing: Literal["none", "console", "otlp"] = "none"
+    # OTLP/gRPC collector address, for tracing = "otlp".
+    otlp_endpoint: str = "http://127.0.0.1:4317"
+    # service.name resource attribute on every span.
+    service_name: str = "galacticd"
+    # host:port for Prometheus' /metrics; empty disables the HTTP endpoint.
+    metrics_listen: str = "127.0.0.1:9464"
+
+    def __post_init__(self) -> None:
+        if self.metrics_listen:
+            host, sep, port = self.metrics_listen.rpartition(":")
+            check(bool(sep) and port.isdigit(), "metrics_listen", f"expected HOST:PORT or empty, got {self.metrics_listen!r}")
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    # PEM server certificate and key; both empty = plaintext (loopback / inside a mesh).
+    tls_cert: str = ""
+    tls_key: str = ""
+    # PEM CA bundle; when set, clients must present a certificate it signed (mTLS).
+    tls_client_ca: str = ""
+    # File with one bearer token per line; when set, every call except health must send
+    # `authorization: Bearer <token>` (UNAUTHENTICATED otherwise).
+    api_keys_file: str = ""
+
+    def __post_init__(self) -> None:
+        check(bool(self.tls_cert) == bool(self.tls_key), "tls_cert",
+              "tls_cert and tls_key must be set together")
+        check(not self.tls_client_ca or bool(self.tls_cert), "tls_client_ca", "needs tls_cert and tls_key")
+        for name in ("tls_cert", "tls_key", "tls_client_ca", "api_keys_file"):
+            value = getattr(self, name)
+            check(not value or Path(value).is_file(), name, f"no such file: {value}")
+
+
+@dataclass(frozen=True)
+class GalacticConfig:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    # Engine kind -> that engine's typed, frozen config; only enabled engines appear.
+    engines: Mapping[str, Any] = field(default_factory=dict)
+
+
+def default_toml() -> str:
+    """The commented default configuration (what `galacticd config --print-default` writes)."""
+    return (Path(__file__).parent / "default.toml").read_text()
+
+
+def load(path: Path | None = None, env: Mapping[str, str] | None = None,
+         overrides: Mapping[str, str] | None = None) -> GalacticConfig:
+    """Parse TOML (the embedded default when `path` is None), apply env and CLI overrides.
+
+    Raises ConfigError naming the dotted key at fault.
+    """
+    if path is None:
+        text, origin = default_toml(), "<default>"
+    else:
+        try:
+            text, origin = Path(path).read_text(), str(path)
+        except OSError as exc:
+            raise ConfigError("", f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("", f"{origin} is not valid TOML: {exc}") from None
+    items = _env_items(env or {}) + list((overrides or {}).items())
+    # `enabled` is the daemon's switch, not the engine's; apply overrides to it here so an
+    # environment variable can turn a whole engine on or off.
+    for key, raw in items:
+        section, _, rest = key.partition(".")
+        if rest == "enabled":
+            data.setdefault(section, {})["enabled"] = _parse_scalar(bool, raw, key)
+    config = build(data)
+    for key, raw in items:
+        section, _, rest = key.partition(".")
+        if rest == "enabled":
+            continue
+        if section in config.engines:
+            engines = dict(config.engines)
+            engines[section] = replace_path(engines[section], rest, raw) if rest else _fail(key)
+            config = replace(config, engines=engines)
+        elif section in registry.KINDS:
+            continue  # an override for a disabled engine changes nothing
+        else:
+            config = replace_path(config, key, raw)
+    return config
+
+
+def build(data: Mapping[str, Any]) -> GalacticConfig:
+    """Validate a parsed TOML document into GalacticConfig."""
+    plain = {k: v for k, v in data.items() if k not in registry.KINDS}
+    engines: dict[str, Any] = {}
+    for kind, table in data.items():
+        if kind not in registry.KINDS:
+            continue
+        if not isinstance(table, dict):
+            raise ConfigError(kind, "expected a table")
+        table = dict(table)
+        enabled = table.pop("enabled", True)
+        if not isinstance(enabled, bool):
+            raise ConfigError(f"{kind}.enabled", f"expected a boolean, got {enabled!r}")
+        if enabled:
+            engines[kind] = from_mapping(registry.KINDS[kind].config_class(), table, kind)
+    unknown = set(plain) - {"server", "telemetry", "security"}
+    if unknown:
+        known = ", ".join(["server", "telemetry", "security", *registry.KINDS])
+        raise ConfigError(sorted(unknown)[0], f"unknown section (known: {known})")
+    config = from_mapping(GalacticConfig, plain)
+    return replace(config, engines=engines)
+
+
+def _env_items(env: Mapping[str, str]) -> list[tuple[str, str]]:
+    items = []
+    for name, value in sorted(env.items()):
+        if name.startswith(ENV_PREFIX) and "__" in name:
+            dotted = name[len(ENV_PREFIX):].lower().replace("__", ".")
+            items.append((dotted, value))
+    return items
+
+
+def _fail(key: str) -> Any:
+    raise ConfigError(key, "an engine section cannot be replaced whole; set its keys")

@@ -1,0 +1,154 @@
+"""The boundary every RPC crosses: admission (drain, auth), tracing, logging context,
+metrics, and the mapping of domain errors to gRPC status codes.
+
+One interceptor wraps each method handler, whatever its cardinality, so a servicer holds
+only translation code: it raises `engines.errors` exceptions and this module turns them
+into a status (`daemon/errors.py`), records the code, and logs unexpected failures with
+their traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import time
+import uuid
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import grpc
+import structlog
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from daemon import errors, metrics
+
+log = structlog.get_logger("galacticd.rpc")
+tracer = trace.get_tracer("galacticd")
+
+# Health and reflection answer during drain (health must say NOT_SERVING) and need no token.
+EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+class Admission:
+    """Shared state of the boundary: in-flight count and the draining flag."""
+
+    def __init__(self, api_keys: frozenset[str] = frozenset()) -> None:
+        self.draining = False
+        self.in_flight = 0
+        self.api_keys = api_keys
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.in_flight += 1
+        self._idle.clear()
+        metrics.RPC_IN_FLIGHT.inc()
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        metrics.RPC_IN_FLIGHT.dec()
+        if self.in_flight == 0:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """True if every admitted call finished within `timeout` seconds."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+
+def _trace_ids(span) -> dict[str, str]:
+    ctx = span.get_span_context()
+    return {"trace_id": format(ctx.trace_id, "032x")} if ctx.is_valid else {}
+
+
+class BoundaryInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, admission: Admission) -> None:
+        self._admission = admission
+
+    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(EXEMPT_PREFIXES):
+            return handler
+        method = details.method
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(method, handler.unary_unary),
+                handler.request_deserializer, handler.response_serializer)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                self._wrap_unary(method, handler.stream_unary),
+                handler.request_deserializer, handler.response_serializer)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(method, handler.unary_stream),
+                handler.request_deserializer, handler.response_serializer)
+        return grpc.stream_stream_rpc_method_handler(
+            self._wrap_stream(method, handler.stream_stream),
+            handler.request_deserializer, handler.response_serializer)
+
+    def _wrap_unary(self, method: str, behavior: Callable[..., Awaitable[Any]]):
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async with self._call(method, context):
+                return await behavior(request, context)
+        return unary
+
+    def _wrap_stream(self, method: str, behavior: Callable[..., AsyncIterator[Any]]):
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async with self._call(method, context):
+                async for response in behavior(request, context):
+                    yield response
+        return stream
+
+    @contextlib.asynccontextmanager
+    async def _call(self, method: str, context: grpc.aio.ServicerContext):
+        metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        await self._admit(method, metadata, context)
+        request_id = metadata.get("x-request-id") or uuid.uuid4().hex[:16]
+        parent = propagate.extract(metadata)  # continues the client's W3C traceparent
+        start = time.perf_counter()
+        code = grpc.StatusCode.OK
+        self._admission.enter()
+        metrics.RPC_REQUESTS.labels(method).inc()
+        with tracer.start_as_current_span(method, context=parent, kind=SpanKind.SERVER) as span, \
+                structlog.contextvars.bound_contextvars(request_id=request_id, method=method, **_trace_ids(span)):
+            span.set_attribute("rpc.system", "grpc")
+            span.set_attribute("galactic.request_id", request_id)
+            try:
+                yield
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception as exc:  # the one place a domain error becomes a status
+                code = errors.code_for(exc)
+                if code is grpc.StatusCode.INTERNAL:
+                    log.exception("rpc failed")
+                else:
+                    log.info("rpc rejected", code=code.name, reason=str(exc))
+                await context.abort(code, errors.message_for(exc))
+            finally:
+                elapsed = time.perf_counter() - start
+                self._admission.leave()
+                metrics.RPC_LATENCY.labels(method).observe(elapsed)
+                if code is not grpc.StatusCode.OK:
+                    metrics.RPC_ERRORS.labels(method, code.name).inc()
+                    span.set_status(Status(StatusCode.ERROR, code.name))
+                span.set_attribute("rpc.grpc.status_code", code.value[0])
+                log.debug("rpc done", code=code.name, ms=round(elapsed * 1e3, 2))
+
+    async def _admit(self, method: str, metadata: dict[str, str], context) -> None:
+        if self._admission.draining:
+            metrics.RPC_ERRORS.labels(method, "UNAVAILABLE").inc()
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is draining; retry on another host")
+        if self._admission.api_keys:
+            scheme, _, token = metadata.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not any(
+                    hmac.compare_digest(token, key) for key in self._admission.api_keys):
+                metrics.RPC_ERRORS.labels(method, "UNAUTHENTICATED").inc()
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or unknown bearer token")

@@ -1,0 +1,204 @@
+"""The daemon's lifecycle: build engines, serve, report health and readiness, drain.
+
+    start():  bind the port (health NOT_SERVING), load every engine on a worker thread while
+              systemd's start timeout is extended, start them, mark each service SERVING
+              once all engines behind it are ready, then READY=1.
+    drain():  STOPPING=1, health NOT_SERVING, new calls UNAVAILABLE, in-flight calls get
+              the grace period, engines stop, the server stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from daemon import registry
+from daemon.config import GalacticConfig
+from daemon.interceptors import Admission, BoundaryInterceptor
+from daemon.metrics import MetricsEndpoint
+from daemon.systemd import Notifier
+
+log = structlog.get_logger("galacticd")
+
+# How much more start-up time to ask systemd for on each progress report while loading.
+_LOAD_EXTENSION_S = 120.0
+
+
+def _add_generation(server, engines):
+    from galactic.v1 import generation_pb2_grpc
+    from daemon.servicers.generation import GenerationServicer
+    generation_pb2_grpc.add_GenerationServicer_to_server(GenerationServicer(engines), server)
+
+
+def _add_inference(server, engines):
+    from galactic.v1 import inference_pb2_grpc
+    from daemon.servicers.inference import InferenceServicer
+    inference_pb2_grpc.add_InferenceServicer_to_server(InferenceServicer(engines), server)
+
+
+def _add_coordination(server, engines):
+    from galactic.v1 import coordination_pb2_grpc
+    from daemon.servicers.coordination import CoordinationServicer
+    # One coordinator per daemon: the first engine that backs the service.
+    coordination_pb2_grpc.add_CoordinationServicer_to_server(CoordinationServicer(next(iter(engines.values()))), server)
+
+
+# gRPC service -> how to mount it over the engines that back it (ModelInfo.services).
+SERVICES: dict[str, Callable] = {
+    "galactic.v1.Generation": _add_generation,
+    "galactic.v1.Inference": _add_inference,
+    "galactic.v1.Coordination": _add_coordination,
+}
+ADMIN = "galactic.v1.Admin"
+
+
+@dataclass
+class Daemon:
+    config: GalacticConfig
+    env: Mapping[str, str] = field(default_factory=dict)
+    port: int = 0
+    engines: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.notifier = Notifier(self.env)
+        self.admission = Admission(self._api_keys())
+        self.health = HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self._metrics: MetricsEndpoint | None = None
+        self._backing: dict[str, dict[str, object]] = {}
+        self._stopped = asyncio.Event()
+
+    @property
+    def metrics_port(self) -> int:
+        return self._metrics.port if self._metrics else 0
+
+    async def start(self) -> None:
+        cfg = self.config
+        for kind, engine_cfg in cfg.engines.items():
+            engine = registry.KINDS[kind].engine_class()(engine_cfg)
+            self.engines[engine.name] = engine
+        for engine in self.engines.values():
+            for service in engine.info().services:
+                self._backing.setdefault(service, {})[engine.name] = engine
+
+        server = grpc.aio.server(
+            interceptors=[BoundaryInterceptor(self.admission)],
+            options=self._channel_options(),
+            maximum_concurrent_rpcs=cfg.server.max_concurrent_rpcs or None,
+        )
+        for service, engines in self._backing.items():
+            SERVICES[service](server, engines)
+        from galactic.v1 import admin_pb2_grpc
+        from daemon.servicers.admin import AdminServicer
+        llms = self._backing.get("galactic.v1.Generation", {})
+        admin_pb2_grpc.add_AdminServicer_to_server(
+            AdminServicer(self.engines, llms, lambda: self.admission.in_flight), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        names = [*self._backing, ADMIN, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
+        if cfg.server.reflection:
+            reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
+        for name in ["", *names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.port = self._bind(server)
+        self._server = server
+        await server.start()
+        self._metrics = MetricsEndpoint(cfg.telemetry.metrics_listen, lambda: list(self.engines.values()))
+        self.notifier.start_watchdog()
+        log.info("listening", port=self.port, services=names, metrics_port=self.metrics_port)
+
+        await self._load_engines()
+        for name in ["", *names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.notifier.ready(f"serving {len(self.engines)} model(s) on port {self.port}")
+        log.info("ready", models=list(self.engines))
+
+    async def _load_engines(self) -> None:
+        loop = asyncio.get_running_loop()
+        for name, engine in self.engines.items():
+            started = time.monotonic()
+
+            def progress(phrase: str, name: str = name) -> None:
+                # Called from the loading thread: the socket write is thread-safe, and each
+                # report buys the load another extension of systemd's start timeout.
+                self.notifier.extend_timeout(_LOAD_EXTENSION_S, f"loading {name}: {phrase}")
+                log.info("loading", model=name, step=phrase)
+
+            progress("starting")
+            await asyncio.to_thread(engine.load, progress)
+            await engine.start(loop)
+            log.info("model ready", model=name, seconds=round(time.monotonic() - started, 2))
+
+    async def drain(self) -> None:
+        """Graceful stop; safe to call once. Returns when everything has stopped."""
+        grace = self.config.server.grace_period_s
+        deadline = time.monotonic() + grace
+        self.notifier.stopping()
+        self.admission.draining = True
+        await self.health.enter_graceful_shutdown()
+        log.info("draining", in_flight=self.admission.in_flight, grace_s=grace)
+        finished = await self.admission.wait_idle(grace)
+        if not finished:
+            log.warning("grace period over; cancelling in-flight calls", in_flight=self.admission.in_flight)
+        for engine in self.engines.values():
+            await engine.stop(max(0.0, deadline - time.monotonic()))
+        if self._server is not None:
+            await self._server.stop(0)
+        if self._metrics is not None:
+            self._metrics.close()
+        await self.notifier.stop_watchdog()
+        log.info("stopped")
+        self._stopped.set()
+
+    async def serve_until_signal(self) -> None:
+        """start(), then wait for SIGTERM or SIGINT and drain."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        await stop.wait()
+        await self.drain()
+
+    def _bind(self, server: grpc.aio.Server) -> int:
+        sec, listen = self.config.security, self.config.server.listen
+        if sec.tls_cert:
+            creds = grpc.ssl_server_credentials(
+                [(Path(sec.tls_key).read_bytes(), Path(sec.tls_cert).read_bytes())],
+                root_certificates=Path(sec.tls_client_ca).read_bytes() if sec.tls_client_ca else None,
+                require_client_auth=bool(sec.tls_client_ca))
+            port = server.add_secure_port(listen, creds)
+        else:
+            port = server.add_insecure_port(listen)
+        if not port:  # older grpc returns 0 instead of raising
+            raise OSError(f"cannot listen on {listen}")
+        return port
+
+    def _channel_options(self) -> list[tuple[str, int]]:
+        s = self.config.server
+        return [
+            ("grpc.max_receive_message_length", s.max_receive_message_bytes),
+            ("grpc.max_send_message_length", s.max_send_message_bytes),
+            ("grpc.keepalive_time_ms", int(s.keepalive_time_s * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+            # gRPC sets SO_REUSEPORT by default on Linux: a second daemon would then share
+            # the port silently. Fail loudly instead.
+            ("grpc.so_reuseport", 0),
+        ]
+
+    def _api_keys(self) -> frozenset[str]:
+        path = self.config.security.api_keys_file
+        if not path:
+            return frozenset()
+        keys = {line.strip() for line in Path(path).read_text().splitlines()}
+        return frozenset(k for k in keys if k and not k.startswith("#"))

@@ -1,0 +1,184 @@
+"""Generation service: `Generate` (server streaming) and `Session` (bidi, many requests)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from typing import AsyncIterator, Mapping
+
+import grpc
+from opentelemetry import context as otel_context
+
+from galactic.v1 import generation_pb2 as pb
+from galactic.v1 import generation_pb2_grpc
+
+from daemon.errors import to_status
+from daemon.servicers import deadline_of, pick
+from engines.errors import AlreadyExists, InvalidArgument, NotFound
+from engines.llm.types import ChatMessage, FinalOutput, GenerationRequest, SamplingParams, TokenChunk
+
+
+def to_request(msg: pb.GenerateRequest, request_id: str, deadline: float | None) -> GenerationRequest:
+    """protobuf -> engine dataclass. Unset optional fields keep the engine's defaults."""
+    which = msg.WhichOneof("input")
+    if which is None:
+        raise InvalidArgument("set either prompt or messages", field="prompt")
+    s, st = msg.sampling, msg.stopping
+    defaults = SamplingParams()
+    sampling = SamplingParams(
+        max_new_tokens=st.max_new_tokens if st.HasField("max_new_tokens") else defaults.max_new_tokens,
+        temperature=s.temperature if s.HasField("temperature") else defaults.temperature,
+        top_k=s.top_k if s.HasField("top_k") else defaults.top_k,
+        top_p=s.top_p if s.HasField("top_p") else defaults.top_p,
+        repetition_penalty=s.repetition_penalty if s.HasField("repetition_penalty") else defaults.repetition_penalty,
+        seed=s.seed if s.HasField("seed") else None,
+        stop=tuple(st.stop),
+        logprobs=msg.logprobs,
+        ignore_eos=st.ignore_eos,
+    )
+    return GenerationRequest(
+        request_id=request_id,
+        prompt=msg.prompt if which == "prompt" else None,
+        messages=tuple(ChatMessage(m.role, m.content) for m in msg.messages.messages) if which == "messages" else (),
+        adapter=msg.adapter if msg.HasField("adapter") else None,
+        sampling=sampling,
+        priority=msg.priority,
+        deadline=deadline,
+        trace_context=otel_context.get_current(),
+    )
+
+
+def to_chunk(out: TokenChunk) -> pb.TokenChunk:
+    return pb.TokenChunk(token_ids=out.token_ids, text=out.text, logprobs=out.logprobs or ())
+
+
+def to_final(out: FinalOutput) -> pb.Final:
+    t = out.timings
+    return pb.Final(
+        finish_reason=pb.FinishReason.Value(out.finish_reason.name),
+        usage=pb.Usage(prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens),
+        timings=pb.Timings(queue_ms=t.queue_ms, time_to_first_token_ms=t.ttft_ms, total_ms=t.total_ms),
+    )
+
+
+class GenerationServicer(generation_pb2_grpc.GenerationServicer):
+    def __init__(self, engines: Mapping[str, object]) -> None:
+        self._engines = engines
+
+    async def Generate(self, request: pb.GenerateRequest, context) -> AsyncIterator[pb.GenerateResponse]:
+        engine = pick(self._engines, request.model)
+        req = to_request(request, uuid.uuid4().hex, deadline_of(context))
+        # If the client cancels, gRPC cancels this task: the CancelledError closes the
+        # engine's generator, which frees the slot within one decode step.
+        async for out in engine.generate(req):
+            if isinstance(out, TokenChunk):
+                yield pb.GenerateResponse(tokens=to_chunk(out))
+            else:
+                yield pb.GenerateResponse(final=to_final(out))
+
+    async def Session(self, request_iterator, context) -> AsyncIterator[pb.SessionResponse]:
+        session = _Session(self._engines, deadline_of(context))
+        reader = asyncio.create_task(session.read(request_iterator))
+        try:
+            async for frame in session.frames(reader):
+                yield frame
+        finally:
+            reader.cancel()
+            await session.close()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+
+
+_WAKE = object()  # queued when a request or the reader ends, so `frames` re-checks
+
+
+class _Session:
+    """One bidi stream: a reader task for client frames, one task per live request, and a
+    single outbound queue so frames of different requests interleave as they are made."""
+
+    def __init__(self, engines: Mapping[str, object], deadline: float | None) -> None:
+        self._engines = engines
+        self._deadline = deadline
+        self._out: asyncio.Queue = asyncio.Queue()
+        self._live: dict[str, tuple[object, asyncio.Task]] = {}
+        self._reading = True
+
+    async def read(self, request_iterator) -> None:
+        try:
+            async for frame in request_iterator:
+                kind = frame.WhichOneof("frame")
+                if kind == "submit":
+                    self._submit(frame.submit)
+                elif kind == "cancel":
+                    self._cancel(frame.cancel.request_id)
+                else:
+                    self._error("", InvalidArgument("empty session frame", field="frame"))
+        finally:
+            self._reading = False
+            self._out.put_nowait(_WAKE)
+
+    async def frames(self, reader: asyncio.Task) -> AsyncIterator[pb.SessionResponse]:
+        # Ends when the client has half-closed and every request has sent its last frame.
+        while True:
+            item = await self._out.get()
+            if item is not _WAKE:
+                yield item
+            elif not self._reading and not self._live:
+                await reader  # it has finished reading; re-raises a failure of the stream
+                return
+
+    def _submit(self, submit: pb.Submit) -> None:
+        rid = submit.request_id
+        try:
+            if not rid:
+                raise InvalidArgument("request_id is required", field="submit.request_id")
+            if rid in self._live:
+                raise AlreadyExists(f"request {rid!r} is still running", field="submit.request_id")
+            deadline = time.monotonic() + submit.timeout_ms / 1e3 if submit.timeout_ms else self._deadline
+            engine = pick(self._engines, submit.request.model, field="submit.request.model")
+            req = to_request(submit.request, rid, deadline)
+        except Exception as exc:  # noqa: BLE001 - becomes this request's error frame
+            self._error(rid, exc)
+            return
+        task = asyncio.create_task(self._run(engine, req))
+        self._live[rid] = (engine, task)
+
+    async def _run(self, engine, req: GenerationRequest) -> None:
+        rid = req.request_id
+        try:
+            stream = engine.generate(req)
+            first = True
+            async for out in stream:
+                if first:
+                    # The engine validated and queued the request before its first output;
+                    # Accepted precedes any token so the client knows its id is live.
+                    first = False
+                    self._out.put_nowait(pb.SessionResponse(
+                        request_id=rid, accepted=pb.Accepted(queue_position=getattr(engine, "waiting_count", 0))))
+                if isinstance(out, TokenChunk):
+                    self._out.put_nowait(pb.SessionResponse(request_id=rid, tokens=to_chunk(out)))
+                else:
+                    self._out.put_nowait(pb.SessionResponse(request_id=rid, final=to_final(out)))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - this request alone fails; the session lives
+            self._error(rid, exc)
+        finally:
+            self._live.pop(rid, None)
+            self._out.put_nowait(_WAKE)
+
+    def _cancel(self, rid: str) -> None:
+        live = self._live.get(rid)
+        if live is None or not live[0].cancel(rid):
+            self._error(rid, NotFound(f"no live request {rid!r} in this session", field="cancel.request_id"))
+
+    def _error(self, rid: str, exc: BaseException) -> None:
+        self._out.put_nowait(pb.SessionResponse(request_id=rid, error=to_status(exc)))
+
+    async def close(self) -> None:
+        tasks = [task for _, task in self._live.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

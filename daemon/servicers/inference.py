@@ -1,0 +1,90 @@
+"""Inference service: named tensors in, named tensors out, for every tensor engine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import AsyncIterator, Mapping
+
+from galactic.v1 import inference_pb2 as pb
+from galactic.v1 import inference_pb2_grpc, tensor_pb2
+
+from daemon.errors import to_status
+from daemon.servicers import deadline_of, pick
+from engines import tensors
+from engines.errors import InvalidArgument
+
+
+def to_tensor_data(t: tensor_pb2.Tensor) -> tensors.TensorData:
+    return tensors.TensorData(name=t.name, dtype=tensor_pb2.DType.Name(t.dtype) if t.dtype in
+                              tensor_pb2.DType.values() else str(t.dtype), shape=tuple(t.shape), data=t.raw_data)
+
+
+def to_pb_tensor(t: tensors.TensorData) -> tensor_pb2.Tensor:
+    return tensor_pb2.Tensor(name=t.name, dtype=tensor_pb2.DType.Value(t.dtype), shape=t.shape, raw_data=t.data)
+
+
+def to_pb_spec(s: tensors.TensorSpecData) -> tensor_pb2.TensorSpec:
+    return tensor_pb2.TensorSpec(name=s.name, dtype=tensor_pb2.DType.Value(s.dtype), shape=s.shape)
+
+
+class InferenceServicer(inference_pb2_grpc.InferenceServicer):
+    def __init__(self, engines: Mapping[str, object], max_elements: int = tensors.MAX_ELEMENTS) -> None:
+        self._engines = engines
+        self._max_elements = max_elements
+
+    async def Infer(self, request: pb.InferRequest, context) -> pb.InferResponse:
+        return await self._infer(request, deadline_of(context))
+
+    async def InferStream(self, request_iterator, context) -> AsyncIterator[pb.InferStreamResponse]:
+        # Requests run concurrently so the engine can batch them; answers go out as they
+        # finish, tagged with their id, and a failure answers only its own request.
+        deadline = deadline_of(context)
+        out: asyncio.Queue = asyncio.Queue()
+        pending: set[asyncio.Task] = set()
+
+        async def answer(req: pb.InferRequest) -> None:
+            try:
+                resp = await self._infer(req, deadline)
+                out.put_nowait(pb.InferStreamResponse(request_id=req.request_id, response=resp))
+            except Exception as exc:  # noqa: BLE001 - per-request error frame
+                out.put_nowait(pb.InferStreamResponse(request_id=req.request_id, error=to_status(exc)))
+
+        async def read() -> None:
+            async for req in request_iterator:
+                task = asyncio.create_task(answer(req))
+                pending.add(task)
+                task.add_done_callback(lambda t: (pending.discard(t), out.put_nowait(None)))
+            out.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                item = await out.get()
+                if item is not None:
+                    yield item
+                elif reader.done() and not pending and out.empty():
+                    await reader
+                    return
+        finally:
+            reader.cancel()
+            for task in pending:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+
+    async def _infer(self, request: pb.InferRequest, deadline: float | None) -> pb.InferResponse:
+        engine = pick(self._engines, request.model)
+        info = engine.info()
+        if request.version and request.version != info.version:
+            raise InvalidArgument(f"version {request.version!r} is not loaded (serving {info.version!r})",
+                                  field="version")
+        inputs = {}
+        for t in request.inputs:
+            if t.name in inputs:
+                raise InvalidArgument("duplicate input name", field=f"inputs[{t.name}]")
+            inputs[t.name] = tensors.decode(to_tensor_data(t), self._max_elements)
+        outputs = await engine.infer(inputs, deadline=deadline)
+        return pb.InferResponse(
+            model=info.name, version=info.version, request_id=request.request_id,
+            outputs=[to_pb_tensor(tensors.encode(name, value)) for name, value in outputs.items()])

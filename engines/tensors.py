@@ -1,0 +1,87 @@
+"""The daemon side of the unified tensor interface: plain `TensorData` <-> torch.Tensor.
+
+`TensorData` mirrors the protobuf `galactic.v1.Tensor` field for field, so the servicer
+translates protobuf to it without touching torch, and engines never see protobuf. Bytes are
+row-major little-endian; every check names the tensor, because "byte length mismatch" alone
+does not tell a client which of its inputs is wrong.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from engines.errors import InvalidArgument
+
+# dtype name (as in the protobuf DType enum) -> torch dtype
+DTYPES: dict[str, torch.dtype] = {
+    "BOOL": torch.bool,
+    "UINT8": torch.uint8,
+    "INT8": torch.int8,
+    "INT16": torch.int16,
+    "INT32": torch.int32,
+    "INT64": torch.int64,
+    "FP16": torch.float16,
+    "BF16": torch.bfloat16,
+    "FP32": torch.float32,
+    "FP64": torch.float64,
+}
+NAMES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
+
+# Default cap on elements per tensor (256 Mi elements is 1 GiB of FP32): a client typo in a
+# shape must not make the daemon allocate the machine's memory.
+MAX_ELEMENTS = 1 << 28
+
+
+@dataclass(frozen=True)
+class TensorData:
+    name: str
+    dtype: str  # a key of DTYPES
+    shape: tuple[int, ...]
+    data: bytes
+
+
+@dataclass(frozen=True)
+class TensorSpecData:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]  # -1 marks a variable dimension
+
+
+def decode(t: TensorData, max_elements: int = MAX_ELEMENTS) -> torch.Tensor:
+    """Validate and decode; raises InvalidArgument naming the tensor."""
+    field = f"inputs[{t.name}]" if t.name else "inputs"
+    if t.dtype not in DTYPES:
+        raise InvalidArgument(f"unsupported or unset dtype {t.dtype!r}", field=f"{field}.dtype")
+    if any(d < 0 for d in t.shape):
+        raise InvalidArgument(f"negative dimension in shape {list(t.shape)}", field=f"{field}.shape")
+    count = math.prod(t.shape)
+    if count > max_elements:
+        raise InvalidArgument(f"{count} elements exceeds the limit of {max_elements}", field=f"{field}.shape")
+    dtype = DTYPES[t.dtype]
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    if len(t.data) != count * itemsize:
+        raise InvalidArgument(
+            f"raw_data has {len(t.data)} bytes; shape {list(t.shape)} of {t.dtype} needs {count * itemsize}",
+            field=f"{field}.raw_data")
+    if count == 0:
+        return torch.empty(t.shape, dtype=dtype)
+    # bytearray: frombuffer needs a writable buffer to avoid a warning, and the copy keeps
+    # the tensor alive independently of the protobuf message.
+    flat = torch.frombuffer(bytearray(t.data), dtype=dtype)
+    if sys.byteorder == "big" and itemsize > 1:
+        flat = flat.view(torch.uint8).view(-1, itemsize).flip(1).reshape(-1).view(dtype)
+    return flat.reshape(t.shape)
+
+
+def encode(name: str, tensor: torch.Tensor) -> TensorData:
+    if tensor.dtype not in NAMES:
+        raise InvalidArgument(f"output dtype {tensor.dtype} has no wire type", field=f"outputs[{name}]")
+    t = tensor.detach().to("cpu").contiguous()
+    raw = t.reshape(-1).view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
+    if sys.byteorder == "big" and t.element_size() > 1:
+        raw = raw.view(-1, t.element_size()).flip(1).reshape(-1)
+    return TensorData(name=name, dtype=NAMES[t.dtype], shape=tuple(t.shape), data=raw.numpy().tobytes())
