@@ -139,7 +139,7 @@ def load(path: Path | None = None, env: Mapping[str, str] | None = None,
             continue
         if section in config.engines:
             engines = dict(config.engines)
-            engines[section] = replace_path(engines[section], rest, raw) if rest else _fail(key)
+            engines[section] = replace_path(engines[section], rest, raw, f"{section}.") if rest else _fail(key)
             config = replace(config, engines=engines)
         elif section in registry.KINDS:
             continue  # an override for a disabled engine changes nothing

@@ -60,22 +60,28 @@ def from_mapping(cls: type[T], data: Any, key: str = "") -> T:
         raise ConfigError(key, str(exc)) from None
 
 
-def replace_path(obj: T, dotted: str, raw: str) -> T:
+def replace_path(obj: T, dotted: str, raw: str, _prefix: str = "") -> T:
     """Return `obj` with the field at `dotted` (e.g. "server.listen") set from string `raw`.
 
     Used for GALACTIC_* environment overrides; the string is parsed by the field's type.
     """
     head, _, rest = dotted.partition(".")
+    full = _prefix + dotted
     fields = {f.name for f in dataclasses.fields(obj)}
     if head not in fields:
-        raise ConfigError(dotted, "unknown key")
+        raise ConfigError(full, "unknown key")
     current = getattr(obj, head)
     if rest:
         if not dataclasses.is_dataclass(current):
-            raise ConfigError(dotted, "not a table")
-        return dataclasses.replace(obj, **{head: replace_path(current, rest, raw)})
+            raise ConfigError(full, "not a table")
+        return dataclasses.replace(obj, **{head: replace_path(current, rest, raw, f"{_prefix}{head}.")})
     hint = get_type_hints(type(obj))[head]
-    return dataclasses.replace(obj, **{head: _convert(hint, _parse_scalar(hint, raw, dotted), dotted)})
+    try:
+        return dataclasses.replace(obj, **{head: _convert(hint, _parse_scalar(hint, raw, full), full)})
+    except ConfigError as exc:
+        if exc.key == head:  # a __post_init__ check names only its own field
+            raise ConfigError(full, exc.reason) from None
+        raise
 
 
 def to_mapping(obj: Any) -> Any:

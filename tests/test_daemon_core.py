@@ -1,0 +1,85 @@
+"""The daemon's network surface with no engines: health, reflection, metrics, auth, errors."""
+
+from __future__ import annotations
+
+import urllib.request
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from galactic.v1 import admin_pb2, admin_pb2_grpc
+
+
+async def test_health_overall_and_admin_serving(bare_daemon, channel_to):
+    stub = health_pb2_grpc.HealthStub(channel_to(bare_daemon))
+    for service in ("", "galactic.v1.Admin"):
+        resp = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        assert resp.status == health_pb2.HealthCheckResponse.SERVING
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.Check(health_pb2.HealthCheckRequest(service="galactic.v1.Nope"), timeout=5)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_reflection_lists_services(bare_daemon, channel_to):
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel_to(bare_daemon))
+    names = []
+    async for resp in stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5):
+        names = [s.name for s in resp.list_services_response.service]
+    assert "galactic.v1.Admin" in names
+    assert "grpc.health.v1.Health" in names
+
+
+async def test_not_found_names_the_field(bare_daemon, channel_to):
+    stub = admin_pb2_grpc.AdminStub(channel_to(bare_daemon))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.GetModel(admin_pb2.GetModelRequest(name="missing"), timeout=5)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert err.value.details().startswith("name:")
+
+
+async def test_metrics_endpoint_counts_rpcs_and_errors(bare_daemon, channel_to):
+    stub = admin_pb2_grpc.AdminStub(channel_to(bare_daemon))
+    await stub.GetStats(admin_pb2.GetStatsRequest(), timeout=5)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stub.GetModel(admin_pb2.GetModelRequest(name="missing"), timeout=5)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{bare_daemon.metrics_port}/metrics", timeout=5).read().decode()
+    assert 'galactic_rpc_requests_total{method="/galactic.v1.Admin/GetStats"}' in text
+    assert 'galactic_rpc_errors_total{code="NOT_FOUND",method="/galactic.v1.Admin/GetModel"}' in text
+    assert "galactic_rpc_latency_seconds_bucket" in text
+    assert "process_resident_memory_bytes" in text
+
+
+async def test_bearer_tokens_required_except_for_health(daemon_factory, channel_to, tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("# ops\ns3cret\n")
+    daemon = await daemon_factory({"security": {"api_keys_file": str(keys)}})
+    ch = channel_to(daemon)
+    admin = admin_pb2_grpc.AdminStub(ch)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await admin.GetStats(admin_pb2.GetStatsRequest(), timeout=5)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await admin.GetStats(admin_pb2.GetStatsRequest(), timeout=5, metadata=[("authorization", "Bearer nope")])
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    ok = await admin.GetStats(admin_pb2.GetStatsRequest(), timeout=5, metadata=[("authorization", "Bearer s3cret")])
+    assert ok.uptime_s >= 0
+    health = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_port_in_use_fails_loudly(bare_daemon, daemon_factory):
+    with pytest.raises((RuntimeError, OSError)):
+        await daemon_factory({"server": {"listen": f"127.0.0.1:{bare_daemon.port}"}})
+
+
+async def test_drain_refuses_new_calls_and_reports_not_serving(bare_daemon, channel_to):
+    ch = channel_to(bare_daemon)
+    bare_daemon.admission.draining = True  # the first step of drain(), observed mid-way
+    await bare_daemon.health.enter_graceful_shutdown()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await admin_pb2_grpc.AdminStub(ch).GetStats(admin_pb2.GetStatsRequest(), timeout=5)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    health = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
