@@ -104,7 +104,7 @@ def from_tensor(tensor: tensor_pb2.Tensor, *, max_elements: int = DEFAULT_MAX_EL
     np = _numpy()
     name = tensor.name
     if tensor.dtype not in _CODEC:
-        raise TensorError(name, f"unsupported dtype {tensor_pb2.DType.Name(tensor.dtype) if tensor.dtype in tensor_pb2.DType.values() else tensor.dtype}")
+        raise TensorError(name, f"unsupported dtype {tensor.dtype} (DTYPE_UNSPECIFIED is never valid)")
     shape = tuple(tensor.shape)
     if any(dim < 0 for dim in shape):
         raise TensorError(name, f"negative dimension in shape {list(shape)}")
@@ -117,6 +117,8 @@ def from_tensor(tensor: tensor_pb2.Tensor, *, max_elements: int = DEFAULT_MAX_EL
         raise TensorError(
             name, f"raw_data has {len(tensor.raw_data)} bytes, shape {list(shape)} needs {expected}"
         )
+    if tensor.dtype == tensor_pb2.BOOL and tensor.raw_data.translate(None, b"\x00\x01"):
+        raise TensorError(name, "BOOL bytes must be 0 or 1")
     arr = np.frombuffer(tensor.raw_data, dtype=np_dtype).reshape(shape)
     if tensor.dtype == tensor_pb2.BF16:
         return (arr.astype("<u4") << np.uint32(16)).view("<f4").astype(np.float32)
