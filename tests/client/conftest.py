@@ -46,7 +46,8 @@ class ScriptedGenerationServicer(generation_pb2_grpc.GenerationServicer):
     def __init__(self) -> None:
         self.time_remaining: list[float | None] = []
         self.cancelled: list[str] = []
-        self.submitted: list[generation_pb2.Submit] = []
+        self.requests: list[generation_pb2.GenerateRequest] = []  # Generate calls
+        self.submitted: list[generation_pb2.Submit] = []  # Session submits
         self.frame_order: list[str] = []
 
     @staticmethod
@@ -63,6 +64,7 @@ class ScriptedGenerationServicer(generation_pb2_grpc.GenerationServicer):
             yield generation_pb2.TokenChunk(token_ids=[i], text=word + " ", logprobs=[-0.5])
 
     async def Generate(self, request, context):
+        self.requests.append(request)
         self.time_remaining.append(context.time_remaining())
         if request.prompt.startswith("abort:"):
             _, code, message = request.prompt.split(":", 2)
