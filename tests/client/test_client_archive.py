@@ -25,9 +25,9 @@ def test_tombstone_import_names_the_replacement(module, replacement, monkeypatch
     assert "galactic_client" in str(info.value) and "MIGRATION.md" in str(info.value)
 
 
-def test_client_imports_without_torch():
+def test_client_imports_without_torch_or_numpy():
     code = (
-        "import sys; sys.modules['torch'] = None; "
+        "import sys; sys.modules['torch'] = None; sys.modules['numpy'] = None; "
         "import galactic_client, galactic_client.cli; "
         "assert 'torch' not in {m for m in sys.modules if sys.modules[m] is not None}"
     )
