@@ -37,7 +37,7 @@ from galactic.v1 import (
     tensor_pb2,
 )
 
-from .errors import Cancelled, GalacticError, from_code, from_rpc_error, from_status
+from .errors import Cancelled, DeadlineExceeded, GalacticError, from_code, from_rpc_error, from_status
 
 __all__ = [
     "AsyncClient",
@@ -260,8 +260,11 @@ class AsyncClient:
         await self.close()
 
     async def wait_ready(self, timeout: float | None = None) -> None:
-        """Wait until the channel connects (raises DeadlineExceeded-like TimeoutError)."""
-        await asyncio.wait_for(self._channel.channel_ready(), self._deadline(timeout))
+        """Wait until the channel has connected; DeadlineExceeded if it does not in time."""
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), self._deadline(timeout))
+        except TimeoutError:
+            raise DeadlineExceeded(f"channel to {self.target} not ready") from None
 
     def _deadline(self, timeout: float | None) -> float | None:
         return self.timeout if timeout is None else timeout
@@ -351,9 +354,10 @@ class AsyncClient:
         generated before coordination existed.
         """
         coordination_pb2 = importlib.import_module("galactic.v1.coordination_pb2")
+        # The request's own class serialises it; only the response type comes from the module.
         method = self._channel.unary_unary(
             _COORDINATE,
-            request_serializer=coordination_pb2.CoordinateRequest.SerializeToString,
+            request_serializer=type(request).SerializeToString,
             response_deserializer=coordination_pb2.CoordinateResponse.FromString,
         )
         return await self._unary(method, request, timeout)
