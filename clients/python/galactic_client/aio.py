@@ -18,10 +18,8 @@ from __future__ import annotations
 import asyncio
 import importlib
 import ipaddress
-import itertools
 import json
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -30,14 +28,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from galactic.v1 import (
     admin_pb2,
     admin_pb2_grpc,
-    generation_pb2,
     generation_pb2_grpc,
     inference_pb2,
     inference_pb2_grpc,
     tensor_pb2,
 )
 
-from .errors import Cancelled, DeadlineExceeded, GalacticError, from_code, from_rpc_error, from_status
+from .errors import DeadlineExceeded, GalacticError, from_rpc_error
+from .generation import Chunk, Final, build_generate_request, chunk_from_pb, final_from_pb
+from .session import AsyncSession, SessionRequest
 
 __all__ = [
     "AsyncClient",
@@ -127,90 +126,6 @@ def resolve_target(target: str) -> str:
     return f"{scheme}:{','.join(addresses)}"
 
 
-@dataclass(frozen=True, slots=True)
-class Chunk:
-    """Newly generated tokens of one request."""
-
-    token_ids: tuple[int, ...]
-    text: str
-    logprobs: tuple[float, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Final:
-    """The end of one request: why it ended, token counts and the daemon's timings (ms)."""
-
-    finish_reason: str
-    prompt_tokens: int
-    completion_tokens: int
-    queue_ms: float
-    ttft_ms: float
-    total_ms: float
-
-
-def _chunk(pb: generation_pb2.TokenChunk) -> Chunk:
-    return Chunk(tuple(pb.token_ids), pb.text, tuple(pb.logprobs))
-
-
-def _final(pb: generation_pb2.Final) -> Final:
-    return Final(
-        finish_reason=generation_pb2.FinishReason.Name(pb.finish_reason),
-        prompt_tokens=pb.usage.prompt_tokens,
-        completion_tokens=pb.usage.completion_tokens,
-        queue_ms=pb.timings.queue_ms,
-        ttft_ms=pb.timings.time_to_first_token_ms,
-        total_ms=pb.timings.total_ms,
-    )
-
-
-def build_generate_request(
-    prompt: str | None = None,
-    *,
-    messages: Iterable[Mapping[str, str] | tuple[str, str]] | None = None,
-    model: str = "",
-    adapter: str | None = None,
-    max_new_tokens: int | None = None,
-    temperature: float | None = None,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    repetition_penalty: float | None = None,
-    seed: int | None = None,
-    stop: Sequence[str] = (),
-    logprobs: bool = False,
-    priority: int = 0,
-) -> generation_pb2.GenerateRequest:
-    """A GenerateRequest; parameters left None stay unset so the daemon's defaults apply."""
-    if (prompt is None) == (messages is None):
-        raise ValueError("pass exactly one of prompt or messages")
-    request = generation_pb2.GenerateRequest(model=model, logprobs=logprobs, priority=priority)
-    if prompt is not None:
-        request.prompt = prompt
-    else:
-        turns = [
-            generation_pb2.ChatMessage(role=m["role"], content=m["content"])
-            if isinstance(m, Mapping)
-            else generation_pb2.ChatMessage(role=m[0], content=m[1])
-            for m in messages
-        ]
-        request.messages.messages.extend(turns)
-    if adapter is not None:
-        request.adapter = adapter
-    sampling = {
-        "temperature": temperature,
-        "top_k": top_k,
-        "top_p": top_p,
-        "repetition_penalty": repetition_penalty,
-        "seed": seed,
-    }
-    for name, value in sampling.items():
-        if value is not None:
-            setattr(request.sampling, name, value)
-    if max_new_tokens is not None:
-        request.stopping.max_new_tokens = max_new_tokens
-    request.stopping.stop.extend(stop)
-    return request
-
-
 class AsyncClient:
     """asyncio client of one daemon or a fleet; use as `async with AsyncClient(...) as c:`.
 
@@ -292,9 +207,9 @@ class AsyncClient:
         try:
             async for response in call:
                 if response.HasField("tokens"):
-                    yield _chunk(response.tokens)
+                    yield chunk_from_pb(response.tokens)
                 elif response.HasField("final"):
-                    yield _final(response.final)
+                    yield final_from_pb(response.final)
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
         finally:
@@ -321,7 +236,10 @@ class AsyncClient:
         The session itself has no deadline unless `timeout` is given (it may live long);
         each submitted request gets the client's default timeout unless it names its own.
         """
-        return AsyncSession(self, timeout=timeout)
+        return AsyncSession(
+            lambda: self._generation.Session(timeout=timeout, metadata=self.metadata),
+            default_timeout_ms=int(self.timeout * 1000),
+        )
 
     # -- tensors -----------------------------------------------------------------------
 
@@ -397,181 +315,3 @@ class AsyncClient:
         request = health_pb2.HealthCheckRequest(service=service)
         response = await self._unary(self._health.Check, request, timeout)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
-
-
-_CLOSED = object()  # queue sentinel: the request ended without a Final (session gone)
-
-
-class SessionRequest:
-    """One request inside a Session: iterate it for its `Chunk`s and its `Final`.
-
-    An Error frame for this request raises its typed exception here; other requests of the
-    session are unaffected. `queue_position` is set once the daemon accepts it.
-    """
-
-    def __init__(self, session: AsyncSession, request_id: str) -> None:
-        self.request_id = request_id
-        self.queue_position: int | None = None
-        self.final: Final | None = None
-        self._session = session
-        self._queue: asyncio.Queue = asyncio.Queue()
-        self._done = False
-
-    def __aiter__(self) -> SessionRequest:
-        return self
-
-    async def __anext__(self) -> Chunk | Final:
-        if self._done:
-            raise StopAsyncIteration
-        item = await self._queue.get()
-        if isinstance(item, BaseException):
-            self._done = True
-            raise item
-        if item is _CLOSED:
-            self._done = True
-            raise Cancelled("session closed before the request finished", request_id=self.request_id)
-        if isinstance(item, Final):
-            self._done = True
-            self.final = item
-        return item
-
-    async def text(self) -> tuple[str, Final]:
-        """Consume the rest of the request; returns its text and Final."""
-        parts = [item.text async for item in self if isinstance(item, Chunk)]
-        assert self.final is not None  # __anext__ stops only after a Final or by raising
-        return "".join(parts), self.final
-
-    async def cancel(self) -> None:
-        """Ask the daemon to cancel this request; it still ends with a Final (CANCELLED)."""
-        await self._session.cancel(self.request_id)
-
-
-class AsyncSession:
-    """A bidi Generation.Session: many requests over one stream, routed by request_id.
-
-    One background task reads server frames and puts each on its request's queue, so a
-    slow consumer of one request never blocks the others' frames from being read.
-    """
-
-    def __init__(self, client: AsyncClient, *, timeout: float | None = None) -> None:
-        self._client = client
-        self._timeout = timeout
-        self._call = None
-        self._reader: asyncio.Task | None = None
-        self._requests: dict[str, SessionRequest] = {}
-        self._write_lock = asyncio.Lock()  # grpc.aio allows one write in flight at a time
-        self._ids = itertools.count(1)
-        self._failure: GalacticError | None = None
-
-    async def __aenter__(self) -> AsyncSession:
-        self._call = self._client._generation.Session(timeout=self._timeout, metadata=self._client.metadata)
-        self._reader = asyncio.create_task(self._read(), name="galactic-session-reader")
-        return self
-
-    async def __aexit__(self, exc_type, exc, tb) -> None:
-        await self.close(cancel=exc_type is not None or bool(self._requests))
-
-    async def close(self, *, cancel: bool = False) -> None:
-        """End the session. With live requests (or `cancel`) the call is cancelled, which
-        cancels them on the daemon; otherwise the stream is half-closed and drained."""
-        if self._call is None:
-            return
-        if cancel:
-            self._call.cancel()
-        else:
-            try:
-                async with self._write_lock:
-                    await self._call.done_writing()
-            except grpc.RpcError:
-                pass  # the stream already failed; the reader has recorded why
-        if self._reader is not None:
-            await self._reader
-
-    async def submit(
-        self,
-        prompt: str | None = None,
-        *,
-        request_id: str | None = None,
-        timeout_ms: int | None = None,
-        **params: Any,
-    ) -> SessionRequest:
-        """Start a request; returns its handle at once (iterate it for the results).
-
-        `timeout_ms` is this request's deadline; None uses the client's default timeout,
-        0 the session's own deadline. `params` are those of `AsyncClient.generate`.
-        """
-        if self._call is None:
-            raise RuntimeError("use the session as `async with client.session() as session`")
-        if self._failure is not None:
-            raise self._failure
-        request = build_generate_request(prompt, **params)
-        if request_id is None:
-            request_id = f"r{next(self._ids)}"
-            while request_id in self._requests:
-                request_id = f"r{next(self._ids)}"
-        elif request_id in self._requests:
-            raise ValueError(f"request_id {request_id!r} is already live in this session")
-        if timeout_ms is None:
-            timeout_ms = int(self._client.timeout * 1000)
-        handle = SessionRequest(self, request_id)
-        self._requests[request_id] = handle
-        frame = generation_pb2.SessionRequest(
-            submit=generation_pb2.Submit(request_id=request_id, request=request, timeout_ms=timeout_ms)
-        )
-        try:
-            await self._write(frame)
-        except BaseException:
-            self._requests.pop(request_id, None)
-            raise
-        return handle
-
-    async def cancel(self, request_id: str) -> None:
-        """Send a Cancel frame for one request; the others keep running."""
-        frame = generation_pb2.SessionRequest(cancel=generation_pb2.Cancel(request_id=request_id))
-        await self._write(frame)
-
-    async def _write(self, frame: generation_pb2.SessionRequest) -> None:
-        try:
-            async with self._write_lock:
-                await self._call.write(frame)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
-        except asyncio.InvalidStateError:
-            # Writing after the call finished: report why it finished.
-            raise self._failure or Cancelled("session is closed") from None
-
-    async def _read(self) -> None:
-        try:
-            while True:
-                frame = await self._call.read()
-                if frame is grpc.aio.EOF:
-                    break
-                self._route(frame)
-        except grpc.RpcError as exc:
-            self._failure = from_rpc_error(exc)
-        except asyncio.CancelledError:
-            self._failure = Cancelled("session cancelled")
-        finally:
-            # Every request still live ends now, or its consumer would wait forever.
-            failure = self._failure
-            for request_id, handle in self._requests.items():
-                handle._queue.put_nowait(
-                    _CLOSED if failure is None else from_code(failure.code, failure.details, request_id=request_id)
-                )
-            self._requests.clear()
-
-    def _route(self, frame: generation_pb2.SessionResponse) -> None:
-        handle = self._requests.get(frame.request_id)
-        if handle is None:
-            return  # a late frame of a request already ended; nothing waits for it
-        kind = frame.WhichOneof("frame")
-        if kind == "accepted":
-            handle.queue_position = frame.accepted.queue_position
-        elif kind == "tokens":
-            handle._queue.put_nowait(_chunk(frame.tokens))
-        elif kind == "final":
-            del self._requests[frame.request_id]
-            handle._queue.put_nowait(_final(frame.final))
-        elif kind == "error":
-            del self._requests[frame.request_id]
-            handle._queue.put_nowait(from_status(frame.error, request_id=frame.request_id))
