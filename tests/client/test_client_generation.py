@@ -102,3 +102,11 @@ async def test_chat_messages(client, daemon):
     assert [(t.role, t.content) for t in turns] == [("user", "hello")]
     with pytest.raises(ValueError, match="exactly one"):
         await client.generate_text("both", messages=[("user", "hi")])
+
+
+async def test_submit_after_the_session_ended_raises(client):
+    session = client.session()
+    async with session:
+        await (await session.submit("one")).text()
+    with pytest.raises(gc.Cancelled, match="closed"):
+        await session.submit("two")

@@ -125,8 +125,10 @@ class AsyncSession:
         """
         if self._call is None:
             raise RuntimeError("use the session as `async with client.session() as session`")
-        if self._failure is not None:
-            raise self._failure
+        if self._reader.done():
+            # The stream has ended: a request submitted now would wait forever for frames.
+            failure = self._failure or Cancelled("session is closed")
+            raise from_code(failure.code, failure.details)
         request = build_generate_request(prompt, **params)
         if request_id is None:
             request_id = f"r{next(self._ids)}"
