@@ -34,7 +34,7 @@ from galactic.v1 import (
     tensor_pb2,
 )
 
-from .errors import DeadlineExceeded, GalacticError, from_rpc_error
+from .errors import DeadlineExceeded, Internal, from_rpc_error
 from .generation import Chunk, Final, build_generate_request, chunk_from_pb, final_from_pb
 from .session import AsyncSession, SessionRequest
 
@@ -227,7 +227,7 @@ class AsyncClient:
             else:
                 final = item
         if final is None:  # the contract promises one Final; a stream without one is a bug
-            raise GalacticError("stream ended without a Final frame", code=grpc.StatusCode.INTERNAL)
+            raise Internal("stream ended without a Final frame")
         return "".join(parts), final
 
     def session(self, *, timeout: float | None = None) -> AsyncSession:
