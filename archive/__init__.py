@@ -1,0 +1,1 @@
+"""Tombstones of retired modules; each raises ImportError naming its replacement."""

@@ -1,0 +1,99 @@
+"""Generation data on the client side: the request builder and the frames that come back.
+
+`Chunk` and `Final` are plain dataclasses so that callers never handle protobuf for the
+common path; `build_generate_request` is the one place that maps keyword parameters onto a
+`GenerateRequest` (unset stays unset, so the daemon's defaults apply).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from galactic.v1 import generation_pb2
+
+__all__ = ["Chunk", "Final", "build_generate_request"]
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """Newly generated tokens of one request."""
+
+    token_ids: tuple[int, ...]
+    text: str
+    logprobs: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Final:
+    """The end of one request: why it ended, token counts and the daemon's timings (ms)."""
+
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    queue_ms: float
+    ttft_ms: float
+    total_ms: float
+
+
+def chunk_from_pb(pb: generation_pb2.TokenChunk) -> Chunk:
+    return Chunk(tuple(pb.token_ids), pb.text, tuple(pb.logprobs))
+
+
+def final_from_pb(pb: generation_pb2.Final) -> Final:
+    return Final(
+        finish_reason=generation_pb2.FinishReason.Name(pb.finish_reason),
+        prompt_tokens=pb.usage.prompt_tokens,
+        completion_tokens=pb.usage.completion_tokens,
+        queue_ms=pb.timings.queue_ms,
+        ttft_ms=pb.timings.time_to_first_token_ms,
+        total_ms=pb.timings.total_ms,
+    )
+
+
+def build_generate_request(
+    prompt: str | None = None,
+    *,
+    messages: Iterable[Mapping[str, str] | tuple[str, str]] | None = None,
+    model: str = "",
+    adapter: str | None = None,
+    max_new_tokens: int | None = None,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    repetition_penalty: float | None = None,
+    seed: int | None = None,
+    stop: Sequence[str] = (),
+    logprobs: bool = False,
+    priority: int = 0,
+) -> generation_pb2.GenerateRequest:
+    """A GenerateRequest; parameters left None stay unset so the daemon's defaults apply."""
+    if (prompt is None) == (messages is None):
+        raise ValueError("pass exactly one of prompt or messages")
+    request = generation_pb2.GenerateRequest(model=model, logprobs=logprobs, priority=priority)
+    if prompt is not None:
+        request.prompt = prompt
+    else:
+        turns = [
+            generation_pb2.ChatMessage(role=m["role"], content=m["content"])
+            if isinstance(m, Mapping)
+            else generation_pb2.ChatMessage(role=m[0], content=m[1])
+            for m in messages
+        ]
+        request.messages.messages.extend(turns)
+    if adapter is not None:
+        request.adapter = adapter
+    sampling = {
+        "temperature": temperature,
+        "top_k": top_k,
+        "top_p": top_p,
+        "repetition_penalty": repetition_penalty,
+        "seed": seed,
+    }
+    for name, value in sampling.items():
+        if value is not None:
+            setattr(request.sampling, name, value)
+    if max_new_tokens is not None:
+        request.stopping.max_new_tokens = max_new_tokens
+    request.stopping.stop.extend(stop)
+    return request
