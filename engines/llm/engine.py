@@ -560,8 +560,8 @@ class LLMEngine:
         elif seq.prefill_span is not None and seq.t_first is None:
             seq.prefill_span.end()
         seq.prefill_cache = None
-        seq.stream.put(self._final(seq, reason, now))
-        seq.stream.close()
+        # Bookkeeping before the final item: the consumer may act on it at once (cancel(),
+        # unload_adapter), and must then see the request gone.
         seq.done = True
         with self._lock:
             if seq.t_admit is not None:
@@ -569,6 +569,8 @@ class LLMEngine:
             self._live.pop(seq.request.request_id, None)
             if seq.adapter is not None:
                 seq.adapter.in_use -= 1
+        seq.stream.put(self._final(seq, reason, now))
+        seq.stream.close()
         seq.span.set_attribute("llm.finish_reason", reason.value)
         seq.span.set_attribute("llm.completion_tokens", len(seq.generated))
         seq.span.end()

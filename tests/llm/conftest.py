@@ -72,23 +72,11 @@ def adapters_root(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return root
 
 
-def make_config(tiny_dir: Path, adapters_root: Path, **sched):
-    from engines.config import from_mapping
-    from engines.llm.config import LLMConfig
-
-    scheduler = {"max_running": 8, "max_batch_tokens": 2048, "max_waiting": 16, "prefill_chunk_tokens": 16,
-                 "max_prompt_tokens": 256}
-    scheduler.update(sched)
-    return from_mapping(LLMConfig, {
-        "name": "tiny", "path": str(tiny_dir), "device": "cpu",
-        "scheduler": scheduler, "adapters": {"root": str(adapters_root), "max_loaded": 3},
-    }, "llm")
-
-
 @pytest.fixture(scope="session")
 async def engine(tiny_dir: Path, adapters_root: Path):
     """A started engine shared by the tests; each test leaves it idle."""
     from engines.llm.engine import LLMEngine
+    from llm_helpers import make_config
 
     eng = LLMEngine(make_config(tiny_dir, adapters_root))
     eng.load(lambda msg: None)

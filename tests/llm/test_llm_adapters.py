@@ -9,7 +9,7 @@ import torch
 
 from engines.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied
 from engines.llm.types import FinishReason, GenerationRequest, SamplingParams
-from test_llm_batching import PROMPTS, collect, greedy_reference
+from llm_helpers import PROMPTS, collect, greedy_reference
 
 
 def peft_reference(tiny_dir, adapters_root, name: str, prompt: str, n: int) -> list[int]:

@@ -4,41 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-import torch
-
-from engines.llm.types import FinalOutput, FinishReason, GenerationRequest, SamplingParams, TokenChunk
-
-PROMPTS = [
-    "The quick brown fox",
-    "def add(a, b):",
-    "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt",
-    "galactic",
-    "Unicode: naïve café",
-    "A much longer prompt that needs several prefill chunks because it goes on and on about "
-    "serving models, batching requests, caching keys and values, and streaming tokens back.",
-]
-
-
-def greedy_reference(reference, prompt: str, n: int) -> list[int]:
-    model, tok = reference
-    ids = torch.tensor([tok(prompt)["input_ids"]])
-    with torch.no_grad():
-        out = model.generate(ids, max_new_tokens=n, do_sample=False)
-    return out[0, ids.shape[1]:].tolist()
-
-
-async def collect(engine, request: GenerationRequest) -> tuple[list[int], str, FinalOutput]:
-    ids, text, final = [], "", None
-    async for item in engine.generate(request):
-        if isinstance(item, TokenChunk):
-            ids.extend(item.token_ids)
-            text += item.text
-        else:
-            assert final is None
-            final = item
-    assert final is not None
-    return ids, text, final
-
+from engines.llm.types import FinishReason, GenerationRequest, SamplingParams
+from llm_helpers import PROMPTS, collect, greedy_reference
 
 async def test_llm_concurrent_greedy_matches_generate(engine, reference):
     n = 24

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from engines.llm.types import ChatMessage, FinishReason, GenerationRequest, SamplingParams, TokenChunk
-from test_llm_batching import PROMPTS, collect
+from llm_helpers import PROMPTS, collect
 
 
 def sampled(seed: int, **kw) -> SamplingParams:
