@@ -55,17 +55,16 @@ class DecodeBatch(Generic[R]):
     def length(self) -> int:
         return self.mask.shape[1]
 
-    def join(self, row: R, cache: DynamicCache, first_token: int) -> None:
-        """Add a prefilled row whose cache holds its whole prompt (no padding)."""
+    def join(self, rows: list[R], cache: DynamicCache, mask: torch.Tensor, first_tokens: list[int]) -> None:
+        """Add prefilled rows: `cache` holds their prompts, left-padded per `mask` (G, n)."""
         new = cache_tensors(cache)
-        n = new[0][0].shape[2]
+        mask = mask.to(self.device)
+        n = mask.shape[1]
         T = self.length if self.rows else 0
         width = max(T, n)
-        row_mask = torch.zeros(1, width, dtype=torch.long, device=self.device)
-        row_mask[0, width - n :] = 1
         if not self.rows:
             merged = new
-            self.mask = row_mask
+            self.mask = mask
         else:
             old = cache_tensors(self.cache)
             merged = [
@@ -75,12 +74,14 @@ class DecodeBatch(Generic[R]):
                 )
                 for (ok, ov), (nk, nv) in zip(old, new)
             ]
-            old_mask = torch.cat([self.mask.new_zeros(len(self.rows), width - T), self.mask], 1)
-            self.mask = torch.cat([old_mask, row_mask], 0)
+            self.mask = torch.cat([
+                torch.cat([self.mask.new_zeros(len(self.rows), width - T), self.mask], 1),
+                torch.cat([mask.new_zeros(len(rows), width - n), mask], 1),
+            ], 0)
         self.cache = build_cache(merged)
-        self.rows.append(row)
-        self.positions = torch.cat([self.positions, torch.tensor([n], device=self.device)])
-        self.next_tokens = torch.cat([self.next_tokens, torch.tensor([first_token], device=self.device)])
+        self.rows.extend(rows)
+        self.positions = torch.cat([self.positions, mask.sum(1)])
+        self.next_tokens = torch.cat([self.next_tokens, torch.tensor(first_tokens, device=self.device)])
 
     def keep(self, indices: list[int]) -> None:
         """Keep only the rows at `indices` (in order); trims all-padding leading columns."""

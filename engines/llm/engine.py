@@ -411,7 +411,10 @@ class LLMEngine:
                 log.exception("llm step failed; failing %d requests", len(served))
                 self._fail_all(exc)
         self._update_gauges()
-        self._loop.call_soon_threadsafe(self._state_changed)
+        try:
+            self._loop.call_soon_threadsafe(self._state_changed)
+        except RuntimeError:  # the event loop is closed: nobody is waiting any more
+            pass
 
     def _step_locked(self, served: list[Sequence]) -> None:
         now = time.monotonic()
@@ -466,36 +469,87 @@ class LLMEngine:
         self._bank.ctx.index = torch.tensor(slots, device=self._device) if any(slots) else None
 
     def _prefill(self, budget: int) -> int:
-        """Prefill up to `budget` prompt tokens, oldest admitted first; returns tokens used."""
-        from transformers import DynamicCache
+        """Prefill up to `budget` prompt tokens, oldest admitted first; returns tokens used.
 
+        Prompts that fit whole in this step's budget are prefilled together in one left-
+        padded forward (a burst of arrivals costs one pass, not one per request); a prompt
+        longer than what is left is prefilled alone, one chunk per step, in its own cache.
+        """
+        whole: list[Sequence] = []
+        partial: list[tuple[Sequence, int]] = []
         used = 0
-        for seq in list(self._prefilling):
+        for seq in self._prefilling:
             if used >= budget:
                 break
-            start = seq.prefilled
-            n = min(budget - used, len(seq.prompt_ids) - start)
-            if seq.prefill_cache is None:
-                seq.prefill_cache = DynamicCache()
-            ids = torch.tensor([seq.prompt_ids[start : start + n]], device=self._device)
-            self._set_adapters([seq.slot])
-            out = self._forward(
-                input_ids=ids, position_ids=torch.arange(start, start + n, device=self._device).view(1, -1),
-                cache=seq.prefill_cache, use_cache=True, logits_to_keep=1)
-            seq.prefilled += n
+            n = min(budget - used, len(seq.prompt_ids) - seq.prefilled)
+            if seq.prefilled == 0 and n == len(seq.prompt_ids):
+                whole.append(seq)
+            else:
+                partial.append((seq, n))
             used += n
-            if seq.prefilled < len(seq.prompt_ids):
-                continue
-            self._prefilling.remove(seq)
-            seq.prefill_span.set_attribute("llm.prompt_tokens", len(seq.prompt_ids))
-            seq.prefill_span.end()
-            self._counters["prompt_tokens_total"] += len(seq.prompt_ids)
-            m.PROMPT.labels(**self._labels).inc(len(seq.prompt_ids))
-            token = self._emit(seq, out.logits[0, -1])
-            if token is not None:
-                self._batch.join(seq, seq.prefill_cache, token)
-            seq.prefill_cache = None
+        if whole:
+            self._prefill_whole(whole)
+        for seq, n in partial:
+            self._prefill_chunk(seq, n)
         return used
+
+    def _prefill_whole(self, seqs: list[Sequence]) -> None:
+        from transformers import DynamicCache
+
+        width = max(len(s.prompt_ids) for s in seqs)
+        ids = torch.zeros(len(seqs), width, dtype=torch.long)
+        mask = torch.zeros(len(seqs), width, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, width - len(s.prompt_ids):] = torch.tensor(s.prompt_ids)
+            mask[i, width - len(s.prompt_ids):] = 1
+        # Left padding: each row's positions start at 0 at its first real token.
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        self._set_adapters([s.slot for s in seqs])
+        out = self._forward(input_ids=ids.to(self._device), attention_mask=mask.to(self._device),
+                            position_ids=positions.to(self._device), cache=cache, use_cache=True, logits_to_keep=1)
+        logits = out.logits[:, -1].float().cpu()
+        joined, tokens, keep = [], [], []
+        for i, seq in enumerate(seqs):
+            token = self._prefilled(seq, logits[i])
+            if token is not None:
+                joined.append(seq)
+                tokens.append(token)
+                keep.append(i)
+        if joined:
+            idx = torch.tensor(keep)
+            if len(keep) < len(seqs):
+                cache.batch_select_indices(idx.to(self._device))
+            self._batch.join(joined, cache, mask.index_select(0, idx), tokens)
+
+    def _prefill_chunk(self, seq: Sequence, n: int) -> None:
+        from transformers import DynamicCache
+
+        start = seq.prefilled
+        if seq.prefill_cache is None:
+            seq.prefill_cache = DynamicCache()
+        ids = torch.tensor([seq.prompt_ids[start : start + n]], device=self._device)
+        self._set_adapters([seq.slot])
+        out = self._forward(
+            input_ids=ids, position_ids=torch.arange(start, start + n, device=self._device).view(1, -1),
+            cache=seq.prefill_cache, use_cache=True, logits_to_keep=1)
+        seq.prefilled += n
+        if seq.prefilled < len(seq.prompt_ids):
+            return
+        token = self._prefilled(seq, out.logits[0, -1].float().cpu())
+        if token is not None:
+            self._batch.join([seq], seq.prefill_cache, torch.ones(1, len(seq.prompt_ids), dtype=torch.long), [token])
+        seq.prefill_cache = None
+
+    def _prefilled(self, seq: Sequence, logits: torch.Tensor) -> int | None:
+        """The prompt is in the cache: sample the first token; None if that finished it."""
+        seq.prefilled = len(seq.prompt_ids)
+        self._prefilling.remove(seq)
+        seq.prefill_span.set_attribute("llm.prompt_tokens", len(seq.prompt_ids))
+        seq.prefill_span.end()
+        self._counters["prompt_tokens_total"] += len(seq.prompt_ids)
+        m.PROMPT.labels(**self._labels).inc(len(seq.prompt_ids))
+        return self._emit(seq, logits)
 
     def _decode(self) -> int:
         batch = self._batch
@@ -504,7 +558,7 @@ class LLMEngine:
         rows = list(batch.rows)
         self._set_adapters([s.slot for s in rows])
         out = self._forward(**batch.step_inputs())
-        logits = out.logits[:, -1]
+        logits = out.logits[:, -1].float().cpu()  # one device->host copy for the whole batch
         tokens, keep = [], []
         for i, seq in enumerate(rows):
             token = self._emit(seq, logits[i])
@@ -518,7 +572,7 @@ class LLMEngine:
     def _emit(self, seq: Sequence, logits: torch.Tensor) -> int | None:
         """Sample one token for `seq`, stream it; returns it, or None if `seq` finished."""
         params = seq.request.sampling
-        token, logprob = sample_row(logits.float().cpu(), params, seq.seen, seq.generator)
+        token, logprob = sample_row(logits.float().cpu(), params, seq.seen, seq.generator)  # no-op copies on CPU
         now = time.monotonic()
         if seq.t_first is None:
             seq.t_first = now
@@ -569,11 +623,11 @@ class LLMEngine:
             self._live.pop(seq.request.request_id, None)
             if seq.adapter is not None:
                 seq.adapter.in_use -= 1
-        seq.stream.put(self._final(seq, reason, now))
-        seq.stream.close()
         seq.span.set_attribute("llm.finish_reason", reason.value)
         seq.span.set_attribute("llm.completion_tokens", len(seq.generated))
         seq.span.end()
+        seq.stream.put(self._final(seq, reason, now))
+        seq.stream.close()
         self._counters["requests_finished_total"] += 1
         m.FINISHED.labels(model=self.name, reason=reason.value).inc()
         m.E2E.labels(**self._labels).observe(now - seq.t_enqueue)

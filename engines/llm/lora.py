@@ -125,6 +125,8 @@ class LoRALinear(nn.Module):
         idx = self.ctx.index
         if idx is None or self.rank == 0:
             return y
+        if idx.device != self.lora_a.device:  # layers spread over GPUs by device_map
+            idx = idx.to(self.lora_a.device, non_blocking=True)
         a = self.lora_a.index_select(0, idx)  # (B, r, in)
         b = self.lora_b.index_select(0, idx)  # (B, out, r)
         h = torch.bmm(x.to(a.dtype), a.transpose(1, 2))  # (B, T, r)

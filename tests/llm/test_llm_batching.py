@@ -47,3 +47,23 @@ async def test_llm_neighbour_cancelled_mid_stream(engine, reference):
     ids, _, _ = await keep
     assert ids == greedy_reference(reference, PROMPTS[0], 30)
     await engine.wait_until(lambda e: e.running_count == 0, timeout=30)
+
+
+async def test_llm_burst_prefilled_together_matches_generate(tiny_dir, adapters_root, reference):
+    """With a large prefill budget a burst is prefilled in one left-padded forward."""
+    import asyncio as _asyncio
+
+    from engines.llm.engine import LLMEngine
+    from llm_helpers import make_config
+
+    eng = LLMEngine(make_config(tiny_dir, adapters_root, prefill_chunk_tokens=512))
+    eng.load(lambda msg: None)
+    await eng.start(_asyncio.get_running_loop())
+    try:
+        n = 16
+        results = await _asyncio.gather(*(collect(eng, GenerationRequest(
+            f"burst{i}", prompt=p, sampling=SamplingParams(max_new_tokens=n))) for i, p in enumerate(PROMPTS)))
+        for p, (ids, _, _) in zip(PROMPTS, results):
+            assert ids == greedy_reference(reference, p, n), p
+    finally:
+        await eng.stop(1)
