@@ -49,7 +49,7 @@ class Setup:
     rounds: int
 
 
-QUICK = Setup(hidden=256, layers=4, vocab=2048, new_tokens=32, concurrency=(1, 8, 32), rounds=1)
+QUICK = Setup(hidden=512, layers=8, vocab=2048, new_tokens=32, concurrency=(1, 8, 32), rounds=1)
 FULL = Setup(hidden=512, layers=8, vocab=4096, new_tokens=64, concurrency=(1, 8, 32), rounds=2)
 PROMPT = "The quick brown fox jumps over the lazy dog while the scheduler batches"
 

@@ -20,7 +20,6 @@ import logging
 import math
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
@@ -33,12 +32,11 @@ from engines.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
-    NotFound,
-    PermissionDenied,
     ResourceExhausted,
     Unavailable,
 )
 from engines.llm import metrics as m
+from engines.llm.adapters import AdapterRegistry
 from engines.llm.batch import DecodeBatch
 from engines.llm.config import LLMConfig
 from engines.llm.detok import IncrementalDecoder
@@ -50,21 +48,6 @@ from engines.worker import ResultStream, StepWorker
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
-
-
-@dataclass(eq=False)
-class _Adapter:
-    name: str
-    path: str
-    rank: int
-    slot: int
-    loaded_at: float
-    last_used: float
-    in_use: int = 0
-    unloading: bool = False
-
-    def info(self) -> AdapterInfo:
-        return AdapterInfo(self.name, self.path, self.rank, self.loaded_at, self.in_use, self.last_used)
 
 
 class LLMEngine:
@@ -86,8 +69,7 @@ class LLMEngine:
         self._live: dict[str, Sequence] = {}
         self._reserved = 0
         self._order = itertools.count()
-        self._adapters: dict[str, _Adapter] = {}
-        self._bank: LoRABank | None = None
+        self._adapters: AdapterRegistry | None = None  # built in load(), with the model
         self._loop: asyncio.AbstractEventLoop | None = None
         self._worker: StepWorker | None = None
         self._waiters: list[asyncio.Future] = []
@@ -116,10 +98,12 @@ class LLMEngine:
         eos = tok.eos_token_id if eos is None else eos
         self._eos = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
         self._max_positions = int(getattr(model.config, "max_position_embeddings", None) or self._max_positions)
-        self._bank = LoRABank(model, self.config.adapters.max_loaded, placement.dtype)
+        bank = LoRABank(model, self.config.adapters.max_loaded, placement.dtype)
+        self._adapters = AdapterRegistry(self.config.adapters, bank, self._model_lock, self._lock)
         for name, path in self.config.adapters.preload.items():
             progress(f"loading adapter {name}")
-            self._install_adapter(name, self._adapter_dir(path), read_adapter(self._adapter_dir(path)))
+            full = self._adapters.resolve_dir(path)
+            self._adapters.install(name, full, read_adapter(full))
         self._forward = model
         if self.config.compile:
             progress("compiling the forward pass (torch.compile)")
@@ -187,7 +171,7 @@ class LLMEngine:
             "waiting_requests": float(self.waiting_count),
             "kv_cache_tokens": kv,
             "reserved_tokens": float(self._reserved),
-            "adapters_loaded": float(len(self._adapters)),
+            "adapters_loaded": float(len(self._adapters or ())),
         }
 
     @property
@@ -251,16 +235,9 @@ class LLMEngine:
         with self._lock:
             if req.request_id in self._live:
                 raise AlreadyExists(f"request {req.request_id!r} is already running", field="request_id")
-            adapter = None
-            if req.adapter:
-                adapter = self._adapters.get(req.adapter)
-                if adapter is None or adapter.unloading:
-                    raise NotFound(f"adapter {req.adapter!r} is not loaded", field="adapter")
             if self._waiting.full():
                 raise ResourceExhausted(f"waiting queue full ({self._waiting.capacity}); retry later")
-            if adapter is not None:
-                adapter.in_use += 1
-                adapter.last_used = time.time()
+            adapter = self._adapters.acquire(req.adapter) if req.adapter else None
             span = tracer.start_span("llm.request", context=req.trace_context, attributes={
                 "llm.request_id": req.request_id, "llm.adapter": req.adapter or "",
                 "llm.prompt_tokens": len(ids), "llm.max_new_tokens": req.sampling.max_new_tokens})
@@ -323,78 +300,35 @@ class LLMEngine:
 
     # ---- adapters --------------------------------------------------------------------
 
-    def _adapter_dir(self, path: str) -> Path:
-        root = self.config.adapters.resolved_root()
-        p = Path(path).expanduser()
-        full = (p if p.is_absolute() else root / p).resolve()
-        if not full.is_relative_to(root):
-            raise PermissionDenied(f"{path} is outside the adapter root {root}", field="path")
-        if not full.is_dir():
-            raise NotFound(f"no adapter dir at {full}", field="path")
-        return full
-
     async def load_adapter(self, name: str, path: str) -> AdapterInfo:
-        """Load a PEFT LoRA dir (under adapters.root); evicts the least recently used idle
-        adapter when `max_loaded` are resident, ResourceExhausted if all are busy."""
+        """Load a PEFT LoRA dir (relative to or inside adapters.root, else PermissionDenied);
+        at max_loaded the least recently used idle adapter is evicted, ResourceExhausted if
+        all are busy. Reading runs off the loop; the install waits for the current step."""
         if not name or not name.strip():
             raise InvalidArgument("adapter name must be non-empty", field="name")
-        full = self._adapter_dir(path)
-        with self._lock:
-            if name in self._adapters:
-                raise AlreadyExists(f"adapter {name!r} is already loaded", field="name")
+        full = self._adapters.resolve_dir(path)
+        self._adapters.check_free_name(name)
         weights = await asyncio.to_thread(read_adapter, full)
-        info = await asyncio.to_thread(self._install_adapter, name, full, weights)
+        info = await asyncio.to_thread(self._adapters.install, name, full, weights)
         self._update_gauges()
         return info
 
-    def _install_adapter(self, name: str, full: Path, weights: Any) -> AdapterInfo:
-        with self._model_lock, self._lock:
-            if name in self._adapters:
-                raise AlreadyExists(f"adapter {name!r} is already loaded", field="name")
-            self._bank.check(weights)
-            if self._bank.free_slots == 0:
-                idle = [a for a in self._adapters.values() if a.in_use == 0 and not a.unloading]
-                if not idle:
-                    raise ResourceExhausted(
-                        f"all {self.config.adapters.max_loaded} adapter slots are in use; retry later")
-                victim = min(idle, key=lambda a: a.last_used)
-                log.info("evicting adapter %s (least recently used)", victim.name)
-                self._bank.remove(victim.slot)
-                del self._adapters[victim.name]
-            slot = self._bank.add(weights)
-            now = time.time()
-            adapter = _Adapter(name, str(full), weights.rank, slot, now, now)
-            self._adapters[name] = adapter
-            return adapter.info()
-
     async def unload_adapter(self, name: str, force: bool = False) -> None:
-        """Unload an adapter. In use: FailedPrecondition, unless `force`, which cancels the
-        requests using it (they end with FinalOutput(CANCELLED)) and then unloads."""
-        with self._lock:
-            adapter = self._adapters.get(name)
-            if adapter is None or adapter.unloading:
-                raise NotFound(f"adapter {name!r} is not loaded", field="name")
-            if adapter.in_use and not force:
-                raise FailedPrecondition(f"adapter {name!r} serves {adapter.in_use} requests", field="name")
-            adapter.unloading = True  # new requests naming it now get NotFound
-            users = [s for s in self._live.values() if s.adapter is adapter]
+        """Unload an adapter. While requests use it: FailedPrecondition, unless `force`,
+        which cancels them (each ends with FinalOutput(CANCELLED) within one step) and then
+        unloads; new requests naming it get NotFound from the moment this is called."""
+        adapter = self._adapters.begin_unload(name, force)
+        users = [s for s in list(self._live.values()) if s.adapter is adapter]
         for seq in users:
             seq.cancelled = True
         if users:
             self._worker.notify()
             await self.wait_until(lambda e: adapter.in_use == 0)
-
-        def _remove() -> None:
-            with self._model_lock, self._lock:
-                self._bank.remove(adapter.slot)
-                self._adapters.pop(name, None)
-
-        await asyncio.to_thread(_remove)
+        await asyncio.to_thread(self._adapters.remove, adapter)
         self._update_gauges()
 
     def list_adapters(self) -> list[AdapterInfo]:
-        with self._lock:
-            return [a.info() for a in self._adapters.values() if not a.unloading]
+        return self._adapters.infos() if self._adapters is not None else []
 
     # ---- the step (worker thread) ----------------------------------------------------
 
@@ -466,7 +400,7 @@ class LLMEngine:
         m.STEP_TOKENS.labels(**self._labels).observe(prefill_tokens + decode_rows)
 
     def _set_adapters(self, slots: list[int]) -> None:
-        self._bank.ctx.index = torch.tensor(slots, device=self._device) if any(slots) else None
+        self._adapters.bank.ctx.index = torch.tensor(slots, device=self._device) if any(slots) else None
 
     def _prefill(self, budget: int) -> int:
         """Prefill up to `budget` prompt tokens, oldest admitted first; returns tokens used.
@@ -622,7 +556,7 @@ class LLMEngine:
                 self._reserved -= seq.reserve
             self._live.pop(seq.request.request_id, None)
             if seq.adapter is not None:
-                seq.adapter.in_use -= 1
+                AdapterRegistry.release(seq.adapter)
         seq.span.set_attribute("llm.finish_reason", reason.value)
         seq.span.set_attribute("llm.completion_tokens", len(seq.generated))
         seq.span.end()
@@ -650,7 +584,7 @@ class LLMEngine:
                 self._reserved -= seq.reserve
                 self._live.pop(seq.request.request_id, None)
                 if seq.adapter is not None:
-                    seq.adapter.in_use -= 1
+                    AdapterRegistry.release(seq.adapter)
             seq.span.record_exception(exc)
             seq.span.end()
             seq.stream.fail(exc)
@@ -662,5 +596,6 @@ class LLMEngine:
         batch = self._batch
         m.KV_TOKENS.labels(**self._labels).set(len(batch) * batch.length if batch is not None else 0)
         m.KV_USAGE.labels(**self._labels).set(self._reserved / self.config.scheduler.max_batch_tokens)
-        m.ADAPTERS_LOADED.labels(**self._labels).set(len(self._adapters))
-        m.ADAPTERS_ACTIVE.labels(**self._labels).set(sum(1 for a in self._adapters.values() if a.in_use))
+        if self._adapters is not None:
+            m.ADAPTERS_LOADED.labels(**self._labels).set(len(self._adapters))
+            m.ADAPTERS_ACTIVE.labels(**self._labels).set(self._adapters.active)
