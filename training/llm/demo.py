@@ -60,6 +60,7 @@ def ensure_demo_model(cache_dir: Path, progress: Callable[[str], None] | None = 
             shutil.rmtree(tmp)
         else:
             os.replace(tmp, out)
+            say(f"demo model saved to {out}")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -91,7 +92,7 @@ def train_demo_model(out: Path, spec: DemoSpec, progress: Callable[[str], None])
     opt, sched = optim["optimizer"], optim["lr_scheduler"]["scheduler"]
     # A plain loop over the LightningModule's own step (no Trainer): the daemon calls this
     # while systemd waits, and we want a bounded wall-clock and a progress line, not logs.
-    start, step = time.monotonic(), 0
+    start, step, loss = time.monotonic(), 0, torch.tensor(float("nan"))
     bar = tqdm(total=spec.max_steps, desc="demo model", unit="step", leave=False)
     progress(f"training the demo model ({spec.max_steps} steps max, {spec.max_seconds:.0f} s max)")
     while step < spec.max_steps and time.monotonic() - start < spec.max_seconds:
@@ -113,5 +114,5 @@ def train_demo_model(out: Path, spec: DemoSpec, progress: Callable[[str], None])
     module.model.generation_config.eos_token_id = tok.eos_token_id
     module.model.generation_config.pad_token_id = tok.pad_token_id
     module.export(out, tok)
-    progress(f"demo model trained ({step} steps) and saved to {out}")
+    progress(f"demo model trained ({step} steps, loss {loss.item():.2f})")
     return out
