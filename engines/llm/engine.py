@@ -453,7 +453,7 @@ class LLMEngine:
         if joined:
             idx = torch.tensor(keep)
             if len(keep) < len(seqs):
-                cache.batch_select_indices(idx.to(self._device))
+                cache.batch_select_indices(idx)  # CPU indices work for layers on any device
             self._batch.join(joined, cache, mask.index_select(0, idx), tokens)
 
     def _prefill_chunk(self, seq: Sequence, n: int) -> None:
