@@ -343,7 +343,7 @@ class LLMEngine:
                     self._step_locked(served)
             except Exception as exc:  # a failing step fails its requests, not the daemon
                 log.exception("llm step failed; failing %d requests", len(served))
-                self._fail_all(exc)
+                self._fail_all(exc, served)
         self._update_gauges()
         try:
             self._loop.call_soon_threadsafe(self._state_changed)
@@ -573,12 +573,15 @@ class LLMEngine:
         return FinalOutput(reason, len(seq.prompt_ids), len(seq.generated),
                            Timings(queue_ms=ms(seq.t_admit), ttft_ms=ms(seq.t_first), total_ms=ms(now)))
 
-    def _fail_all(self, exc: Exception) -> None:
-        """A step raised: fail every admitted request (they shared the forward) and reset."""
-        victims = list(self._prefilling) + list(self._batch.rows)
+    def _fail_all(self, exc: Exception, served: list[Sequence]) -> None:
+        """A step raised: fail every request it served (they shared the forward) and reset.
+
+        `served` is the step's rows as of its start, so a request caught between leaving
+        the prefill list and joining the batch is failed too rather than left hanging."""
+        victims = {id(s): s for s in [*served, *self._prefilling, *self._batch.rows] if not s.done}
         self._prefilling.clear()
         self._batch = DecodeBatch(self._device)
-        for seq in victims:
+        for seq in victims.values():
             seq.done = True
             with self._lock:
                 self._reserved -= seq.reserve

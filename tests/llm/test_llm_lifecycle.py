@@ -222,3 +222,27 @@ async def test_llm_int8_dynamic_quantization_runs_on_cpu(tiny_dir, adapters_root
         assert eng.info().kind == "llm" and eng.stats()["generated_tokens_total"] >= len(ids)
     finally:
         await eng.stop(1)
+
+
+async def test_llm_failing_step_fails_its_requests_not_the_engine(tiny_dir, adapters_root):
+    from engines.llm.engine import LLMEngine
+
+    eng = LLMEngine(make_config(tiny_dir, adapters_root))
+    eng.load(lambda msg: None)
+    await eng.start(asyncio.get_running_loop())
+    try:
+        def broken(*args, **kwargs):
+            raise RuntimeError("simulated device error")
+
+        eng.model.forward = broken  # instance attribute shadows the class's forward
+        results = await asyncio.gather(
+            *(collect(eng, GenerationRequest(f"f{i}", prompt=p)) for i, p in enumerate(PROMPTS[:3])),
+            return_exceptions=True)
+        assert all(isinstance(r, RuntimeError) for r in results)
+        del eng.model.forward
+        await eng.wait_until(lambda e: e.running_count == 0 and e.waiting_count == 0, timeout=30)
+        ids, _, final = await collect(eng, GenerationRequest("after", prompt=PROMPTS[0],
+                                                             sampling=SamplingParams(max_new_tokens=3)))
+        assert final.completion_tokens == 3 and eng.stats()["requests_failed_total"] == 3
+    finally:
+        await eng.stop(1)
