@@ -112,13 +112,29 @@ class LLMEngine:
         progress("ready")
 
     def _warm_up(self) -> None:
-        """Run the compiled forward on prefill- and decode-shaped inputs before ready."""
-        ids = torch.ones(2, 4, dtype=torch.long, device=self._device)
+        """Run the compiled forward with the exact call signatures the step uses (batched
+        prefill with a mask, chunked prefill, decode), at two sizes so shapes go dynamic;
+        otherwise the first requests pay the compilation. Adapters loaded later change the
+        module tree and cost one more compilation on first use."""
+        from transformers import DynamicCache
+
+        dev = self._device
         with torch.no_grad():
-            for _ in range(2):
-                out = self._forward(input_ids=ids, use_cache=True)
-                self._forward(input_ids=ids[:, :1], cache=out.cache, use_cache=True,
-                              position_ids=torch.full((2, 1), 4, device=self._device))
+            for rows, width in ((2, 6), (3, 9)):
+                ids = torch.ones(rows, width, dtype=torch.long, device=dev)
+                mask = torch.ones_like(ids)
+                mask[0, :2] = 0
+                pos = (mask.cumsum(1) - 1).clamp(min=0)
+                cache = DynamicCache()
+                self._forward(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
+                              logits_to_keep=1)
+                for step in range(2):
+                    mask = torch.cat([mask, mask.new_ones(rows, 1)], 1)
+                    self._forward(input_ids=ids[:, :1], attention_mask=mask, position_ids=pos[:, -1:] + 1 + step,
+                                  cache=cache, use_cache=True)
+                chunk = DynamicCache()
+                self._forward(input_ids=ids[:1], position_ids=torch.arange(width, device=dev).view(1, -1),
+                              cache=chunk, use_cache=True, logits_to_keep=1)
 
     async def start(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.model is None:
