@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import math
 import threading
 import time
 from pathlib import Path
@@ -43,6 +42,7 @@ from engines.llm.detok import IncrementalDecoder
 from engines.llm.lora import LoRABank, read_adapter
 from engines.llm.sampling import make_generator, sample_row
 from engines.llm.scheduler import Sequence, WaitingQueue
+from engines.llm.validation import validate_and_tokenize
 from engines.llm.types import AdapterInfo, FinalOutput, FinishReason, GenerationRequest, Timings, TokenChunk
 from engines.worker import ResultStream, StepWorker
 
@@ -247,7 +247,7 @@ class LLMEngine:
     def _enqueue(self, req: GenerationRequest) -> Sequence:
         if self.state != "ready" or self._worker is None:
             raise Unavailable(f"model {self.name} is {self.state}")
-        ids = self._validate_and_tokenize(req)
+        ids = validate_and_tokenize(req, self.tokenizer, self.config.scheduler, self._max_positions)
         with self._lock:
             if req.request_id in self._live:
                 raise AlreadyExists(f"request {req.request_id!r} is already running", field="request_id")
@@ -271,48 +271,6 @@ class LLMEngine:
         self._update_gauges()
         self._worker.notify()
         return seq
-
-    def _validate_and_tokenize(self, req: GenerationRequest) -> list[int]:
-        s, sched = req.sampling, self.config.scheduler
-        if not req.request_id:
-            raise InvalidArgument("request_id must be set", field="request_id")
-        if not (math.isfinite(s.temperature) and s.temperature >= 0):
-            raise InvalidArgument("must be >= 0 (0 = greedy)", field="sampling.temperature")
-        if s.top_k < 0:
-            raise InvalidArgument("must be >= 0 (0 = off)", field="sampling.top_k")
-        if not (0.0 < s.top_p <= 1.0):
-            raise InvalidArgument("must be in (0, 1]", field="sampling.top_p")
-        if not (1 <= s.max_new_tokens <= sched.max_new_tokens_limit):
-            raise InvalidArgument(f"must be in [1, {sched.max_new_tokens_limit}]", field="sampling.max_new_tokens")
-        if not (math.isfinite(s.repetition_penalty) and s.repetition_penalty > 0):
-            raise InvalidArgument("must be > 0 (1 = off)", field="sampling.repetition_penalty")
-        if any(not stop for stop in s.stop):
-            raise InvalidArgument("stop strings must be non-empty", field="sampling.stop")
-        if (req.prompt is None) == (not req.messages):
-            raise InvalidArgument("set exactly one of prompt or messages", field="prompt")
-        if req.messages:
-            field = "messages"
-            if not getattr(self.tokenizer, "chat_template", None):
-                raise InvalidArgument("this model has no chat template; send a prompt", field="messages")
-            for msg in req.messages:
-                if not msg.role:
-                    raise InvalidArgument("every message needs a role", field="messages")
-            text = self.tokenizer.apply_chat_template(
-                [{"role": msg.role, "content": msg.content} for msg in req.messages],
-                tokenize=False, add_generation_prompt=True)
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        else:
-            field = "prompt"
-            ids = self.tokenizer(req.prompt)["input_ids"]
-        if not ids:
-            raise InvalidArgument("prompt is empty", field=field)
-        if len(ids) > sched.max_prompt_tokens:
-            raise InvalidArgument(f"{len(ids)} tokens exceed max_prompt_tokens={sched.max_prompt_tokens}", field=field)
-        limit = min(sched.max_batch_tokens, self._max_positions)
-        if len(ids) + s.max_new_tokens > limit:
-            raise InvalidArgument(
-                f"prompt ({len(ids)} tokens) + max_new_tokens exceeds {limit}", field="sampling.max_new_tokens")
-        return ids
 
     # ---- adapters --------------------------------------------------------------------
 
