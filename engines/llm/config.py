@@ -1,0 +1,118 @@
+"""Typed, frozen configuration of the LLM engine (the `[llm]` TOML table).
+
+Built with `engines.config.from_mapping(LLMConfig, table, "llm")`; each class checks its
+own invariants in `__post_init__`, so a bad value fails at start-up naming its key.
+Host-dependent checks (is there a CUDA device for nf4?) happen in `load()`, not here:
+this module does no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from engines.config import check
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_running: int = 32  # requests decoding (or prefilling) at once: the batch's rows
+    max_batch_tokens: int = 16384  # sum over running requests of prompt + max_new_tokens (reserved up front)
+    max_waiting: int = 256  # bounded waiting queue; beyond it generate() raises ResourceExhausted
+    prefill_chunk_tokens: int = 256  # prompt tokens prefilled per scheduler step (bounds decode stalls)
+    priority_aging_s: float = 10.0  # a waiting request gains +1 priority per this many seconds
+    max_prompt_tokens: int = 4096  # longer prompts are rejected (InvalidArgument on `prompt`)
+    max_new_tokens_limit: int = 4096  # upper bound accepted for sampling.max_new_tokens
+
+    def __post_init__(self) -> None:
+        check(self.max_running >= 1, "max_running", "must be >= 1")
+        check(self.max_batch_tokens >= 2, "max_batch_tokens", "must be >= 2")
+        check(self.max_waiting >= 0, "max_waiting", "must be >= 0")
+        check(self.prefill_chunk_tokens >= 1, "prefill_chunk_tokens", "must be >= 1")
+        check(self.priority_aging_s > 0, "priority_aging_s", "must be > 0")
+        check(self.max_prompt_tokens >= 1, "max_prompt_tokens", "must be >= 1")
+        check(
+            self.max_prompt_tokens < self.max_batch_tokens,
+            "max_prompt_tokens",
+            "must be < max_batch_tokens, or no request with that prompt could ever run",
+        )
+        check(self.max_new_tokens_limit >= 1, "max_new_tokens_limit", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    root: Path = Path("~/.local/share/galactic/adapters")  # load_adapter paths must lie inside it
+    max_loaded: int = 8  # adapters resident at once; idle ones are evicted LRU beyond this
+    preload: dict[str, str] = field(default_factory=dict)  # name -> path, loaded at start-up
+
+    def __post_init__(self) -> None:
+        check(self.max_loaded >= 1, "max_loaded", "must be >= 1")
+        check(
+            len(self.preload) <= self.max_loaded,
+            "preload",
+            f"{len(self.preload)} adapters exceed max_loaded={self.max_loaded}",
+        )
+        for name in self.preload:
+            check(bool(name.strip()), "preload", "adapter names must be non-empty")
+
+    def resolved_root(self) -> Path:
+        return self.root.expanduser().resolve()
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    name: str = "galactic-demo"  # model name clients address
+    path: str = "embedded"  # a local Hugging Face causal-LM dir, or "embedded" for the demo model
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto => cuda when available (device_map="auto")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto => bf16 on CUDA, fp32 on CPU
+    quantization: Literal["none", "int8", "nf4", "int8-dynamic"] = "none"  # int8/nf4: bitsandbytes, CUDA; int8-dynamic: CPU
+    trust_remote_code: bool = False  # run Python shipped with the model dir; only for dirs you trust
+    compile: bool = False  # torch.compile the forward and warm it before ready (slow start-up)
+    cache_dir: Path = Path("~/.cache/galactic")  # where the embedded demo model is trained/cached
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    adapters: AdapterConfig = field(default_factory=AdapterConfig)
+
+    def __post_init__(self) -> None:
+        check(bool(self.name.strip()), "name", "must be non-empty")
+        check(bool(self.path.strip()), "path", "must be a model dir or 'embedded'")
+        check(
+            not (self.quantization == "int8-dynamic" and self.device == "cuda"),
+            "quantization",
+            "int8-dynamic is a CPU path (torch dynamic quantization); on CUDA choose 'int8' or 'nf4'",
+        )
+        check(
+            not (self.quantization in ("int8", "nf4") and self.device == "cpu"),
+            "quantization",
+            f"{self.quantization} (bitsandbytes) needs CUDA; on the CPU choose 'int8-dynamic' or 'none'",
+        )
+
+    def resolved_cache_dir(self) -> Path:
+        return self.cache_dir.expanduser()
+
+
+DEFAULT_TOML = """\
+[llm]
+name = "galactic-demo"            # model name clients address
+path = "embedded"                 # local Hugging Face causal-LM dir, or "embedded" (demo model trained on first start)
+device = "auto"                   # auto | cpu | cuda   (auto => cuda when available, device_map="auto" across GPUs)
+dtype = "auto"                    # auto | float32 | bfloat16 | float16   (auto => bf16 on CUDA, fp32 on CPU)
+quantization = "none"             # none | int8 | nf4 (bitsandbytes, CUDA only) | int8-dynamic (CPU only)
+trust_remote_code = false         # run Python shipped with the model dir; only for dirs you trust
+compile = false                   # torch.compile the forward and warm it up before ready
+cache_dir = "~/.cache/galactic"   # where the embedded demo model is trained and cached
+
+[llm.scheduler]
+max_running = 32                  # requests in the running batch at once
+max_batch_tokens = 16384          # sum of prompt + max_new_tokens over running requests (reserved on admission)
+max_waiting = 256                 # bounded waiting queue; beyond it requests fail with RESOURCE_EXHAUSTED
+prefill_chunk_tokens = 256        # prompt tokens prefilled per scheduler step, so running streams never stall long
+priority_aging_s = 10.0           # a waiting request gains +1 priority per this many seconds waited
+max_prompt_tokens = 4096          # longer prompts are rejected (INVALID_ARGUMENT on `prompt`)
+max_new_tokens_limit = 4096       # largest sampling.max_new_tokens accepted
+
+[llm.adapters]
+root = "~/.local/share/galactic/adapters"  # LoadAdapter paths must be relative to or inside this dir
+max_loaded = 8                    # resident adapters; idle ones are evicted least-recently-used beyond this
+# preload = { support = "support-v3" }     # name -> path, loaded at start-up
+"""

@@ -1,0 +1,30 @@
+"""Prometheus metrics of the LLM engine, defined once (default registry), labelled by model.
+
+Defined at import because prometheus_client refuses duplicate names in one registry; every
+engine instance uses `.labels(model=name)`. Reading no environment and doing no I/O here.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_COUNT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384)
+
+TTFT = Histogram("galactic_llm_ttft_seconds", "Enqueue to first token.", ["model"], buckets=_LATENCY_BUCKETS)
+ITL = Histogram("galactic_llm_inter_token_seconds", "Time between a request's tokens.", ["model"], buckets=_ITL_BUCKETS)
+E2E = Histogram("galactic_llm_e2e_seconds", "Enqueue to final output.", ["model"], buckets=_LATENCY_BUCKETS)
+QUEUE = Histogram("galactic_llm_queue_seconds", "Enqueue to admission.", ["model"], buckets=_LATENCY_BUCKETS)
+RUNNING = Gauge("galactic_llm_running_requests", "Requests prefilling or decoding.", ["model"])
+WAITING = Gauge("galactic_llm_waiting_requests", "Requests in the waiting queue.", ["model"])
+BATCH_SIZE = Histogram("galactic_llm_step_batch_size", "Rows per decode step.", ["model"], buckets=_COUNT_BUCKETS)
+STEP_TOKENS = Histogram("galactic_llm_step_tokens", "Tokens processed per step (prefill + decode).", ["model"], buckets=_TOKEN_BUCKETS)
+KV_TOKENS = Gauge("galactic_llm_kv_cache_tokens", "Token slots held by the batched KV cache (rows x length).", ["model"])
+KV_USAGE = Gauge("galactic_llm_kv_cache_usage_ratio", "Reserved tokens / scheduler.max_batch_tokens.", ["model"])
+ADAPTERS_LOADED = Gauge("galactic_llm_adapters_loaded", "LoRA adapters resident.", ["model"])
+ADAPTERS_ACTIVE = Gauge("galactic_llm_adapters_active", "LoRA adapters used by queued or running requests.", ["model"])
+GENERATED = Counter("galactic_llm_generated_tokens", "Tokens generated.", ["model"])
+PROMPT = Counter("galactic_llm_prompt_tokens", "Prompt tokens prefilled.", ["model"])
+FINISHED = Counter("galactic_llm_requests_finished", "Requests finished, by reason.", ["model", "reason"])

@@ -1,0 +1,57 @@
+"""Per-row sampling inside a shared batch.
+
+Each request keeps its own parameters and its own `torch.Generator`, so a seeded request
+draws the same random numbers whatever else shares its batch. Greedy rows take the argmax
+of the raw logits, exactly as `generate(do_sample=False)` does (repetition penalty, when
+set, is applied first, as in transformers' processor order).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from engines.llm.types import SamplingParams
+
+
+def make_generator(params: SamplingParams) -> torch.Generator | None:
+    if params.temperature <= 0:
+        return None
+    gen = torch.Generator(device="cpu")
+    if params.seed is not None:
+        gen.manual_seed(params.seed)
+    else:
+        gen.seed()
+    return gen
+
+
+def sample_row(
+    logits: torch.Tensor,  # (V,) float32 on CPU
+    params: SamplingParams,
+    seen: torch.Tensor | None,  # (n,) int64 prompt + generated ids, for repetition penalty
+    gen: torch.Generator | None,
+) -> tuple[int, float | None]:
+    """Choose the next token for one row; return it and its log-probability if asked."""
+    raw = logits
+    if params.repetition_penalty != 1.0 and seen is not None and seen.numel():
+        logits = logits.clone()
+        picked = logits[seen]
+        picked = torch.where(picked < 0, picked * params.repetition_penalty, picked / params.repetition_penalty)
+        logits[seen] = picked
+    if params.temperature <= 0 or gen is None:
+        token = int(torch.argmax(logits))
+    else:
+        logits = logits / params.temperature
+        if params.top_k > 0 and params.top_k < logits.numel():
+            kth = torch.topk(logits, params.top_k).values[-1]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if params.top_p < 1.0:
+            sorted_logits, order = torch.sort(logits, descending=True)
+            cum = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
+            # Drop tokens once the mass before them already reaches top_p; always keep one.
+            drop = (cum - torch.softmax(sorted_logits, dim=-1)) >= params.top_p
+            drop[0] = False
+            logits = logits.masked_fill(torch.zeros_like(drop).scatter(0, order, drop), float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
+        token = int(torch.multinomial(probs, 1, generator=gen))
+    logprob = float(torch.log_softmax(raw, dim=-1)[token]) if params.logprobs else None
+    return token, logprob

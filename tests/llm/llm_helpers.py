@@ -1,0 +1,53 @@
+"""Shared helpers of the LLM engine tests (a uniquely named module, unlike conftest)."""
+
+from __future__ import annotations
+
+import torch
+
+from engines.llm.types import FinalOutput, GenerationRequest, TokenChunk
+
+PROMPTS = [
+    "The quick brown fox",
+    "def add(a, b):",
+    "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt",
+    "galactic",
+    "Unicode: naïve café",
+    "A much longer prompt that needs several prefill chunks because it goes on and on about "
+    "serving models, batching requests, caching keys and values, and streaming tokens back.",
+]
+
+
+def greedy_reference(reference, prompt: str, n: int) -> list[int]:
+    model, tok = reference
+    ids = torch.tensor([tok(prompt)["input_ids"]])
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=n, do_sample=False)
+    return out[0, ids.shape[1]:].tolist()
+
+
+async def collect(engine, request: GenerationRequest) -> tuple[list[int], str, FinalOutput]:
+    ids, text, final = [], "", None
+    async for item in engine.generate(request):
+        if isinstance(item, TokenChunk):
+            ids.extend(item.token_ids)
+            text += item.text
+        else:
+            assert final is None
+            final = item
+    assert final is not None
+    return ids, text, final
+
+
+def make_config(tiny_dir: Path, adapters_root: Path, **sched):
+    from engines.config import from_mapping
+    from engines.llm.config import LLMConfig
+
+    scheduler = {"max_running": 8, "max_batch_tokens": 2048, "max_waiting": 16, "prefill_chunk_tokens": 16,
+                 "max_prompt_tokens": 256}
+    scheduler.update(sched)
+    return from_mapping(LLMConfig, {
+        "name": "tiny", "path": str(tiny_dir), "device": "cpu",
+        "scheduler": scheduler, "adapters": {"root": str(adapters_root), "max_loaded": 3},
+    }, "llm")
+
+

@@ -1,0 +1,50 @@
+"""CUDA paths (bf16 default, bitsandbytes int8/nf4, LoRA on GPU); skipped without CUDA."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import pytest
+import torch
+
+from engines.llm.types import GenerationRequest, SamplingParams
+from llm_helpers import PROMPTS, collect, make_config
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+async def _run(cfg, adapter: str | None = None) -> list[int]:
+    from engines.llm.engine import LLMEngine
+
+    eng = LLMEngine(cfg)
+    eng.load(lambda msg: None)
+    await eng.start(asyncio.get_running_loop())
+    try:
+        if adapter:
+            await eng.load_adapter(adapter, adapter)
+        ids, _, final = await collect(eng, GenerationRequest("gpu", prompt=PROMPTS[0], adapter=adapter,
+                                                             sampling=SamplingParams(max_new_tokens=8)))
+        assert final.completion_tokens == len(ids) > 0
+        assert eng.info().device.startswith("cuda")
+        return ids
+    finally:
+        await eng.stop(1)
+
+
+@pytest.mark.parametrize("quantization", ["none", "int8", "nf4"])
+async def test_llm_cuda_quantizations_generate(tiny_dir, adapters_root, quantization):
+    cfg = dataclasses.replace(make_config(tiny_dir, adapters_root), device="cuda", quantization=quantization)
+    await _run(cfg, adapter="alpha")
+
+
+async def test_llm_cuda_fp32_greedy_matches_generate(tiny_dir, adapters_root, reference):
+    model, tok = reference
+    cfg = dataclasses.replace(make_config(tiny_dir, adapters_root), device="cuda", dtype="float32")
+    ids = await _run(cfg)
+    cuda_model = model.to("cuda")
+    x = torch.tensor([tok(PROMPTS[0])["input_ids"]], device="cuda")
+    with torch.no_grad():
+        want = cuda_model.generate(x, max_new_tokens=8, do_sample=False)[0, x.shape[1]:].tolist()
+    model.to("cpu")
+    assert ids == want

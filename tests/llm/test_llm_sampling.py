@@ -1,0 +1,81 @@
+"""Per-request sampling, stop strings and UTF-8 streaming inside a shared batch."""
+
+from __future__ import annotations
+
+import asyncio
+
+from engines.llm.types import ChatMessage, FinishReason, GenerationRequest, SamplingParams, TokenChunk
+from llm_helpers import PROMPTS, collect
+
+
+def sampled(seed: int, **kw) -> SamplingParams:
+    return SamplingParams(max_new_tokens=20, temperature=0.9, top_k=50, top_p=0.95, seed=seed, ignore_eos=True, **kw)
+
+
+async def test_llm_seeded_sampling_same_alone_and_in_a_crowd(engine):
+    alone = await collect(engine, GenerationRequest("s-alone", prompt=PROMPTS[0], sampling=sampled(7)))
+    crowd = await asyncio.gather(
+        collect(engine, GenerationRequest("s-crowd", prompt=PROMPTS[0], sampling=sampled(7))),
+        *(collect(engine, GenerationRequest(f"s-n{i}", prompt=p, sampling=sampled(100 + i)))
+          for i, p in enumerate(PROMPTS[1:])))
+    assert crowd[0][0] == alone[0]
+    assert crowd[0][1] == alone[1]
+    assert len({tuple(r[0]) for r in crowd}) > 1
+
+
+async def test_llm_repetition_penalty_and_logprobs(engine):
+    ids, _, _ = await collect(engine, GenerationRequest("rp", prompt=PROMPTS[0], sampling=SamplingParams(
+        max_new_tokens=12, repetition_penalty=1.5, logprobs=True)))
+    chunks = [c async for c in engine.generate(GenerationRequest("lp", prompt=PROMPTS[0], sampling=SamplingParams(
+        max_new_tokens=5, logprobs=True)))]
+    lps = [lp for c in chunks if isinstance(c, TokenChunk) for lp in c.logprobs]
+    assert len(lps) == 5 and all(lp <= 0 for lp in lps)
+    assert ids
+
+
+async def test_llm_stop_sequence_cuts_text(engine):
+    full_ids, full_text, _ = await collect(engine, GenerationRequest(
+        "full", prompt=PROMPTS[1], sampling=SamplingParams(max_new_tokens=30, ignore_eos=True)))
+    assert len(full_text) > 6
+    stop = full_text[4:7]
+    before = full_text[: full_text.find(stop)]
+    ids, text, final = await collect(engine, GenerationRequest(
+        "stopper", prompt=PROMPTS[1], sampling=SamplingParams(max_new_tokens=30, ignore_eos=True, stop=(stop,))))
+    assert final.finish_reason is FinishReason.STOP_SEQUENCE
+    assert text == before
+    assert ids == full_ids[: len(ids)] and len(ids) < len(full_ids)
+
+
+async def test_llm_streamed_text_is_never_broken_utf8(engine, reference):
+    """Random weights emit arbitrary byte tokens: no chunk may end in half a character,
+    and the streamed text must equal decoding all ids at once (nothing emitted early)."""
+    _, tok = reference
+    for i in range(3):
+        ids, text, _ = await collect(engine, GenerationRequest(
+            f"u{i}", prompt="emoji 🚀🌍 東京 Привет", sampling=SamplingParams(
+                max_new_tokens=40, temperature=1.5, seed=i, ignore_eos=True)))
+        chunks = [c async for c in engine.generate(GenerationRequest(
+            f"u{i}b", prompt="emoji 🚀🌍 東京 Привет", sampling=SamplingParams(
+                max_new_tokens=40, temperature=1.5, seed=i, ignore_eos=True)))]
+        texts = [c.text for c in chunks if isinstance(c, TokenChunk)]
+        assert not any(t.endswith("\ufffd") for t in texts)
+        assert "".join(texts) == text
+        assert text == tok.decode(ids, skip_special_tokens=True).rstrip("\ufffd")
+
+
+async def test_llm_incremental_decoder_holds_multibyte_chars(reference):
+    from engines.llm.detok import IncrementalDecoder
+
+    _, tok = reference
+    text = "naïve 東京 🚀 done"
+    ids = tok(text)["input_ids"]
+    dec = IncrementalDecoder(tok, [], ())
+    pieces = [dec.push(i) for i in ids] + [dec.flush()]
+    assert "".join(pieces) == text
+    assert all("\ufffd" not in p for p in pieces)
+
+
+async def test_llm_chat_messages_use_the_template(engine):
+    ids, _, final = await collect(engine, GenerationRequest("chat", messages=(
+        ChatMessage("system", "be brief"), ChatMessage("user", "hello")), sampling=SamplingParams(max_new_tokens=4)))
+    assert final.prompt_tokens > 4 and len(ids) == final.completion_tokens

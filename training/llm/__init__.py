@@ -1,0 +1,1 @@
+"""Training for the LLM engine: tokenizer, demo model, LoRA fine-tuning (Lightning)."""
