@@ -84,3 +84,12 @@ class CoordinateResult:
     total_expected_value: float
     solver: str  # "linear_sum_assignment" | "highs_lp" | "empty"
     stats: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named tensor of the raw Inference interface; -1 in `shape` is the batch axis."""
+
+    name: str
+    dtype: str  # torch dtype name, e.g. "float32"
+    shape: tuple[int, ...]
