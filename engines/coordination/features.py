@@ -87,7 +87,8 @@ def depth_margin(g: Geometry, t: TargetArrays, s: SiteArrays, seeing, cloud, snr
     m5 = physics.m5_depth(band, g.sky_mag, fwhm, t.exposure_s[:, None], x, s.aperture_m[None, :],
                           np.asarray(cloud)[..., None, :])
     need = t.magnitude[:, None] + 2.5 * np.log10(snr_required / 5.0)
-    return m5 + np.asarray(zeropoint)[..., None, :] - need
+    zp = np.asarray(zeropoint, dtype=np.float64)
+    return m5 + (zp[..., None, :] if zp.ndim else zp) - need
 
 
 def feasible(g: Geometry, t: TargetArrays, s: SiteArrays, c: ConstraintsConfig) -> np.ndarray:
