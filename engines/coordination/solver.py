@@ -22,7 +22,7 @@ _EPS = 1e-12
 
 def assign(weights: np.ndarray, capacity: np.ndarray, urgent: np.ndarray | None = None,
            lsa_max_cells: int = 60_000) -> tuple[np.ndarray, str]:
-    """Site index per target (-1: unassigned) and the solver used.
+    """Site index per target (-1: unassigned) and the solver(s) used, "+"-joined.
 
     `weights` (N, S): expected value, <= 0 where infeasible. `capacity` (S,). `urgent` (N,)
     bool: solved first.
@@ -33,14 +33,16 @@ def assign(weights: np.ndarray, capacity: np.ndarray, urgent: np.ndarray | None 
     if n == 0 or s == 0:
         return out, "empty"
     groups = [np.arange(n)] if urgent is None or not urgent.any() else [np.flatnonzero(urgent), np.flatnonzero(~urgent)]
-    used = "empty"
+    used: list[str] = []
     for rows in groups:
         if rows.size == 0 or cap.sum() == 0:
             continue
-        sub, used = _solve(weights[rows], cap, lsa_max_cells)
+        sub, name = _solve(weights[rows], cap, lsa_max_cells)
+        if name != "empty" and name not in used:
+            used.append(name)
         out[rows] = sub
         cap -= np.bincount(sub[sub >= 0], minlength=s)
-    return out, used
+    return out, "+".join(used) or "empty"
 
 
 def _solve(w: np.ndarray, cap: np.ndarray, lsa_max_cells: int) -> tuple[np.ndarray, str]:

@@ -82,7 +82,7 @@ class CoordinateResult:
     assignments: tuple[Assignment, ...]
     unassigned: tuple[Unassigned, ...]
     total_expected_value: float
-    solver: str  # "linear_sum_assignment" | "highs_lp" | "empty"
+    solver: str  # "linear_sum_assignment", "highs_lp", both "+"-joined (urgent pass first), or "empty"
     stats: dict[str, float] = field(default_factory=dict)
 
 
