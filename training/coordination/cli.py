@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _common(p)
     p.add_argument("--eval-seed", "--seed-eval", dest="eval_seed", type=int, default=None,
                    help="seed of the evaluation windows (default: --seed + 1000, never a training seed)")
-    p.add_argument("--eval-windows", type=int, default=40)
+    p.add_argument("--eval-windows", type=int, default=100)
     p.add_argument("--rounds", type=int, default=default.Recipe.fit.rounds)
     p.add_argument("--local-epochs", type=int, default=default.Recipe.fit.local_epochs)
     p.add_argument("--prox-mu", type=float, default=0.0)
