@@ -1,0 +1,152 @@
+"""Coordination servicer: protobuf <-> engines.coordination dataclasses, nothing else.
+
+Validation lives in the engine (it raises InvalidArgument naming the field, e.g.
+"targets[3].ra_deg"); the boundary interceptor maps engine errors to status codes for
+unary calls. In CoordinateStream each request runs concurrently (so the engine can batch
+them) and a failing request gets its own `google.rpc.Status` frame; the stream lives on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import AsyncIterator, Mapping
+
+import grpc
+from galactic.v1 import coordination_pb2 as pb
+from galactic.v1 import coordination_pb2_grpc
+
+from engines.coordination.engine import CoordinationEngine
+from engines.coordination.types import (
+    Conditions, CoordinateRequest, CoordinateResult, Observatory, Target, UnassignedReason,
+)
+from engines.errors import NotFound
+
+try:  # the daemon's single error boundary (main branch)
+    from daemon.errors import to_status
+except ImportError:  # pragma: no cover - this branch before the merge; same mapping, fewer codes
+    from google.rpc import status_pb2
+
+    from engines import errors as _e
+
+    _CODES = {_e.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT, _e.NotFound: grpc.StatusCode.NOT_FOUND,
+              _e.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+              _e.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+              _e.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED, _e.Unavailable: grpc.StatusCode.UNAVAILABLE}
+
+    def to_status(exc: BaseException) -> status_pb2.Status:
+        code = next((_CODES[c] for c in type(exc).__mro__ if c in _CODES), grpc.StatusCode.INTERNAL)
+        msg = str(exc) if code is not grpc.StatusCode.INTERNAL else "internal error; see the daemon log"
+        return status_pb2.Status(code=code.value[0], message=msg)
+
+_BANDS = {pb.BAND_U: "u", pb.BAND_G: "g", pb.BAND_R: "r", pb.BAND_I: "i", pb.BAND_Z: "z", pb.BAND_Y: "y"}
+_REASONS = {
+    UnassignedReason.NO_FEASIBLE_SITE: pb.Unassigned.REASON_NO_FEASIBLE_SITE,
+    UnassignedReason.CAPACITY: pb.Unassigned.REASON_CAPACITY,
+    UnassignedReason.EXPIRED: pb.Unassigned.REASON_EXPIRED,
+    UnassignedReason.ZERO_PROBABILITY: pb.Unassigned.REASON_ZERO_PROBABILITY,
+}
+
+
+def _conditions(c: pb.Conditions) -> Conditions:
+    return Conditions(c.seeing_arcsec, c.cloud_extinction_mag, c.humidity_pct)
+
+
+def build_coordinate_request(m: pb.CoordinateRequest) -> CoordinateRequest:
+    """The engine's request from its protobuf; unset optional fields become None/defaults."""
+    obs = tuple(
+        Observatory(site_id=o.site_id,
+                    forecast=_conditions(o.forecast) if o.HasField("forecast") else None,
+                    current=_conditions(o.current) if o.HasField("current") else None,
+                    open=o.open if o.HasField("open") else True,
+                    capacity=o.capacity if o.HasField("capacity") else None)
+        for o in m.observatories)
+    targets = tuple(
+        Target(id=t.id, ra_deg=t.ra_deg, dec_deg=t.dec_deg, magnitude=t.magnitude,
+               band=_BANDS.get(t.band, ""),  # unset: the engine rejects it, naming the field
+               exposure_s=t.exposure_s, value=t.value,
+               deadline_unix=t.deadline_unix if t.HasField("deadline_unix") else None,
+               time_critical=t.time_critical)
+        for t in m.targets)
+    return CoordinateRequest(time_unix=m.time_unix, observatories=obs, targets=targets,
+                             window_s=m.window_s if m.HasField("window_s") else 3600.0,
+                             snr_required=m.snr_required if m.HasField("snr_required") else None,
+                             request_id=m.request_id)
+
+
+def to_pb(result: CoordinateResult, model: str = "", version: str = "") -> pb.CoordinateResponse:
+    return pb.CoordinateResponse(
+        model=model, version=version, request_id=result.request_id,
+        assignments=[pb.Assignment(target_id=a.target_id, site_id=a.site_id, expected_value=a.expected_value,
+                                   p_success=a.p_success, expected_snr=a.expected_snr) for a in result.assignments],
+        unassigned=[pb.Unassigned(target_id=u.target_id, reason=_REASONS[u.reason]) for u in result.unassigned],
+        total_expected_value=result.total_expected_value, solver=result.solver)
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+class CoordinationServicer(coordination_pb2_grpc.CoordinationServicer):
+    """Serves one or more CoordinationEngines, chosen by the request's `model` field."""
+
+    def __init__(self, engines: Mapping[str, CoordinationEngine] | CoordinationEngine) -> None:
+        self._engines = {engines.name: engines} if isinstance(engines, CoordinationEngine) else dict(engines)
+
+    def _engine(self, name: str) -> CoordinationEngine:
+        if not name and self._engines:
+            return next(iter(self._engines.values()))
+        try:
+            return self._engines[name]
+        except KeyError:
+            raise NotFound(f"unknown coordination model {name!r} (loaded: {', '.join(self._engines) or 'none'})",
+                           field="model") from None
+
+    async def _coordinate(self, m: pb.CoordinateRequest, deadline: float | None) -> pb.CoordinateResponse:
+        engine = self._engine(m.model)
+        result = await engine.coordinate(build_coordinate_request(m), deadline=deadline)
+        info = engine.info()
+        return to_pb(result, info.name, info.version)
+
+    async def Coordinate(self, request: pb.CoordinateRequest, context) -> pb.CoordinateResponse:
+        return await self._coordinate(request, _deadline(context))
+
+    async def CoordinateStream(self, request_iterator, context) -> AsyncIterator[pb.CoordinateStreamResponse]:
+        # Requests run concurrently so the engine batches them; answers leave as they finish,
+        # tagged with their id. Leaving this generator (client gone) cancels what is pending,
+        # which drops it from the engine's queue before its step.
+        deadline = _deadline(context)
+        out: asyncio.Queue = asyncio.Queue()
+        pending: set[asyncio.Task] = set()
+
+        async def answer(m: pb.CoordinateRequest) -> None:
+            try:
+                resp = await self._coordinate(m, deadline)
+                out.put_nowait(pb.CoordinateStreamResponse(request_id=m.request_id, response=resp))
+            except Exception as exc:  # noqa: BLE001 - a per-request error frame, the stream lives on
+                out.put_nowait(pb.CoordinateStreamResponse(request_id=m.request_id, error=to_status(exc)))
+
+        async def read() -> None:
+            async for req in request_iterator:
+                task = asyncio.create_task(answer(req.request))
+                pending.add(task)
+                task.add_done_callback(lambda t: (pending.discard(t), out.put_nowait(None)))
+            out.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                item = await out.get()
+                if item is not None:
+                    yield item
+                elif reader.done() and not pending and out.empty():
+                    await reader
+                    return
+        finally:
+            reader.cancel()
+            for task in pending:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader

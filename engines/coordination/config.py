@@ -1,0 +1,93 @@
+"""Typed, frozen configuration of the coordination engine (the `[coordination]` table)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engines.config import check
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    enabled: bool = True  # False: every request is its own batch (max_batch_size 1)
+    max_batch_size: int = 64  # requests per model step
+    max_batch_pairs: int = 400_000  # (target, site) rows per model step, the "token" budget
+    max_queue_delay_ms: float = 2.0  # how long the first request waits for company
+    max_queue: int = 1024  # pending requests beyond this get RESOURCE_EXHAUSTED
+
+    def __post_init__(self) -> None:
+        check(self.max_batch_size >= 1, "max_batch_size", "must be >= 1")
+        check(self.max_batch_pairs >= 1, "max_batch_pairs", "must be >= 1")
+        check(self.max_queue_delay_ms >= 0, "max_queue_delay_ms", "must be >= 0")
+        check(self.max_queue >= 1, "max_queue", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class ConstraintsConfig:
+    """Hard constraints, applied as masks outside the network."""
+
+    min_altitude_deg: float = 25.0
+    max_sun_altitude_deg: float = -12.0  # nautical twilight
+    min_moon_separation_deg: float = 15.0
+
+    def __post_init__(self) -> None:
+        check(0.0 <= self.min_altitude_deg < 90.0, "min_altitude_deg", "must be within [0, 90)")
+        check(-90.0 <= self.max_sun_altitude_deg <= 0.0, "max_sun_altitude_deg", "must be within [-90, 0]")
+        check(0.0 <= self.min_moon_separation_deg < 180.0, "min_moon_separation_deg", "must be within [0, 180)")
+
+
+@dataclass(frozen=True)
+class CoordinationConfig:
+    name: str = "coordination"
+    enabled: bool = True
+    # "embedded": the model shipped in training/data (reproduced by `galactic-train
+    # coordination`); otherwise a .safetensors path with its .json config beside it.
+    checkpoint: str = "embedded"
+    sites_file: Path | None = None  # None: the shipped training/data/sites.toml
+    cache_dir: Path | None = None  # where an embedded model trained at start is cached
+    snr_required: float = 10.0
+    max_targets: int = 100_000
+    max_observatories: int = 64
+    # Above this many candidate (target, slot) cells the HiGHS transportation LP replaces
+    # linear_sum_assignment, whose cost grows as targets x slots^2.
+    lsa_max_cells: int = 60_000
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
+    constraints: ConstraintsConfig = field(default_factory=ConstraintsConfig)
+
+    def __post_init__(self) -> None:
+        check(bool(self.name), "name", "must not be empty")
+        check(bool(self.checkpoint), "checkpoint", "must be 'embedded' or a path")
+        check(self.snr_required > 0, "snr_required", "must be positive")
+        check(self.max_targets >= 1, "max_targets", "must be >= 1")
+        check(self.max_observatories >= 1, "max_observatories", "must be >= 1")
+        check(self.lsa_max_cells >= 1, "lsa_max_cells", "must be >= 1")
+
+
+DEFAULT_TOML = """\
+[coordination]
+# Galactic coordination: assigns targets to observatory sites for the next window.
+name = "coordination"
+enabled = true
+# "embedded" serves the small model shipped with galactic (training/data/coordination.*),
+# which `galactic-train coordination` reproduces; or a path to a .safetensors checkpoint
+# whose config .json sits beside it. Only safetensors are loaded, never pickles.
+checkpoint = "embedded"
+# sites_file = "/etc/galactic/sites.toml"   # default: the shipped 13-site table
+snr_required = 10.0          # an observation counts as a success at this SNR
+max_targets = 100000         # per request
+max_observatories = 64       # per request
+lsa_max_cells = 60000        # beyond this, the HiGHS transportation LP replaces the Hungarian solver
+
+[coordination.batching]
+enabled = true
+max_batch_size = 64          # requests per model step
+max_batch_pairs = 400000     # (target, site) rows per model step
+max_queue_delay_ms = 2.0     # how long a lone request waits for others to share its step
+max_queue = 1024             # more pending requests are refused with RESOURCE_EXHAUSTED
+
+[coordination.constraints]
+min_altitude_deg = 25.0
+max_sun_altitude_deg = -12.0
+min_moon_separation_deg = 15.0
+"""

@@ -1,0 +1,98 @@
+"""CoordNet: P(success) and expected SNR for one (target, site) pair, from its features.
+
+One file in the nanoGPT manner: a config dataclass, the network, its training and
+validation steps and its optimiser. The engine runs this same class under torch.no_grad
+with no Trainer. Hard constraints are masks outside the network; the network only scores
+feasible pairs. A site embedding lets it learn per-site effects that physics cannot see
+(zero-point offsets, forecast bias, humidity closures, downtime).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engines.coordination.features import N_FEATURES
+
+
+@dataclass(frozen=True)
+class CoordNetConfig:
+    n_features: int = N_FEATURES
+    n_sites: int = 13
+    site_dim: int = 8
+    hidden: int = 64
+    n_layers: int = 2
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    snr_weight: float = 0.1  # weight of the log10-SNR regression next to the BCE
+    prox_mu: float = 0.0  # FedProx proximal term; 0 is plain FedAvg
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class CoordNet(L.LightningModule):
+    def __init__(self, config: CoordNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.site_emb = nn.Embedding(config.n_sites, config.site_dim)
+        layers: list[nn.Module] = []
+        width = config.n_features + config.site_dim
+        for _ in range(config.n_layers):
+            layers += [nn.Linear(width, config.hidden), nn.GELU()]
+            width = config.hidden
+        self.trunk = nn.Sequential(*layers)
+        self.head = nn.Linear(width, 2)  # logit of P(success), log10 SNR
+        self._global: list[torch.Tensor] | None = None  # FedProx anchor
+
+    def forward(self, features: torch.Tensor, site: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # features (B, F) float32, site (B,) int64 -> logit (B,), log10 SNR (B,)
+        h = torch.cat([features, self.site_emb(site)], dim=-1)  # (B, F + E)
+        out = self.head(self.trunk(h))  # (B, 2)
+        return out[:, 0], out[:, 1]
+
+    @torch.no_grad()
+    def predict(self, features: torch.Tensor, site: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inference: P(success) (B,) and expected SNR (B,)."""
+        logit, log_snr = self(features, site)
+        return torch.sigmoid(logit), torch.pow(10.0, log_snr.clamp(-3.0, 6.0))
+
+    def _loss(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        features, site, success, log_snr, snr_known = batch  # (B, F), (B,), (B,), (B,), (B,)
+        logit, pred_snr = self(features, site)
+        bce = F.binary_cross_entropy_with_logits(logit, success)
+        mse = ((pred_snr - log_snr) ** 2 * snr_known).sum() / snr_known.sum().clamp(min=1.0)
+        return bce + self.config.snr_weight * mse, bce
+
+    def training_step(self, batch, batch_idx):
+        loss, bce = self._loss(batch)
+        if self.config.prox_mu > 0 and self._global is not None:
+            # FedProx: keep a site's local fit near the round's global weights.
+            prox = sum(((p - g) ** 2).sum() for p, g in zip(self.parameters(), self._global))
+            loss = loss + 0.5 * self.config.prox_mu * prox
+        self.log("train_bce", bce, prog_bar=False)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        loss, bce = self._loss(batch)
+        self.log("val_bce", bce, prog_bar=False)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+
+    def set_prox_anchor(self) -> None:
+        """Snapshot the current (global) weights as the FedProx anchor of this local fit."""
+        self._global = [p.detach().clone() for p in self.parameters()]
+
+    def n_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def logit_to_p(logit: float) -> float:
+    return 1.0 / (1.0 + math.exp(-logit))

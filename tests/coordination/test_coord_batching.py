@@ -1,0 +1,134 @@
+"""The dynamic batcher's contract, on a trivial handler."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from engines.batching import BatchLimits, DynamicBatcher
+from engines.errors import DeadlineExceeded, ResourceExhausted, Unavailable
+
+
+class Recorder:
+    """A handler that doubles numbers, records its batches, and can be held or made to fail."""
+
+    def __init__(self):
+        self.batches: list[list[int]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.fail_on: set[int] = set()
+
+    def __call__(self, items):
+        self.gate.wait(5)
+        self.batches.append(list(items))
+        if self.fail_on & set(items):
+            raise ValueError("boom")
+        return [ValueError(f"bad {i}") if i < 0 else 2 * i for i in items]
+
+
+@pytest.fixture
+async def batcher():
+    rec = Recorder()
+    b = DynamicBatcher("test", rec, BatchLimits(max_batch_size=8, max_queue_delay_s=0.02, max_queue=16))
+    await b.start()
+    yield b, rec
+    rec.gate.set()
+    await b.stop(1.0)
+
+
+async def test_concurrent_requests_share_batches_and_get_their_own_results(batcher):
+    b, rec = batcher
+    results = await asyncio.gather(*(b.submit(i) for i in range(20)))
+    assert results == [2 * i for i in range(20)]
+    assert sum(len(x) for x in rec.batches) == 20
+    assert max(len(x) for x in rec.batches) == 8 and len(rec.batches) <= 4
+
+
+async def test_a_failing_batch_fails_its_requests_only(batcher):
+    b, rec = batcher
+    rec.fail_on = {3}
+    out = await asyncio.gather(*(b.submit(i) for i in range(5)), return_exceptions=True)
+    assert all(isinstance(x, ValueError) for x in out)
+    rec.fail_on = set()
+    assert await b.submit(7) == 14  # the batcher lives on
+    per_item = await asyncio.gather(b.submit(1), b.submit(-1), return_exceptions=True)
+    assert per_item[0] == 2 and isinstance(per_item[1], ValueError)
+    assert b.stats()["failed_batches_total"] == 1
+
+
+async def test_full_queue_is_refused(batcher):
+    b, rec = batcher
+    rec.gate.clear()  # hold the worker so the queue fills
+    first = asyncio.ensure_future(b.submit(0))
+    await asyncio.sleep(0.05)  # let the first batch reach the worker
+    queued = [asyncio.ensure_future(b.submit(i)) for i in range(16)]
+    await asyncio.sleep(0)
+    with pytest.raises(ResourceExhausted):
+        await b.submit(99)
+    rec.gate.set()
+    assert len(await asyncio.gather(first, *queued)) == 17
+
+
+async def test_expired_and_cancelled_requests_never_reach_the_step(batcher):
+    b, rec = batcher
+    rec.gate.clear()
+    blocker = asyncio.ensure_future(b.submit(1))
+    await asyncio.sleep(0.05)
+    doomed = asyncio.ensure_future(b.submit(100, deadline=time.monotonic() + 0.05))
+    cancelled = asyncio.ensure_future(b.submit(200))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    with pytest.raises(DeadlineExceeded):
+        await doomed
+    rec.gate.set()
+    assert await blocker == 2
+    assert await b.submit(3) == 6
+    seen = {i for batch in rec.batches for i in batch}
+    assert 100 not in seen and 200 not in seen
+    with pytest.raises(DeadlineExceeded):
+        await b.submit(5, deadline=time.monotonic() - 1)
+
+
+async def test_stop_refuses_new_work():
+    b = DynamicBatcher("t", lambda items: list(items), BatchLimits())
+    await b.start()
+    assert await b.submit(4) == 4
+    await b.stop(1.0)
+    with pytest.raises(Unavailable):
+        await b.submit(1)
+
+
+async def test_batch_span_links_request_spans():
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    import engines.batching as batching
+
+    old = batching._tracer
+    batching._tracer = provider.get_tracer("galactic.batching")
+    try:
+        b = DynamicBatcher("linked", lambda items: list(items), BatchLimits(max_batch_size=4, max_queue_delay_s=0.05))
+        await b.start()
+
+        async def call(i):
+            with tracer.start_as_current_span(f"rpc{i}"):
+                return await b.submit(i)
+
+        await asyncio.gather(*(call(i) for i in range(4)))
+        await b.stop(1.0)
+    finally:
+        batching._tracer = old
+    spans = exporter.get_finished_spans()
+    batch = [s for s in spans if s.name == "linked.batch"]
+    rpcs = {s.context.span_id for s in spans if s.name.startswith("rpc")}
+    assert len(batch) == 1 and batch[0].attributes["batch.size"] == 4
+    assert {link.context.span_id for link in batch[0].links} == rpcs
+    assert isinstance(trace.get_current_span(), trace.Span)

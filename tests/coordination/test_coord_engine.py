@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import pytest
+import torch
+
+from engines.base import Engine
+from engines.config import ConfigError, from_mapping
+from engines.coordination.config import DEFAULT_TOML, CoordinationConfig
+from engines.coordination.types import Conditions, Observatory, Target, UnassignedReason
+from engines.errors import InvalidArgument
+
+
+def test_default_toml_parses():
+    import tomllib
+
+    cfg = from_mapping(CoordinationConfig, tomllib.loads(DEFAULT_TOML)["coordination"])
+    assert cfg == CoordinationConfig()
+    with pytest.raises(ConfigError, match="batching.max_batch_size"):
+        from_mapping(CoordinationConfig, {"batching": {"max_batch_size": 0}})
+
+
+async def test_coordinate_respects_capacity_and_explains_the_rest(engine, request_factory):
+    assert isinstance(engine, Engine)
+    req = request_factory(80)
+    res = await engine.coordinate(req)
+    assert res.request_id == "r" and res.assignments
+    ids = [a.target_id for a in res.assignments] + [u.target_id for u in res.unassigned]
+    assert sorted(ids) == sorted(t.id for t in req.targets)
+    caps = {s.id: s.capacity for s in engine._sites.site}  # noqa: SLF001 (table capacities)
+    for site in {a.site_id for a in res.assignments}:
+        assert sum(a.site_id == site for a in res.assignments) <= caps[site]
+    for a in res.assignments:
+        assert 0.0 <= a.p_success <= 1.0 and a.expected_value == pytest.approx(
+            a.p_success * next(t.value for t in req.targets if t.id == a.target_id))
+    assert res.total_expected_value == pytest.approx(sum(a.expected_value for a in res.assignments))
+    assert {u.reason for u in res.unassigned} <= set(UnassignedReason)
+    again = await engine.coordinate(req)
+    assert again == res  # deterministic for a given input
+
+
+async def test_closed_site_and_expired_target(engine, request_factory):
+    req = request_factory(20)
+    obs = tuple(dataclasses.replace(o, open=False) for o in req.observatories)
+    targets = (dataclasses.replace(req.targets[0], deadline_unix=req.time_unix - 1),) + req.targets[1:]
+    res = await engine.coordinate(dataclasses.replace(req, observatories=obs, targets=targets))
+    assert not res.assignments
+    reasons = {u.target_id: u.reason for u in res.unassigned}
+    assert reasons["t0"] == UnassignedReason.EXPIRED
+    assert set(list(reasons.values())[1:]) == {UnassignedReason.NO_FEASIBLE_SITE}
+
+
+@pytest.mark.parametrize("mutate,field", [
+    (lambda r: dataclasses.replace(r, targets=r.targets[:3] + (dataclasses.replace(r.targets[3], ra_deg=400.0),)),
+     "targets[3].ra_deg"),
+    (lambda r: dataclasses.replace(r, targets=(dataclasses.replace(r.targets[0], band="q"),)), "targets[0].band"),
+    (lambda r: dataclasses.replace(r, targets=(r.targets[0], r.targets[0])), "targets[1].id"),
+    (lambda r: dataclasses.replace(r, observatories=(Observatory("atlantis", Conditions(1, 0, 10)),)),
+     "observatories[0].site_id"),
+    (lambda r: dataclasses.replace(r, observatories=(Observatory("rubin", Conditions(-1, 0, 10)),)),
+     "observatories[0].forecast.seeing_arcsec"),
+    (lambda r: dataclasses.replace(r, observatories=()), "observatories"),
+    (lambda r: dataclasses.replace(r, window_s=0.0), "window_s"),
+])
+async def test_invalid_requests_name_the_field(engine, request_factory, mutate, field):
+    with pytest.raises(InvalidArgument) as err:
+        await engine.coordinate(mutate(request_factory(5)))
+    assert err.value.field == field
+
+
+async def test_raw_infer_and_specs(engine):
+    specs = {s.name: s for s in engine.input_spec()}
+    assert specs["features"].shape[1] == 20 and specs["site"].dtype == "int64"
+    out = await engine.infer({"features": torch.zeros(5, 20), "site": torch.arange(5)})
+    assert set(out) == {s.name for s in engine.output_spec()}
+    assert out["p_success"].shape == (5,) and ((out["p_success"] >= 0) & (out["p_success"] <= 1)).all()
+    with pytest.raises(InvalidArgument) as err:
+        await engine.infer({"features": torch.zeros(5, 19), "site": torch.arange(5)})
+    assert err.value.field == "inputs.features"
+    with pytest.raises(InvalidArgument) as err:
+        await engine.infer({"features": torch.zeros(2, 20), "site": torch.tensor([0, 99])})
+    assert err.value.field == "inputs.site"
+
+
+async def test_many_clients_share_model_steps(engine, request_factory):
+    reqs = [request_factory(10, seed=i, request_id=f"c{i}") for i in range(12)]
+    results = await asyncio.gather(*(engine.coordinate(r) for r in reqs),
+                                   engine.infer({"features": torch.zeros(3, 20), "site": torch.zeros(3, dtype=torch.long)}))
+    assert [r.request_id for r in results[:-1]] == [f"c{i}" for i in range(12)]
+    stats = engine.stats()
+    assert stats["batch_size_mean"] > 1.0
+    info = engine.info()
+    assert info.kind == "coordination" and info.state == "ready" and info.parameters > 0
+    assert info.services == ("galactic.v1.Coordination", "galactic.v1.Inference")
+
+
+async def test_large_request_uses_the_lp(engine, request_factory):
+    req = request_factory(3000, seed=5)
+    # Not time-critical: 300 urgent targets would fill every slot in the first pass.
+    req = dataclasses.replace(req, targets=tuple(dataclasses.replace(t, time_critical=False) for t in req.targets))
+    res = await engine.coordinate(req)
+    assert res.solver == "highs_lp"
+    assert len(res.assignments) + len(res.unassigned) == 3000

@@ -1,0 +1,1 @@
+"""Training for galactic coordination: the simulator, central and federated fits, evaluation."""

@@ -1,0 +1,118 @@
+"""Central and federated training of CoordNet on per-site observation logs.
+
+Central: pool every site's log, one Lightning fit. Federated (FedAvg, McMahan et al. 2017;
+optionally FedProx, Li et al. 2020): each round, every site fits the current global model
+on its own log only, and the server averages the returned state dicts weighted by sample
+count. Only weights cross site boundaries, never a log row. Both export a safetensors
+checkpoint plus its JSON config, which the engine loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from engines.coordination import checkpoint
+from engines.coordination.model import CoordNet, CoordNetConfig
+from training.coordination.simulator import Logs
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    epochs: int = 12  # central epochs; local-only fits use the same
+    rounds: int = 12  # federated rounds
+    local_epochs: int = 1  # epochs per site per round
+    batch_size: int = 256
+    prox_mu: float = 0.0  # > 0: FedProx
+    val_fraction: float = 0.1
+    seed: int = 0
+
+
+class LogsDataModule(L.LightningDataModule):
+    """A site's (or the pooled) log as train/validation tensors, split deterministically."""
+
+    def __init__(self, logs: Logs, batch_size: int, val_fraction: float, seed: int) -> None:
+        super().__init__()
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(len(logs))
+        n_val = int(len(logs) * val_fraction)
+        tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in
+                   (logs.features, logs.site, logs.success, logs.log_snr, logs.snr_known)]
+        self.val = TensorDataset(*(t[order[:n_val]] for t in tensors))
+        self.train = TensorDataset(*(t[order[n_val:]] for t in tensors))
+        self.batch_size = batch_size
+        self.seed = seed
+
+    def train_dataloader(self):
+        g = torch.Generator().manual_seed(self.seed)
+        return DataLoader(self.train, batch_size=self.batch_size, shuffle=True, generator=g)
+
+    def val_dataloader(self):
+        return DataLoader(self.val, batch_size=4096)
+
+
+def _trainer(epochs: int) -> L.Trainer:
+    return L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                     enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                     limit_val_batches=1.0, deterministic=True)
+
+
+def quiet_lightning() -> None:
+    """Lightning's per-fit banners and data-loader hints drown the progress lines."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*TensorBoard.*|.*LitLogger.*|.*_validation_step.*|.*LeafSpec.*")
+
+
+def fit(model: CoordNet, logs: Logs, epochs: int, cfg: FitConfig) -> CoordNet:
+    quiet_lightning()
+    dm = LogsDataModule(logs, cfg.batch_size, cfg.val_fraction, cfg.seed)
+    _trainer(epochs).fit(model, datamodule=dm)
+    model.eval()
+    return model
+
+
+def new_model(n_sites: int, cfg: FitConfig, prox_mu: float = 0.0) -> CoordNet:
+    L.seed_everything(cfg.seed, verbose=False)
+    return CoordNet(CoordNetConfig(n_sites=n_sites, prox_mu=prox_mu))
+
+
+def train_central(site_logs: list[Logs], cfg: FitConfig) -> CoordNet:
+    return fit(new_model(len(site_logs), cfg), Logs.concat(site_logs), cfg.epochs, cfg)
+
+
+def train_local(site_logs: list[Logs], site: int, cfg: FitConfig) -> CoordNet:
+    """A model that only ever saw one site's log (the federated baseline to beat)."""
+    return fit(new_model(len(site_logs), cfg), site_logs[site], cfg.epochs, cfg)
+
+
+def train_federated(site_logs: list[Logs], cfg: FitConfig, progress: Callable[[str], None] = lambda _m: None) -> CoordNet:
+    """FedAvg rounds; each site fits the global weights on its own log, the server averages."""
+    global_model = new_model(len(site_logs), cfg, cfg.prox_mu)
+    counts = [float(len(x)) for x in site_logs]
+    for r in range(cfg.rounds):
+        states = []
+        for i, logs in enumerate(site_logs):
+            local = CoordNet(global_model.config)
+            local.load_state_dict(global_model.state_dict())
+            local.set_prox_anchor()
+            fit(local, logs, cfg.local_epochs, replace(cfg, seed=cfg.seed * 1000 + r * 31 + i))
+            states.append(local.state_dict())  # only weights leave the site
+        global_model.load_state_dict(checkpoint.average(states, counts))
+        progress(f"federated round {r + 1}/{cfg.rounds}")
+    global_model.eval()
+    return global_model
+
+
+def export(model: CoordNet, site_ids: tuple[str, ...], out: Path, meta: dict) -> Path:
+    """Write `out` (.safetensors) and its .json config beside it."""
+    return checkpoint.save(model, site_ids, out.with_suffix(".safetensors"), meta)
