@@ -104,8 +104,12 @@ class GalacticConfig:
 
 
 def default_toml() -> str:
-    """The commented default configuration (what `galacticd config --print-default` writes)."""
-    return (Path(__file__).parent / "default.toml").read_text()
+    """The commented default configuration (what `galacticd config --print-default` writes):
+    the daemon's own sections, then each engine kind's `DEFAULT_TOML`, kept beside its
+    config class so a default and its documentation cannot drift apart."""
+    parts = [(Path(__file__).parent / "default.toml").read_text()]
+    parts += [kind.default_toml() for kind in registry.KINDS.values()]
+    return "\n".join(p.rstrip("\n") + "\n" for p in parts)
 
 
 def load(path: Path | None = None, env: Mapping[str, str] | None = None,

@@ -25,6 +25,11 @@ class EngineKind:
     def config_class(self) -> type:
         return _resolve(self.config_path)
 
+    def default_toml(self) -> str:
+        """The commented `[kind]` table of defaults, from the config class's module."""
+        module = importlib.import_module(self.config_path.partition(":")[0])
+        return module.DEFAULT_TOML
+
     def engine_class(self) -> type:
         return _resolve(self.engine_path)
 

@@ -77,6 +77,7 @@ class Daemon:
         self._metrics: MetricsEndpoint | None = None
         self._backing: dict[str, dict[str, object]] = {}
         self._stopped = asyncio.Event()
+        self._draining = False
 
     @property
     def metrics_port(self) -> int:
@@ -139,7 +140,11 @@ class Daemon:
             log.info("model ready", model=name, seconds=round(time.monotonic() - started, 2))
 
     async def drain(self) -> None:
-        """Graceful stop; safe to call once. Returns when everything has stopped."""
+        """Graceful stop. A second call waits for the first. Returns when all has stopped."""
+        if self._draining:
+            await self._stopped.wait()
+            return
+        self._draining = True
         grace = self.config.server.grace_period_s
         deadline = time.monotonic() + grace
         self.notifier.stopping()

@@ -104,6 +104,9 @@ class _Session:
         self._out: asyncio.Queue = asyncio.Queue()
         self._live: dict[str, tuple[object, asyncio.Task]] = {}
         self._reading = True
+        # Client ids are unique within a session only; the engine needs them unique across
+        # every live request, so they travel to it under this session's prefix.
+        self._prefix = uuid.uuid4().hex[:12] + "/"
 
     async def read(self, request_iterator) -> None:
         try:
@@ -138,7 +141,7 @@ class _Session:
                 raise AlreadyExists(f"request {rid!r} is still running", field="submit.request_id")
             deadline = time.monotonic() + submit.timeout_ms / 1e3 if submit.timeout_ms else self._deadline
             engine = pick(self._engines, submit.request.model, field="submit.request.model")
-            req = to_request(submit.request, rid, deadline)
+            req = to_request(submit.request, self._prefix + rid, deadline)
         except Exception as exc:  # noqa: BLE001 - becomes this request's error frame
             self._error(rid, exc)
             return
@@ -146,7 +149,7 @@ class _Session:
         self._live[rid] = (engine, task)
 
     async def _run(self, engine, req: GenerationRequest) -> None:
-        rid = req.request_id
+        rid = req.request_id.removeprefix(self._prefix)
         try:
             stream = engine.generate(req)
             first = True
@@ -171,7 +174,7 @@ class _Session:
 
     def _cancel(self, rid: str) -> None:
         live = self._live.get(rid)
-        if live is None or not live[0].cancel(rid):
+        if live is None or not live[0].cancel(self._prefix + rid):
             self._error(rid, NotFound(f"no live request {rid!r} in this session", field="cancel.request_id"))
 
     def _error(self, rid: str, exc: BaseException) -> None:

@@ -1,0 +1,199 @@
+"""The Generation service end to end: galactic_client -> gRPC on loopback -> galacticd ->
+LLMEngine on a tiny local Llama. Greedy output is compared with `model.generate`."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import urllib.request
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from galactic.v1 import generation_pb2, generation_pb2_grpc
+from galactic_client import AsyncClient, errors
+from galactic_client.generation import Chunk, Final
+from llm_helpers import PROMPTS, greedy_reference
+
+
+@pytest.fixture
+async def llm_daemon(daemon_factory, tiny_dir, adapters_root, tmp_path):
+    root = tmp_path / "adapters"
+    shutil.copytree(adapters_root, root)
+    return await daemon_factory({"llm": {
+        "name": "tiny", "path": str(tiny_dir), "device": "cpu",
+        "scheduler": {"max_running": 8, "max_batch_tokens": 2048, "max_waiting": 16,
+                      "prefill_chunk_tokens": 16, "max_prompt_tokens": 256},
+        "adapters": {"root": str(root), "max_loaded": 3},
+    }})
+
+
+@pytest.fixture
+async def client(llm_daemon):
+    c = AsyncClient(f"127.0.0.1:{llm_daemon.port}", timeout=60)
+    yield c
+    await c.close()
+
+
+def engine_of(daemon):
+    return daemon.engines["tiny"]
+
+
+async def test_health_per_service(llm_daemon, channel_to):
+    stub = health_pb2_grpc.HealthStub(channel_to(llm_daemon))
+    for service in ("", "galactic.v1.Generation", "galactic.v1.Admin"):
+        resp = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        assert resp.status == health_pb2.HealthCheckResponse.SERVING, service
+
+
+async def test_concurrent_greedy_streams_equal_generate(client, reference):
+    n = 12
+
+    async def one(prompt):
+        ids, text, final = [], "", None
+        async for item in client.generate(prompt, max_new_tokens=n):
+            if isinstance(item, Chunk):
+                ids.extend(item.token_ids)
+                text += item.text
+            else:
+                final = item
+        return ids, text, final
+
+    results = await asyncio.gather(*(one(p) for p in PROMPTS))
+    for prompt, (ids, text, final) in zip(PROMPTS, results):
+        want = greedy_reference(reference, prompt, n)
+        # EOS may end a stream early; everything produced must match the reference.
+        assert ids == want[:len(ids)], prompt
+        assert final.finish_reason in ("LENGTH", "EOS")
+        assert final.completion_tokens == len(ids)
+        assert final.prompt_tokens > 0
+        assert 0 <= final.queue_ms <= final.ttft_ms <= final.total_ms
+
+
+@pytest.mark.parametrize("params, code, field", [
+    ({"top_p": 2.0}, grpc.StatusCode.INVALID_ARGUMENT, "sampling.top_p"),
+    ({"temperature": -1.0}, grpc.StatusCode.INVALID_ARGUMENT, "sampling.temperature"),
+    ({"adapter": "nope"}, grpc.StatusCode.NOT_FOUND, "adapter"),
+    ({"model": "other"}, grpc.StatusCode.NOT_FOUND, "model"),
+])
+async def test_bad_input_names_the_field(client, params, code, field):
+    with pytest.raises(errors.GalacticError) as err:
+        await client.generate_text("hello", max_new_tokens=4, **params)
+    assert err.value.code == code
+    assert err.value.field == field
+
+
+async def test_chat_messages_without_template_field(client):
+    # The tiny tokenizer has a chat template: messages are accepted.
+    text, final = await client.generate_text(messages=[{"role": "user", "content": "hi"}], max_new_tokens=3)
+    assert final.completion_tokens >= 1
+
+
+async def test_session_multiplexes_cancels_one_and_reports_errors(client, llm_daemon, reference):
+    engine = engine_of(llm_daemon)
+    async with client.session() as s:
+        keep = await s.submit(PROMPTS[0], request_id="keep", max_new_tokens=10)
+        drop = await s.submit(PROMPTS[1], request_id="drop", max_new_tokens=200)
+        bad = await s.submit(PROMPTS[2], request_id="bad", max_new_tokens=4, top_k=-3)
+        with pytest.raises(errors.InvalidArgument) as err:
+            async for _ in bad:
+                pass
+        assert err.value.field == "sampling.top_k"
+        first = await drop.__anext__()  # wait until it is producing, then cancel it alone
+        await s.cancel("drop")
+        tail = [item async for item in drop]
+        final = tail[-1]
+        assert isinstance(final, Final) and final.finish_reason == "CANCELLED"
+        ids = []
+        async for item in keep:
+            if isinstance(item, Chunk):
+                ids.extend(item.token_ids)
+            else:
+                assert item.finish_reason in ("LENGTH", "EOS")
+        want = greedy_reference(reference, PROMPTS[0], 10)
+        assert ids == want[:len(ids)]
+    await engine.wait_until(lambda e: e.running_count + e.waiting_count == 0, timeout=30)
+
+
+async def test_same_request_id_in_two_sessions(client):
+    async with client.session() as a, client.session() as b:
+        ra = await a.submit("The quick", request_id="r1", max_new_tokens=3)
+        rb = await b.submit("The quick", request_id="r1", max_new_tokens=3)
+        ta, fa = await ra.text()
+        tb, fb = await rb.text()
+    assert ta == tb and fa.completion_tokens == fb.completion_tokens
+
+
+async def test_deadline_frees_the_slot(client, llm_daemon, channel_to):
+    engine = engine_of(llm_daemon)
+    stub = generation_pb2_grpc.GenerationStub(channel_to(llm_daemon))
+    # 480 tokens cannot be made in 20 ms: the deadline expires inside the scheduler.
+    call = stub.Generate(generation_pb2.GenerateRequest(
+        prompt="galactic", stopping=generation_pb2.StoppingParams(max_new_tokens=480, ignore_eos=True)), timeout=0.02)
+    frames = []
+    try:
+        async for frame in call:
+            frames.append(frame)
+    except grpc.aio.AioRpcError as err:  # gRPC's own timer fired first
+        assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    else:  # the scheduler expired it first and said so
+        assert frames[-1].final.finish_reason == generation_pb2.DEADLINE
+    await engine.wait_until(lambda e: e.running_count + e.waiting_count == 0, timeout=30)
+    assert engine.running_count == 0
+
+
+async def test_client_leaving_early_cancels_on_the_daemon(client, llm_daemon):
+    engine = engine_of(llm_daemon)
+    async for item in client.generate(PROMPTS[3], max_new_tokens=400):
+        break  # the client's generator cancels the call
+    await engine.wait_until(lambda e: e.running_count + e.waiting_count == 0, timeout=30)
+    assert engine.running_count == 0
+
+
+async def test_adapters_hot_load_generate_unload(client, llm_daemon, tmp_path):
+    info = await client.load_adapter("alpha", "alpha")
+    assert info.rank == 4 and info.model == "tiny"
+    names = [a.name for a in await client.list_adapters()]
+    assert "alpha" in names
+    with_adapter, _ = await client.generate_text(PROMPTS[0], adapter="alpha", max_new_tokens=8)
+    base, _ = await client.generate_text(PROMPTS[0], max_new_tokens=8)
+    assert with_adapter != base  # the fixture's adapters change greedy picks
+    with pytest.raises(errors.PermissionDenied):
+        await client.load_adapter("evil", str(tmp_path))
+    with pytest.raises(errors.NotFound):
+        await client.unload_adapter("never-loaded")
+    await client.unload_adapter("alpha")
+    with pytest.raises(errors.NotFound):
+        await client.generate_text(PROMPTS[0], adapter="alpha", max_new_tokens=2)
+
+
+async def test_admin_and_metrics_describe_the_model(client, llm_daemon):
+    models = await client.list_models()
+    assert [m.name for m in models] == ["tiny"]
+    assert models[0].kind == "llm" and models[0].parameters > 0
+    assert "galactic.v1.Generation" in models[0].services
+    await client.generate_text("hello", max_new_tokens=2)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{llm_daemon.metrics_port}/metrics", timeout=5).read().decode()
+    assert 'galactic_engine_running_requests{model="tiny"}' in text
+    assert "galactic_rpc_requests_total" in text
+
+
+async def test_drain_lets_inflight_stream_finish_and_refuses_new_calls(llm_daemon, channel_to):
+    stub = generation_pb2_grpc.GenerationStub(channel_to(llm_daemon))
+    call = stub.Generate(generation_pb2.GenerateRequest(
+        prompt=PROMPTS[0], stopping=generation_pb2.StoppingParams(max_new_tokens=40, ignore_eos=True)), timeout=60)
+    first = await call.read()  # the stream is in flight
+    assert first.HasField("tokens")
+    drain = asyncio.create_task(llm_daemon.drain())
+    await asyncio.sleep(0)  # let drain() flip admission before the next call
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.Generate(generation_pb2.GenerateRequest(prompt="late"), timeout=10).read()
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    frames = [first]
+    while (frame := await call.read()) is not grpc.aio.EOF:
+        frames.append(frame)
+    assert frames[-1].HasField("final")
+    assert frames[-1].final.finish_reason == generation_pb2.LENGTH
+    assert sum(len(f.tokens.token_ids) for f in frames if f.HasField("tokens")) == 40
+    await drain
