@@ -36,19 +36,21 @@ NAMES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
 MAX_ELEMENTS = 1 << 28
 
 
+def wire_dtype(dtype: str | torch.dtype) -> str:
+    """The wire name ("FP32") of a torch dtype or its string ("float32", "torch.float32")."""
+    if isinstance(dtype, torch.dtype):
+        return NAMES[dtype]
+    if dtype in DTYPES:
+        return dtype
+    return NAMES[getattr(torch, dtype.removeprefix("torch."))]
+
+
 @dataclass(frozen=True)
 class TensorData:
     name: str
     dtype: str  # a key of DTYPES
     shape: tuple[int, ...]
     data: bytes
-
-
-@dataclass(frozen=True)
-class TensorSpecData:
-    name: str
-    dtype: str
-    shape: tuple[int, ...]  # -1 marks a variable dimension
 
 
 def decode(t: TensorData, max_elements: int = MAX_ELEMENTS) -> torch.Tensor:

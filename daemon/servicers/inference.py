@@ -24,8 +24,9 @@ def to_pb_tensor(t: tensors.TensorData) -> tensor_pb2.Tensor:
     return tensor_pb2.Tensor(name=t.name, dtype=tensor_pb2.DType.Value(t.dtype), shape=t.shape, raw_data=t.data)
 
 
-def to_pb_spec(s: tensors.TensorSpecData) -> tensor_pb2.TensorSpec:
-    return tensor_pb2.TensorSpec(name=s.name, dtype=tensor_pb2.DType.Value(s.dtype), shape=s.shape)
+def to_pb_spec(s) -> tensor_pb2.TensorSpec:
+    """Any spec with name, dtype (torch or wire name) and shape."""
+    return tensor_pb2.TensorSpec(name=s.name, dtype=tensor_pb2.DType.Value(tensors.wire_dtype(s.dtype)), shape=s.shape)
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):

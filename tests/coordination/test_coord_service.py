@@ -1,0 +1,72 @@
+"""Coordination and Inference end to end: galactic_client -> galacticd -> CoordinationEngine
+(the shipped embedded checkpoint), over gRPC on loopback."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from galactic_client import AsyncClient, errors
+
+from .test_coord_servicer import request_pb
+
+
+@pytest.fixture
+async def coord_daemon(daemon_factory):
+    return await daemon_factory({"coordination": {"batching": {"max_queue_delay_ms": 2.0}}})
+
+
+@pytest.fixture
+async def client(coord_daemon):
+    c = AsyncClient(f"127.0.0.1:{coord_daemon.port}", timeout=30)
+    yield c
+    await c.close()
+
+
+async def test_health_per_service(coord_daemon, channel_to):
+    stub = health_pb2_grpc.HealthStub(channel_to(coord_daemon))
+    for service in ("galactic.v1.Coordination", "galactic.v1.Inference"):
+        resp = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        assert resp.status == health_pb2.HealthCheckResponse.SERVING
+    with pytest.raises(grpc.aio.AioRpcError) as err:  # no LLM configured: not a served service
+        await stub.Check(health_pb2.HealthCheckRequest(service="galactic.v1.Generation"), timeout=5)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_coordinate_assigns_every_target_or_says_why(client, request_factory):
+    req = request_factory(60)
+    resp = await client.coordinate(request_pb(req))
+    assigned = {a.target_id for a in resp.assignments}
+    unassigned = {u.target_id for u in resp.unassigned}
+    assert assigned | unassigned == {t.id for t in req.targets} and not assigned & unassigned
+    assert all(0.0 <= a.p_success <= 1.0 for a in resp.assignments)
+    # Deterministic for a given input.
+    assert await client.coordinate(request_pb(req)) == resp
+
+
+async def test_coordinate_bad_target_names_the_field(client, request_factory):
+    bad = request_pb(request_factory(5))
+    bad.targets[2].dec_deg = 123.0
+    with pytest.raises(errors.InvalidArgument) as err:
+        await client.coordinate(bad)
+    assert err.value.field == "targets[2].dec_deg"
+
+
+async def test_infer_scores_feature_tensors(client):
+    model = (await client.get_model("coordination"))
+    spec = {s.name: list(s.shape) for s in model.inputs}
+    n_features = spec["features"][1]
+    rng = np.random.default_rng(0)
+    out = await client.infer("coordination", {
+        "features": rng.normal(size=(7, n_features)).astype(np.float32),
+        "site": np.arange(7, dtype=np.int64) % 3})
+    assert out["p_success"].shape == (7,) and out["p_success"].dtype == np.float32
+    assert np.all((out["p_success"] >= 0) & (out["p_success"] <= 1))
+    with pytest.raises(errors.InvalidArgument) as err:
+        await client.infer("coordination", {"features": np.zeros((2, n_features), np.float64),
+                                            "site": np.zeros(2, np.int64)})
+    assert "features" in (err.value.field or "")
+    with pytest.raises(errors.NotFound):
+        await client.infer("no-such-model", {"features": np.zeros((1, n_features), np.float32)})
