@@ -15,6 +15,7 @@ adapter registry for short sections. Order is always `_model_lock` then `_lock`.
 from __future__ import annotations
 
 import asyncio
+import copy
 import itertools
 import logging
 import threading
@@ -59,6 +60,7 @@ class LLMEngine:
         self.state = "loading"
         self.model: Any = None
         self.tokenizer: Any = None
+        self._decode_tokenizer: Any = None
         self._forward: Callable[..., Any] | None = None
         self._lock = threading.Lock()
         self._model_lock = threading.Lock()
@@ -93,6 +95,10 @@ class LLMEngine:
             self.state = "failed"
             raise
         self.model, self.tokenizer, self._model_dir = model, tok, str(model_dir)
+        # The worker decodes while the event loop encodes; a Rust tokenizer used from two
+        # threads at once can fail with "Already borrowed" (encode mutates its padding /
+        # truncation state), so the worker gets its own copy.
+        self._decode_tokenizer = copy.deepcopy(tok)
         self._device, self._dtype = input_device(model), placement.dtype
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
         eos = tok.eos_token_id if eos is None else eos
@@ -120,10 +126,11 @@ class LLMEngine:
 
         dev = self._device
         with torch.no_grad():
-            for rows, width in ((2, 6), (3, 9)):
+            for rows, width in ((1, 5), (2, 6), (3, 9)):  # size 1 is specialised by torch: warm it too
                 ids = torch.ones(rows, width, dtype=torch.long, device=dev)
                 mask = torch.ones_like(ids)
-                mask[0, :2] = 0
+                if rows > 1:
+                    mask[0, :2] = 0
                 pos = (mask.cumsum(1) - 1).clamp(min=0)
                 cache = DynamicCache()
                 self._forward(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
@@ -259,7 +266,7 @@ class LLMEngine:
                 "llm.prompt_tokens": len(ids), "llm.max_new_tokens": req.sampling.max_new_tokens})
             seq = Sequence(
                 request=req, prompt_ids=ids, stream=ResultStream(self._loop), adapter=adapter,
-                decoder=IncrementalDecoder(self.tokenizer, ids, req.sampling.stop),
+                decoder=IncrementalDecoder(self._decode_tokenizer, ids, req.sampling.stop),
                 generator=make_generator(req.sampling), span=span,
                 queue_span=tracer.start_span("llm.queue", context=trace.set_span_in_context(span)),
                 order=next(self._order),

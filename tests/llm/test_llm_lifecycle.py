@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import time
 
 import pytest
@@ -244,5 +245,24 @@ async def test_llm_failing_step_fails_its_requests_not_the_engine(tiny_dir, adap
         ids, _, final = await collect(eng, GenerationRequest("after", prompt=PROMPTS[0],
                                                              sampling=SamplingParams(max_new_tokens=3)))
         assert final.completion_tokens == 3 and eng.stats()["requests_failed_total"] == 3
+    finally:
+        await eng.stop(1)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("GALACTIC_SLOW_TESTS"), reason="torch.compile takes minutes on 2 cores; "
+                    "set GALACTIC_SLOW_TESTS=1")
+async def test_llm_compiled_engine_matches_eager(tiny_dir, adapters_root, reference):
+    from engines.llm.engine import LLMEngine
+    from llm_helpers import greedy_reference
+
+    eng = LLMEngine(dataclasses.replace(make_config(tiny_dir, adapters_root), compile=True))
+    eng.load(lambda msg: None)
+    await eng.start(asyncio.get_running_loop())
+    try:
+        results = await asyncio.gather(*(collect(eng, GenerationRequest(
+            f"c{i}", prompt=p, sampling=SamplingParams(max_new_tokens=8))) for i, p in enumerate(PROMPTS[:3])))
+        for p, (ids, _, _) in zip(PROMPTS, results):
+            assert ids == greedy_reference(reference, p, 8)
     finally:
         await eng.stop(1)
