@@ -70,6 +70,7 @@ class LLMEngine:
         self._batch: DecodeBatch[Sequence] | None = None
         self._live: dict[str, Sequence] = {}
         self._reserved = 0
+        self._running = 0  # admitted, not finished; changed under _lock
         self._order = itertools.count()
         self._adapters: AdapterRegistry | None = None  # built in load(), with the model
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -199,8 +200,11 @@ class LLMEngine:
 
     @property
     def running_count(self) -> int:
-        """Requests admitted (prefilling or in the decode batch)."""
-        return len(self._prefilling) + (len(self._batch) if self._batch is not None else 0)
+        """Requests admitted and not yet finished (prefilling or decoding).
+
+        Counted apart from the prefill list and the batch, which a request leaves and joins
+        mid-step: a count summed from them could read 0 between the two."""
+        return self._running
 
     @property
     def waiting_count(self) -> int:
@@ -351,7 +355,7 @@ class LLMEngine:
                     keep.append(i)
             self._batch.keep(keep)
             # Admit by aged priority while rows and the token budget allow.
-            while self.running_count < sched.max_running:
+            while self._running < sched.max_running:
                 seq = self._waiting.best(now)
                 if seq is None or self._reserved + seq.reserve > sched.max_batch_tokens:
                     break  # the best one waits for room; smaller ones do not jump it (no starvation)
@@ -362,6 +366,7 @@ class LLMEngine:
                 m.QUEUE.labels(**self._labels).observe(now - seq.t_enqueue)
                 seq.prefill_span = tracer.start_span("llm.prefill", context=trace.set_span_in_context(seq.span))
                 self._prefilling.append(seq)
+                self._running += 1
         for seq, reason in dropped:
             self._finish(seq, reason)
 
@@ -535,6 +540,7 @@ class LLMEngine:
         with self._lock:
             if seq.t_admit is not None:
                 self._reserved -= seq.reserve
+                self._running -= 1
             self._live.pop(seq.request.request_id, None)
             if seq.adapter is not None:
                 AdapterRegistry.release(seq.adapter)
@@ -566,6 +572,7 @@ class LLMEngine:
             seq.done = True
             with self._lock:
                 self._reserved -= seq.reserve
+                self._running -= 1
                 self._live.pop(seq.request.request_id, None)
                 if seq.adapter is not None:
                     AdapterRegistry.release(seq.adapter)

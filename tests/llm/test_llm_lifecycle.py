@@ -266,3 +266,21 @@ async def test_llm_compiled_engine_matches_eager(tiny_dir, adapters_root, refere
             assert ids == greedy_reference(reference, p, 8)
     finally:
         await eng.stop(1)
+
+
+async def test_llm_stop_cancels_what_outlives_the_grace_and_refuses_new_work(tiny_dir, adapters_root):
+    from engines.llm.engine import LLMEngine
+
+    eng = LLMEngine(make_config(tiny_dir, adapters_root))
+    eng.load(lambda msg: None)
+    await eng.start(asyncio.get_running_loop())
+    gen = eng.generate(GenerationRequest("long", prompt=PROMPTS[0], sampling=LONG))
+    assert isinstance(await gen.__anext__(), TokenChunk)
+    stopping = asyncio.create_task(eng.stop(0.01))
+    items = [item async for item in gen]
+    await stopping
+    assert items[-1].finish_reason is FinishReason.CANCELLED
+    assert eng.info().state == "stopped"
+    with pytest.raises(Unavailable):
+        async for _ in eng.generate(GenerationRequest("late", prompt="hi")):
+            pass
