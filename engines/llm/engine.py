@@ -156,7 +156,7 @@ class LLMEngine:
 
     async def stop(self, grace_s: float) -> None:
         """Refuse new work, let running requests finish for `grace_s`, cancel the rest."""
-        if self.state in ("stopped", "loading"):
+        if self._worker is None or self.state == "stopped":  # never started (or load failed)
             self.state = "stopped"
             return
         self.state = "draining"
@@ -281,6 +281,7 @@ class LLMEngine:
             self._waiting.push(seq)
         self._update_gauges()
         self._worker.notify()
+        self._state_changed()  # waiting_count changed: wake wait_until() callers now
         return seq
 
     # ---- adapters --------------------------------------------------------------------
@@ -354,6 +355,9 @@ class LLMEngine:
                 else:
                     keep.append(i)
             self._batch.keep(keep)
+        for seq, reason in dropped:  # before admission, so their rows and tokens are free again
+            self._finish(seq, reason)
+        with self._lock:
             # Admit by aged priority while rows and the token budget allow.
             while self._running < sched.max_running:
                 seq = self._waiting.best(now)
@@ -367,8 +371,6 @@ class LLMEngine:
                 seq.prefill_span = tracer.start_span("llm.prefill", context=trace.set_span_in_context(seq.span))
                 self._prefilling.append(seq)
                 self._running += 1
-        for seq, reason in dropped:
-            self._finish(seq, reason)
 
         rows = list(self._prefilling) + list(self._batch.rows)
         served.extend(rows)
