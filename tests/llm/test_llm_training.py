@@ -49,3 +49,16 @@ async def test_llm_embedded_demo_model_pipeline_with_a_tiny_spec(tmp_path):
         assert final.completion_tokens == len(ids)
     finally:
         await eng.stop(1)
+
+
+def test_llm_train_cli_registers_its_subcommands(tmp_path):
+    import argparse
+
+    from training.llm.cli import register
+
+    parser = argparse.ArgumentParser(prog="galactic-train")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["lora", "--base", "b", "--data", "d.jsonl", "--out", str(tmp_path), "--targets", "q_proj,o_proj"])
+    assert args.command == "lora" and args.rank == 8 and callable(args.func)
+    args = parser.parse_args(["demo-model", "--out", str(tmp_path)])
+    assert args.command == "demo-model" and callable(args.func)
