@@ -83,7 +83,7 @@ class LLMEngine:
         self._model_dir = ""
         self._counters = {"generated_tokens_total": 0.0, "prompt_tokens_total": 0.0, "steps_total": 0.0,
                           "requests_finished_total": 0.0, "requests_failed_total": 0.0}
-        self._labels = {"model": config.name}
+        self._m = m.ModelMetrics(config.name)
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -367,7 +367,7 @@ class LLMEngine:
                 self._reserved += seq.reserve
                 seq.t_admit = now
                 seq.queue_span.end()
-                m.QUEUE.labels(**self._labels).observe(now - seq.t_enqueue)
+                self._m.queue.observe(now - seq.t_enqueue)
                 seq.prefill_span = tracer.start_span("llm.prefill", context=trace.set_span_in_context(seq.span))
                 self._prefilling.append(seq)
                 self._running += 1
@@ -384,8 +384,8 @@ class LLMEngine:
             span.set_attribute("llm.prefill_tokens", prefill_tokens)
             span.set_attribute("llm.tokens", prefill_tokens + decode_rows)
         self._counters["steps_total"] += 1
-        m.BATCH_SIZE.labels(**self._labels).observe(decode_rows)
-        m.STEP_TOKENS.labels(**self._labels).observe(prefill_tokens + decode_rows)
+        self._m.batch_size.observe(decode_rows)
+        self._m.step_tokens.observe(prefill_tokens + decode_rows)
 
     def _set_adapters(self, slots: list[int]) -> None:
         self._adapters.bank.ctx.index = torch.tensor(slots, device=self._device) if any(slots) else None
@@ -470,7 +470,7 @@ class LLMEngine:
         seq.prefill_span.set_attribute("llm.prompt_tokens", len(seq.prompt_ids))
         seq.prefill_span.end()
         self._counters["prompt_tokens_total"] += len(seq.prompt_ids)
-        m.PROMPT.labels(**self._labels).inc(len(seq.prompt_ids))
+        self._m.prompt.inc(len(seq.prompt_ids))
         return self._emit(seq, logits)
 
     def _decode(self) -> int:
@@ -499,15 +499,15 @@ class LLMEngine:
         if seq.t_first is None:
             seq.t_first = now
             seq.span.add_event("first_token")
-            m.TTFT.labels(**self._labels).observe(now - seq.t_enqueue)
+            self._m.ttft.observe(now - seq.t_enqueue)
         else:
-            m.ITL.labels(**self._labels).observe(now - seq.t_last)
+            self._m.itl.observe(now - seq.t_last)
         seq.t_last = now
         seq.generated.append(token)
         if seq.seen is not None:
             seq.seen = torch.cat([seq.seen, torch.tensor([token])])
         self._counters["generated_tokens_total"] += 1
-        m.GENERATED.labels(**self._labels).inc()
+        self._m.generated.inc()
         reason = None
         if token in self._eos and not params.ignore_eos:
             text, reason = seq.decoder.flush(), FinishReason.EOS
@@ -552,8 +552,8 @@ class LLMEngine:
         seq.stream.put(self._final(seq, reason, now))
         seq.stream.close()
         self._counters["requests_finished_total"] += 1
-        m.FINISHED.labels(model=self.name, reason=reason.value).inc()
-        m.E2E.labels(**self._labels).observe(now - seq.t_enqueue)
+        self._m.finished(reason.value)
+        self._m.e2e.observe(now - seq.t_enqueue)
 
     def _final(self, seq: Sequence, reason: FinishReason, now: float) -> FinalOutput:
         def ms(t: float | None) -> float:
@@ -584,11 +584,11 @@ class LLMEngine:
             self._counters["requests_failed_total"] += 1
 
     def _update_gauges(self) -> None:
-        m.RUNNING.labels(**self._labels).set(self.running_count)
-        m.WAITING.labels(**self._labels).set(self.waiting_count)
+        self._m.running.set(self.running_count)
+        self._m.waiting.set(self.waiting_count)
         batch = self._batch
-        m.KV_TOKENS.labels(**self._labels).set(len(batch) * batch.length if batch is not None else 0)
-        m.KV_USAGE.labels(**self._labels).set(self._reserved / self.config.scheduler.max_batch_tokens)
+        self._m.kv_tokens.set(len(batch) * batch.length if batch is not None else 0)
+        self._m.kv_usage.set(self._reserved / self.config.scheduler.max_batch_tokens)
         if self._adapters is not None:
-            m.ADAPTERS_LOADED.labels(**self._labels).set(len(self._adapters))
-            m.ADAPTERS_ACTIVE.labels(**self._labels).set(self._adapters.active)
+            self._m.adapters_loaded.set(len(self._adapters))
+            self._m.adapters_active.set(self._adapters.active)
