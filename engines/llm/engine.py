@@ -430,10 +430,10 @@ class LLMEngine:
         self._set_adapters([s.slot for s in seqs])
         out = self._forward(input_ids=ids.to(self._device), attention_mask=mask.to(self._device),
                             position_ids=positions.to(self._device), cache=cache, use_cache=True, logits_to_keep=1)
-        logits = out.logits[:, -1].float().cpu()
+        picks = self._sample(seqs, out.logits[:, -1])
         joined, tokens, keep = [], [], []
         for i, seq in enumerate(seqs):
-            token = self._prefilled(seq, logits[i])
+            token = self._prefilled(seq, picks[i])
             if token is not None:
                 joined.append(seq)
                 tokens.append(token)
@@ -458,12 +458,12 @@ class LLMEngine:
         seq.prefilled += n
         if seq.prefilled < len(seq.prompt_ids):
             return
-        token = self._prefilled(seq, out.logits[0, -1].float().cpu())
+        token = self._prefilled(seq, self._sample([seq], out.logits[:, -1])[0])
         if token is not None:
             self._batch.join([seq], seq.prefill_cache, torch.ones(1, len(seq.prompt_ids), dtype=torch.long), [token])
         seq.prefill_cache = None
 
-    def _prefilled(self, seq: Sequence, logits: torch.Tensor) -> int | None:
+    def _prefilled(self, seq: Sequence, pick: tuple[int, float | None]) -> int | None:
         """The prompt is in the cache: sample the first token; None if that finished it."""
         seq.prefilled = len(seq.prompt_ids)
         self._prefilling.remove(seq)
@@ -471,7 +471,7 @@ class LLMEngine:
         seq.prefill_span.end()
         self._counters["prompt_tokens_total"] += len(seq.prompt_ids)
         self._m.prompt.inc(len(seq.prompt_ids))
-        return self._emit(seq, logits)
+        return self._emit(seq, pick)
 
     def _decode(self) -> int:
         batch = self._batch
@@ -480,10 +480,10 @@ class LLMEngine:
         rows = list(batch.rows)
         self._set_adapters([s.slot for s in rows])
         out = self._forward(**batch.step_inputs())
-        logits = out.logits[:, -1].float().cpu()  # one device->host copy for the whole batch
+        picks = self._sample(rows, out.logits[:, -1])
         tokens, keep = [], []
         for i, seq in enumerate(rows):
-            token = self._emit(seq, logits[i])
+            token = self._emit(seq, picks[i])
             tokens.append(token if token is not None else 0)
             if token is not None:
                 keep.append(i)
@@ -491,10 +491,31 @@ class LLMEngine:
         batch.keep(keep)
         return len(rows)
 
-    def _emit(self, seq: Sequence, logits: torch.Tensor) -> int | None:
-        """Sample one token for `seq`, stream it; returns it, or None if `seq` finished."""
+    def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> list[tuple[int, float | None]]:
+        """Next token (and logprob) per row of `logits` (B, V), on whichever device it is.
+
+        Plain greedy rows take one batched argmax where the logits are, so only B ints
+        cross to the host; rows that sample, penalise or want logprobs get their logits
+        row copied to the host and go through `sample_row` with their own generator."""
+        picks: list[tuple[int, float | None]] = [(0, None)] * len(seqs)
+        plain = [i for i, s in enumerate(seqs) if s.request.sampling.temperature <= 0
+                 and s.request.sampling.repetition_penalty == 1.0 and not s.request.sampling.logprobs]
+        if plain:
+            for i, token in zip(plain, logits[plain].argmax(-1).tolist()):
+                picks[i] = (token, None)
+        plain_set = set(plain)
+        rest = [i for i in range(len(seqs)) if i not in plain_set]
+        if rest:
+            host = logits[rest].float().cpu()  # one device->host copy for these rows
+            for j, i in enumerate(rest):
+                seq = seqs[i]
+                picks[i] = sample_row(host[j], seq.request.sampling, seq.seen, seq.generator)
+        return picks
+
+    def _emit(self, seq: Sequence, pick: tuple[int, float | None]) -> int | None:
+        """Stream one sampled token for `seq`; returns it, or None if `seq` finished."""
         params = seq.request.sampling
-        token, logprob = sample_row(logits.float().cpu(), params, seq.seen, seq.generator)  # no-op copies on CPU
+        token, logprob = pick
         now = time.monotonic()
         if seq.t_first is None:
             seq.t_first = now
