@@ -41,7 +41,7 @@ from engines.llm.batch import DecodeBatch
 from engines.llm.config import LLMConfig
 from engines.llm.detok import IncrementalDecoder
 from engines.llm.lora import LoRABank, read_adapter
-from engines.llm.sampling import make_generator, sample_row
+from engines.llm.sampling import make_generator, sample_batch
 from engines.llm.scheduler import Sequence, WaitingQueue
 from engines.llm.validation import validate_and_tokenize
 from engines.llm.types import AdapterInfo, FinalOutput, FinishReason, GenerationRequest, Timings, TokenChunk
@@ -492,25 +492,7 @@ class LLMEngine:
         return len(rows)
 
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> list[tuple[int, float | None]]:
-        """Next token (and logprob) per row of `logits` (B, V), on whichever device it is.
-
-        Plain greedy rows take one batched argmax where the logits are, so only B ints
-        cross to the host; rows that sample, penalise or want logprobs get their logits
-        row copied to the host and go through `sample_row` with their own generator."""
-        picks: list[tuple[int, float | None]] = [(0, None)] * len(seqs)
-        plain = [i for i, s in enumerate(seqs) if s.request.sampling.temperature <= 0
-                 and s.request.sampling.repetition_penalty == 1.0 and not s.request.sampling.logprobs]
-        if plain:
-            for i, token in zip(plain, logits[plain].argmax(-1).tolist()):
-                picks[i] = (token, None)
-        plain_set = set(plain)
-        rest = [i for i in range(len(seqs)) if i not in plain_set]
-        if rest:
-            host = logits[rest].float().cpu()  # one device->host copy for these rows
-            for j, i in enumerate(rest):
-                seq = seqs[i]
-                picks[i] = sample_row(host[j], seq.request.sampling, seq.seen, seq.generator)
-        return picks
+        return sample_batch(logits, [(s.request.sampling, s.seen, s.generator) for s in seqs])
 
     def _emit(self, seq: Sequence, pick: tuple[int, float | None]) -> int | None:
         """Stream one sampled token for `seq`; returns it, or None if `seq` finished."""
