@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -266,6 +267,7 @@ async def main_async(args: argparse.Namespace) -> dict:
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr)
     await engine.stop(5)
+    shutil.rmtree(root, ignore_errors=True)
     ratio = {}
     for n in setup.concurrency:
         base = [r["tokens_per_s"] for r in rows if r["system"] == "galacticd" and r["concurrency"] == n]
@@ -286,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, required=True, help="write results here")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     args = parser.parse_args(argv)
-    result = asyncio.run(main_async(args))
+    result = asyncio.run(main_async(args))  # builds its model under a temp dir it removes
     args.json.write_text(json.dumps(result, indent=2))
     return 0
 

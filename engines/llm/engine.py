@@ -15,6 +15,7 @@ adapter registry for short sections. Order is always `_model_lock` then `_lock`.
 from __future__ import annotations
 
 import asyncio
+import copy
 import itertools
 import logging
 import threading
@@ -40,7 +41,7 @@ from engines.llm.batch import DecodeBatch
 from engines.llm.config import LLMConfig
 from engines.llm.detok import IncrementalDecoder
 from engines.llm.lora import LoRABank, read_adapter
-from engines.llm.sampling import make_generator, sample_row
+from engines.llm.sampling import make_generator, sample_batch
 from engines.llm.scheduler import Sequence, WaitingQueue
 from engines.llm.validation import validate_and_tokenize
 from engines.llm.types import AdapterInfo, FinalOutput, FinishReason, GenerationRequest, Timings, TokenChunk
@@ -59,6 +60,7 @@ class LLMEngine:
         self.state = "loading"
         self.model: Any = None
         self.tokenizer: Any = None
+        self._decode_tokenizer: Any = None
         self._forward: Callable[..., Any] | None = None
         self._lock = threading.Lock()
         self._model_lock = threading.Lock()
@@ -68,6 +70,7 @@ class LLMEngine:
         self._batch: DecodeBatch[Sequence] | None = None
         self._live: dict[str, Sequence] = {}
         self._reserved = 0
+        self._running = 0  # admitted, not finished; changed under _lock
         self._order = itertools.count()
         self._adapters: AdapterRegistry | None = None  # built in load(), with the model
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -80,7 +83,7 @@ class LLMEngine:
         self._model_dir = ""
         self._counters = {"generated_tokens_total": 0.0, "prompt_tokens_total": 0.0, "steps_total": 0.0,
                           "requests_finished_total": 0.0, "requests_failed_total": 0.0}
-        self._labels = {"model": config.name}
+        self._m = m.ModelMetrics(config.name)
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -93,6 +96,10 @@ class LLMEngine:
             self.state = "failed"
             raise
         self.model, self.tokenizer, self._model_dir = model, tok, str(model_dir)
+        # The worker decodes while the event loop encodes; a Rust tokenizer used from two
+        # threads at once can fail with "Already borrowed" (encode mutates its padding /
+        # truncation state), so the worker gets its own copy.
+        self._decode_tokenizer = copy.deepcopy(tok)
         self._device, self._dtype = input_device(model), placement.dtype
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
         eos = tok.eos_token_id if eos is None else eos
@@ -120,10 +127,11 @@ class LLMEngine:
 
         dev = self._device
         with torch.no_grad():
-            for rows, width in ((2, 6), (3, 9)):
+            for rows, width in ((1, 5), (2, 6), (3, 9)):  # size 1 is specialised by torch: warm it too
                 ids = torch.ones(rows, width, dtype=torch.long, device=dev)
                 mask = torch.ones_like(ids)
-                mask[0, :2] = 0
+                if rows > 1:
+                    mask[0, :2] = 0
                 pos = (mask.cumsum(1) - 1).clamp(min=0)
                 cache = DynamicCache()
                 self._forward(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
@@ -148,7 +156,7 @@ class LLMEngine:
 
     async def stop(self, grace_s: float) -> None:
         """Refuse new work, let running requests finish for `grace_s`, cancel the rest."""
-        if self.state in ("stopped", "loading"):
+        if self._worker is None or self.state == "stopped":  # never started (or load failed)
             self.state = "stopped"
             return
         self.state = "draining"
@@ -192,8 +200,11 @@ class LLMEngine:
 
     @property
     def running_count(self) -> int:
-        """Requests admitted (prefilling or in the decode batch)."""
-        return len(self._prefilling) + (len(self._batch) if self._batch is not None else 0)
+        """Requests admitted and not yet finished (prefilling or decoding).
+
+        Counted apart from the prefill list and the batch, which a request leaves and joins
+        mid-step: a count summed from them could read 0 between the two."""
+        return self._running
 
     @property
     def waiting_count(self) -> int:
@@ -259,7 +270,7 @@ class LLMEngine:
                 "llm.prompt_tokens": len(ids), "llm.max_new_tokens": req.sampling.max_new_tokens})
             seq = Sequence(
                 request=req, prompt_ids=ids, stream=ResultStream(self._loop), adapter=adapter,
-                decoder=IncrementalDecoder(self.tokenizer, ids, req.sampling.stop),
+                decoder=IncrementalDecoder(self._decode_tokenizer, ids, req.sampling.stop),
                 generator=make_generator(req.sampling), span=span,
                 queue_span=tracer.start_span("llm.queue", context=trace.set_span_in_context(span)),
                 order=next(self._order),
@@ -270,6 +281,7 @@ class LLMEngine:
             self._waiting.push(seq)
         self._update_gauges()
         self._worker.notify()
+        self._state_changed()  # waiting_count changed: wake wait_until() callers now
         return seq
 
     # ---- adapters --------------------------------------------------------------------
@@ -343,8 +355,11 @@ class LLMEngine:
                 else:
                     keep.append(i)
             self._batch.keep(keep)
+        for seq, reason in dropped:  # before admission, so their rows and tokens are free again
+            self._finish(seq, reason)
+        with self._lock:
             # Admit by aged priority while rows and the token budget allow.
-            while self.running_count < sched.max_running:
+            while self._running < sched.max_running:
                 seq = self._waiting.best(now)
                 if seq is None or self._reserved + seq.reserve > sched.max_batch_tokens:
                     break  # the best one waits for room; smaller ones do not jump it (no starvation)
@@ -352,11 +367,10 @@ class LLMEngine:
                 self._reserved += seq.reserve
                 seq.t_admit = now
                 seq.queue_span.end()
-                m.QUEUE.labels(**self._labels).observe(now - seq.t_enqueue)
+                self._m.queue.observe(now - seq.t_enqueue)
                 seq.prefill_span = tracer.start_span("llm.prefill", context=trace.set_span_in_context(seq.span))
                 self._prefilling.append(seq)
-        for seq, reason in dropped:
-            self._finish(seq, reason)
+                self._running += 1
 
         rows = list(self._prefilling) + list(self._batch.rows)
         served.extend(rows)
@@ -370,8 +384,8 @@ class LLMEngine:
             span.set_attribute("llm.prefill_tokens", prefill_tokens)
             span.set_attribute("llm.tokens", prefill_tokens + decode_rows)
         self._counters["steps_total"] += 1
-        m.BATCH_SIZE.labels(**self._labels).observe(decode_rows)
-        m.STEP_TOKENS.labels(**self._labels).observe(prefill_tokens + decode_rows)
+        self._m.batch_size.observe(decode_rows)
+        self._m.step_tokens.observe(prefill_tokens + decode_rows)
 
     def _set_adapters(self, slots: list[int]) -> None:
         self._adapters.bank.ctx.index = torch.tensor(slots, device=self._device) if any(slots) else None
@@ -416,10 +430,10 @@ class LLMEngine:
         self._set_adapters([s.slot for s in seqs])
         out = self._forward(input_ids=ids.to(self._device), attention_mask=mask.to(self._device),
                             position_ids=positions.to(self._device), cache=cache, use_cache=True, logits_to_keep=1)
-        logits = out.logits[:, -1].float().cpu()
+        picks = self._sample(seqs, out.logits[:, -1])
         joined, tokens, keep = [], [], []
         for i, seq in enumerate(seqs):
-            token = self._prefilled(seq, logits[i])
+            token = self._prefilled(seq, picks[i])
             if token is not None:
                 joined.append(seq)
                 tokens.append(token)
@@ -444,20 +458,20 @@ class LLMEngine:
         seq.prefilled += n
         if seq.prefilled < len(seq.prompt_ids):
             return
-        token = self._prefilled(seq, out.logits[0, -1].float().cpu())
+        token = self._prefilled(seq, self._sample([seq], out.logits[:, -1])[0])
         if token is not None:
             self._batch.join([seq], seq.prefill_cache, torch.ones(1, len(seq.prompt_ids), dtype=torch.long), [token])
         seq.prefill_cache = None
 
-    def _prefilled(self, seq: Sequence, logits: torch.Tensor) -> int | None:
+    def _prefilled(self, seq: Sequence, pick: tuple[int, float | None]) -> int | None:
         """The prompt is in the cache: sample the first token; None if that finished it."""
         seq.prefilled = len(seq.prompt_ids)
         self._prefilling.remove(seq)
         seq.prefill_span.set_attribute("llm.prompt_tokens", len(seq.prompt_ids))
         seq.prefill_span.end()
         self._counters["prompt_tokens_total"] += len(seq.prompt_ids)
-        m.PROMPT.labels(**self._labels).inc(len(seq.prompt_ids))
-        return self._emit(seq, logits)
+        self._m.prompt.inc(len(seq.prompt_ids))
+        return self._emit(seq, pick)
 
     def _decode(self) -> int:
         batch = self._batch
@@ -466,10 +480,10 @@ class LLMEngine:
         rows = list(batch.rows)
         self._set_adapters([s.slot for s in rows])
         out = self._forward(**batch.step_inputs())
-        logits = out.logits[:, -1].float().cpu()  # one device->host copy for the whole batch
+        picks = self._sample(rows, out.logits[:, -1])
         tokens, keep = [], []
         for i, seq in enumerate(rows):
-            token = self._emit(seq, logits[i])
+            token = self._emit(seq, picks[i])
             tokens.append(token if token is not None else 0)
             if token is not None:
                 keep.append(i)
@@ -477,23 +491,26 @@ class LLMEngine:
         batch.keep(keep)
         return len(rows)
 
-    def _emit(self, seq: Sequence, logits: torch.Tensor) -> int | None:
-        """Sample one token for `seq`, stream it; returns it, or None if `seq` finished."""
+    def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> list[tuple[int, float | None]]:
+        return sample_batch(logits, [(s.request.sampling, s.seen, s.generator) for s in seqs])
+
+    def _emit(self, seq: Sequence, pick: tuple[int, float | None]) -> int | None:
+        """Stream one sampled token for `seq`; returns it, or None if `seq` finished."""
         params = seq.request.sampling
-        token, logprob = sample_row(logits.float().cpu(), params, seq.seen, seq.generator)  # no-op copies on CPU
+        token, logprob = pick
         now = time.monotonic()
         if seq.t_first is None:
             seq.t_first = now
             seq.span.add_event("first_token")
-            m.TTFT.labels(**self._labels).observe(now - seq.t_enqueue)
+            self._m.ttft.observe(now - seq.t_enqueue)
         else:
-            m.ITL.labels(**self._labels).observe(now - seq.t_last)
+            self._m.itl.observe(now - seq.t_last)
         seq.t_last = now
         seq.generated.append(token)
         if seq.seen is not None:
             seq.seen = torch.cat([seq.seen, torch.tensor([token])])
         self._counters["generated_tokens_total"] += 1
-        m.GENERATED.labels(**self._labels).inc()
+        self._m.generated.inc()
         reason = None
         if token in self._eos and not params.ignore_eos:
             text, reason = seq.decoder.flush(), FinishReason.EOS
@@ -528,6 +545,7 @@ class LLMEngine:
         with self._lock:
             if seq.t_admit is not None:
                 self._reserved -= seq.reserve
+                self._running -= 1
             self._live.pop(seq.request.request_id, None)
             if seq.adapter is not None:
                 AdapterRegistry.release(seq.adapter)
@@ -537,8 +555,8 @@ class LLMEngine:
         seq.stream.put(self._final(seq, reason, now))
         seq.stream.close()
         self._counters["requests_finished_total"] += 1
-        m.FINISHED.labels(model=self.name, reason=reason.value).inc()
-        m.E2E.labels(**self._labels).observe(now - seq.t_enqueue)
+        self._m.finished(reason.value)
+        self._m.e2e.observe(now - seq.t_enqueue)
 
     def _final(self, seq: Sequence, reason: FinishReason, now: float) -> FinalOutput:
         def ms(t: float | None) -> float:
@@ -559,6 +577,7 @@ class LLMEngine:
             seq.done = True
             with self._lock:
                 self._reserved -= seq.reserve
+                self._running -= 1
                 self._live.pop(seq.request.request_id, None)
                 if seq.adapter is not None:
                     AdapterRegistry.release(seq.adapter)
@@ -568,11 +587,11 @@ class LLMEngine:
             self._counters["requests_failed_total"] += 1
 
     def _update_gauges(self) -> None:
-        m.RUNNING.labels(**self._labels).set(self.running_count)
-        m.WAITING.labels(**self._labels).set(self.waiting_count)
+        self._m.running.set(self.running_count)
+        self._m.waiting.set(self.waiting_count)
         batch = self._batch
-        m.KV_TOKENS.labels(**self._labels).set(len(batch) * batch.length if batch is not None else 0)
-        m.KV_USAGE.labels(**self._labels).set(self._reserved / self.config.scheduler.max_batch_tokens)
+        self._m.kv_tokens.set(len(batch) * batch.length if batch is not None else 0)
+        self._m.kv_usage.set(self._reserved / self.config.scheduler.max_batch_tokens)
         if self._adapters is not None:
-            m.ADAPTERS_LOADED.labels(**self._labels).set(len(self._adapters))
-            m.ADAPTERS_ACTIVE.labels(**self._labels).set(self._adapters.active)
+            self._m.adapters_loaded.set(len(self._adapters))
+            self._m.adapters_active.set(self._adapters.active)

@@ -28,3 +28,21 @@ ADAPTERS_ACTIVE = Gauge("galactic_llm_adapters_active", "LoRA adapters used by q
 GENERATED = Counter("galactic_llm_generated_tokens", "Tokens generated.", ["model"])
 PROMPT = Counter("galactic_llm_prompt_tokens", "Prompt tokens prefilled.", ["model"])
 FINISHED = Counter("galactic_llm_requests_finished", "Requests finished, by reason.", ["model", "reason"])
+
+
+class ModelMetrics:
+    """The metrics above bound to one model's label once (`labels()` per token costs a lock
+    and a dict lookup; this is on the decode path)."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.ttft, self.itl, self.e2e, self.queue = (h.labels(model=model) for h in (TTFT, ITL, E2E, QUEUE))
+        self.running, self.waiting = RUNNING.labels(model=model), WAITING.labels(model=model)
+        self.batch_size, self.step_tokens = BATCH_SIZE.labels(model=model), STEP_TOKENS.labels(model=model)
+        self.kv_tokens, self.kv_usage = KV_TOKENS.labels(model=model), KV_USAGE.labels(model=model)
+        self.adapters_loaded = ADAPTERS_LOADED.labels(model=model)
+        self.adapters_active = ADAPTERS_ACTIVE.labels(model=model)
+        self.generated, self.prompt = GENERATED.labels(model=model), PROMPT.labels(model=model)
+
+    def finished(self, reason: str) -> None:
+        FINISHED.labels(model=self.model, reason=reason).inc()

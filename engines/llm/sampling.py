@@ -55,3 +55,28 @@ def sample_row(
         token = int(torch.multinomial(probs, 1, generator=gen))
     logprob = float(torch.log_softmax(raw, dim=-1)[token]) if params.logprobs else None
     return token, logprob
+
+
+def sample_batch(
+    logits: torch.Tensor,  # (B, V) on the model's device
+    rows: list[tuple[SamplingParams, torch.Tensor | None, torch.Generator | None]],  # (params, seen, gen) per row
+) -> list[tuple[int, float | None]]:
+    """Next token (and logprob) per row.
+
+    Plain greedy rows take one batched argmax where the logits are, so only B ints cross
+    to the host; rows that sample, penalise or want logprobs get their logits row copied
+    to the host and go through `sample_row` with their own generator."""
+    picks: list[tuple[int, float | None]] = [(0, None)] * len(rows)
+    plain = [i for i, (p, _, _) in enumerate(rows)
+             if p.temperature <= 0 and p.repetition_penalty == 1.0 and not p.logprobs]
+    if plain:
+        for i, token in zip(plain, logits[plain].argmax(-1).tolist()):
+            picks[i] = (token, None)
+    plain_set = set(plain)
+    rest = [i for i in range(len(rows)) if i not in plain_set]
+    if rest:
+        host = logits[rest].float().cpu()  # one device->host copy for these rows
+        for j, i in enumerate(rest):
+            params, seen, gen = rows[i]
+            picks[i] = sample_row(host[j], params, seen, gen)
+    return picks

@@ -7,10 +7,15 @@ it sizes its paged cache from a share of host RAM. Our scheduler is small and ex
 
 * every step = (a) drop cancelled / expired requests, (b) admit waiting requests while
   `max_running` and the token budget allow, (c) prefill up to `prefill_chunk_tokens` prompt
-  tokens (chunked, so a long prompt never stalls running streams by more than one chunk),
-  (d) one decode forward for the whole running batch;
+  tokens: prompts that fit whole go through one left-padded batched forward, a longer one
+  is prefilled alone in chunks, so it never stalls running streams by more than a chunk,
+  (d) one decode forward for the whole running batch (rows with different adapters too);
+* rows join the batch the step their prompt is prefilled and leave the step they finish,
+  are cancelled or expire (`batch.py` re-packs the KV cache);
 * the token budget reserves `prompt + max_new_tokens` per request on admission, so a
   running request can always finish and nothing is ever preempted;
+* greedy output equals solo `generate()` token for token (fp32): each row keeps its own
+  positions and a padding mask, so batching changes only floating-point rounding;
 * waiting requests are served by priority, each gaining +1 per `priority_aging_s` waited,
   so low priorities are delayed, never starved; FIFO among equals.
 """

@@ -67,3 +67,48 @@ async def test_llm_burst_prefilled_together_matches_generate(tiny_dir, adapters_
             assert ids == greedy_reference(reference, p, n), p
     finally:
         await eng.stop(1)
+
+
+async def test_llm_random_traffic_keeps_the_stream_contract(engine, reference, tiny_dir, adapters_root):
+    """Staggered arrivals, random lengths, sampling, adapters and cancellations: every stream
+    ends with exactly one FinalOutput, greedy base streams stay exact, and the engine drains."""
+    import random
+
+    from engines.llm.types import FinalOutput, TokenChunk
+
+    rng = random.Random(1234)
+    await engine.load_adapter("alpha", "alpha")
+    await engine.load_adapter("gamma", "gamma")
+    try:
+        async def one(i: int):
+            await asyncio.sleep(rng.random() * 0.05)  # staggered arrivals, not a correctness wait
+            n = rng.randint(1, 30)
+            greedy = rng.random() < 0.5
+            adapter = None if greedy else rng.choice([None, "alpha", "gamma"])
+            params = SamplingParams(max_new_tokens=n) if greedy else SamplingParams(
+                max_new_tokens=n, temperature=0.8, top_p=0.9, seed=i)
+            prompt = rng.choice(PROMPTS)
+            cancel_after = rng.choice([None, None, None, 1, 3])
+            ids, finals = [], []
+            gen = engine.generate(GenerationRequest(f"rt{i}", prompt=prompt, adapter=adapter, sampling=params))
+            async for item in gen:
+                if isinstance(item, TokenChunk):
+                    ids.extend(item.token_ids)
+                    if cancel_after is not None and len(ids) >= cancel_after:
+                        engine.cancel(f"rt{i}")
+                        cancel_after = None
+                else:
+                    assert isinstance(item, FinalOutput)
+                    finals.append(item)
+            assert len(finals) == 1 and finals[0].completion_tokens == len(ids)
+            return greedy, prompt, n, ids, finals[0]
+
+        results = await asyncio.gather(*(one(i) for i in range(16)))  # <= max_running + max_waiting
+        for greedy, prompt, n, ids, final in results:
+            if greedy and final.finish_reason is not FinishReason.CANCELLED:
+                assert ids == greedy_reference(reference, prompt, n)
+        await engine.wait_until(lambda e: e.running_count == 0 and e.waiting_count == 0, timeout=30)
+        assert engine.stats()["reserved_tokens"] == 0
+    finally:
+        await engine.unload_adapter("alpha")
+        await engine.unload_adapter("gamma")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import time
 
 import pytest
@@ -246,3 +247,40 @@ async def test_llm_failing_step_fails_its_requests_not_the_engine(tiny_dir, adap
         assert final.completion_tokens == 3 and eng.stats()["requests_failed_total"] == 3
     finally:
         await eng.stop(1)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("GALACTIC_SLOW_TESTS"), reason="torch.compile takes minutes on 2 cores; "
+                    "set GALACTIC_SLOW_TESTS=1")
+async def test_llm_compiled_engine_matches_eager(tiny_dir, adapters_root, reference):
+    from engines.llm.engine import LLMEngine
+    from llm_helpers import greedy_reference
+
+    eng = LLMEngine(dataclasses.replace(make_config(tiny_dir, adapters_root), compile=True))
+    eng.load(lambda msg: None)
+    await eng.start(asyncio.get_running_loop())
+    try:
+        results = await asyncio.gather(*(collect(eng, GenerationRequest(
+            f"c{i}", prompt=p, sampling=SamplingParams(max_new_tokens=8))) for i, p in enumerate(PROMPTS[:3])))
+        for p, (ids, _, _) in zip(PROMPTS, results):
+            assert ids == greedy_reference(reference, p, 8)
+    finally:
+        await eng.stop(1)
+
+
+async def test_llm_stop_cancels_what_outlives_the_grace_and_refuses_new_work(tiny_dir, adapters_root):
+    from engines.llm.engine import LLMEngine
+
+    eng = LLMEngine(make_config(tiny_dir, adapters_root))
+    eng.load(lambda msg: None)
+    await eng.start(asyncio.get_running_loop())
+    gen = eng.generate(GenerationRequest("long", prompt=PROMPTS[0], sampling=LONG))
+    assert isinstance(await gen.__anext__(), TokenChunk)
+    stopping = asyncio.create_task(eng.stop(0.01))
+    items = [item async for item in gen]
+    await stopping
+    assert items[-1].finish_reason is FinishReason.CANCELLED
+    assert eng.info().state == "stopped"
+    with pytest.raises(Unavailable):
+        async for _ in eng.generate(GenerationRequest("late", prompt="hi")):
+            pass

@@ -45,3 +45,14 @@ async def test_llm_spans_and_metrics(engine):
     after = REGISTRY.get_sample_value("galactic_llm_generated_tokens_total", {"model": "tiny"})
     assert after - before == len(ids)
     assert REGISTRY.get_sample_value("galactic_llm_ttft_seconds_count", {"model": "tiny"}) >= 1
+
+
+async def test_llm_engine_meets_the_engine_protocol(engine):
+    from engines.base import Engine
+
+    assert isinstance(engine, Engine)
+    info = engine.info()
+    assert (info.kind, info.state, info.services) == ("llm", "ready", ("galactic.v1.Generation",))
+    assert info.parameters > 0 and info.memory_bytes > 0 and info.config["name"] == "tiny"
+    stats = engine.stats()
+    assert {"running_requests", "waiting_requests", "generated_tokens_total", "kv_cache_tokens"} <= set(stats)

@@ -79,3 +79,19 @@ async def test_llm_chat_messages_use_the_template(engine):
     ids, _, final = await collect(engine, GenerationRequest("chat", messages=(
         ChatMessage("system", "be brief"), ChatMessage("user", "hello")), sampling=SamplingParams(max_new_tokens=4)))
     assert final.prompt_tokens > 4 and len(ids) == final.completion_tokens
+
+
+def test_llm_sampling_filters_reduce_to_greedy_at_their_limits():
+    import torch
+
+    from engines.llm.sampling import make_generator, sample_row
+
+    logits = torch.randn(300, generator=torch.Generator().manual_seed(3))
+    best = int(logits.argmax())
+    for params in (SamplingParams(temperature=1.0, top_k=1, seed=1), SamplingParams(temperature=1.0, top_p=1e-6, seed=1)):
+        for _ in range(5):
+            token, _ = sample_row(logits, params, None, make_generator(params))
+            assert token == best
+    # A repetition penalty pushes a seen top token down under greedy.
+    token, _ = sample_row(logits, SamplingParams(repetition_penalty=1e6), torch.tensor([best]), None)
+    assert token != best

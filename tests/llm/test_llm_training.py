@@ -32,7 +32,7 @@ async def test_llm_lora_training_exports_an_adapter_the_engine_serves(tiny_dir, 
 
 
 async def test_llm_embedded_demo_model_pipeline_with_a_tiny_spec(tmp_path):
-    """The real demo recipe, shrunk: trains, caches, and loads as path = "embedded"."""
+    """The real demo recipe, shrunk: trains, caches, and is served as path = "embedded"."""
     from engines.llm.engine import LLMEngine
     from training.llm.demo import DEMO_SPEC, ensure_demo_model
 
@@ -41,7 +41,10 @@ async def test_llm_embedded_demo_model_pipeline_with_a_tiny_spec(tmp_path):
     path = ensure_demo_model(tmp_path, seen.append, spec=spec)
     assert (path / "model.safetensors").is_file() and seen
     assert ensure_demo_model(tmp_path, spec=spec) == path  # cached: no retraining
-    eng = LLMEngine(make_config(path, tmp_path))
+    # Pose the tiny model as the cached default demo so `path = "embedded"` finds it.
+    path.rename(tmp_path / f"demo-llm-{DEMO_SPEC.version}-{DEMO_SPEC.hidden}x{DEMO_SPEC.layers}")
+    cfg = dataclasses.replace(make_config(path, tmp_path), path="embedded", cache_dir=tmp_path)
+    eng = LLMEngine(cfg)
     eng.load(lambda msg: None)
     await eng.start(asyncio.get_running_loop())
     try:
@@ -49,3 +52,16 @@ async def test_llm_embedded_demo_model_pipeline_with_a_tiny_spec(tmp_path):
         assert final.completion_tokens == len(ids)
     finally:
         await eng.stop(1)
+
+
+def test_llm_train_cli_registers_its_subcommands(tmp_path):
+    import argparse
+
+    from training.llm.cli import register
+
+    parser = argparse.ArgumentParser(prog="galactic-train")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["lora", "--base", "b", "--data", "d.jsonl", "--out", str(tmp_path), "--targets", "q_proj,o_proj"])
+    assert args.command == "lora" and args.rank == 8 and callable(args.func)
+    args = parser.parse_args(["demo-model", "--out", str(tmp_path)])
+    assert args.command == "demo-model" and callable(args.func)
