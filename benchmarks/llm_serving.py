@@ -2,21 +2,21 @@
 
     python benchmarks/llm_serving.py [--quick] --json OUT
 
-Systems, run interleaved in one process on one locally built model (a Llama of a few tens
-of millions of parameters, random weights: speed does not depend on what it says):
+One locally built model (a Llama of a few tens of millions of parameters, random weights:
+speed does not depend on what it says), the same prompt, greedy, `ignore_eos`. Systems,
+interleaved within each concurrency level so drift hits every system alike:
 
-* limit      - a tight batched decode loop with a KV cache, no server: the ceiling;
-* baseline   - one request at a time through `model.generate` + `TextIteratorStreamer`;
-* galacticd  - our engine (continuous batching);
-* galacticd-4-adapters - the same with requests spread over 4 LoRA adapters.
+* limit      - a tight batched decode loop with a KV cache, in this process, no server;
+* baseline   - what a user would write: a gRPC server running `model.generate` with
+               `TextIteratorStreamer`, one request at a time (`baseline_server.py`);
+* galacticd  - the daemon itself (`galacticd serve`, continuous batching), in its own process;
+* galacticd-4-adapters - the same daemon, requests spread over 4 LoRA adapters.
 
-TODO(integrator): "baseline" and "galacticd" drive the engine API in-process. Wire
-`_grpc_baseline` / `_grpc_galacticd` (marked below) to a gRPC server on port 0 and the
-galactic client once the protos and daemon are on this branch, so the network is measured.
-
-Every run samples /proc/stat before and after and reports how many cores other processes
-used meanwhile (`other_cores`), flagging rows run on a disturbed machine: on a 2-core host
-any neighbour skews decode 10-100x.
+Servers run as separate processes; clients are streaming grpc.aio calls over loopback from
+this process. Every run samples /proc/stat and reports how many cores processes other than
+this one and the server under test used meanwhile (`other_cores`), flagging a disturbed
+row: on a 2-core host any neighbour skews decode 10-100x. stdout gets a table; OUT a JSON
+list of rows.
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ import asyncio
 import json
 import os
 import shutil
+import signal
+import subprocess
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,13 +66,33 @@ def _cpu_times() -> tuple[float, float]:
     return sum(fields) - idle, sum(fields)
 
 
+def _proc_cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
 class LoadProbe:
-    """Machine busy cores vs this process's cores over a run; the rest is disturbance."""
+    """Busy cores of the machine vs those of this process and the server under test; the
+    rest is disturbance. Also the server's peak RSS over the run (VmHWM, reset at start)."""
+
+    def __init__(self, server_pid: int | None) -> None:
+        self.pids = [os.getpid()] + ([server_pid] if server_pid else [])
+        self.server_pid = server_pid or os.getpid()
 
     def __enter__(self) -> "LoadProbe":
-        self.t0, self.cpu0, self.m0 = time.monotonic(), time.process_time(), _cpu_times()
-        try:  # reset this process's peak RSS (VmHWM) so peak_rss_mb is per run
-            with open("/proc/self/clear_refs", "w") as f:
+        self.t0, self.m0 = time.monotonic(), _cpu_times()
+        self.cpu0 = sum(_proc_cpu_s(p) for p in self.pids)
+        try:  # reset the peak RSS (VmHWM) so peak_rss_mb is per run
+            with open(f"/proc/{self.server_pid}/clear_refs", "w") as f:
                 f.write("5")
         except OSError:
             pass
@@ -83,17 +104,9 @@ class LoadProbe:
         ncpu = os.cpu_count() or 1
         frac = (busy1 - self.m0[0]) / max(total1 - self.m0[1], 1e-9)
         self.machine_cores = frac * ncpu
-        self.own_cores = (time.process_time() - self.cpu0) / wall
+        self.own_cores = (sum(_proc_cpu_s(p) for p in self.pids) - self.cpu0) / wall
         self.other_cores = max(0.0, self.machine_cores - self.own_cores)
-        self.peak_rss_mb = _peak_rss_mb()
-
-
-def _peak_rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+        self.peak_rss_mb = _peak_rss_mb(self.server_pid)
 
 
 # ---- model and adapters -----------------------------------------------------------------
@@ -160,70 +173,120 @@ def run_limit(model, tok, n: int, new_tokens: int) -> Trace:
     return Trace([ttft] * n, itl, n * new_tokens, time.monotonic() - t0)
 
 
-def run_baseline(model, tok, n: int, new_tokens: int) -> Trace:
-    """n clients, one server thread running generate() + TextIteratorStreamer serially.
+async def run_grpc(port: int, n: int, new_tokens: int, adapters: list[str | None]) -> Trace:
+    """n concurrent streaming Generate calls over loopback; times as the client sees them."""
+    import grpc
 
-    TODO(integrator): `_grpc_baseline` - the same behind a gRPC server, called via the client.
-    """
-    from transformers import TextIteratorStreamer
-
-    ids = torch.tensor([tok(PROMPT)["input_ids"]])
-    t0 = time.monotonic()
-    ttft, itl, tokens = [], [], 0
-    for _ in range(n):  # arrivals all at t0; the server serves them one after another
-        streamer = TextIteratorStreamer(tok, skip_prompt=True)
-        th = threading.Thread(target=model.generate, kwargs=dict(
-            input_ids=ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, streamer=streamer))
-        th.start()
-        first, last = None, None
-        for _piece in streamer:  # text arrives at whitespace; count what the client sees
-            now = time.monotonic()
-            if first is None:
-                first = now
-                ttft.append(now - t0)
-            else:
-                itl.append(now - last)
-            last = now
-        th.join()
-        tokens += new_tokens
-    return Trace(ttft, itl, tokens, time.monotonic() - t0)
-
-
-async def run_engine(engine, n: int, new_tokens: int, adapters: list[str | None]) -> Trace:
-    """n concurrent streams against the engine API.
-
-    TODO(integrator): `_grpc_galacticd` - the same through galacticd's Generation service.
-    """
-    from engines.llm.types import GenerationRequest, SamplingParams, TokenChunk
+    from galactic.v1 import generation_pb2 as pb
+    from galactic.v1 import generation_pb2_grpc
 
     ttft, itl = [], []
-    t0 = time.monotonic()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = generation_pb2_grpc.GenerationStub(channel)
+        t0 = time.monotonic()
 
-    async def one(i: int) -> int:
-        last, count = None, 0
-        req = GenerationRequest(f"b{i}-{time.monotonic_ns()}", prompt=PROMPT, adapter=adapters[i % len(adapters)],
-                                sampling=SamplingParams(max_new_tokens=new_tokens, ignore_eos=True))
-        async for item in engine.generate(req):
-            if isinstance(item, TokenChunk):
+        async def one(i: int) -> int:
+            req = pb.GenerateRequest(prompt=PROMPT, stopping=pb.StoppingParams(max_new_tokens=new_tokens, ignore_eos=True))
+            if adapters[i % len(adapters)]:
+                req.adapter = adapters[i % len(adapters)]
+            last, count = None, 0
+            async for frame in stub.Generate(req, timeout=600):
                 now = time.monotonic()
-                if last is None:
-                    ttft.append(now - t0)
+                if frame.HasField("tokens"):
+                    if last is None:
+                        ttft.append(now - t0)
+                    else:
+                        itl.append(now - last)
+                    last = now
                 else:
-                    itl.append(now - last)
-                last = now
-                count += len(item.token_ids)
-        return count
+                    count = frame.final.usage.completion_tokens
+            return count
 
-    counts = await asyncio.gather(*(one(i) for i in range(n)))
+        counts = await asyncio.gather(*(one(i) for i in range(n)))
     return Trace(ttft, itl, sum(counts), time.monotonic() - t0)
 
 
-async def main_async(args: argparse.Namespace) -> dict:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+class Server:
+    """A server subprocess; `port` once ready."""
 
-    from engines.config import from_mapping
-    from engines.llm.config import LLMConfig
-    from engines.llm.engine import LLMEngine
+    def __init__(self, argv: list[str], log: Path) -> None:
+        self.log = log
+        with open(log, "w") as f:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, text=True)
+        self.port = 0
+
+    def log_tail(self) -> str:
+        return self.log.read_text()[-3000:]
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+async def start_baseline(model_dir: Path, root: Path) -> Server:
+    port_file = root / "baseline.port"
+    server = Server([sys.executable, str(Path(__file__).with_name("baseline_server.py")), str(model_dir), str(port_file)],
+                    root / "baseline.log")
+    while not port_file.exists():  # the server writes it once it is listening
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"baseline server failed:\n{server.log_tail()}")
+        await asyncio.sleep(0.2)
+    server.port = int(port_file.read_text())
+    return server
+
+
+async def start_galacticd(model_dir: Path, adapters_dir: Path, root: Path, max_running: int, names: list[str]) -> Server:
+    from galactic_client import AsyncClient
+
+    port = _free_port()
+    cfg = root / "galactic.toml"
+    cfg.write_text(f"""
+[server]
+listen = "127.0.0.1:{port}"
+[telemetry]
+metrics_listen = ""
+log_level = "warning"
+[llm]
+name = "bench"
+path = "{model_dir}"
+device = "cpu"
+[llm.scheduler]
+max_running = {max_running}
+max_waiting = 256
+prefill_chunk_tokens = 512
+[llm.adapters]
+root = "{adapters_dir}"
+max_loaded = 4
+[coordination]
+enabled = false
+""")
+    server = Server([sys.executable, "-m", "daemon.main", "serve", "--config", str(cfg)], root / "galacticd.log")
+    server.port = port
+    try:
+        async with AsyncClient(f"127.0.0.1:{port}", timeout=120) as client:
+            await client.wait_ready(timeout=300)
+            for name in names:
+                await client.load_adapter(name, name)
+    except Exception:
+        print(server.log_tail(), file=sys.stderr)
+        server.stop()
+        raise
+    return server
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def main_async(args: argparse.Namespace) -> list[dict]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     setup = QUICK if args.quick else FULL
     torch.set_num_threads(args.threads or max(1, os.cpu_count() or 1))
@@ -231,55 +294,63 @@ async def main_async(args: argparse.Namespace) -> dict:
     model_dir, adapters_dir = build(setup, root)
     model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).eval()
     tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    cfg = from_mapping(LLMConfig, {
-        "name": "bench", "path": str(model_dir), "device": "cpu",
-        "scheduler": {"max_running": max(setup.concurrency), "max_waiting": 256, "prefill_chunk_tokens": 512},
-        "adapters": {"root": str(adapters_dir), "max_loaded": 4},
-    }, "llm")
-    engine = LLMEngine(cfg)
-    engine.load(lambda msg: None)
-    await engine.start(asyncio.get_running_loop())
     names = [f"a{i}" for i in range(4)]
-    for name in names:
-        await engine.load_adapter(name, name)
-
+    baseline = await start_baseline(model_dir, root)
+    galacticd = await start_galacticd(model_dir, adapters_dir, root, max(setup.concurrency), names)
     systems = {
-        "limit": lambda n: asyncio.to_thread(run_limit, model, tok, n, setup.new_tokens),
-        "baseline": lambda n: asyncio.to_thread(run_baseline, model, tok, n, setup.new_tokens),
-        "galacticd": lambda n: run_engine(engine, n, setup.new_tokens, [None]),
-        "galacticd-4-adapters": lambda n: run_engine(engine, n, setup.new_tokens, names),
+        "limit": (None, lambda n: asyncio.to_thread(run_limit, model, tok, n, setup.new_tokens)),
+        "baseline": (baseline.proc.pid, lambda n: run_grpc(baseline.port, n, setup.new_tokens, [None])),
+        "galacticd": (galacticd.proc.pid, lambda n: run_grpc(galacticd.port, n, setup.new_tokens, [None])),
+        "galacticd-4-adapters": (galacticd.proc.pid, lambda n: run_grpc(galacticd.port, n, setup.new_tokens, names)),
     }
     rows = []
-    await systems["galacticd"](2)  # warm-up (allocator, first-call paths)
-    for rnd in range(setup.rounds):
-        for n in setup.concurrency:
-            for name, run in systems.items():  # interleaved, so drift hits every system alike
-                with LoadProbe() as probe:
-                    tr = await run(n)
-                row = {
-                    "system": name, "concurrency": n, "round": rnd,
-                    "tokens_per_s": round(tr.tokens / tr.wall, 1),
-                    "ttft_p50_ms": round(_pct(tr.ttft, 0.5), 1), "ttft_p99_ms": round(_pct(tr.ttft, 0.99), 1),
-                    "itl_p50_ms": round(_pct(tr.itl, 0.5), 2), "itl_p99_ms": round(_pct(tr.itl, 0.99), 2),
-                    "peak_rss_mb": round(probe.peak_rss_mb, 1),
-                    "other_cores": round(probe.other_cores, 2), "disturbed": probe.other_cores > 0.25,
-                }
-                rows.append(row)
-                print(json.dumps(row), file=sys.stderr)
-    await engine.stop(5)
-    shutil.rmtree(root, ignore_errors=True)
-    ratio = {}
-    for n in setup.concurrency:
-        base = [r["tokens_per_s"] for r in rows if r["system"] == "galacticd" and r["concurrency"] == n]
-        lora = [r["tokens_per_s"] for r in rows if r["system"] == "galacticd-4-adapters" and r["concurrency"] == n]
-        ratio[str(n)] = round(statistics.median(lora) / max(statistics.median(base), 1e-9), 3)
-    return {
-        "setup": setup.__dict__ | {"concurrency": list(setup.concurrency)},
-        "host": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
-        "rows": rows,
-        "adapters_vs_base_tokens_ratio": ratio,
-        "disturbed_rows": sum(r["disturbed"] for r in rows),
-    }
+    try:
+        for _, run in systems.values():  # warm-up (allocator, first-call paths)
+            await run(2)
+        for rnd in range(setup.rounds):
+            for n in setup.concurrency:
+                for name, (pid, run) in systems.items():
+                    with LoadProbe(pid) as probe:
+                        tr = await run(n)
+                    rows.append({
+                        "system": name, "concurrency": n, "round": rnd,
+                        "tokens_per_s": round(tr.tokens / tr.wall, 1),
+                        "ttft_p50_ms": round(_pct(tr.ttft, 0.5), 1), "ttft_p99_ms": round(_pct(tr.ttft, 0.99), 1),
+                        "itl_p50_ms": round(_pct(tr.itl, 0.5), 2), "itl_p99_ms": round(_pct(tr.itl, 0.99), 2),
+                        "peak_rss_mb": round(probe.peak_rss_mb, 1),
+                        "other_cores": round(probe.other_cores, 2), "disturbed": probe.other_cores > 0.25,
+                    })
+                    print(json.dumps(rows[-1]), file=sys.stderr)
+    finally:
+        baseline.stop()
+        galacticd.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    return rows
+
+
+def summarize(rows: list[dict]) -> str:
+    """The table for stdout, then the targets of the issue checked on these rows."""
+    def med(system: str, n: int, key: str) -> float:
+        xs = [r[key] for r in rows if r["system"] == system and r["concurrency"] == n]
+        return statistics.median(xs) if xs else float("nan")
+
+    lines = ["| system | conc | tok/s | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 | peak RSS MB | disturbed |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['system']} | {r['concurrency']} | {r['tokens_per_s']} | {r['ttft_p50_ms']} | "
+                     f"{r['ttft_p99_ms']} | {r['itl_p50_ms']} | {r['itl_p99_ms']} | {r['peak_rss_mb']} | "
+                     f"{'yes' if r['disturbed'] else 'no'} |")
+    top = max(r["concurrency"] for r in rows)
+    g, lim, base = med("galacticd", top, "tokens_per_s"), med("limit", top, "tokens_per_s"), med("baseline", top, "tokens_per_s")
+    lora = med("galacticd-4-adapters", top, "tokens_per_s")
+    ttft1, prefill1 = med("galacticd", 1, "ttft_p50_ms"), med("limit", 1, "ttft_p50_ms")
+    lines += ["",
+              f"galacticd vs limit at {top}: {g / lim:.0%} (target >= 80%)",
+              f"galacticd vs baseline at {top}: {g / base:.1f}x (target >= 6x)",
+              f"4 adapters vs base at {top}: {lora / g:.0%} (target >= 75%)",
+              f"TTFT at 1: {ttft1:.1f} ms vs 1.2 x prefill {prefill1:.1f} ms + 5 ms = {1.2 * prefill1 + 5:.1f} ms",
+              f"disturbed rows: {sum(r['disturbed'] for r in rows)} of {len(rows)}"]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -288,8 +359,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, required=True, help="write results here")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     args = parser.parse_args(argv)
-    result = asyncio.run(main_async(args))  # builds its model under a temp dir it removes
-    args.json.write_text(json.dumps(result, indent=2))
+    rows = asyncio.run(main_async(args))  # builds its model under a temp dir it removes
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(rows, indent=2))
+    print(summarize(rows))
     return 0
 
 

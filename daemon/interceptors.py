@@ -35,6 +35,9 @@ class Admission:
 
     def __init__(self, api_keys: frozenset[str] = frozenset()) -> None:
         self.draining = False
+        # False until every engine has loaded: calls before then get UNAVAILABLE (health
+        # says NOT_SERVING meanwhile), never a half-initialised engine.
+        self.ready = False
         self.in_flight = 0
         self.api_keys = api_keys
         self._idle = asyncio.Event()
@@ -146,6 +149,9 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):
         if self._admission.draining:
             metrics.RPC_ERRORS.labels(method, "UNAVAILABLE").inc()
             await context.abort(grpc.StatusCode.UNAVAILABLE, "server is draining; retry on another host")
+        if not self._admission.ready:
+            metrics.RPC_ERRORS.labels(method, "UNAVAILABLE").inc()
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "models are still loading; retry shortly")
         if self._admission.api_keys:
             scheme, _, token = metadata.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not any(

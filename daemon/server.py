@@ -118,6 +118,7 @@ class Daemon:
         log.info("listening", port=self.port, services=names, metrics_port=self.metrics_port)
 
         await self._load_engines()
+        self.admission.ready = True
         for name in ["", *names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.notifier.ready(f"serving {len(self.engines)} model(s) on port {self.port}")

@@ -83,3 +83,25 @@ async def test_drain_refuses_new_calls_and_reports_not_serving(bare_daemon, chan
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     health = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def test_calls_before_models_load_are_unavailable(bare_daemon, channel_to):
+    bare_daemon.admission.ready = False  # the state between bind and the end of loading
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await admin_pb2_grpc.AdminStub(channel_to(bare_daemon)).GetStats(admin_pb2.GetStatsRequest(), timeout=5)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "loading" in err.value.details()
+
+
+async def test_client_wait_ready_follows_health_to_serving(bare_daemon):
+    import asyncio
+
+    from galactic_client import AsyncClient
+
+    await bare_daemon.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    async with AsyncClient(f"127.0.0.1:{bare_daemon.port}") as client:
+        waiter = asyncio.create_task(client.wait_ready(timeout=30))
+        await asyncio.wait({waiter}, timeout=0.3)
+        assert not waiter.done()  # still NOT_SERVING
+        await bare_daemon.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await waiter

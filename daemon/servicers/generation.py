@@ -70,13 +70,17 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
     async def Generate(self, request: pb.GenerateRequest, context) -> AsyncIterator[pb.GenerateResponse]:
         engine = pick(self._engines, request.model)
         req = to_request(request, uuid.uuid4().hex, deadline_of(context))
-        # If the client cancels, gRPC cancels this task: the CancelledError closes the
-        # engine's generator, which frees the slot within one decode step.
-        async for out in engine.generate(req):
-            if isinstance(out, TokenChunk):
-                yield pb.GenerateResponse(tokens=to_chunk(out))
-            else:
-                yield pb.GenerateResponse(final=to_final(out))
+        stream = engine.generate(req)
+        # If the client cancels, gRPC cancels this task; `close()` then frees the request's
+        # slot and cache within one decode step.
+        try:
+            async for out in stream:
+                if isinstance(out, TokenChunk):
+                    yield pb.GenerateResponse(tokens=to_chunk(out))
+                else:
+                    yield pb.GenerateResponse(final=to_final(out))
+        finally:
+            stream.close()
 
     async def Session(self, request_iterator, context) -> AsyncIterator[pb.SessionResponse]:
         session = _Session(self._engines, deadline_of(context))
@@ -141,25 +145,18 @@ class _Session:
                 raise AlreadyExists(f"request {rid!r} is still running", field="submit.request_id")
             deadline = time.monotonic() + submit.timeout_ms / 1e3 if submit.timeout_ms else self._deadline
             engine = pick(self._engines, submit.request.model, field="submit.request.model")
-            req = to_request(submit.request, self._prefix + rid, deadline)
+            stream = engine.generate(to_request(submit.request, self._prefix + rid, deadline))
         except Exception as exc:  # noqa: BLE001 - becomes this request's error frame
             self._error(rid, exc)
             return
-        task = asyncio.create_task(self._run(engine, req))
-        self._live[rid] = (engine, task)
+        # Validated and queued: Accepted goes out before any of its tokens.
+        self._out.put_nowait(pb.SessionResponse(
+            request_id=rid, accepted=pb.Accepted(queue_position=max(0, engine.waiting_count - 1))))
+        self._live[rid] = (engine, asyncio.create_task(self._run(rid, stream)))
 
-    async def _run(self, engine, req: GenerationRequest) -> None:
-        rid = req.request_id.removeprefix(self._prefix)
+    async def _run(self, rid: str, stream) -> None:
         try:
-            stream = engine.generate(req)
-            first = True
             async for out in stream:
-                if first:
-                    # The engine validated and queued the request before its first output;
-                    # Accepted precedes any token so the client knows its id is live.
-                    first = False
-                    self._out.put_nowait(pb.SessionResponse(
-                        request_id=rid, accepted=pb.Accepted(queue_position=getattr(engine, "waiting_count", 0))))
                 if isinstance(out, TokenChunk):
                     self._out.put_nowait(pb.SessionResponse(request_id=rid, tokens=to_chunk(out)))
                 else:
@@ -169,6 +166,7 @@ class _Session:
         except Exception as exc:  # noqa: BLE001 - this request alone fails; the session lives
             self._error(rid, exc)
         finally:
+            stream.close()
             self._live.pop(rid, None)
             self._out.put_nowait(_WAKE)
 

@@ -51,6 +51,41 @@ log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
 
 
+class RequestStream:
+    """One queued request's outputs (an async iterator). Not a generator on purpose: a
+    generator that is never started never runs its `finally`, and the request it queued
+    would keep its slot; here `close()` always frees it."""
+
+    def __init__(self, seq: Sequence, wake: Callable[[], None]) -> None:
+        self._seq = seq
+        self._wake = wake
+        self._items = seq.stream.__aiter__()
+
+    @property
+    def request_id(self) -> str:
+        return self._seq.request.request_id
+
+    def __aiter__(self) -> "RequestStream":
+        return self
+
+    async def __anext__(self) -> TokenChunk | FinalOutput:
+        try:
+            return await self._items.__anext__()
+        except StopAsyncIteration:
+            raise
+        except BaseException:  # the consumer was cancelled, or the step failed
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if not self._seq.done:
+            self._seq.cancelled = True
+            self._wake()
+
+    async def aclose(self) -> None:
+        self.close()
+
+
 class LLMEngine:
     """Implements `engines.base.Engine` for kind "llm" (service galactic.v1.Generation)."""
 
@@ -230,21 +265,16 @@ class LLMEngine:
 
     # ---- requests --------------------------------------------------------------------
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenChunk | FinalOutput]:
-        """Stream one request: TokenChunks, then exactly one FinalOutput.
+    def generate(self, request: GenerationRequest) -> "RequestStream":
+        """Validate and queue `request` now; iterate the result for TokenChunks, then exactly
+        one FinalOutput.
 
-        Raises (before the first item) InvalidArgument / NotFound / AlreadyExists /
-        ResourceExhausted / Unavailable. Closing the generator (or cancelling its task)
-        cancels the request; its slot and cache are freed at the next step.
+        Raises at once InvalidArgument / NotFound / AlreadyExists / ResourceExhausted /
+        Unavailable, so a caller knows the request is queued before any token (a Session
+        sends Accepted then). `close()`/`aclose()`, or cancelling the task awaiting the
+        next item, cancels the request; its slot and cache are freed at the next step.
         """
-        seq = self._enqueue(request)
-        try:
-            async for item in seq.stream:
-                yield item
-        finally:
-            if not seq.done:
-                seq.cancelled = True
-                self._worker.notify()
+        return RequestStream(self._enqueue(request), self._worker.notify)
 
     def cancel(self, request_id: str) -> bool:
         """End a live request with FinalOutput(CANCELLED) within one step; False if unknown."""

@@ -48,5 +48,5 @@ async def test_unreachable_daemon_is_unavailable():
     async with gc.AsyncClient("127.0.0.1:1", timeout=3.0) as client:
         with pytest.raises((gc.Unavailable, gc.DeadlineExceeded)):
             await client.health()
-        with pytest.raises(gc.DeadlineExceeded, match="not ready"):
+        with pytest.raises(gc.DeadlineExceeded, match="not serving"):
             await client.wait_ready(timeout=0.2)

@@ -174,12 +174,26 @@ class AsyncClient:
     async def __aexit__(self, *exc_info) -> None:
         await self.close()
 
-    async def wait_ready(self, timeout: float | None = None) -> None:
-        """Wait until the channel has connected; DeadlineExceeded if it does not in time."""
+    async def wait_ready(self, timeout: float | None = None, *, service: str = "") -> None:
+        """Wait until the daemon reports `service` (default: the whole server) SERVING.
+
+        Uses the health Watch stream, so it wakes on the status change rather than polling;
+        a daemon still loading its models answers NOT_SERVING until it is ready.
+        DeadlineExceeded if that does not happen in time.
+        """
+        async def watch() -> None:
+            await self._channel.channel_ready()
+            stub = health_pb2_grpc.HealthStub(self._channel)
+            async for resp in stub.Watch(health_pb2.HealthCheckRequest(service=service)):
+                if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+
         try:
-            await asyncio.wait_for(self._channel.channel_ready(), self._deadline(timeout))
+            await asyncio.wait_for(watch(), self._deadline(timeout))
         except TimeoutError:
-            raise DeadlineExceeded(f"channel to {self.target} not ready") from None
+            raise DeadlineExceeded(f"{self.target} not serving {service or 'its models'} in time") from None
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
 
     def _deadline(self, timeout: float | None) -> float | None:
         return self.timeout if timeout is None else timeout
