@@ -63,6 +63,25 @@ async def stream(engine: LLMEngine, i: int, new_tokens: int) -> dict:
     return {"ttft_ms": (first - t0) * 1e3, "tokens": n, "total_s": time.perf_counter() - t0, "final": final}
 
 
+def hf_generate(engine: LLMEngine, new_tokens: int) -> dict:
+    """The same loaded model through `model.generate` (no server, no scheduler): what this
+    host gives at batch 1 and 32, so the engine's figures read against the host's own."""
+    out = {}
+    tok, model = engine.tokenizer, engine.model
+    for batch in (1, 32):
+        ids = torch.tensor([tok("observation 1 of target 3 at airmass")["input_ids"]] * batch, device="cuda")
+        kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                      pad_token_id=tok.pad_token_id)
+        with torch.no_grad():
+            model.generate(ids, **{**kwargs, "max_new_tokens": 4, "min_new_tokens": 4})  # warm-up
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            model.generate(ids, **kwargs)
+            torch.cuda.synchronize()
+        out[f"hf_generate_b{batch}_tokens_per_s"] = round(batch * new_tokens / (time.perf_counter() - t0), 1)
+    return out
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", type=Path, required=True)
@@ -103,6 +122,7 @@ async def main() -> None:
                 "single_stream_tokens_per_s": round(single["tokens"] / single["total_s"], 1),
                 "device": torch.cuda.get_device_name(),
             }
+            row.update(hf_generate(engine, args.new_tokens))
             rows.append(row)
             print(json.dumps(row), flush=True)
             await engine.stop(5)
