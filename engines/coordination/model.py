@@ -31,6 +31,7 @@ class CoordNetConfig:
     weight_decay: float = 1e-4
     snr_weight: float = 0.1  # weight of the log10-SNR regression next to the BCE
     prox_mu: float = 0.0  # FedProx proximal term; 0 is plain FedAvg
+    cosine: bool = True  # anneal the learning rate to 0 over the fit (federated rounds anneal outside)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,7 +85,12 @@ class CoordNet(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+        opt = torch.optim.AdamW(self.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+        if not self.config.cosine:
+            return opt
+        steps = max(int(self.trainer.estimated_stepping_batches), 1)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def set_prox_anchor(self) -> None:
         """Snapshot the current (global) weights as the FedProx anchor of this local fit."""

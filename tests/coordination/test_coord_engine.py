@@ -9,6 +9,7 @@ import torch
 from engines.base import Engine
 from engines.config import ConfigError, from_mapping
 from engines.coordination.config import DEFAULT_TOML, CoordinationConfig
+from engines.coordination.features import N_FEATURES
 from engines.coordination.types import Conditions, Observatory, Target, UnassignedReason
 from engines.errors import InvalidArgument
 
@@ -72,22 +73,22 @@ async def test_invalid_requests_name_the_field(engine, request_factory, mutate, 
 
 async def test_raw_infer_and_specs(engine):
     specs = {s.name: s for s in engine.input_spec()}
-    assert specs["features"].shape[1] == 20 and specs["site"].dtype == "int64"
-    out = await engine.infer({"features": torch.zeros(5, 20), "site": torch.arange(5)})
+    assert specs["features"].shape[1] == N_FEATURES and specs["site"].dtype == "int64"
+    out = await engine.infer({"features": torch.zeros(5, N_FEATURES), "site": torch.arange(5)})
     assert set(out) == {s.name for s in engine.output_spec()}
     assert out["p_success"].shape == (5,) and ((out["p_success"] >= 0) & (out["p_success"] <= 1)).all()
     with pytest.raises(InvalidArgument) as err:
-        await engine.infer({"features": torch.zeros(5, 19), "site": torch.arange(5)})
+        await engine.infer({"features": torch.zeros(5, N_FEATURES - 1), "site": torch.arange(5)})
     assert err.value.field == "inputs.features"
     with pytest.raises(InvalidArgument) as err:
-        await engine.infer({"features": torch.zeros(2, 20), "site": torch.tensor([0, 99])})
+        await engine.infer({"features": torch.zeros(2, N_FEATURES), "site": torch.tensor([0, 99])})
     assert err.value.field == "inputs.site"
 
 
 async def test_many_clients_share_model_steps(engine, request_factory):
     reqs = [request_factory(10, seed=i, request_id=f"c{i}") for i in range(12)]
     results = await asyncio.gather(*(engine.coordinate(r) for r in reqs),
-                                   engine.infer({"features": torch.zeros(3, 20), "site": torch.zeros(3, dtype=torch.long)}))
+                                   engine.infer({"features": torch.zeros(3, N_FEATURES), "site": torch.zeros(3, dtype=torch.long)}))
     assert [r.request_id for r in results[:-1]] == [f"c{i}" for i in range(12)]
     stats = engine.stats()
     assert stats["batch_size_mean"] > 1.0

@@ -86,7 +86,9 @@ def _evaluate_cmd(args) -> int:
     methods: dict[str, ev.Chooser] = {
         "federated": ev.solve_with(ev.model_scorer(federated, sim)),
         "central": ev.solve_with(ev.model_scorer(central, sim)),
-        "physics": ev.solve_with(lambda w, rng: sim.success_probability(rng, w, truth=False)),
+        # Physics at the forecast: the simulator's own noise model without the hidden effects,
+        # with enough draws that its sampling noise does not handicap it.
+        "physics": ev.solve_with(lambda w, rng: sim.success_probability(rng, w, k=1024, truth=False)),
         "greedy_altitude": ev.greedy(lambda w: w.geometry.altitude),
         "greedy_aperture": ev.greedy(lambda w: np.broadcast_to(w.sites.aperture_m, w.feasible.shape)),
         "random": ev.random_feasible,

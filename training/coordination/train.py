@@ -9,7 +9,9 @@ checkpoint plus its JSON config, which the engine loads.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -96,18 +98,33 @@ def train_local(site_logs: list[Logs], site: int, cfg: FitConfig) -> CoordNet:
 
 
 def train_federated(site_logs: list[Logs], cfg: FitConfig, progress: Callable[[str], None] = lambda _m: None) -> CoordNet:
-    """FedAvg rounds; each site fits the global weights on its own log, the server averages."""
+    """FedAvg rounds; each site fits the global weights on its own log, the server averages.
+
+    `site_logs[i]` must be site i's log (table order): row i of the site embedding is
+    taken from site i's fit rather than averaged.
+    """
     global_model = new_model(len(site_logs), cfg, cfg.prox_mu)
     counts = [float(len(x)) for x in site_logs]
     for r in range(cfg.rounds):
         states = []
+        # The round's learning rate follows a cosine over rounds (a local fit is too short
+        # to anneal on its own, and restarting a schedule every round would undo it).
+        lr = global_model.config.lr * 0.5 * (1.0 + math.cos(math.pi * r / cfg.rounds))
+        local_cfg = dataclasses.replace(global_model.config, lr=lr, cosine=False)
         for i, logs in enumerate(site_logs):
-            local = CoordNet(global_model.config)
+            local = CoordNet(local_cfg)
             local.load_state_dict(global_model.state_dict())
             local.set_prox_anchor()
             fit(local, logs, cfg.local_epochs, replace(cfg, seed=cfg.seed * 1000 + r * 31 + i))
             states.append(local.state_dict())  # only weights leave the site
-        global_model.load_state_dict(checkpoint.average(states, counts))
+        merged = checkpoint.average(states, counts)
+        # A site's embedding row is trained by that site alone; a plain average would shrink
+        # its update by the site's sample share (1/13 here) and stall the per-site effects.
+        # Each row comes back from its own site: still only weights cross the boundary.
+        emb = merged["site_emb.weight"]
+        for i, state in enumerate(states):
+            emb[i] = state["site_emb.weight"][i]
+        global_model.load_state_dict(merged)
         progress(f"federated round {r + 1}/{cfg.rounds}")
     global_model.eval()
     return global_model
