@@ -23,14 +23,14 @@ def test_default_toml_parses():
         from_mapping(CoordinationConfig, {"batching": {"max_batch_size": 0}})
 
 
-async def test_coordinate_respects_capacity_and_explains_the_rest(engine, request_factory):
+async def test_coordinate_respects_capacity_and_explains_the_rest(engine, sites, request_factory):
     assert isinstance(engine, Engine)
     req = request_factory(80)
     res = await engine.coordinate(req)
     assert res.request_id == "r" and res.assignments
     ids = [a.target_id for a in res.assignments] + [u.target_id for u in res.unassigned]
     assert sorted(ids) == sorted(t.id for t in req.targets)
-    caps = {s.id: s.capacity for s in engine._sites.site}  # noqa: SLF001 (table capacities)
+    caps = {s.id: s.capacity for s in sites.site}
     for site in {a.site_id for a in res.assignments}:
         assert sum(a.site_id == site for a in res.assignments) <= caps[site]
     for a in res.assignments:

@@ -34,6 +34,10 @@ class FitConfig:
     local_epochs: int = 1  # epochs per site per round
     batch_size: int = 256
     prox_mu: float = 0.0  # > 0: FedProx
+    own_embedding_rows: bool = True  # federated: site i's embedding row comes from site i's fit
+    round_cosine: bool = True  # federated: anneal the learning rate over rounds
+    local_lr: float | None = None  # federated: the sites' learning rate (None: the model's)
+    server_momentum: float = 0.0  # federated: FedAvgM (Hsu et al. 2019) server momentum; 0 is FedAvg
     val_fraction: float = 0.1
     seed: int = 0
 
@@ -105,11 +109,13 @@ def train_federated(site_logs: list[Logs], cfg: FitConfig, progress: Callable[[s
     """
     global_model = new_model(len(site_logs), cfg, cfg.prox_mu)
     counts = [float(len(x)) for x in site_logs]
+    velocity: dict[str, torch.Tensor] = {}
     for r in range(cfg.rounds):
         states = []
         # The round's learning rate follows a cosine over rounds (a local fit is too short
         # to anneal on its own, and restarting a schedule every round would undo it).
-        lr = global_model.config.lr * 0.5 * (1.0 + math.cos(math.pi * r / cfg.rounds))
+        base_lr = cfg.local_lr if cfg.local_lr is not None else global_model.config.lr
+        lr = base_lr * (0.5 * (1.0 + math.cos(math.pi * r / cfg.rounds)) if cfg.round_cosine else 1.0)
         local_cfg = dataclasses.replace(global_model.config, lr=lr, cosine=False)
         for i, logs in enumerate(site_logs):
             local = CoordNet(local_cfg)
@@ -121,9 +127,17 @@ def train_federated(site_logs: list[Logs], cfg: FitConfig, progress: Callable[[s
         # A site's embedding row is trained by that site alone; a plain average would shrink
         # its update by the site's sample share (1/13 here) and stall the per-site effects.
         # Each row comes back from its own site: still only weights cross the boundary.
-        emb = merged["site_emb.weight"]
-        for i, state in enumerate(states):
-            emb[i] = state["site_emb.weight"][i]
+        if cfg.own_embedding_rows:
+            emb = merged["site_emb.weight"]
+            for i, state in enumerate(states):
+                emb[i] = state["site_emb.weight"][i]
+        if cfg.server_momentum > 0:
+            # FedAvgM: treat (average - global) as a pseudo-gradient and apply it with momentum.
+            current = global_model.state_dict()
+            for k in merged:
+                delta = merged[k] - current[k]
+                velocity[k] = cfg.server_momentum * velocity.get(k, torch.zeros_like(delta)) + delta
+                merged[k] = current[k] + velocity[k]
         global_model.load_state_dict(merged)
         progress(f"federated round {r + 1}/{cfg.rounds}")
     global_model.eval()
