@@ -49,12 +49,21 @@ class CoordNet(L.LightningModule):
             width = config.hidden
         self.trunk = nn.Sequential(*layers)
         self.head = nn.Linear(width, 2)  # logit of P(success), log10 SNR
+        # A per-site linear correction of the head (FedPer-style personal layer): each site's
+        # hidden effects get parameters only that site's data trains, so federated averaging
+        # of the shared trunk does not wash them out. Zero-initialised: starts as the shared head.
+        self.site_head_w = nn.Embedding(config.n_sites, width * 2)
+        self.site_head_b = nn.Embedding(config.n_sites, 2)
+        nn.init.zeros_(self.site_head_w.weight)
+        nn.init.zeros_(self.site_head_b.weight)
         self._global: list[torch.Tensor] | None = None  # FedProx anchor
 
     def forward(self, features: torch.Tensor, site: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # features (B, F) float32, site (B,) int64 -> logit (B,), log10 SNR (B,)
         h = torch.cat([features, self.site_emb(site)], dim=-1)  # (B, F + E)
-        out = self.head(self.trunk(h))  # (B, 2)
+        z = self.trunk(h)  # (B, H)
+        w = self.site_head_w(site).view(-1, z.shape[-1], 2)  # (B, H, 2)
+        out = self.head(z) + torch.bmm(z.unsqueeze(1), w).squeeze(1) + self.site_head_b(site)  # (B, 2)
         return out[:, 0], out[:, 1]
 
     @torch.no_grad()

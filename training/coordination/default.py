@@ -23,9 +23,11 @@ class Recipe:
     scenario: Path = DEFAULT_SCENARIO
     sites: Path = DEFAULT_SITES
     seed: int = 0
-    windows_per_site: int = 120
-    per_window: int = 40
-    fit: train.FitConfig = train.FitConfig(epochs=10, rounds=12, local_epochs=1, batch_size=512)
+    # Many windows with few observations each: weather is shared within a window, so the
+    # number of independent nights, not of rows, is what teaches the per-site effects.
+    windows_per_site: int = 300
+    per_window: int = 12
+    fit: train.FitConfig = train.FitConfig(epochs=10, rounds=30, local_epochs=1, batch_size=256, server_momentum=0.8)
 
 
 def site_logs(recipe: Recipe, progress: Callable[[str], None] = lambda _m: None):

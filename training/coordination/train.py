@@ -27,6 +27,10 @@ from engines.coordination.model import CoordNet, CoordNetConfig
 from training.coordination.simulator import Logs
 
 
+# Parameters with one row per site (table order): each row is trained by its own site only.
+SITE_ROW_PARAMS = ("site_emb.weight", "site_head_w.weight", "site_head_b.weight")
+
+
 @dataclass(frozen=True)
 class FitConfig:
     epochs: int = 12  # central epochs; local-only fits use the same
@@ -124,13 +128,15 @@ def train_federated(site_logs: list[Logs], cfg: FitConfig, progress: Callable[[s
             fit(local, logs, cfg.local_epochs, replace(cfg, seed=cfg.seed * 1000 + r * 31 + i))
             states.append(local.state_dict())  # only weights leave the site
         merged = checkpoint.average(states, counts)
-        # A site's embedding row is trained by that site alone; a plain average would shrink
-        # its update by the site's sample share (1/13 here) and stall the per-site effects.
-        # Each row comes back from its own site: still only weights cross the boundary.
+        # A site's rows (embedding, personal head) are trained by that site alone; a plain
+        # average would shrink their update by the site's sample share (1/13 here) and stall
+        # the per-site effects. Each row comes back from its own site: still only weights
+        # cross the boundary.
         if cfg.own_embedding_rows:
-            emb = merged["site_emb.weight"]
-            for i, state in enumerate(states):
-                emb[i] = state["site_emb.weight"][i]
+            for name in SITE_ROW_PARAMS:
+                rows = merged[name]
+                for i, state in enumerate(states):
+                    rows[i] = state[name][i]
         if cfg.server_momentum > 0:
             # FedAvgM: treat (average - global) as a pseudo-gradient and apply it with momentum.
             current = global_model.state_dict()
