@@ -9,7 +9,6 @@ feasible pairs. A site embedding lets it learn per-site effects that physics can
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import lightning as L
@@ -107,7 +106,3 @@ class CoordNet(L.LightningModule):
 
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-
-def logit_to_p(logit: float) -> float:
-    return 1.0 / (1.0 + math.exp(-logit))
