@@ -60,3 +60,16 @@ def test_central_fit_learns(tiny_logs):
     # Better than a constant at the base rate on its own data (a weak but honest smoke check).
     base = y.mean()
     assert ((p - y) ** 2).mean() < ((base - y) ** 2).mean()
+
+
+def test_shipped_checkpoint_is_the_default_recipe(sites):
+    import json
+
+    from training.coordination.default import Recipe
+
+    doc = json.loads(checkpoint.config_path(checkpoint.EMBEDDED).read_text())
+    meta = doc["meta"]
+    assert meta["recipe"] == "federated" and meta["seed"] == Recipe.seed
+    assert meta["windows_per_site"] == Recipe.windows_per_site
+    assert tuple(doc["site_ids"]) == sites.ids
+    assert doc["model"]["n_features"] == N_FEATURES
