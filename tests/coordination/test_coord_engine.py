@@ -104,3 +104,25 @@ async def test_large_request_uses_the_lp(engine, request_factory):
     res = await engine.coordinate(req)
     assert res.solver == "highs_lp"
     assert len(res.assignments) + len(res.unassigned) == 3000
+
+
+@pytest.mark.parametrize("where,field", [
+    ("current", "observatories[2].current.humidity_pct"),
+    ("deadline", "targets[4].deadline_unix"),
+    ("value", "targets[7].value"),
+])
+async def test_vectorised_validation_still_names_the_offender(engine, request_factory, where, field):
+    req = request_factory(10)
+    if where == "current":
+        obs = list(req.observatories)
+        obs[2] = dataclasses.replace(obs[2], current=Conditions(0.8, 0.0, 120.0))
+        req = dataclasses.replace(req, observatories=tuple(obs))
+    else:
+        ts = list(req.targets)
+        i = 4 if where == "deadline" else 7
+        ts[3] = dataclasses.replace(ts[3], deadline_unix=req.time_unix + 10)
+        ts[i] = dataclasses.replace(ts[i], **({"deadline_unix": float("nan")} if where == "deadline" else {"value": -1.0}))
+        req = dataclasses.replace(req, targets=tuple(ts))
+    with pytest.raises(InvalidArgument) as err:
+        await engine.coordinate(req)
+    assert err.value.field == field
