@@ -143,7 +143,7 @@ async def bench(args) -> list[dict]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", type=Path)
-    p.add_argument("--calls", type=int, default=40)
+    p.add_argument("--calls", type=int, default=100)
     p.add_argument("--small-targets", type=int, default=4)
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--seconds", type=float, default=4.0)

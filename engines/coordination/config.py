@@ -74,6 +74,7 @@ enabled = true
 # whose config .json sits beside it. Only safetensors are loaded, never pickles.
 checkpoint = "embedded"
 # sites_file = "/etc/galactic/sites.toml"   # default: the shipped 13-site table
+# cache_dir = "/var/cache/galactic"         # where "embedded" is trained and cached if not shipped
 snr_required = 10.0          # an observation counts as a success at this SNR
 max_targets = 100000         # per request
 max_observatories = 64       # per request

@@ -158,35 +158,29 @@ class CoordinationEngine:
 
     def _step(self, items: list) -> list:
         """One model step for a batch of Problems and raw infer items: exactly one result each."""
-        prepared, rows, sites = [], [], []
-        for item in items:
-            if isinstance(item, _InferItem):
-                prepared.append(None)
-                rows.append(item.features)
-                sites.append(item.site)
-                continue
-            g = features.geometry(item.time_unix, item.targets, item.sites)
-            ok = features.feasible(g, item.targets, item.sites, self.config.constraints)
-            ok &= ~item.expired[:, None]
-            ti, sj = np.nonzero(ok)  # only feasible pairs reach the network
-            x = features.feature_matrix(g, item.targets, item.sites, item.snr_required)[ti, sj]  # (P, F)
-            prepared.append((ok, ti, sj))
-            rows.append(torch.from_numpy(x))
-            sites.append(torch.from_numpy(item.sites.index[sj]))
-        p_all, snr_all = self._model.predict(torch.cat(rows), torch.cat(sites))  # (sum P,), (sum P,)
-        out: list = []
+        problems = [i for i in items if isinstance(i, problem.Problem)]
+        raw = [i for i in items if isinstance(i, _InferItem)]
+        pairs = features.pair_batch([(p.time_unix, p.targets, p.sites, p.expired, p.snr_required) for p in problems],
+                                    self.config.constraints) if problems else None
+        xs = ([torch.from_numpy(pairs.x)] if pairs else []) + [r.features for r in raw]
+        ss = ([torch.from_numpy(pairs.site)] if pairs else []) + [r.site for r in raw]
+        p_all, snr_all = self._model.predict(torch.cat(xs), torch.cat(ss))  # one forward: (sum P,), (sum P,)
+        p_np, snr_np = p_all.numpy(), snr_all.numpy()
+        results: dict[int, object] = {}
         start = 0
-        for item, prep, r in zip(items, prepared, rows):
-            p, snr = p_all[start:start + r.shape[0]], snr_all[start:start + r.shape[0]]
-            start += r.shape[0]
-            if prep is None:
-                out.append((p.clone(), snr.clone()))
-                continue
+        for k, item in enumerate(problems):
+            n = int(pairs.counts[k])
             try:
-                out.append(self._solve(item, *prep, p.numpy(), snr.numpy()))
+                results[id(item)] = self._solve(item, pairs.feasible[k], pairs.ti[k], pairs.sj[k],
+                                                p_np[start:start + n], snr_np[start:start + n])
             except Exception as exc:  # one request's failure stays with that request
-                out.append(exc)
-        return out
+                results[id(item)] = exc
+            start += n
+        for item in raw:
+            n = int(item.site.shape[0])
+            results[id(item)] = (p_all[start:start + n].clone(), snr_all[start:start + n].clone())
+            start += n
+        return [results[id(item)] for item in items]
 
     def _solve(self, item: problem.Problem, ok, ti, sj, p, snr) -> CoordinateResult:
         n, s = ok.shape

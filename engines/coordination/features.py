@@ -9,16 +9,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import erf as _erf
 
 from engines.coordination import physics, sky
 from engines.coordination.config import ConstraintsConfig
 
 FEATURE_NAMES = (
     "altitude", "airmass", "sun_altitude", "moon_altitude", "moon_illumination", "moon_separation",
-    "seeing", "cloud", "humidity", "magnitude", "exposure", "aperture", "depth_margin", "sky",
+    "seeing", "cloud", "humidity", "magnitude", "exposure", "aperture", "depth_margin", "sky", "physics_p",
     "band_u", "band_g", "band_r", "band_i", "band_z", "band_y",
 )
 N_FEATURES = len(FEATURE_NAMES)
+PRIOR_DEPTH_SCATTER_MAG = 0.2
 
 
 @dataclass(frozen=True)
@@ -59,20 +61,85 @@ class Geometry:
 
 
 def geometry(time_unix: float, t: TargetArrays, s: SiteArrays) -> Geometry:
-    jd = float(sky.julian_date(time_unix))
-    lst = sky.lst_deg(jd, s.longitude_deg)  # (S,)
-    ra, dec = sky.precess_from_j2000(t.ra_deg, t.dec_deg, jd)  # (N,)
-    alt, _ = sky.altaz_deg(ra[:, None], dec[:, None], lst[None, :], s.latitude_deg[None, :])  # (N, S)
-    sra, sdec = sky.sun_radec_deg(jd)
-    sun_alt, _ = sky.altaz_deg(sra, sdec, lst, s.latitude_deg)  # (S,)
-    mra, mdec = sky.moon_radec_deg(jd, lst, s.latitude_deg)  # (S,) topocentric
-    moon_alt, _ = sky.altaz_deg(mra, mdec, lst, s.latitude_deg)
-    sep = sky.separation_deg(ra[:, None], dec[:, None], mra[None, :], mdec[None, :])  # (N, S)
-    illum, phase = sky.moon_illumination(jd)
+    return geometry_many([(time_unix, t, s)])[0]
+
+
+def geometry_many(problems: list[tuple[float, TargetArrays, SiteArrays]]) -> list[Geometry]:
+    """Geometry of several (time, targets, sites) problems in one pass of numpy calls."""
+    f = _flat_geometry(problems)
+    out = []
+    p0 = 0
+    for k, (n, m, so) in enumerate(zip(f.n_k, f.s_k, f.s_off)):
+        sl = slice(p0, p0 + n * m)
+        p0 += n * m
+        out.append(Geometry(f.alt[sl].reshape(n, m), f.airmass[sl].reshape(n, m), f.sun_alt[so:so + m],
+                            f.moon_alt[so:so + m], f.sep[sl].reshape(n, m), float(f.illum[k]), float(f.phase[k]),
+                            f.sky_mag[sl].reshape(n, m)))
+    return out
+
+
+@dataclass(frozen=True)
+class _Flat:
+    """Every pair of several problems as flat arrays; pt/ps/pk index targets, sites, problems."""
+
+    n_k: np.ndarray
+    s_k: np.ndarray
+    t_off: np.ndarray
+    s_off: np.ndarray
+    pt: np.ndarray  # (P,) into the concatenated targets
+    ps: np.ndarray  # (P,) into the concatenated sites
+    pk: np.ndarray  # (P,) problem
+    sun_alt: np.ndarray  # (sum S,)
+    moon_alt: np.ndarray  # (sum S,)
+    illum: np.ndarray  # (K,)
+    phase: np.ndarray  # (K,)
+    alt: np.ndarray  # (P,)
+    airmass: np.ndarray
+    sep: np.ndarray
+    sky_mag: np.ndarray
+
+
+def _flat_geometry(problems) -> _Flat:
+    # A batch of small requests would otherwise pay numpy's per-call overhead (~100 calls of
+    # ~1 us each) once per request; here the Sun, Moon and sidereal time are computed for
+    # every (request, site) row at once and the pair quantities for every pair at once.
+    jd = sky.julian_date(np.array([p[0] for p in problems], dtype=np.float64))  # (K,)
+    n_k = np.array([p[1].ra_deg.shape[0] for p in problems], dtype=np.int64)
+    s_k = np.array([p[2].latitude_deg.shape[0] for p in problems], dtype=np.int64)
+    lat = np.concatenate([p[2].latitude_deg for p in problems])  # (sum S,)
+    lon = np.concatenate([p[2].longitude_deg for p in problems])
+    site_jd = np.repeat(jd, s_k)
+    lst = sky.lst_deg(site_jd, lon)
+    sra, sdec = sky.sun_radec_deg(site_jd)
+    sun_alt, _ = sky.altaz_deg(sra, sdec, lst, lat)
+    mra, mdec = sky.moon_radec_deg(site_jd, lst, lat)  # topocentric
+    moon_alt, _ = sky.altaz_deg(mra, mdec, lst, lat)
+    illum, phase = sky.moon_illumination(jd)  # (K,)
+    ra, dec = sky.precess_from_j2000(np.concatenate([p[1].ra_deg for p in problems]),
+                                     np.concatenate([p[1].dec_deg for p in problems]), np.repeat(jd, n_k))
+    band = np.concatenate([p[1].band for p in problems])
+    # Pair index arrays: request k's (N_k, S_k) grid, row-major, offset into the flat arrays.
+    t_off = np.concatenate([[0], np.cumsum(n_k)[:-1]]).astype(np.int64)
+    s_off = np.concatenate([[0], np.cumsum(s_k)[:-1]]).astype(np.int64)
+    pk = np.repeat(np.arange(len(problems)), n_k * s_k)
+    local = np.arange(pk.shape[0]) - np.repeat(np.concatenate([[0], np.cumsum(n_k * s_k)[:-1]]), n_k * s_k)
+    pt = t_off[pk] + local // s_k[pk]
+    ps = s_off[pk] + local % s_k[pk]
+    alt, _ = sky.altaz_deg(ra[pt], dec[pt], lst[ps], lat[ps])  # (P,)
+    sep = sky.separation_deg(ra[pt], dec[pt], mra[ps], mdec[ps])
     x = sky.airmass(alt)
-    moon_nl = physics.ks_moon_brightness_nl(phase, sep, 90.0 - moon_alt[None, :], 90.0 - np.maximum(alt, 0.0))
-    sky_mag = physics.sky_mag(t.band[:, None], x, moon_nl)
-    return Geometry(alt, x, sun_alt, moon_alt, sep, float(illum), float(phase), sky_mag)
+    moon_nl = physics.ks_moon_brightness_nl(phase[pk], sep, 90.0 - moon_alt[ps], 90.0 - np.maximum(alt, 0.0))
+    sky_mag = physics.sky_mag(band[pt], x, moon_nl)
+    return _Flat(n_k, s_k, t_off, s_off, pt, ps, pk, sun_alt, moon_alt, np.atleast_1d(illum),
+                 np.atleast_1d(phase), alt, x, sep, sky_mag)
+
+
+def _margin(band, sky_mag, airmass_, seeing, cloud, exposure, aperture, mag, snr_required, zeropoint=0.0):
+    """m5 - the magnitude that reaches `snr_required`; any broadcastable shapes."""
+    x = np.where(np.isfinite(airmass_), airmass_, 10.0)
+    fwhm = physics.fwhm_eff(seeing, band, x)
+    m5 = physics.m5_depth(band, sky_mag, fwhm, exposure, x, aperture, cloud)
+    return m5 + zeropoint - (mag + 2.5 * np.log10(np.asarray(snr_required) / 5.0))
 
 
 def depth_margin(g: Geometry, t: TargetArrays, s: SiteArrays, seeing, cloud, snr_required: float, zeropoint=0.0):
@@ -81,14 +148,10 @@ def depth_margin(g: Geometry, t: TargetArrays, s: SiteArrays, seeing, cloud, snr
     Positive margin: the target reaches `snr_required`. `seeing`/`cloud` broadcast against
     (S,); the simulator passes realized weather here, the engine the forecast.
     """
-    band = t.band[:, None]
-    x = np.where(np.isfinite(g.airmass), g.airmass, 10.0)
-    fwhm = physics.fwhm_eff(np.asarray(seeing)[..., None, :], band, x)
-    m5 = physics.m5_depth(band, g.sky_mag, fwhm, t.exposure_s[:, None], x, s.aperture_m[None, :],
-                          np.asarray(cloud)[..., None, :])
-    need = t.magnitude[:, None] + 2.5 * np.log10(snr_required / 5.0)
     zp = np.asarray(zeropoint, dtype=np.float64)
-    return m5 + (zp[..., None, :] if zp.ndim else zp) - need
+    return _margin(t.band[:, None], g.sky_mag, g.airmass, np.asarray(seeing)[..., None, :],
+                   np.asarray(cloud)[..., None, :], t.exposure_s[:, None], s.aperture_m[None, :],
+                   t.magnitude[:, None], snr_required, zp[..., None, :] if zp.ndim else zp)
 
 
 def feasible(g: Geometry, t: TargetArrays, s: SiteArrays, c: ConstraintsConfig) -> np.ndarray:
@@ -103,28 +166,92 @@ def feasible(g: Geometry, t: TargetArrays, s: SiteArrays, c: ConstraintsConfig) 
 
 
 def feature_matrix(g: Geometry, t: TargetArrays, s: SiteArrays, snr_required: float) -> np.ndarray:
-    """(N, S, F) float32 network inputs, each scaled to roughly unit range."""
+    """(N, S, F) float32 network inputs for every pair of one problem (the simulator's path)."""
     n, m = g.altitude.shape
     margin = depth_margin(g, t, s, s.seeing, s.cloud, snr_required)
-    x = np.where(np.isfinite(g.airmass), g.airmass, 10.0)
+    grid = lambda a: np.broadcast_to(a, (n, m)).ravel()  # noqa: E731
+    x = _columns(grid(g.altitude), grid(g.airmass), grid(g.sun_altitude[None, :]), grid(g.moon_altitude[None, :]),
+                 grid(g.moon_illumination), grid(g.moon_separation), grid(s.seeing[None, :]), grid(s.cloud[None, :]),
+                 grid(s.humidity[None, :]), grid(t.magnitude[:, None]), grid(t.exposure_s[:, None]),
+                 grid(s.aperture_m[None, :]), grid(margin), grid(g.sky_mag), grid(t.band[:, None]))
+    return x.reshape(n, m, N_FEATURES)
+
+
+def _columns(alt, airmass_, sun_alt, moon_alt, illum, sep, seeing, cloud, humidity, mag, exposure, aperture,
+             margin, sky_mag, band) -> np.ndarray:
+    """(P, F) float32 network inputs from flat (P,) pair quantities, each scaled to ~unit range.
+
+    The one definition of the features: the simulator (grid) and the engine (batched pairs)
+    both come here, so the model is served exactly the features it was trained on.
+    """
+    x = np.where(np.isfinite(airmass_), airmass_, 10.0)
     cols = [
-        g.altitude / 90.0,
+        alt / 90.0,
         np.clip(x - 1.0, 0.0, 3.0),
-        np.broadcast_to(g.sun_altitude[None, :] / 90.0, (n, m)),
-        np.broadcast_to(g.moon_altitude[None, :] / 90.0, (n, m)),
-        np.full((n, m), g.moon_illumination),
-        g.moon_separation / 180.0,
-        np.broadcast_to(s.seeing[None, :], (n, m)),
-        np.broadcast_to(s.cloud[None, :], (n, m)),
-        np.broadcast_to(s.humidity[None, :] / 100.0, (n, m)),
-        np.broadcast_to((t.magnitude[:, None] - 22.0) / 3.0, (n, m)),
-        np.broadcast_to(np.log10(t.exposure_s[:, None] / 30.0), (n, m)),
-        np.broadcast_to(np.log10(s.aperture_m[None, :] / physics.RUBIN_APERTURE_M), (n, m)),
+        sun_alt / 90.0,
+        moon_alt / 90.0,
+        illum,
+        sep / 180.0,
+        seeing,
+        cloud,
+        humidity / 100.0,
+        (mag - 22.0) / 3.0,
+        np.log10(exposure / 30.0),
+        np.log10(aperture / physics.RUBIN_APERTURE_M),
         np.clip(margin, -5.0, 5.0) / 2.0,
-        (g.sky_mag - 20.0) / 2.0,
+        (sky_mag - 20.0) / 2.0,
+        # The physics prior: P(margin >= 0) if the realized depth scatters by ~0.2 mag around
+        # the forecast. The network learns corrections (hidden site effects) on top of it.
+        0.5 * (1.0 + _erf(margin / (PRIOR_DEPTH_SCATTER_MAG * np.sqrt(2.0)))),
     ]
-    out = np.empty((n, m, N_FEATURES), dtype=np.float32)
+    out = np.empty((alt.shape[0], N_FEATURES), dtype=np.float32)
     for i, col in enumerate(cols):
-        out[:, :, i] = col
-    out[:, :, len(cols):] = np.eye(6, dtype=np.float32)[t.band][:, None, :]
+        out[:, i] = col
+    out[:, len(cols):] = np.eye(6, dtype=np.float32)[band]
     return out
+
+
+@dataclass(frozen=True)
+class PairBatch:
+    """The feasible pairs of several problems, ready for one forward pass."""
+
+    feasible: list[np.ndarray]  # per problem (N_k, S_k) bool
+    ti: list[np.ndarray]  # per problem, target index of each feasible pair (row-major order)
+    sj: list[np.ndarray]  # per problem, site index (into the problem's sites)
+    x: np.ndarray  # (P, F) float32, every problem's feasible pairs in order
+    site: np.ndarray  # (P,) int64 site-table index (the model's site identity)
+    counts: np.ndarray  # (K,) feasible pairs per problem
+
+
+def pair_batch(problems: list[tuple[float, TargetArrays, SiteArrays, np.ndarray, float]],
+               c: ConstraintsConfig) -> PairBatch:
+    """Masks and features for (time, targets, sites, excluded (N,) bool, snr) problems at once."""
+    f = _flat_geometry([p[:3] for p in problems])
+    cat_t = lambda name: np.concatenate([getattr(p[1], name) for p in problems])  # noqa: E731
+    cat_s = lambda name: np.concatenate([getattr(p[2], name) for p in problems])  # noqa: E731
+    band, pt, ps, pk = cat_t("band"), f.pt, f.ps, f.pk
+    excluded = np.concatenate([p[3] for p in problems])
+    ok = f.alt >= c.min_altitude_deg
+    ok &= f.sun_alt[ps] <= c.max_sun_altitude_deg
+    ok &= (f.sep >= c.min_moon_separation_deg) | (f.moon_alt[ps] <= 0.0)
+    ok &= cat_s("bands")[ps, band[pt]]
+    ok &= (cat_s("open") & (cat_s("capacity") > 0))[ps]
+    ok &= ~excluded[pt]
+    sel = np.flatnonzero(ok)  # only feasible pairs are featurised and scored
+    t, s, k = pt[sel], ps[sel], pk[sel]
+    seeing, cloud, aperture = cat_s("seeing")[s], cat_s("cloud")[s], cat_s("aperture_m")[s]
+    mag, exposure = cat_t("magnitude")[t], cat_t("exposure_s")[t]
+    snr = np.array([p[4] for p in problems], dtype=np.float64)[k]
+    margin = _margin(band[t], f.sky_mag[sel], f.airmass[sel], seeing, cloud, exposure, aperture, mag, snr)
+    x = _columns(f.alt[sel], f.airmass[sel], f.sun_alt[s], f.moon_alt[s], f.illum[k], f.sep[sel], seeing, cloud,
+                 cat_s("humidity")[s], mag, exposure, aperture, margin, f.sky_mag[sel], band[t])
+    counts = np.bincount(k, minlength=len(problems))
+    bounds = np.concatenate([[0], np.cumsum(counts)])
+    masks, tis, sjs = [], [], []
+    p0 = 0
+    for i, (n, m) in enumerate(zip(f.n_k, f.s_k)):
+        masks.append(ok[p0:p0 + n * m].reshape(n, m))
+        p0 += n * m
+        tis.append(t[bounds[i]:bounds[i + 1]] - f.t_off[i])
+        sjs.append(s[bounds[i]:bounds[i + 1]] - f.s_off[i])
+    return PairBatch(masks, tis, sjs, x, cat_s("index")[s].astype(np.int64), counts)

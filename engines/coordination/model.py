@@ -9,7 +9,6 @@ feasible pairs. A site embedding lets it learn per-site effects that physics can
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import lightning as L
@@ -31,6 +30,7 @@ class CoordNetConfig:
     weight_decay: float = 1e-4
     snr_weight: float = 0.1  # weight of the log10-SNR regression next to the BCE
     prox_mu: float = 0.0  # FedProx proximal term; 0 is plain FedAvg
+    cosine: bool = True  # anneal the learning rate to 0 over the fit (federated rounds anneal outside)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,12 +48,21 @@ class CoordNet(L.LightningModule):
             width = config.hidden
         self.trunk = nn.Sequential(*layers)
         self.head = nn.Linear(width, 2)  # logit of P(success), log10 SNR
+        # A per-site linear correction of the head (FedPer-style personal layer): each site's
+        # hidden effects get parameters only that site's data trains, so federated averaging
+        # of the shared trunk does not wash them out. Zero-initialised: starts as the shared head.
+        self.site_head_w = nn.Embedding(config.n_sites, width * 2)
+        self.site_head_b = nn.Embedding(config.n_sites, 2)
+        nn.init.zeros_(self.site_head_w.weight)
+        nn.init.zeros_(self.site_head_b.weight)
         self._global: list[torch.Tensor] | None = None  # FedProx anchor
 
     def forward(self, features: torch.Tensor, site: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # features (B, F) float32, site (B,) int64 -> logit (B,), log10 SNR (B,)
         h = torch.cat([features, self.site_emb(site)], dim=-1)  # (B, F + E)
-        out = self.head(self.trunk(h))  # (B, 2)
+        z = self.trunk(h)  # (B, H)
+        w = self.site_head_w(site).view(-1, z.shape[-1], 2)  # (B, H, 2)
+        out = self.head(z) + torch.bmm(z.unsqueeze(1), w).squeeze(1) + self.site_head_b(site)  # (B, 2)
         return out[:, 0], out[:, 1]
 
     @torch.no_grad()
@@ -84,7 +93,12 @@ class CoordNet(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+        opt = torch.optim.AdamW(self.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+        if not self.config.cosine:
+            return opt
+        steps = max(int(self.trainer.estimated_stepping_batches), 1)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def set_prox_anchor(self) -> None:
         """Snapshot the current (global) weights as the FedProx anchor of this local fit."""
@@ -92,7 +106,3 @@ class CoordNet(L.LightningModule):
 
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-
-def logit_to_p(logit: float) -> float:
-    return 1.0 / (1.0 + math.exp(-logit))

@@ -9,6 +9,7 @@ import torch
 from engines.base import Engine
 from engines.config import ConfigError, from_mapping
 from engines.coordination.config import DEFAULT_TOML, CoordinationConfig
+from engines.coordination.features import N_FEATURES
 from engines.coordination.types import Conditions, Observatory, Target, UnassignedReason
 from engines.errors import InvalidArgument
 
@@ -22,14 +23,14 @@ def test_default_toml_parses():
         from_mapping(CoordinationConfig, {"batching": {"max_batch_size": 0}})
 
 
-async def test_coordinate_respects_capacity_and_explains_the_rest(engine, request_factory):
+async def test_coordinate_respects_capacity_and_explains_the_rest(engine, sites, request_factory):
     assert isinstance(engine, Engine)
     req = request_factory(80)
     res = await engine.coordinate(req)
     assert res.request_id == "r" and res.assignments
     ids = [a.target_id for a in res.assignments] + [u.target_id for u in res.unassigned]
     assert sorted(ids) == sorted(t.id for t in req.targets)
-    caps = {s.id: s.capacity for s in engine._sites.site}  # noqa: SLF001 (table capacities)
+    caps = {s.id: s.capacity for s in sites.site}
     for site in {a.site_id for a in res.assignments}:
         assert sum(a.site_id == site for a in res.assignments) <= caps[site]
     for a in res.assignments:
@@ -72,22 +73,22 @@ async def test_invalid_requests_name_the_field(engine, request_factory, mutate, 
 
 async def test_raw_infer_and_specs(engine):
     specs = {s.name: s for s in engine.input_spec()}
-    assert specs["features"].shape[1] == 20 and specs["site"].dtype == "int64"
-    out = await engine.infer({"features": torch.zeros(5, 20), "site": torch.arange(5)})
+    assert specs["features"].shape[1] == N_FEATURES and specs["site"].dtype == "int64"
+    out = await engine.infer({"features": torch.zeros(5, N_FEATURES), "site": torch.arange(5)})
     assert set(out) == {s.name for s in engine.output_spec()}
     assert out["p_success"].shape == (5,) and ((out["p_success"] >= 0) & (out["p_success"] <= 1)).all()
     with pytest.raises(InvalidArgument) as err:
-        await engine.infer({"features": torch.zeros(5, 19), "site": torch.arange(5)})
+        await engine.infer({"features": torch.zeros(5, N_FEATURES - 1), "site": torch.arange(5)})
     assert err.value.field == "inputs.features"
     with pytest.raises(InvalidArgument) as err:
-        await engine.infer({"features": torch.zeros(2, 20), "site": torch.tensor([0, 99])})
+        await engine.infer({"features": torch.zeros(2, N_FEATURES), "site": torch.tensor([0, 99])})
     assert err.value.field == "inputs.site"
 
 
 async def test_many_clients_share_model_steps(engine, request_factory):
     reqs = [request_factory(10, seed=i, request_id=f"c{i}") for i in range(12)]
     results = await asyncio.gather(*(engine.coordinate(r) for r in reqs),
-                                   engine.infer({"features": torch.zeros(3, 20), "site": torch.zeros(3, dtype=torch.long)}))
+                                   engine.infer({"features": torch.zeros(3, N_FEATURES), "site": torch.zeros(3, dtype=torch.long)}))
     assert [r.request_id for r in results[:-1]] == [f"c{i}" for i in range(12)]
     stats = engine.stats()
     assert stats["batch_size_mean"] > 1.0
@@ -103,3 +104,25 @@ async def test_large_request_uses_the_lp(engine, request_factory):
     res = await engine.coordinate(req)
     assert res.solver == "highs_lp"
     assert len(res.assignments) + len(res.unassigned) == 3000
+
+
+@pytest.mark.parametrize("where,field", [
+    ("current", "observatories[2].current.humidity_pct"),
+    ("deadline", "targets[4].deadline_unix"),
+    ("value", "targets[7].value"),
+])
+async def test_vectorised_validation_still_names_the_offender(engine, request_factory, where, field):
+    req = request_factory(10)
+    if where == "current":
+        obs = list(req.observatories)
+        obs[2] = dataclasses.replace(obs[2], current=Conditions(0.8, 0.0, 120.0))
+        req = dataclasses.replace(req, observatories=tuple(obs))
+    else:
+        ts = list(req.targets)
+        i = 4 if where == "deadline" else 7
+        ts[3] = dataclasses.replace(ts[3], deadline_unix=req.time_unix + 10)
+        ts[i] = dataclasses.replace(ts[i], **({"deadline_unix": float("nan")} if where == "deadline" else {"value": -1.0}))
+        req = dataclasses.replace(req, targets=tuple(ts))
+    with pytest.raises(InvalidArgument) as err:
+        await engine.coordinate(req)
+    assert err.value.field == field

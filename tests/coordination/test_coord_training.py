@@ -11,6 +11,7 @@ import torch
 from engines.coordination import checkpoint
 from engines.coordination.config import CoordinationConfig
 from engines.coordination.engine import CoordinationEngine
+from engines.coordination.features import N_FEATURES
 from engines.coordination.model import CoordNet
 from training.coordination import train
 
@@ -38,7 +39,7 @@ async def test_federated_export_loads_in_the_engine(tiny_logs, sites, tmp_path, 
     out = train.export(fed, sites.ids, tmp_path / "fed.safetensors", {"recipe": "test"})
     assert out.exists() and checkpoint.config_path(out).exists()
     loaded, site_ids, _ = checkpoint.load(out)
-    x, s = torch.randn(4, 20), torch.arange(4)
+    x, s = torch.randn(4, N_FEATURES), torch.arange(4)
     assert torch.allclose(loaded.predict(x, s)[0], fed.predict(x, s)[0])
     assert site_ids == sites.ids
     engine = CoordinationEngine(CoordinationConfig(checkpoint=str(out)))
@@ -59,3 +60,16 @@ def test_central_fit_learns(tiny_logs):
     # Better than a constant at the base rate on its own data (a weak but honest smoke check).
     base = y.mean()
     assert ((p - y) ** 2).mean() < ((base - y) ** 2).mean()
+
+
+def test_shipped_checkpoint_is_the_default_recipe(sites):
+    import json
+
+    from training.coordination.default import Recipe
+
+    doc = json.loads(checkpoint.config_path(checkpoint.EMBEDDED).read_text())
+    meta = doc["meta"]
+    assert meta["recipe"] == "federated" and meta["seed"] == Recipe.seed
+    assert meta["windows_per_site"] == Recipe.windows_per_site
+    assert tuple(doc["site_ids"]) == sites.ids
+    assert doc["model"]["n_features"] == N_FEATURES

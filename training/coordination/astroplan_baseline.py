@@ -25,7 +25,7 @@ def _offline_astropy() -> None:
     data.conf.allow_internet = False
 
 
-def evaluate_astroplan(sim: Simulator, windows: int, seed: int, max_targets: int = 20, mc: int = 256) -> dict:
+def evaluate_astroplan(sim: Simulator, windows: int, seed: int, max_targets: int = 20, mc: int = 512) -> dict:
     _offline_astropy()
     with warnings.catch_warnings():
         # astroplan's Moon separations trip astropy's NonRotationTransformationWarning per call.
@@ -53,8 +53,9 @@ def _evaluate(sim: Simulator, windows: int, seed: int, max_targets: int, mc: int
     failures = 0
     for _ in range(windows):
         w = sim.window(rng, sim.eval_time(rng), all_sites)
+        p_oracle = sim.success_probability(rng, w, k=mc)  # decides; p_true scores (see evaluate.py)
         p_true = sim.success_probability(rng, w, k=mc)
-        oracle_choice = solver.assign(w.targets.value[:, None] * p_true, w.sites.capacity, w.targets.critical)[0]
+        oracle_choice = solver.assign(w.targets.value[:, None] * p_oracle, w.sites.capacity, w.targets.critical)[0]
         idx = np.flatnonzero(oracle_choice >= 0)
         oracle += float((w.targets.value[idx] * p_true[idx, oracle_choice[idx]]).sum())
         n_critical += int(w.targets.critical.sum())

@@ -31,6 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             p.add_argument("--rounds", type=int, default=default.Recipe.fit.rounds)
             p.add_argument("--local-epochs", type=int, default=default.Recipe.fit.local_epochs)
             p.add_argument("--prox-mu", type=float, default=0.0, help="> 0 turns FedAvg into FedProx")
+            p.add_argument("--server-momentum", type=float, default=default.Recipe.fit.server_momentum,
+                           help="FedAvgM server momentum (0: plain FedAvg)")
         p.set_defaults(func=_train_cmd, federated=name == "federated")
     p = subparsers.add_parser("evaluate", help="compare coordination methods on unseen windows")
     _common(p)
@@ -40,6 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=int, default=default.Recipe.fit.rounds)
     p.add_argument("--local-epochs", type=int, default=default.Recipe.fit.local_epochs)
     p.add_argument("--prox-mu", type=float, default=0.0)
+    p.add_argument("--server-momentum", type=float, default=default.Recipe.fit.server_momentum)
     p.add_argument("--astroplan-windows", type=int, default=2,
                    help="windows scored with astroplan's PriorityScheduler (slow: ~1 s per site)")
     p.add_argument("--json", type=Path, required=True, help="write the results here")
@@ -51,6 +54,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sites", type=Path, default=DEFAULT_SITES)
     p.add_argument("--seed", type=int, default=default.Recipe.seed, help="training seed")
     p.add_argument("--windows", type=int, default=default.Recipe.windows_per_site, help="logged windows per site")
+    p.add_argument("--per-window", type=int, default=default.Recipe.per_window, help="observations per logged window")
     p.add_argument("--epochs", type=int, default=default.Recipe.fit.epochs)
 
 
@@ -58,9 +62,10 @@ def _recipe(args) -> default.Recipe:
     fit = replace(default.Recipe.fit, epochs=args.epochs, seed=args.seed,
                   rounds=getattr(args, "rounds", default.Recipe.fit.rounds),
                   local_epochs=getattr(args, "local_epochs", default.Recipe.fit.local_epochs),
-                  prox_mu=getattr(args, "prox_mu", 0.0))
+                  prox_mu=getattr(args, "prox_mu", 0.0),
+                  server_momentum=getattr(args, "server_momentum", default.Recipe.fit.server_momentum))
     return default.Recipe(scenario=args.scenario, sites=args.sites, seed=args.seed,
-                          windows_per_site=args.windows, fit=fit)
+                          windows_per_site=args.windows, per_window=args.per_window, fit=fit)
 
 
 def _progress(msg: str) -> None:
@@ -86,7 +91,9 @@ def _evaluate_cmd(args) -> int:
     methods: dict[str, ev.Chooser] = {
         "federated": ev.solve_with(ev.model_scorer(federated, sim)),
         "central": ev.solve_with(ev.model_scorer(central, sim)),
-        "physics": ev.solve_with(lambda w, rng: sim.success_probability(rng, w, truth=False)),
+        # Physics at the forecast: the simulator's own noise model without the hidden effects,
+        # with enough draws that its sampling noise does not handicap it.
+        "physics": ev.solve_with(lambda w, rng: sim.success_probability(rng, w, k=1024, truth=False)),
         "greedy_altitude": ev.greedy(lambda w: w.geometry.altitude),
         "greedy_aperture": ev.greedy(lambda w: np.broadcast_to(w.sites.aperture_m, w.feasible.shape)),
         "random": ev.random_feasible,

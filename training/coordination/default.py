@@ -2,7 +2,7 @@
 
 `galactic-train federated` with its defaults writes training/data/coordination.safetensors
 (+ .json), the file the daemon's default `[coordination]` serves. When that file is absent,
-`ensure_default_checkpoint` trains the same recipe once (under a minute on 2 cores) and
+`ensure_default_checkpoint` trains the same recipe once (about 2 minutes on 2 cores) and
 caches it.
 """
 
@@ -23,9 +23,11 @@ class Recipe:
     scenario: Path = DEFAULT_SCENARIO
     sites: Path = DEFAULT_SITES
     seed: int = 0
-    windows_per_site: int = 120
-    per_window: int = 40
-    fit: train.FitConfig = train.FitConfig(epochs=10, rounds=12, local_epochs=1, batch_size=512)
+    # Many windows with few observations each: weather is shared within a window, so the
+    # number of independent nights, not of rows, is what teaches the per-site effects.
+    windows_per_site: int = 600
+    per_window: int = 12
+    fit: train.FitConfig = train.FitConfig(epochs=10, rounds=30, local_epochs=1, batch_size=256, server_momentum=0.8)
 
 
 def site_logs(recipe: Recipe, progress: Callable[[str], None] = lambda _m: None):

@@ -9,7 +9,9 @@ checkpoint plus its JSON config, which the engine loads.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,6 +27,10 @@ from engines.coordination.model import CoordNet, CoordNetConfig
 from training.coordination.simulator import Logs
 
 
+# Parameters with one row per site (table order): each row is trained by its own site only.
+SITE_ROW_PARAMS = ("site_emb.weight", "site_head_w.weight", "site_head_b.weight")
+
+
 @dataclass(frozen=True)
 class FitConfig:
     epochs: int = 12  # central epochs; local-only fits use the same
@@ -32,6 +38,10 @@ class FitConfig:
     local_epochs: int = 1  # epochs per site per round
     batch_size: int = 256
     prox_mu: float = 0.0  # > 0: FedProx
+    own_embedding_rows: bool = True  # federated: site i's embedding row comes from site i's fit
+    round_cosine: bool = True  # federated: anneal the learning rate over rounds
+    local_lr: float | None = None  # federated: the sites' learning rate (None: the model's)
+    server_momentum: float = 0.0  # federated: FedAvgM (Hsu et al. 2019) server momentum; 0 is FedAvg
     val_fraction: float = 0.1
     seed: int = 0
 
@@ -96,18 +106,45 @@ def train_local(site_logs: list[Logs], site: int, cfg: FitConfig) -> CoordNet:
 
 
 def train_federated(site_logs: list[Logs], cfg: FitConfig, progress: Callable[[str], None] = lambda _m: None) -> CoordNet:
-    """FedAvg rounds; each site fits the global weights on its own log, the server averages."""
+    """FedAvg rounds; each site fits the global weights on its own log, the server averages.
+
+    `site_logs[i]` must be site i's log (table order): row i of the site embedding is
+    taken from site i's fit rather than averaged.
+    """
     global_model = new_model(len(site_logs), cfg, cfg.prox_mu)
     counts = [float(len(x)) for x in site_logs]
+    velocity: dict[str, torch.Tensor] = {}
     for r in range(cfg.rounds):
         states = []
+        # The round's learning rate follows a cosine over rounds (a local fit is too short
+        # to anneal on its own, and restarting a schedule every round would undo it).
+        base_lr = cfg.local_lr if cfg.local_lr is not None else global_model.config.lr
+        lr = base_lr * (0.5 * (1.0 + math.cos(math.pi * r / cfg.rounds)) if cfg.round_cosine else 1.0)
+        local_cfg = dataclasses.replace(global_model.config, lr=lr, cosine=False)
         for i, logs in enumerate(site_logs):
-            local = CoordNet(global_model.config)
+            local = CoordNet(local_cfg)
             local.load_state_dict(global_model.state_dict())
             local.set_prox_anchor()
             fit(local, logs, cfg.local_epochs, replace(cfg, seed=cfg.seed * 1000 + r * 31 + i))
             states.append(local.state_dict())  # only weights leave the site
-        global_model.load_state_dict(checkpoint.average(states, counts))
+        merged = checkpoint.average(states, counts)
+        # A site's rows (embedding, personal head) are trained by that site alone; a plain
+        # average would shrink their update by the site's sample share (1/13 here) and stall
+        # the per-site effects. Each row comes back from its own site: still only weights
+        # cross the boundary.
+        if cfg.own_embedding_rows:
+            for name in SITE_ROW_PARAMS:
+                rows = merged[name]
+                for i, state in enumerate(states):
+                    rows[i] = state[name][i]
+        if cfg.server_momentum > 0:
+            # FedAvgM: treat (average - global) as a pseudo-gradient and apply it with momentum.
+            current = global_model.state_dict()
+            for k in merged:
+                delta = merged[k] - current[k]
+                velocity[k] = cfg.server_momentum * velocity.get(k, torch.zeros_like(delta)) + delta
+                merged[k] = current[k] + velocity[k]
+        global_model.load_state_dict(merged)
         progress(f"federated round {r + 1}/{cfg.rounds}")
     global_model.eval()
     return global_model

@@ -1,0 +1,43 @@
+"""The training CLI end to end on a tiny budget (the real run is minutes; see the report)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from engines.coordination import checkpoint
+from training.coordination import cli
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="galactic-train")
+    cli.register(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def test_register_adds_the_three_subcommands():
+    parser = _parser()
+    for cmd in ("coordination", "federated", "evaluate"):
+        args = parser.parse_args([cmd, "--json", "x.json"] if cmd == "evaluate" else [cmd])
+        assert callable(args.func)
+
+
+def test_federated_then_evaluate(tmp_path):
+    tiny = ["--windows", "4", "--epochs", "1"]
+    out = tmp_path / "fed.safetensors"
+    args = _parser().parse_args(["federated", *tiny, "--rounds", "1", "--out", str(out)])
+    assert args.func(args) == 0
+    assert out.exists() and json.loads(checkpoint.config_path(out).read_text())["meta"]["recipe"] == "federated"
+    report = tmp_path / "eval.json"
+    args = _parser().parse_args(["evaluate", *tiny, "--rounds", "1", "--eval-windows", "2", "--astroplan-windows", "0",
+                                 "--json", str(report)])
+    assert args.func(args) == 0
+    result = json.loads(report.read_text())
+    methods = result["methods"]
+    for name in ("oracle", "federated", "central", "physics", "greedy_altitude", "greedy_aperture", "random",
+                 "local_only:rubin", "local_only:mcdonald"):
+        assert set(methods[name]) >= {"value", "share_of_oracle", "critical_completed"}
+    assert methods["oracle"]["share_of_oracle"] == 1.0
+    assert methods["federated"]["value"] <= methods["oracle"]["value"] + 1e-9  # same solver, true p is optimal
+    assert set(result["model"]) == {"log_loss", "brier", "ece"}
+    assert result["eval_seed"] != result["train_seed"]
