@@ -49,8 +49,7 @@ def _add_inference(server, engines):
 def _add_coordination(server, engines):
     from galactic.v1 import coordination_pb2_grpc
     from daemon.servicers.coordination import CoordinationServicer
-    # One coordinator per daemon: the first engine that backs the service.
-    coordination_pb2_grpc.add_CoordinationServicer_to_server(CoordinationServicer(next(iter(engines.values()))), server)
+    coordination_pb2_grpc.add_CoordinationServicer_to_server(CoordinationServicer(engines), server)
 
 
 # gRPC service -> how to mount it over the engines that back it (ModelInfo.services).

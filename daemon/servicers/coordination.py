@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from typing import AsyncIterator, Mapping
 
-import grpc
 from galactic.v1 import coordination_pb2 as pb
 from galactic.v1 import coordination_pb2_grpc
 
@@ -21,24 +19,9 @@ from engines.coordination.engine import CoordinationEngine
 from engines.coordination.types import (
     Conditions, CoordinateRequest, CoordinateResult, Observatory, Target, UnassignedReason,
 )
-from engines.errors import NotFound
 
-try:  # the daemon's single error boundary (main branch)
-    from daemon.errors import to_status
-except ImportError:  # pragma: no cover - this branch before the merge; same mapping, fewer codes
-    from google.rpc import status_pb2
-
-    from engines import errors as _e
-
-    _CODES = {_e.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT, _e.NotFound: grpc.StatusCode.NOT_FOUND,
-              _e.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
-              _e.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-              _e.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED, _e.Unavailable: grpc.StatusCode.UNAVAILABLE}
-
-    def to_status(exc: BaseException) -> status_pb2.Status:
-        code = next((_CODES[c] for c in type(exc).__mro__ if c in _CODES), grpc.StatusCode.INTERNAL)
-        msg = str(exc) if code is not grpc.StatusCode.INTERNAL else "internal error; see the daemon log"
-        return status_pb2.Status(code=code.value[0], message=msg)
+from daemon.errors import to_status
+from daemon.servicers import deadline_of, pick
 
 _BANDS = {pb.BAND_U: "u", pb.BAND_G: "g", pb.BAND_R: "r", pb.BAND_I: "i", pb.BAND_Z: "z", pb.BAND_Y: "y"}
 _REASONS = {
@@ -84,40 +67,26 @@ def to_pb(result: CoordinateResult, model: str = "", version: str = "") -> pb.Co
         total_expected_value=result.total_expected_value, solver=result.solver)
 
 
-def _deadline(context: grpc.aio.ServicerContext) -> float | None:
-    remaining = context.time_remaining()
-    return None if remaining is None else time.monotonic() + remaining
-
-
 class CoordinationServicer(coordination_pb2_grpc.CoordinationServicer):
     """Serves one or more CoordinationEngines, chosen by the request's `model` field."""
 
     def __init__(self, engines: Mapping[str, CoordinationEngine] | CoordinationEngine) -> None:
         self._engines = {engines.name: engines} if isinstance(engines, CoordinationEngine) else dict(engines)
 
-    def _engine(self, name: str) -> CoordinationEngine:
-        if not name and self._engines:
-            return next(iter(self._engines.values()))
-        try:
-            return self._engines[name]
-        except KeyError:
-            raise NotFound(f"unknown coordination model {name!r} (loaded: {', '.join(self._engines) or 'none'})",
-                           field="model") from None
-
     async def _coordinate(self, m: pb.CoordinateRequest, deadline: float | None) -> pb.CoordinateResponse:
-        engine = self._engine(m.model)
+        engine = pick(self._engines, m.model)
         result = await engine.coordinate(build_coordinate_request(m), deadline=deadline)
         info = engine.info()
         return to_pb(result, info.name, info.version)
 
     async def Coordinate(self, request: pb.CoordinateRequest, context) -> pb.CoordinateResponse:
-        return await self._coordinate(request, _deadline(context))
+        return await self._coordinate(request, deadline_of(context))
 
     async def CoordinateStream(self, request_iterator, context) -> AsyncIterator[pb.CoordinateStreamResponse]:
         # Requests run concurrently so the engine batches them; answers leave as they finish,
         # tagged with their id. Leaving this generator (client gone) cancels what is pending,
         # which drops it from the engine's queue before its step.
-        deadline = _deadline(context)
+        deadline = deadline_of(context)
         out: asyncio.Queue = asyncio.Queue()
         pending: set[asyncio.Task] = set()
 

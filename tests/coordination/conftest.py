@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import importlib
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,34 +16,6 @@ from engines.coordination.types import Conditions, CoordinateRequest, Observator
 from training.coordination.scenario import load_scenario
 from training.coordination.simulator import Simulator
 
-
-def _ensure_coordination_stubs() -> None:
-    """Make `galactic.v1.coordination_pb2` importable before the servicer is imported.
-
-    The integrator's build generates it into the client distribution; until then (this
-    branch) generate it into /tmp/coordgen and extend the galactic.v1 package path with it.
-    """
-    try:
-        importlib.import_module("galactic.v1.coordination_pb2")
-        return
-    except ImportError:
-        pass
-    from google.rpc import status_pb2  # googleapis-common-protos ships status.proto beside it
-
-    repo = Path(__file__).resolve().parents[2]
-    out = Path("/tmp/coordgen")
-    out.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{repo / 'protos'}",
-                    f"-I{Path(status_pb2.__file__).parents[2]}", f"--python_out={out}", f"--grpc_python_out={out}",
-                    str(repo / "protos/galactic/v1/coordination.proto")], check=True)
-    try:
-        import galactic.v1 as v1
-        v1.__path__.append(str(out / "galactic" / "v1"))
-    except ImportError:
-        sys.path.insert(0, str(out))
-
-
-_ensure_coordination_stubs()
 
 # 2025-03-10 06:00 UTC: the Chilean, US and Hawaiian sites are dark.
 WINDOW_START = dt.datetime(2025, 3, 10, 5, 30, tzinfo=dt.timezone.utc).timestamp()

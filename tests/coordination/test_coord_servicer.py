@@ -8,7 +8,7 @@ from galactic.v1 import coordination_pb2 as pb
 from galactic.v1 import coordination_pb2_grpc
 
 from daemon.servicers.coordination import CoordinationServicer, build_coordinate_request, to_pb
-from engines.errors import GalacticError
+from daemon.interceptors import Admission, BoundaryInterceptor
 
 BAND = {"g": pb.BAND_G, "r": pb.BAND_R, "i": pb.BAND_I}
 
@@ -24,29 +24,11 @@ def request_pb(req) -> pb.CoordinateRequest:
                  for t in req.targets])
 
 
-class _Boundary(grpc.aio.ServerInterceptor):
-    """A stand-in for the daemon's error interceptor: engine errors -> status codes."""
-
-    async def intercept_service(self, continuation, details):
-        handler = await continuation(details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        inner = handler.unary_unary
-
-        async def unary(request, context):
-            try:
-                return await inner(request, context)
-            except GalacticError as exc:
-                from daemon.servicers.coordination import to_status
-
-                await context.abort(grpc.StatusCode(next(c for c in grpc.StatusCode
-                                                         if c.value[0] == to_status(exc).code)), str(exc))
-        return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
-
-
 @pytest.fixture
 async def stub(engine):
-    server = grpc.aio.server(interceptors=[_Boundary()])
+    admission = Admission()
+    admission.ready = True
+    server = grpc.aio.server(interceptors=[BoundaryInterceptor(admission)])  # the daemon's own boundary
     coordination_pb2_grpc.add_CoordinationServicer_to_server(CoordinationServicer(engine), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
