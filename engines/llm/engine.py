@@ -45,7 +45,7 @@ from engines.llm.sampling import make_generator, sample_batch
 from engines.llm.scheduler import Sequence, WaitingQueue
 from engines.llm.validation import validate_and_tokenize
 from engines.llm.types import AdapterInfo, FinalOutput, FinishReason, GenerationRequest, Timings, TokenChunk
-from engines.worker import ResultStream, StepWorker
+from engines.worker import Outbox, ResultStream, StepWorker
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -97,6 +97,7 @@ class LLMEngine:
         self.tokenizer: Any = None
         self._decode_tokenizer: Any = None
         self._forward: Callable[..., Any] | None = None
+        self._outbox: Outbox | None = None  # created with the worker in start()
         self._lock = threading.Lock()
         self._model_lock = threading.Lock()
         sched = config.scheduler
@@ -185,6 +186,8 @@ class LLMEngine:
         self._loop = loop
         self._batch = DecodeBatch(self._device)
         self._worker = StepWorker(f"llm-{self.name}", self._step, self._has_work)
+        self._outbox = Outbox(loop)
+        self._outbox.thread = self._worker.thread
         self._worker.start()
         self.state = "ready"
         self._update_gauges()
@@ -299,7 +302,7 @@ class LLMEngine:
                 "llm.request_id": req.request_id, "llm.adapter": req.adapter or "",
                 "llm.prompt_tokens": len(ids), "llm.max_new_tokens": req.sampling.max_new_tokens})
             seq = Sequence(
-                request=req, prompt_ids=ids, stream=ResultStream(self._loop), adapter=adapter,
+                request=req, prompt_ids=ids, stream=ResultStream(self._loop, self._outbox), adapter=adapter,
                 decoder=IncrementalDecoder(self._decode_tokenizer, ids, req.sampling.stop),
                 generator=make_generator(req.sampling), span=span,
                 queue_span=tracer.start_span("llm.queue", context=trace.set_span_in_context(span)),
@@ -361,10 +364,8 @@ class LLMEngine:
                 log.exception("llm step failed; failing %d requests", len(served))
                 self._fail_all(exc, served)
         self._update_gauges()
-        try:
-            self._loop.call_soon_threadsafe(self._state_changed)
-        except RuntimeError:  # the event loop is closed: nobody is waiting any more
-            pass
+        # One hand-over per step: every token of the step, then the wait_until() check.
+        self._outbox.flush(then=self._state_changed)
 
     def _step_locked(self, served: list[Sequence]) -> None:
         now = time.monotonic()
