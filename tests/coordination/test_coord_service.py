@@ -70,3 +70,23 @@ async def test_infer_scores_feature_tensors(client):
     assert "features" in (err.value.field or "")
     with pytest.raises(errors.NotFound):
         await client.infer("no-such-model", {"features": np.zeros((1, n_features), np.float32)})
+
+
+async def test_cli_coordinate_prints_an_assignment(coord_daemon):
+    import asyncio
+    import json
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "training" / "data" / "example_request.json"
+    # The daemon runs on this test's event loop, so the CLI runs as a non-blocking subprocess.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "galactic_client.cli", "--target", f"127.0.0.1:{coord_daemon.port}",
+        "coordinate", str(example), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    response = json.loads(out)
+    targets = {t["id"] for t in json.loads(example.read_text())["targets"]}
+    assigned = {a["targetId"] for a in response.get("assignments", [])}
+    unassigned = {u["targetId"] for u in response.get("unassigned", [])}
+    assert assigned and assigned | unassigned == targets
