@@ -87,6 +87,6 @@ async def test_cli_coordinate_prints_an_assignment(coord_daemon):
     assert proc.returncode == 0, err.decode()
     response = json.loads(out)
     targets = {t["id"] for t in json.loads(example.read_text())["targets"]}
-    assigned = {a["targetId"] for a in response.get("assignments", [])}
-    unassigned = {u["targetId"] for u in response.get("unassigned", [])}
+    assigned = {a["target_id"] for a in response.get("assignments", [])}
+    unassigned = {u["target_id"] for u in response.get("unassigned", [])}
     assert assigned and assigned | unassigned == targets
