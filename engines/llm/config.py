@@ -67,6 +67,11 @@ class LLMConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto => cuda when available (device_map="auto")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto => bf16 on CUDA, fp32 on CPU
     quantization: Literal["none", "int8", "nf4", "int8-dynamic"] = "none"  # int8/nf4: bitsandbytes, CUDA; int8-dynamic: CPU
+    # Attention kernel: auto = eager on CUDA, sdpa on CPU. Measured on an H200 (torch 2.11,
+    # transformers 5.24, 1.2B Llama, bf16): SDPA given a padding mask took 44 ms per decode
+    # step against 10 ms unmasked and 11 ms for eager with the mask; the running batch always
+    # carries a mask, so eager wins on CUDA. On the CPU sdpa is as fast and matches generate().
+    attention: Literal["auto", "sdpa", "eager"] = "auto"
     trust_remote_code: bool = False  # run Python shipped with the model dir; only for dirs you trust
     compile: bool = False  # torch.compile the forward and warm it before ready (slow start-up)
     cache_dir: Path = Path("~/.cache/galactic")  # where the embedded demo model is trained/cached
@@ -98,6 +103,7 @@ path = "embedded"                 # local Hugging Face causal-LM dir, or "embedd
 device = "auto"                   # auto | cpu | cuda   (auto => cuda when available, device_map="auto" across GPUs)
 dtype = "auto"                    # auto | float32 | bfloat16 | float16   (auto => bf16 on CUDA, fp32 on CPU)
 quantization = "none"             # none | int8 | nf4 (bitsandbytes, CUDA only) | int8-dynamic (CPU only)
+attention = "auto"                # auto | sdpa | eager   (auto => eager on CUDA: SDPA with a padding mask is ~4x slower there)
 trust_remote_code = false         # run Python shipped with the model dir; only for dirs you trust
 compile = false                   # torch.compile the forward and warm it up before ready
 cache_dir = "~/.cache/galactic"   # where the embedded demo model is trained and cached

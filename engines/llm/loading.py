@@ -26,6 +26,14 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 class Placement:
     device: str  # "cpu" | "cuda"
     dtype: torch.dtype
+    attention: str  # transformers' attn_implementation
+
+
+def resolve_attention(config: LLMConfig, device: str) -> str:
+    """auto: eager on CUDA (see LLMConfig.attention for the measurement), sdpa on the CPU."""
+    if config.attention != "auto":
+        return config.attention
+    return "eager" if device == "cuda" else "sdpa"
 
 
 def resolve_placement(config: LLMConfig, cuda_available: bool | None = None) -> Placement:
@@ -48,7 +56,7 @@ def resolve_placement(config: LLMConfig, cuda_available: bool | None = None) -> 
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
     if config.quantization == "int8-dynamic":
         dtype = torch.float32  # dynamic quantization computes activations in fp32
-    return Placement(device=device, dtype=dtype)
+    return Placement(device=device, dtype=dtype, attention=resolve_attention(config, device))
 
 
 def resolve_model_dir(config: LLMConfig, progress: Callable[[str], None]) -> Path:
@@ -78,6 +86,7 @@ def load_model_and_tokenizer(
         "local_files_only": True,
         "trust_remote_code": config.trust_remote_code,
         "dtype": placement.dtype,
+        "attn_implementation": placement.attention,
     }
     if placement.device == "cuda":
         kwargs["device_map"] = "auto"

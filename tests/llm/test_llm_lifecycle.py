@@ -195,6 +195,14 @@ def test_llm_nf4_refused_on_cpu_host_with_alternative():
     assert placement.device == "cuda" and str(placement.dtype) == "torch.bfloat16"
 
 
+def test_llm_attention_kernel_follows_the_device():
+    from engines.llm.loading import resolve_placement
+
+    assert resolve_placement(LLMConfig(), cuda_available=True).attention == "eager"
+    assert resolve_placement(LLMConfig(), cuda_available=False).attention == "sdpa"
+    assert resolve_placement(LLMConfig(attention="sdpa"), cuda_available=True).attention == "sdpa"
+
+
 def test_llm_config_rejects_bad_values_and_default_toml_parses():
     import tomllib
 
