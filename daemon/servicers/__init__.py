@@ -8,14 +8,18 @@ by the interceptor (`daemon/interceptors.py`).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from typing import Mapping, TypeVar
+from typing import AsyncIterator, Awaitable, Callable, Mapping, TypeVar
 
 import grpc
 
 from engines.errors import NotFound
 
 E = TypeVar("E")
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
 
 
 def pick(engines: Mapping[str, E], name: str, field: str = "model") -> E:
@@ -34,3 +38,51 @@ def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
     """The call's gRPC deadline as an absolute time.monotonic() value, or None."""
     remaining = context.time_remaining()
     return None if remaining is None else time.monotonic() + remaining
+
+
+async def answer_concurrently(
+    requests: AsyncIterator[Req],
+    handle: Callable[[Req], Awaitable[Resp]],
+    on_error: Callable[[Req, Exception], Resp],
+) -> AsyncIterator[Resp]:
+    """The bidi pattern of InferStream and CoordinateStream: every request runs as its own
+    task, so the engine's batcher sees them together; answers leave as they finish; a
+    failing request becomes its own error frame (`on_error`) and the stream lives on.
+    Leaving the generator (the client went away) cancels what is still pending, which
+    drops it from the engine's queue before its step.
+    """
+    out: asyncio.Queue = asyncio.Queue()
+    pending: set[asyncio.Task] = set()
+
+    async def answer(req: Req) -> None:
+        try:
+            out.put_nowait(await handle(req))
+        except Exception as exc:  # noqa: BLE001 - a per-request error frame
+            out.put_nowait(on_error(req, exc))
+
+    def finished(task: asyncio.Task) -> None:
+        pending.discard(task)
+        out.put_nowait(None)  # wake the writer so it can notice the end
+
+    async def read() -> None:
+        async for req in requests:
+            task = asyncio.create_task(answer(req))
+            pending.add(task)
+            task.add_done_callback(finished)
+        out.put_nowait(None)
+
+    reader = asyncio.create_task(read())
+    try:
+        while True:
+            item = await out.get()
+            if item is not None:
+                yield item
+            elif reader.done() and not pending and out.empty():
+                await reader  # re-raises a failure of the incoming stream
+                return
+    finally:
+        reader.cancel()
+        for task in pending:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await reader

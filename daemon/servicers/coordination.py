@@ -8,8 +8,6 @@ them) and a failing request gets its own `google.rpc.Status` frame; the stream l
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from typing import AsyncIterator, Mapping
 
 from galactic.v1 import coordination_pb2 as pb
@@ -21,7 +19,7 @@ from engines.coordination.types import (
 )
 
 from daemon.errors import to_status
-from daemon.servicers import deadline_of, pick
+from daemon.servicers import answer_concurrently, deadline_of, pick
 
 _BANDS = {pb.BAND_U: "u", pb.BAND_G: "g", pb.BAND_R: "r", pb.BAND_I: "i", pb.BAND_Z: "z", pb.BAND_Y: "y"}
 _REASONS = {
@@ -83,39 +81,19 @@ class CoordinationServicer(coordination_pb2_grpc.CoordinationServicer):
         return await self._coordinate(request, deadline_of(context))
 
     async def CoordinateStream(self, request_iterator, context) -> AsyncIterator[pb.CoordinateStreamResponse]:
-        # Requests run concurrently so the engine batches them; answers leave as they finish,
-        # tagged with their id. Leaving this generator (client gone) cancels what is pending,
-        # which drops it from the engine's queue before its step.
+        # Alerts arrive one by one or in bursts; they run concurrently so the engine batches
+        # them, and assignments leave as they are made, tagged with their request id.
         deadline = deadline_of(context)
-        out: asyncio.Queue = asyncio.Queue()
-        pending: set[asyncio.Task] = set()
 
-        async def answer(m: pb.CoordinateRequest) -> None:
-            try:
-                resp = await self._coordinate(m, deadline)
-                out.put_nowait(pb.CoordinateStreamResponse(request_id=m.request_id, response=resp))
-            except Exception as exc:  # noqa: BLE001 - a per-request error frame, the stream lives on
-                out.put_nowait(pb.CoordinateStreamResponse(request_id=m.request_id, error=to_status(exc)))
+        async def requests() -> AsyncIterator[pb.CoordinateRequest]:
+            async for frame in request_iterator:
+                yield frame.request
 
-        async def read() -> None:
-            async for req in request_iterator:
-                task = asyncio.create_task(answer(req.request))
-                pending.add(task)
-                task.add_done_callback(lambda t: (pending.discard(t), out.put_nowait(None)))
-            out.put_nowait(None)
+        async def handle(m: pb.CoordinateRequest) -> pb.CoordinateStreamResponse:
+            return pb.CoordinateStreamResponse(request_id=m.request_id, response=await self._coordinate(m, deadline))
 
-        reader = asyncio.create_task(read())
-        try:
-            while True:
-                item = await out.get()
-                if item is not None:
-                    yield item
-                elif reader.done() and not pending and out.empty():
-                    await reader
-                    return
-        finally:
-            reader.cancel()
-            for task in pending:
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
+        def on_error(m: pb.CoordinateRequest, exc: Exception) -> pb.CoordinateStreamResponse:
+            return pb.CoordinateStreamResponse(request_id=m.request_id, error=to_status(exc))
+
+        async for frame in answer_concurrently(requests(), handle, on_error):
+            yield frame

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from typing import AsyncIterator, Mapping
 
 from galactic.v1 import inference_pb2 as pb
 from galactic.v1 import inference_pb2_grpc, tensor_pb2
 
 from daemon.errors import to_status
-from daemon.servicers import deadline_of, pick
+from daemon.servicers import answer_concurrently, deadline_of, pick
 from engines import tensors
 from engines.errors import InvalidArgument
 
@@ -38,41 +36,17 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         return await self._infer(request, deadline_of(context))
 
     async def InferStream(self, request_iterator, context) -> AsyncIterator[pb.InferStreamResponse]:
-        # Requests run concurrently so the engine can batch them; answers go out as they
-        # finish, tagged with their id, and a failure answers only its own request.
+        # Answers may leave out of order (requests are batched together), tagged by id.
         deadline = deadline_of(context)
-        out: asyncio.Queue = asyncio.Queue()
-        pending: set[asyncio.Task] = set()
 
-        async def answer(req: pb.InferRequest) -> None:
-            try:
-                resp = await self._infer(req, deadline)
-                out.put_nowait(pb.InferStreamResponse(request_id=req.request_id, response=resp))
-            except Exception as exc:  # noqa: BLE001 - per-request error frame
-                out.put_nowait(pb.InferStreamResponse(request_id=req.request_id, error=to_status(exc)))
+        async def handle(req: pb.InferRequest) -> pb.InferStreamResponse:
+            return pb.InferStreamResponse(request_id=req.request_id, response=await self._infer(req, deadline))
 
-        async def read() -> None:
-            async for req in request_iterator:
-                task = asyncio.create_task(answer(req))
-                pending.add(task)
-                task.add_done_callback(lambda t: (pending.discard(t), out.put_nowait(None)))
-            out.put_nowait(None)
+        def on_error(req: pb.InferRequest, exc: Exception) -> pb.InferStreamResponse:
+            return pb.InferStreamResponse(request_id=req.request_id, error=to_status(exc))
 
-        reader = asyncio.create_task(read())
-        try:
-            while True:
-                item = await out.get()
-                if item is not None:
-                    yield item
-                elif reader.done() and not pending and out.empty():
-                    await reader
-                    return
-        finally:
-            reader.cancel()
-            for task in pending:
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
+        async for frame in answer_concurrently(request_iterator, handle, on_error):
+            yield frame
 
     async def _infer(self, request: pb.InferRequest, deadline: float | None) -> pb.InferResponse:
         engine = pick(self._engines, request.model)

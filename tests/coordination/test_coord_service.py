@@ -90,3 +90,25 @@ async def test_cli_coordinate_prints_an_assignment(coord_daemon):
     assigned = {a["target_id"] for a in response.get("assignments", [])}
     unassigned = {u["target_id"] for u in response.get("unassigned", [])}
     assert assigned and assigned | unassigned == targets
+
+
+async def test_infer_stream_answers_each_request_and_errors_alone(coord_daemon, channel_to):
+    from galactic.v1 import inference_pb2, inference_pb2_grpc
+    from galactic_client.tensors import to_tensor
+
+    stub = inference_pb2_grpc.InferenceStub(channel_to(coord_daemon))
+    n_features = 21
+
+    def request(rid: str, rows: int, dtype=np.float32):
+        return inference_pb2.InferRequest(model="coordination", request_id=rid, inputs=[
+            to_tensor("features", np.zeros((rows, n_features), dtype)),
+            to_tensor("site", np.zeros(rows, np.int64))])
+
+    frames = [f async for f in stub.InferStream(
+        iter([request("a", 3), request("bad", 2, np.float64), request("b", 5)]), timeout=30)]
+    by_id = {f.request_id: f for f in frames}
+    assert set(by_id) == {"a", "bad", "b"}
+    assert list(by_id["a"].response.outputs[0].shape) == [3]
+    assert list(by_id["b"].response.outputs[0].shape) == [5]
+    assert by_id["bad"].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "features" in by_id["bad"].error.message
