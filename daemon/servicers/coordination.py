@@ -74,8 +74,7 @@ class CoordinationServicer(coordination_pb2_grpc.CoordinationServicer):
     async def _coordinate(self, m: pb.CoordinateRequest, deadline: float | None) -> pb.CoordinateResponse:
         engine = pick(self._engines, m.model)
         result = await engine.coordinate(build_coordinate_request(m), deadline=deadline)
-        info = engine.info()
-        return to_pb(result, info.name, info.version)
+        return to_pb(result, engine.name, engine.version)
 
     async def Coordinate(self, request: pb.CoordinateRequest, context) -> pb.CoordinateResponse:
         return await self._coordinate(request, deadline_of(context))

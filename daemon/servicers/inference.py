@@ -50,9 +50,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
 
     async def _infer(self, request: pb.InferRequest, deadline: float | None) -> pb.InferResponse:
         engine = pick(self._engines, request.model)
-        info = engine.info()
-        if request.version and request.version != info.version:
-            raise InvalidArgument(f"version {request.version!r} is not loaded (serving {info.version!r})",
+        if request.version and request.version != engine.version:
+            raise InvalidArgument(f"version {request.version!r} is not loaded (serving {engine.version!r})",
                                   field="version")
         inputs = {}
         for t in request.inputs:
@@ -61,5 +60,5 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             inputs[t.name] = tensors.decode(to_tensor_data(t), self._max_elements)
         outputs = await engine.infer(inputs, deadline=deadline)
         return pb.InferResponse(
-            model=info.name, version=info.version, request_id=request.request_id,
+            model=engine.name, version=engine.version, request_id=request.request_id,
             outputs=[to_pb_tensor(tensors.encode(name, value)) for name, value in outputs.items()])

@@ -89,6 +89,11 @@ class CoordinationEngine:
         await self._batcher.stop(grace_s)
         self._state = "stopped"
 
+    @property
+    def version(self) -> str:
+        """The checkpoint's hash; cheap, for every response (info() counts parameters)."""
+        return self._version
+
     def info(self) -> ModelInfo:
         params = self._model.n_parameters() if self._model is not None else 0
         return ModelInfo(name=self.name, kind="coordination", version=self._version, state=self._state,
