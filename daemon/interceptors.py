@@ -35,6 +35,8 @@ class Admission:
 
     def __init__(self, api_keys: frozenset[str] = frozenset()) -> None:
         self.draining = False
+        # The same fact as an event, for long-lived streams that must notice it (sessions).
+        self.drain_started = asyncio.Event()
         # False until every engine has loaded: calls before then get UNAVAILABLE (health
         # says NOT_SERVING meanwhile), never a half-initialised engine.
         self.ready = False
@@ -42,6 +44,10 @@ class Admission:
         self.api_keys = api_keys
         self._idle = asyncio.Event()
         self._idle.set()
+
+    def start_drain(self) -> None:
+        self.draining = True
+        self.drain_started.set()
 
     def enter(self) -> None:
         self.in_flight += 1

@@ -34,19 +34,19 @@ log = structlog.get_logger("galacticd")
 _LOAD_EXTENSION_S = 120.0
 
 
-def _add_generation(server, engines):
+def _add_generation(server, engines, admission):
     from galactic.v1 import generation_pb2_grpc
     from daemon.servicers.generation import GenerationServicer
-    generation_pb2_grpc.add_GenerationServicer_to_server(GenerationServicer(engines), server)
+    generation_pb2_grpc.add_GenerationServicer_to_server(GenerationServicer(engines, admission.drain_started), server)
 
 
-def _add_inference(server, engines):
+def _add_inference(server, engines, admission):
     from galactic.v1 import inference_pb2_grpc
     from daemon.servicers.inference import InferenceServicer
     inference_pb2_grpc.add_InferenceServicer_to_server(InferenceServicer(engines), server)
 
 
-def _add_coordination(server, engines):
+def _add_coordination(server, engines, admission):
     from galactic.v1 import coordination_pb2_grpc
     from daemon.servicers.coordination import CoordinationServicer
     coordination_pb2_grpc.add_CoordinationServicer_to_server(CoordinationServicer(engines), server)
@@ -97,7 +97,7 @@ class Daemon:
             maximum_concurrent_rpcs=cfg.server.max_concurrent_rpcs or None,
         )
         for service, engines in self._backing.items():
-            SERVICES[service](server, engines)
+            SERVICES[service](server, engines, self.admission)
         from galactic.v1 import admin_pb2_grpc
         from daemon.servicers.admin import AdminServicer
         llms = self._backing.get("galactic.v1.Generation", {})
@@ -148,7 +148,7 @@ class Daemon:
         grace = self.config.server.grace_period_s
         deadline = time.monotonic() + grace
         self.notifier.stopping()
-        self.admission.draining = True
+        self.admission.start_drain()
         await self.health.enter_graceful_shutdown()
         log.info("draining", in_flight=self.admission.in_flight, grace_s=grace)
         finished = await self.admission.wait_idle(grace)

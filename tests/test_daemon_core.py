@@ -76,7 +76,7 @@ async def test_port_in_use_fails_loudly(bare_daemon, daemon_factory):
 
 async def test_drain_refuses_new_calls_and_reports_not_serving(bare_daemon, channel_to):
     ch = channel_to(bare_daemon)
-    bare_daemon.admission.draining = True  # the first step of drain(), observed mid-way
+    bare_daemon.admission.start_drain()  # the first step of drain(), observed mid-way
     await bare_daemon.health.enter_graceful_shutdown()
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await admin_pb2_grpc.AdminStub(ch).GetStats(admin_pb2.GetStatsRequest(), timeout=5)

@@ -16,7 +16,7 @@ from galactic.v1 import generation_pb2_grpc
 
 from daemon.errors import to_status
 from daemon.servicers import deadline_of, pick
-from engines.errors import AlreadyExists, InvalidArgument, NotFound
+from engines.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from engines.llm.types import ChatMessage, FinalOutput, GenerationRequest, SamplingParams, TokenChunk
 
 
@@ -64,8 +64,11 @@ def to_final(out: FinalOutput) -> pb.Final:
 
 
 class GenerationServicer(generation_pb2_grpc.GenerationServicer):
-    def __init__(self, engines: Mapping[str, object]) -> None:
+    def __init__(self, engines: Mapping[str, object], draining: asyncio.Event | None = None) -> None:
         self._engines = engines
+        # Set when the daemon starts draining: sessions refuse new Submits and end once
+        # their live requests have finished, so one idle session cannot hold up shutdown.
+        self._draining = draining or asyncio.Event()
 
     async def Generate(self, request: pb.GenerateRequest, context) -> AsyncIterator[pb.GenerateResponse]:
         engine = pick(self._engines, request.model)
@@ -83,13 +86,15 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
             stream.close()
 
     async def Session(self, request_iterator, context) -> AsyncIterator[pb.SessionResponse]:
-        session = _Session(self._engines, deadline_of(context))
+        session = _Session(self._engines, deadline_of(context), self._draining)
         reader = asyncio.create_task(session.read(request_iterator))
+        drain_watch = asyncio.create_task(session.wake_on_drain())
         try:
             async for frame in session.frames(reader):
                 yield frame
         finally:
             reader.cancel()
+            drain_watch.cancel()
             await session.close()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
@@ -102,9 +107,10 @@ class _Session:
     """One bidi stream: a reader task for client frames, one task per live request, and a
     single outbound queue so frames of different requests interleave as they are made."""
 
-    def __init__(self, engines: Mapping[str, object], deadline: float | None) -> None:
+    def __init__(self, engines: Mapping[str, object], deadline: float | None, draining: asyncio.Event) -> None:
         self._engines = engines
         self._deadline = deadline
+        self._draining = draining
         self._out: asyncio.Queue = asyncio.Queue()
         self._live: dict[str, tuple[object, asyncio.Task]] = {}
         self._reading = True
@@ -126,19 +132,29 @@ class _Session:
             self._reading = False
             self._out.put_nowait(_WAKE)
 
+    async def wake_on_drain(self) -> None:
+        await self._draining.wait()
+        self._out.put_nowait(_WAKE)
+
     async def frames(self, reader: asyncio.Task) -> AsyncIterator[pb.SessionResponse]:
-        # Ends when the client has half-closed and every request has sent its last frame.
+        # Ends when every request has sent its last frame and either the client has
+        # half-closed or the daemon is draining.
         while True:
             item = await self._out.get()
             if item is not _WAKE:
                 yield item
-            elif not self._reading and not self._live:
-                await reader  # it has finished reading; re-raises a failure of the stream
-                return
+            elif not self._live and self._out.empty():
+                if not self._reading:
+                    await reader  # it has finished reading; re-raises a failure of the stream
+                    return
+                if self._draining.is_set():
+                    return
 
     def _submit(self, submit: pb.Submit) -> None:
         rid = submit.request_id
         try:
+            if self._draining.is_set():
+                raise Unavailable("server is draining; submit on another host")
             if not rid:
                 raise InvalidArgument("request_id is required", field="submit.request_id")
             if rid in self._live:

@@ -197,3 +197,20 @@ async def test_drain_lets_inflight_stream_finish_and_refuses_new_calls(llm_daemo
     assert frames[-1].final.finish_reason == generation_pb2.LENGTH
     assert sum(len(f.tokens.token_ids) for f in frames if f.HasField("tokens")) == 40
     await drain
+
+
+async def test_drain_ends_sessions_after_their_requests_and_refuses_new_submits(llm_daemon, client):
+    async with client.session() as s:
+        running = await s.submit(PROMPTS[0], request_id="running", max_new_tokens=30)
+        first = await running.__anext__()  # the request is producing
+        assert isinstance(first, Chunk)
+        drain = asyncio.create_task(llm_daemon.drain())
+        await llm_daemon.admission.drain_started.wait()
+        late = await s.submit(PROMPTS[1], request_id="late", max_new_tokens=5)
+        with pytest.raises(errors.Unavailable):
+            async for _ in late:
+                pass
+        rest = [item async for item in running]
+        assert isinstance(rest[-1], Final) and rest[-1].finish_reason in ("LENGTH", "EOS")
+    # The open (idle) session did not hold the drain for the whole grace period.
+    await asyncio.wait_for(drain, timeout=llm_daemon.config.server.grace_period_s / 2)
