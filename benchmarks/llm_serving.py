@@ -206,6 +206,14 @@ async def run_grpc(port: int, n: int, new_tokens: int, adapters: list[str | None
     return Trace(ttft, itl, sum(counts), time.monotonic() - t0)
 
 
+SOLO_REPEATS = 8
+
+
+def merge(traces: list[Trace]) -> Trace:
+    return Trace([x for t in traces for x in t.ttft], [x for t in traces for x in t.itl],
+                 sum(t.tokens for t in traces), sum(t.wall for t in traces))
+
+
 class Server:
     """A server subprocess; `port` once ready."""
 
@@ -311,7 +319,9 @@ async def main_async(args: argparse.Namespace) -> list[dict]:
             for n in setup.concurrency:
                 for name, (pid, run) in systems.items():
                     with LoadProbe(pid) as probe:
-                        tr = await run(n)
+                        # One stream gives one TTFT sample; at concurrency 1 run several
+                        # requests back to back so its percentiles mean something.
+                        tr = merge([await run(n) for _ in range(SOLO_REPEATS if n == 1 else 1)])
                     rows.append({
                         "system": name, "concurrency": n, "round": rnd,
                         "tokens_per_s": round(tr.tokens / tr.wall, 1),
