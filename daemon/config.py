@@ -92,6 +92,16 @@ class SecurityConfig:
         for name in ("tls_cert", "tls_key", "tls_client_ca", "api_keys_file"):
             value = getattr(self, name)
             check(not value or Path(value).is_file(), name, f"no such file: {value}")
+        # A key file with no keys must not silently turn authentication off.
+        check(not self.api_keys_file or bool(self.api_keys()), "api_keys_file",
+              "holds no tokens (blank and # lines only); authentication would be off")
+
+    def api_keys(self) -> frozenset[str]:
+        """The bearer tokens in api_keys_file, one per line; blank and # lines skipped."""
+        if not self.api_keys_file:
+            return frozenset()
+        lines = (line.strip() for line in Path(self.api_keys_file).read_text().splitlines())
+        return frozenset(line for line in lines if line and not line.startswith("#"))
 
 
 @dataclass(frozen=True)
@@ -171,6 +181,11 @@ def build(data: Mapping[str, Any]) -> GalacticConfig:
     if unknown:
         known = ", ".join(["server", "telemetry", "security", *registry.KINDS])
         raise ConfigError(sorted(unknown)[0], f"unknown section (known: {known})")
+    names: dict[str, str] = {}
+    for kind, cfg in engines.items():
+        if cfg.name in names:
+            raise ConfigError(f"{kind}.name", f"{cfg.name!r} is already the name of the {names[cfg.name]} model")
+        names[cfg.name] = kind
     config = from_mapping(GalacticConfig, plain)
     return replace(config, engines=engines)
 

@@ -70,7 +70,7 @@ class Daemon:
 
     def __post_init__(self) -> None:
         self.notifier = Notifier(self.env)
-        self.admission = Admission(self._api_keys())
+        self.admission = Admission(self.config.security.api_keys())
         self.health = HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._metrics: MetricsEndpoint | None = None
@@ -110,6 +110,10 @@ class Daemon:
         for name in ["", *names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.port = self._bind(server)
+        host = cfg.server.listen.rpartition(":")[0]
+        if host not in ("127.0.0.1", "localhost", "::1", "[::1]") and not (cfg.security.tls_cert or self.admission.api_keys):
+            log.warning("listening beyond loopback with neither TLS nor bearer tokens: any peer can load "
+                        "adapters and cancel requests; set security.api_keys_file or tls_cert", listen=cfg.server.listen)
         self._server = server
         await server.start()
         self._metrics = MetricsEndpoint(cfg.telemetry.metrics_listen, lambda: list(self.engines.values()))
@@ -200,10 +204,3 @@ class Daemon:
             # the port silently. Fail loudly instead.
             ("grpc.so_reuseport", 0),
         ]
-
-    def _api_keys(self) -> frozenset[str]:
-        path = self.config.security.api_keys_file
-        if not path:
-            return frozenset()
-        keys = {line.strip() for line in Path(path).read_text().splitlines()}
-        return frozenset(k for k in keys if k and not k.startswith("#"))

@@ -13,6 +13,10 @@ import contextlib
 import socket
 from typing import Mapping
 
+import structlog
+
+log = structlog.get_logger("galacticd.systemd")
+
 
 class Notifier:
     def __init__(self, env: Mapping[str, str]) -> None:
@@ -22,17 +26,25 @@ class Notifier:
         usec = env.get("WATCHDOG_USEC", "")
         self.watchdog_interval_s = int(usec) / 2e6 if usec.isdigit() and int(usec) > 0 else None
         self._watchdog: asyncio.Task | None = None
+        self._warned = False
 
     @property
     def enabled(self) -> bool:
         return bool(self._address)
 
     def send(self, *fields: str) -> None:
+        """Best effort, as sd_notify(3) is: a vanished socket must not abort a model load
+        or end the watchdog task, so failures are logged once and otherwise ignored."""
         if not self._address:
             return
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.connect(self._address)
-            sock.sendall("\n".join(fields).encode())
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.connect(self._address)
+                sock.sendall("\n".join(fields).encode())
+        except OSError as exc:
+            if not self._warned:
+                self._warned = True
+                log.warning("systemd notify failed", socket=self._address.lstrip("\0"), error=str(exc))
 
     def extend_timeout(self, seconds: float, status: str) -> None:
         """Ask systemd for more start-up time while models load (EXTEND_TIMEOUT_USEC)."""

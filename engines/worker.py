@@ -10,10 +10,12 @@ by polling.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from typing import AsyncIterator, Callable, Generic, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 _END = object()
 
 
@@ -141,4 +143,9 @@ class StepWorker:
                     self._cond.wait()
                 if self._stopping:
                     return
-            self._step()
+            try:
+                self._step()
+            except Exception:  # step() fails its own requests; this is a bug past that point
+                # Keep the thread alive: a dead worker would leave every later request
+                # waiting forever while health still says SERVING.
+                log.exception("engine step raised past its own error handling")

@@ -76,3 +76,17 @@ def test_cli_print_default_is_valid_toml(tmp_path):
 def test_unreadable_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
         config.load(tmp_path / "missing.toml", {})
+
+
+def test_api_keys_file_without_keys_is_refused(tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("# no tokens yet\n\n")
+    with pytest.raises(ConfigError) as err:
+        config.build({"security": {"api_keys_file": str(keys)}})
+    assert err.value.key == "security.api_keys_file"
+
+
+def test_two_models_with_one_name_are_refused():
+    with pytest.raises(ConfigError) as err:
+        config.build({"llm": {"name": "same"}, "coordination": {"name": "same"}})
+    assert err.value.key.endswith(".name")

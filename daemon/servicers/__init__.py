@@ -65,11 +65,13 @@ async def answer_concurrently(
         out.put_nowait(None)  # wake the writer so it can notice the end
 
     async def read() -> None:
-        async for req in requests:
-            task = asyncio.create_task(answer(req))
-            pending.add(task)
-            task.add_done_callback(finished)
-        out.put_nowait(None)
+        try:
+            async for req in requests:
+                task = asyncio.create_task(answer(req))
+                pending.add(task)
+                task.add_done_callback(finished)
+        finally:
+            out.put_nowait(None)  # the writer re-checks; a failed read re-raises there
 
     reader = asyncio.create_task(read())
     try:

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from engines.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied, ResourceExhausted
+from engines.errors import AlreadyExists, InvalidArgument, FailedPrecondition, NotFound, PermissionDenied, ResourceExhausted
 from engines.llm.config import AdapterConfig
 from engines.llm.lora import AdapterWeights, LoRABank
 from engines.llm.types import AdapterInfo
@@ -58,8 +58,11 @@ class AdapterRegistry:
 
     def resolve_dir(self, path: str) -> Path:
         root = self.config.resolved_root()
-        p = Path(path).expanduser()
-        full = (p if p.is_absolute() else root / p).resolve()
+        try:
+            p = Path(path).expanduser()
+            full = (p if p.is_absolute() else root / p).resolve()
+        except (ValueError, OSError) as exc:  # e.g. a NUL byte in the path
+            raise InvalidArgument(f"not a usable path: {exc}", field="path") from None
         if not full.is_relative_to(root):
             raise PermissionDenied(f"{path} is outside the adapter root {root}", field="path")
         if not full.is_dir():

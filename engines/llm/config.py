@@ -28,7 +28,7 @@ class SchedulerConfig:
     def __post_init__(self) -> None:
         check(self.max_running >= 1, "max_running", "must be >= 1")
         check(self.max_batch_tokens >= 2, "max_batch_tokens", "must be >= 2")
-        check(self.max_waiting >= 0, "max_waiting", "must be >= 0")
+        check(self.max_waiting >= 1, "max_waiting", "must be >= 1 (every request passes through the waiting queue)")
         check(self.prefill_chunk_tokens >= 1, "prefill_chunk_tokens", "must be >= 1")
         check(self.priority_aging_s > 0, "priority_aging_s", "must be > 0")
         check(self.max_prompt_tokens >= 1, "max_prompt_tokens", "must be >= 1")

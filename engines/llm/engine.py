@@ -146,7 +146,7 @@ class LLMEngine:
         for name, path in self.config.adapters.preload.items():
             progress(f"loading adapter {name}")
             full = self._adapters.resolve_dir(path)
-            self._adapters.install(name, full, read_adapter(full))
+            self._adapters.install(name, full, read_adapter(full, self.config.adapters.resolved_root()))
         self._forward = model
         if self.config.compile:
             progress("compiling the forward pass (torch.compile)")
@@ -327,7 +327,7 @@ class LLMEngine:
             raise InvalidArgument("adapter name must be non-empty", field="name")
         full = self._adapters.resolve_dir(path)
         self._adapters.check_free_name(name)
-        weights = await asyncio.to_thread(read_adapter, full)
+        weights = await asyncio.to_thread(read_adapter, full, self.config.adapters.resolved_root())
         info = await asyncio.to_thread(self._adapters.install, name, full, weights)
         self._update_gauges()
         return info
@@ -340,11 +340,17 @@ class LLMEngine:
         users = [s for s in list(self._live.values()) if s.adapter is adapter]
         for seq in users:
             seq.cancelled = True
-        if users:
-            self._worker.notify()
-            await self.wait_until(lambda e: adapter.in_use == 0)
-        await asyncio.to_thread(self._adapters.remove, adapter)
-        self._update_gauges()
+
+        async def finish() -> None:
+            if users:
+                self._worker.notify()
+                await self.wait_until(lambda e: adapter.in_use == 0)
+            await asyncio.to_thread(self._adapters.remove, adapter)
+            self._update_gauges()
+
+        # Shielded: if the caller's RPC is cancelled half-way, the unload still completes;
+        # otherwise the adapter would stay marked unloading, its name and slot taken forever.
+        await asyncio.shield(asyncio.create_task(finish()))
 
     def list_adapters(self) -> list[AdapterInfo]:
         return self._adapters.infos() if self._adapters is not None else []
@@ -602,6 +608,10 @@ class LLMEngine:
         `served` is the step's rows as of its start, so a request caught between leaving
         the prefill list and joining the batch is failed too rather than left hanging."""
         victims = {id(s): s for s in [*served, *self._prefilling, *self._batch.rows] if not s.done}
+        if isinstance(exc, torch.OutOfMemoryError):
+            # Out of device memory is load, not a bug: the client may retry (elsewhere or
+            # with less), so RESOURCE_EXHAUSTED rather than INTERNAL.
+            exc = ResourceExhausted(f"out of device memory in a batch of {len(victims)}; retry later")
         self._prefilling.clear()
         self._batch = DecodeBatch(self._device)
         for seq in victims.values():

@@ -87,6 +87,8 @@ def load_model_and_tokenizer(
         "trust_remote_code": config.trust_remote_code,
         "dtype": placement.dtype,
         "attn_implementation": placement.attention,
+        # Weights from safetensors only: a pytorch_model.bin would be unpickled (code).
+        "use_safetensors": True,
     }
     if placement.device == "cuda":
         kwargs["device_map"] = "auto"

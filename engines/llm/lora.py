@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from safetensors.torch import load_file
 
-from engines.errors import InvalidArgument, NotFound
+from engines.errors import InvalidArgument, NotFound, PermissionDenied
 
 
 @dataclass(frozen=True)
@@ -42,12 +42,30 @@ class AdapterWeights:
     modules: dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
-def read_adapter(path: Path) -> AdapterWeights:
-    """Read a PEFT LoRA dir (adapter_config.json + adapter_model.safetensors)."""
+def read_adapter(path: Path, root: Path | None = None) -> AdapterWeights:
+    """Read a PEFT LoRA dir (adapter_config.json + adapter_model.safetensors).
+
+    Anything malformed (bad JSON, wrong types, a corrupt or odd-shaped tensor file) is the
+    caller's adapter at fault: InvalidArgument naming `path`, never INTERNAL. With `root`,
+    the two files themselves must resolve inside it (a symlink out of the root is refused).
+    """
     cfg_file, weights_file = path / "adapter_config.json", path / "adapter_model.safetensors"
     if not cfg_file.is_file() or not weights_file.is_file():
         raise NotFound(f"{path} lacks adapter_config.json or adapter_model.safetensors", field="path")
+    if root is not None and not all(f.resolve().is_relative_to(root) for f in (cfg_file, weights_file)):
+        raise PermissionDenied(f"{path} links to files outside the adapter root {root}", field="path")
+    try:
+        return _read_adapter(path, cfg_file, weights_file)
+    except (InvalidArgument, NotFound):
+        raise
+    except Exception as exc:  # noqa: BLE001 - json, safetensors and shape errors alike
+        raise InvalidArgument(f"not a readable LoRA adapter: {type(exc).__name__}: {exc}", field="path") from None
+
+
+def _read_adapter(path: Path, cfg_file: Path, weights_file: Path) -> AdapterWeights:
     cfg = json.loads(cfg_file.read_text())
+    if not isinstance(cfg, dict):
+        raise InvalidArgument("adapter_config.json is not a JSON object", field="path")
     if str(cfg.get("peft_type", "LORA")).upper() != "LORA":
         raise InvalidArgument(f"only LoRA adapters are supported, got {cfg.get('peft_type')}", field="path")
     for key in ("use_dora", "fan_in_fan_out"):
@@ -72,6 +90,9 @@ def read_adapter(path: Path) -> AdapterWeights:
         if set(ab) != {"A", "B"}:
             raise InvalidArgument(f"adapter module {name} lacks lora_A or lora_B", field="path")
         a, b = ab["A"].float(), ab["B"].float()  # (r, in), (out, r)
+        if a.dim() != 2 or b.dim() != 2 or b.shape[1] != a.shape[0]:
+            raise InvalidArgument(f"adapter module {name}: lora_A {tuple(a.shape)} / lora_B {tuple(b.shape)} "
+                                  "are not a rank-r pair", field="path")
         r = a.shape[0]
         mod_alpha = next((float(v) for k, v in alpha_pattern.items() if re.search(rf"(^|\.){k}$", name)), alpha)
         scale = mod_alpha / math.sqrt(r) if rslora else mod_alpha / r

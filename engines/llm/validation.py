@@ -33,6 +33,13 @@ def validate_and_tokenize(req: GenerationRequest, tokenizer: Any, sched: Schedul
         raise InvalidArgument("stop strings must be non-empty", field="sampling.stop")
     if (req.prompt is None) == (not req.messages):
         raise InvalidArgument("set exactly one of prompt or messages", field="prompt")
+    # Tokenizing runs on the event loop: bound the text first, so a 64 MiB prompt is refused
+    # at once instead of stalling every stream (and the systemd watchdog) while it encodes.
+    # No tokenizer we serve packs more than 32 characters into one token on real text.
+    chars = len(req.prompt or "") + sum(len(m.content) + len(m.role) for m in req.messages)
+    if chars > 32 * sched.max_prompt_tokens:
+        raise InvalidArgument(f"{chars} characters cannot fit max_prompt_tokens={sched.max_prompt_tokens}",
+                              field="messages" if req.messages else "prompt")
     if req.messages:
         field = "messages"
         if not getattr(tokenizer, "chat_template", None):
@@ -40,9 +47,12 @@ def validate_and_tokenize(req: GenerationRequest, tokenizer: Any, sched: Schedul
         for msg in req.messages:
             if not msg.role:
                 raise InvalidArgument("every message needs a role", field="messages")
-        text = tokenizer.apply_chat_template(
-            [{"role": msg.role, "content": msg.content} for msg in req.messages],
-            tokenize=False, add_generation_prompt=True)
+        try:
+            text = tokenizer.apply_chat_template(
+                [{"role": msg.role, "content": msg.content} for msg in req.messages],
+                tokenize=False, add_generation_prompt=True)
+        except Exception as exc:  # the template rejected the conversation (jinja raise_exception)
+            raise InvalidArgument(f"the chat template refused these messages: {exc}", field="messages") from None
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     else:
         field = "prompt"

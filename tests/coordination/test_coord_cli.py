@@ -18,8 +18,16 @@ def _parser():
 def test_register_adds_the_three_subcommands():
     parser = _parser()
     for cmd in ("coordination", "federated", "evaluate"):
-        args = parser.parse_args([cmd, "--json", "x.json"] if cmd == "evaluate" else [cmd])
+        args = parser.parse_args([cmd, "--json", "x.json"] if cmd == "evaluate" else [cmd, "--out", "x.safetensors"])
         assert callable(args.func)
+
+
+def test_training_requires_out_so_the_shipped_checkpoint_is_never_overwritten(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["federated"])
+    assert "--out" in capsys.readouterr().err
 
 
 def test_federated_then_evaluate(tmp_path):

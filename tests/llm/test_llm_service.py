@@ -214,3 +214,28 @@ async def test_drain_ends_sessions_after_their_requests_and_refuses_new_submits(
         assert isinstance(rest[-1], Final) and rest[-1].finish_reason in ("LENGTH", "EOS")
     # The open (idle) session did not hold the drain for the whole grace period.
     await asyncio.wait_for(drain, timeout=llm_daemon.config.server.grace_period_s / 2)
+
+
+async def test_oversized_prompt_is_refused_before_tokenizing(client):
+    with pytest.raises(errors.InvalidArgument) as err:
+        await client.generate_text("x" * 2_000_000, max_new_tokens=2)
+    assert err.value.field == "prompt"
+
+
+async def test_malformed_or_escaping_adapters_get_clear_statuses(client, llm_daemon, tmp_path):
+    root = llm_daemon.engines["tiny"].config.adapters.resolved_root()
+    broken = root / "broken"
+    broken.mkdir()
+    (broken / "adapter_config.json").write_text("{not json")
+    (broken / "adapter_model.safetensors").write_bytes(b"\0" * 16)
+    with pytest.raises(errors.InvalidArgument) as err:
+        await client.load_adapter("broken", "broken")
+    assert err.value.field == "path"
+    outside = tmp_path / "outside.json"
+    outside.write_text("{}")
+    sneaky = root / "sneaky"
+    sneaky.mkdir()
+    (sneaky / "adapter_config.json").symlink_to(outside)
+    (sneaky / "adapter_model.safetensors").write_bytes(b"\0" * 16)
+    with pytest.raises(errors.PermissionDenied):
+        await client.load_adapter("sneaky", "sneaky")

@@ -25,7 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            ("federated", "train the coordination model with FedAvg over per-site logs")):
         p = subparsers.add_parser(name, help=helptext)
         _common(p)
-        p.add_argument("--out", type=Path, default=checkpoint.EMBEDDED,
+        # Required: a default would overwrite the shipped embedded checkpoint (which
+        # `federated` with its defaults reproduces: pass --out training/data/coordination.safetensors).
+        p.add_argument("--out", type=Path, required=True,
                        help="checkpoint path (.safetensors; its .json config is written beside it)")
         if name == "federated":
             p.add_argument("--rounds", type=int, default=default.Recipe.fit.rounds)
