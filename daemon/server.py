@@ -27,6 +27,7 @@ from daemon.config import GalacticConfig
 from daemon.interceptors import Admission, BoundaryInterceptor
 from daemon.metrics import MetricsEndpoint
 from daemon.systemd import Notifier
+from engines.base import LoadCancelled
 
 log = structlog.get_logger("galacticd")
 
@@ -77,6 +78,7 @@ class Daemon:
         self._backing: dict[str, dict[str, object]] = {}
         self._stopped = asyncio.Event()
         self._draining = False
+        self._cancel_load = False
 
     @property
     def metrics_port(self) -> int:
@@ -134,7 +136,10 @@ class Daemon:
 
             def progress(phrase: str, name: str = name) -> None:
                 # Called from the loading thread: the socket write is thread-safe, and each
-                # report buys the load another extension of systemd's start timeout.
+                # report buys the load another extension of systemd's start timeout. It is
+                # also where a stop requested mid-load reaches the loader (LoadCancelled).
+                if self._cancel_load:
+                    raise LoadCancelled(f"stop requested while loading {name}")
                 self.notifier.extend_timeout(_LOAD_EXTENSION_S, f"loading {name}: {phrase}")
                 log.info("loading", model=name, step=phrase)
 
@@ -169,13 +174,34 @@ class Daemon:
         self._stopped.set()
 
     async def serve_until_signal(self) -> None:
-        """start(), then wait for SIGTERM or SIGINT and drain."""
+        """start(), serve until SIGTERM or SIGINT, then drain.
+
+        A signal while models are still loading stops the start-up (systemd's stop timeout
+        is shorter than a first-start training run); a failed start drains what it had
+        opened (port, metrics endpoint, started engines) before the error propagates.
+        """
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await self.start()
-        await stop.wait()
+        starting = asyncio.create_task(self.start())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            # The loader runs on a thread that cannot be killed (torch inside must finish
+            # cleanly); it stops at its next progress report, seconds away.
+            log.info("stop requested while loading; stopping the load")
+            self._cancel_load = True
+        try:
+            await starting
+        except LoadCancelled:
+            pass
+        except BaseException:
+            stopping.cancel()
+            await self.drain()
+            raise
+        else:
+            await stopping
         await self.drain()
 
     def _bind(self, server: grpc.aio.Server) -> int:

@@ -15,6 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, runtime_checkable
 
 
+class LoadCancelled(Exception):
+    """Raised by a `load()` progress callback when the daemon is asked to stop mid-load;
+    loaders let it propagate (a half-loaded or half-trained model is never kept)."""
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """What Admin.ListModels / GetModel report for one served model."""
@@ -37,8 +42,9 @@ class Engine(Protocol):
     def load(self, progress: Callable[[str], None]) -> None:
         """Blocking: read weights, build the model, warm it up. Runs on a worker thread.
 
-        `progress` is called with a short phrase now and then so the daemon can extend
-        systemd's start timeout; raise on failure (the daemon exits non-zero, naming it).
+        `progress` is called with a short phrase now and then (every few seconds in long
+        loads) so the daemon can extend systemd's start timeout; it raises LoadCancelled
+        when a stop was requested. Raise on failure (the daemon exits non-zero, naming it).
         """
 
     async def start(self, loop: asyncio.AbstractEventLoop) -> None:

@@ -81,3 +81,34 @@ def test_bad_config_exits_nonzero_naming_the_key(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "telemetry.log_level" in proc.stderr
+
+
+def test_sigterm_while_loading_stops_promptly(tmp_path, notify):
+    """SIGTERM during a first-start training run (the embedded LLM, fresh cache) ends the
+    process with 0 long before the training would have finished."""
+    path, sock = notify
+    cfg = tmp_path / "galactic.toml"
+    cfg.write_text(textwrap.dedent(f"""
+        [server]
+        listen = "127.0.0.1:{free_port()}"
+        [telemetry]
+        metrics_listen = ""
+        [llm]
+        cache_dir = "{tmp_path / 'cache'}"
+        [coordination]
+        enabled = false
+    """))
+    env = {**os.environ, "NOTIFY_SOCKET": path}
+    proc = subprocess.Popen([sys.executable, "-m", "daemon.main", "serve", "--config", str(cfg)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        seen = wait_for(sock, "training the demo model")  # EXTEND_TIMEOUT_USEC + STATUS while loading
+        assert any("EXTEND_TIMEOUT_USEC=" in m for m in seen)
+        proc.send_signal(signal.SIGTERM)
+        wait_for(sock, "STOPPING=1")
+        out, err = proc.communicate(timeout=60)  # training alone would take up to 120 s
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-2000:]
+    assert not any((tmp_path / "cache").glob("*/config.json"))  # no half-trained model left as done

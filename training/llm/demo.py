@@ -56,11 +56,13 @@ def ensure_demo_model(cache_dir: Path, progress: Callable[[str], None] | None = 
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
     try:
         train_demo_model(tmp, spec, say)
-        if out.exists():  # another process finished first
-            shutil.rmtree(tmp)
-        else:
+        try:
             os.replace(tmp, out)
             say(f"demo model saved to {out}")
+        except OSError:  # another process finished first and its dir is in place
+            if not (out / "config.json").is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -106,7 +108,7 @@ def train_demo_model(out: Path, spec: DemoSpec, progress: Callable[[str], None])
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.2f}")
-            if step % 100 == 0:
+            if step % 25 == 0:  # a few seconds apart: the daemon's stop check rides on it
                 progress(f"demo model step {step}, loss {loss.item():.2f}")
             if step >= spec.max_steps or time.monotonic() - start >= spec.max_seconds:
                 break
