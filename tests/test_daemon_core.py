@@ -105,3 +105,24 @@ async def test_client_wait_ready_follows_health_to_serving(bare_daemon):
         assert not waiter.done()  # still NOT_SERVING
         await bare_daemon.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await waiter
+
+
+async def test_cli_sends_its_token(daemon_factory, tmp_path):
+    import asyncio
+    import sys
+
+    keys = tmp_path / "keys"
+    keys.write_text("s3cret\n")
+    daemon = await daemon_factory({"security": {"api_keys_file": str(keys)}})
+
+    async def cli(*extra):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "galactic_client.cli", "--target", f"127.0.0.1:{daemon.port}", *extra, "stats",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        return proc.returncode, err.decode()
+
+    code, err = await cli()
+    assert code == 10 + grpc.StatusCode.UNAUTHENTICATED.value[0], err
+    code, err = await cli("--token", "s3cret")
+    assert code == 0, err

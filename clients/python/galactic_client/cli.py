@@ -16,8 +16,10 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import grpc
 from google.protobuf import json_format
 
 from .aio import DEFAULT_TARGET, Chunk
@@ -33,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--target", help=f"host:port, a comma-separated list, or dns:///name:port "
                         f"(default: $GALACTIC_TARGET or {DEFAULT_TARGET})")
     parser.add_argument("--timeout", type=float, default=30.0, help="deadline of each call in seconds (default 30)")
+    parser.add_argument("--token", help="bearer token for a daemon with security.api_keys_file (or GALACTIC_TOKEN)")
+    parser.add_argument("--tls-ca", metavar="PEM", help="CA bundle to verify a daemon serving TLS (enables TLS)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     health = commands.add_parser("health", help="grpc.health.v1 status")
@@ -219,8 +223,11 @@ class _LocalError(Exception):
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     target = args.target or os.environ.get("GALACTIC_TARGET") or DEFAULT_TARGET
+    token = args.token or os.environ.get("GALACTIC_TOKEN")
+    metadata = [("authorization", f"Bearer {token}")] if token else []
     try:
-        with Client(target, timeout=args.timeout) as client:
+        credentials = grpc.ssl_channel_credentials(Path(args.tls_ca).read_bytes()) if args.tls_ca else None
+        with Client(target, timeout=args.timeout, metadata=metadata, credentials=credentials) as client:
             return args.run(client, args)
     except GalacticError as exc:
         print(f"error: {exc.code.name}: {exc.details}", file=sys.stderr)
