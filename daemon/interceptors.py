@@ -77,12 +77,21 @@ def _trace_ids(span) -> dict[str, str]:
 class BoundaryInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, admission: Admission) -> None:
         self._admission = admission
+        # method -> (original handler, its wrapper): wrapping builds closures and a new
+        # RpcMethodHandler, ~60 us that every call would otherwise pay again. Keyed by
+        # method and checked by identity, so it holds one entry per method at most.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
         handler = await continuation(details)
         if handler is None or details.method.startswith(EXEMPT_PREFIXES):
             return handler
-        method = details.method
+        cached = self._wrapped.get(details.method)
+        if cached is None or cached[0] is not handler:
+            cached = self._wrapped[details.method] = (handler, self._wrap(details.method, handler))
+        return cached[1]
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap_unary(method, handler.unary_unary),

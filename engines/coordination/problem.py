@@ -51,11 +51,20 @@ def _finite(value, field: str, lo: float | None = None, hi: float | None = None,
     return float(value)
 
 
+_SCALAR_MAX = 32
+
+
 def _column(values: list, field: Callable[[int], str], lo: float | None = None, hi: float | None = None,
             positive: bool = False) -> np.ndarray:
     """A float column checked in one vectorised pass; `field(i)` names element i (e.g.
     "targets[3].ra_deg"). Only on failure is the first offender found, by the scalar check,
-    so its message names it. Keeps a 10,000-target request's validation to a few ms."""
+    so its message names it. Keeps a 10,000-target request's validation to a few ms.
+    Short columns (most alert bursts) are checked by the scalar loop: five numpy calls
+    cost more than a few float comparisons."""
+    if len(values) <= _SCALAR_MAX:
+        for i, v in enumerate(values):
+            _finite(v, field(i), lo, hi, positive)
+        return np.array(values, dtype=np.float64)
     try:
         arr = np.array(values, dtype=np.float64)
         ok = np.isfinite(arr)
