@@ -102,6 +102,13 @@ def validate(req: CoordinateRequest, table: SiteTable, cfg: CoordinationConfig) 
         raise InvalidArgument(f"at most {cfg.max_observatories} observatories", field="observatories")
     if len(req.targets) > cfg.max_targets:
         raise InvalidArgument(f"at most {cfg.max_targets} targets", field="targets")
+    pairs = len(req.targets) * len(req.observatories)
+    if pairs > cfg.batching.max_batch_pairs:
+        # One model step holds at most max_batch_pairs rows; a bigger request would run
+        # alone past that budget (and its memory). Split it, or raise the limit.
+        raise InvalidArgument(f"{len(req.targets)} targets x {len(req.observatories)} observatories = {pairs} pairs "
+                              f"exceeds batching.max_batch_pairs={cfg.batching.max_batch_pairs}; split the request",
+                              field="targets")
     index, lat, lon, aperture, bands, capacity = _table_arrays(table)
     seen: set[str] = set()
     rows = np.empty(len(req.observatories), dtype=np.int64)

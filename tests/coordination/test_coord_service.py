@@ -112,3 +112,13 @@ async def test_infer_stream_answers_each_request_and_errors_alone(coord_daemon, 
     assert list(by_id["b"].response.outputs[0].shape) == [5]
     assert by_id["bad"].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert "features" in by_id["bad"].error.message
+
+
+async def test_request_beyond_one_batch_budget_is_refused(daemon_factory, request_factory):
+    daemon = await daemon_factory({"coordination": {"batching": {"max_batch_pairs": 100}}})
+    async with AsyncClient(f"127.0.0.1:{daemon.port}", timeout=30) as client:
+        with pytest.raises(errors.InvalidArgument) as err:
+            await client.coordinate(request_pb(request_factory(20)))  # 20 targets x 7 sites = 140 pairs
+        assert err.value.field == "targets"
+        small = await client.coordinate(request_pb(request_factory(10)))  # 70 pairs: served
+        assert len(small.assignments) + len(small.unassigned) == 10
