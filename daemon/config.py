@@ -84,24 +84,36 @@ class SecurityConfig:
     # File with one bearer token per line; when set, every call except health must send
     # `authorization: Bearer <token>` (UNAUTHENTICATED otherwise).
     api_keys_file: str = ""
+    # File of admin tokens; when set, LoadAdapter and UnloadAdapter need one of these
+    # (PERMISSION_DENIED otherwise), and an admin token also passes where api keys apply.
+    admin_keys_file: str = ""
 
     def __post_init__(self) -> None:
         check(bool(self.tls_cert) == bool(self.tls_key), "tls_cert",
               "tls_cert and tls_key must be set together")
         check(not self.tls_client_ca or bool(self.tls_cert), "tls_client_ca", "needs tls_cert and tls_key")
-        for name in ("tls_cert", "tls_key", "tls_client_ca", "api_keys_file"):
+        for name in ("tls_cert", "tls_key", "tls_client_ca", "api_keys_file", "admin_keys_file"):
             value = getattr(self, name)
             check(not value or Path(value).is_file(), name, f"no such file: {value}")
         # A key file with no keys must not silently turn authentication off.
         check(not self.api_keys_file or bool(self.api_keys()), "api_keys_file",
               "holds no tokens (blank and # lines only); authentication would be off")
+        check(not self.admin_keys_file or bool(self.admin_keys()), "admin_keys_file",
+              "holds no tokens (blank and # lines only); admin calls would be refused to everyone")
 
     def api_keys(self) -> frozenset[str]:
         """The bearer tokens in api_keys_file, one per line; blank and # lines skipped."""
-        if not self.api_keys_file:
-            return frozenset()
-        lines = (line.strip() for line in Path(self.api_keys_file).read_text().splitlines())
-        return frozenset(line for line in lines if line and not line.startswith("#"))
+        return _read_keys(self.api_keys_file)
+
+    def admin_keys(self) -> frozenset[str]:
+        return _read_keys(self.admin_keys_file)
+
+
+def _read_keys(path: str) -> frozenset[str]:
+    if not path:
+        return frozenset()
+    lines = (line.strip() for line in Path(path).read_text().splitlines())
+    return frozenset(line for line in lines if line and not line.startswith("#"))
 
 
 @dataclass(frozen=True)

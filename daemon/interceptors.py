@@ -28,12 +28,16 @@ tracer = trace.get_tracer("galacticd")
 
 # Health and reflection answer during drain (health must say NOT_SERVING) and need no token.
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+# Calls that change what the daemon serves; with security.admin_keys_file set, only an
+# admin token may make them.
+ADMIN_MUTATIONS = frozenset({"/galactic.v1.Admin/LoadAdapter", "/galactic.v1.Admin/UnloadAdapter"})
 
 
 class Admission:
     """Shared state of the boundary: in-flight count and the draining flag."""
 
-    def __init__(self, api_keys: frozenset[str] = frozenset()) -> None:
+    def __init__(self, api_keys: frozenset[str] = frozenset(), admin_keys: frozenset[str] = frozenset()) -> None:
+        self.admin_keys = admin_keys
         self.draining = False
         # The same fact as an event, for long-lived streams that must notice it (sessions).
         self.drain_started = asyncio.Event()
@@ -167,9 +171,21 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):
         if not self._admission.ready:
             metrics.RPC_ERRORS.labels(method, "UNAVAILABLE").inc()
             await context.abort(grpc.StatusCode.UNAVAILABLE, "models are still loading; retry shortly")
-        if self._admission.api_keys:
-            scheme, _, token = metadata.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not any(
-                    hmac.compare_digest(token, key) for key in self._admission.api_keys):
-                metrics.RPC_ERRORS.labels(method, "UNAUTHENTICATED").inc()
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or unknown bearer token")
+        if not (self._admission.api_keys or self._admission.admin_keys):
+            return
+        scheme, _, token = metadata.get("authorization", "").partition(" ")
+        token = token if scheme.lower() == "bearer" else ""
+        is_admin = bool(token) and _matches(token, self._admission.admin_keys)
+        if method in ADMIN_MUTATIONS and self._admission.admin_keys:
+            if not is_admin:  # a data-plane token must not load adapters or cancel others' work
+                metrics.RPC_ERRORS.labels(method, "PERMISSION_DENIED").inc()
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{method} needs an admin token")
+            return
+        if self._admission.api_keys and not (is_admin or (token and _matches(token, self._admission.api_keys))):
+            metrics.RPC_ERRORS.labels(method, "UNAUTHENTICATED").inc()
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or unknown bearer token")
+
+
+def _matches(token: str, keys: frozenset[str]) -> bool:
+    # compare_digest against every key: the time taken does not reveal which one was close.
+    return any([hmac.compare_digest(token, key) for key in keys])

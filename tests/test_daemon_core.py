@@ -126,3 +126,21 @@ async def test_cli_sends_its_token(daemon_factory, tmp_path):
     assert code == 10 + grpc.StatusCode.UNAUTHENTICATED.value[0], err
     code, err = await cli("--token", "s3cret")
     assert code == 0, err
+
+
+async def test_admin_mutations_need_an_admin_token(daemon_factory, channel_to, tmp_path):
+    keys, admin = tmp_path / "keys", tmp_path / "admin"
+    keys.write_text("user-token\n")
+    admin.write_text("ops-token\n")
+    daemon = await daemon_factory({"security": {"api_keys_file": str(keys), "admin_keys_file": str(admin)}})
+    stub = admin_pb2_grpc.AdminStub(channel_to(daemon))
+    user = [("authorization", "Bearer user-token")]
+    ops = [("authorization", "Bearer ops-token")]
+    await stub.GetStats(admin_pb2.GetStatsRequest(), timeout=5, metadata=user)  # reads: any token
+    await stub.GetStats(admin_pb2.GetStatsRequest(), timeout=5, metadata=ops)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.LoadAdapter(admin_pb2.LoadAdapterRequest(name="a", path="a"), timeout=5, metadata=user)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.aio.AioRpcError) as err:  # past auth; no LLM here, so NOT_FOUND
+        await stub.LoadAdapter(admin_pb2.LoadAdapterRequest(name="a", path="a"), timeout=5, metadata=ops)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
