@@ -23,9 +23,11 @@ class Recorder:
         self.batches: list[list[int]] = []
         self.gate = threading.Event()
         self.gate.set()
+        self.entered = threading.Event()  # set when a batch reaches the handler
         self.fail_on: set[int] = set()
 
     def __call__(self, items):
+        self.entered.set()
         self.gate.wait(5)
         self.batches.append(list(items))
         if self.fail_on & set(items):
@@ -67,7 +69,7 @@ async def test_full_queue_is_refused(batcher):
     b, rec = batcher
     rec.gate.clear()  # hold the worker so the queue fills
     first = asyncio.ensure_future(b.submit(0))
-    await asyncio.sleep(0.05)  # let the first batch reach the worker
+    await asyncio.to_thread(rec.entered.wait, 10)  # the first batch is in the (held) worker
     queued = [asyncio.ensure_future(b.submit(i)) for i in range(16)]
     await asyncio.sleep(0)
     with pytest.raises(ResourceExhausted):
@@ -80,7 +82,7 @@ async def test_expired_and_cancelled_requests_never_reach_the_step(batcher):
     b, rec = batcher
     rec.gate.clear()
     blocker = asyncio.ensure_future(b.submit(1))
-    await asyncio.sleep(0.05)
+    await asyncio.to_thread(rec.entered.wait, 10)  # the worker is busy with `blocker`
     doomed = asyncio.ensure_future(b.submit(100, deadline=time.monotonic() + 0.05))
     cancelled = asyncio.ensure_future(b.submit(200))
     await asyncio.sleep(0)

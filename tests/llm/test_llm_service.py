@@ -186,7 +186,7 @@ async def test_drain_lets_inflight_stream_finish_and_refuses_new_calls(llm_daemo
     first = await call.read()  # the stream is in flight
     assert first.HasField("tokens")
     drain = asyncio.create_task(llm_daemon.drain())
-    await asyncio.sleep(0)  # let drain() flip admission before the next call
+    await llm_daemon.admission.drain_started.wait()  # drain() has begun refusing new calls
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.Generate(generation_pb2.GenerateRequest(prompt="late"), timeout=10).read()
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
