@@ -21,7 +21,7 @@ import asyncio
 import collections
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Generic, Sequence, TypeVar
 
 from opentelemetry import trace

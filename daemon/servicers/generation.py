@@ -8,7 +8,6 @@ import time
 import uuid
 from typing import AsyncIterator, Mapping
 
-import grpc
 from opentelemetry import context as otel_context
 
 from galactic.v1 import generation_pb2 as pb

@@ -10,7 +10,7 @@ from engines.base import Engine
 from engines.config import ConfigError, from_mapping
 from engines.coordination.config import DEFAULT_TOML, CoordinationConfig
 from engines.coordination.features import N_FEATURES
-from engines.coordination.types import Conditions, Observatory, Target, UnassignedReason
+from engines.coordination.types import Conditions, Observatory, UnassignedReason
 from engines.errors import InvalidArgument
 
 

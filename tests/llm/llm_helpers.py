@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from engines.llm.types import FinalOutput, GenerationRequest, TokenChunk

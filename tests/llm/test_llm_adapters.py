@@ -105,7 +105,7 @@ async def test_llm_adapter_hot_load_and_unload_under_traffic(engine, reference, 
     # Busy adapter: plain unload refused, forced unload cancels its request.
     gen = engine.generate(GenerationRequest("busy", prompt=PROMPTS[1], adapter="beta",
                                             sampling=SamplingParams(max_new_tokens=200, ignore_eos=True)))
-    first = await gen.__anext__()
+    await gen.__anext__()  # the request is running with the adapter
     with pytest.raises(FailedPrecondition) as exc:
         await engine.unload_adapter("beta")
     assert exc.value.field == "name"

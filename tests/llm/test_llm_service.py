@@ -100,7 +100,7 @@ async def test_session_multiplexes_cancels_one_and_reports_errors(client, llm_da
             async for _ in bad:
                 pass
         assert err.value.field == "sampling.top_k"
-        first = await drop.__anext__()  # wait until it is producing, then cancel it alone
+        await drop.__anext__()  # wait until it is producing, then cancel it alone
         await s.cancel("drop")
         tail = [item async for item in drop]
         final = tail[-1]

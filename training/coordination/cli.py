@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engines.coordination import checkpoint
 from training.coordination import default, evaluate as ev, train
 from training.coordination.scenario import DEFAULT_SCENARIO, DEFAULT_SITES
 
