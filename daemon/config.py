@@ -176,7 +176,9 @@ def load(path: Path | None = None, env: Mapping[str, str] | None = None,
 
 def build(data: Mapping[str, Any]) -> GalacticConfig:
     """Validate a parsed TOML document into GalacticConfig."""
-    plain = {k: v for k, v in data.items() if k not in registry.KINDS}
+    # `[training]` belongs to galactic-train (training/config.py validates it); one file may
+    # configure both, so the daemon passes over it.
+    plain = {k: v for k, v in data.items() if k not in registry.KINDS and k != "training"}
     engines: dict[str, Any] = {}
     for kind, table in data.items():
         if kind not in registry.KINDS:

@@ -4,7 +4,8 @@ Policy lives here: load paths must lie inside `adapters.root` (symlinks resolved
 `../` or a link cannot escape it); at `max_loaded` the least recently used *idle* adapter
 is evicted, and if every adapter serves requests the load is refused (ResourceExhausted)
 rather than pulling weights from under a running stream. Counting `in_use` covers queued
-requests too, since they resolved their adapter at enqueue.
+requests too, since they resolved their adapter at enqueue. An adapter whose metadata names
+another base model than the one served is refused (FailedPrecondition, both hashes named).
 
 Locks are the engine's: `lock` guards the registry (short sections); `model_lock` is held
 for the whole scheduler step, so bank writes taken under it never race a forward pass.
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from engines.errors import AlreadyExists, InvalidArgument, FailedPrecondition, NotFound, PermissionDenied, ResourceExhausted
 from engines.llm.config import AdapterConfig
+from engines.llm.identity import METADATA_FILE, model_content_hash, read_metadata
 from engines.llm.lora import AdapterWeights, LoRABank
 from engines.llm.types import AdapterInfo
 
@@ -42,12 +44,45 @@ class Adapter:
 
 
 class AdapterRegistry:
-    def __init__(self, config: AdapterConfig, bank: LoRABank, model_lock: threading.Lock, lock: threading.Lock):
+    def __init__(self, config: AdapterConfig, bank: LoRABank, model_lock: threading.Lock, lock: threading.Lock,
+                 model_dir: Path | None = None):
         self.config = config
         self.bank = bank
         self._model_lock = model_lock
         self._lock = lock
         self._by_name: dict[str, Adapter] = {}
+        self._model_dir = model_dir
+        self._base_hash: str | None = None  # hashed on first need: gigabytes for a large base
+
+    def base_hash(self) -> str:
+        """Blocking: the served model's content hash (computed once)."""
+        if self._base_hash is None:
+            if self._model_dir is None:
+                raise FailedPrecondition("the served model has no model dir to identify it by", field="path")
+            self._base_hash = model_content_hash(self._model_dir)
+        return self._base_hash
+
+    def check_base(self, full: Path) -> None:
+        """Blocking: refuse an adapter trained on another base model than the one served.
+
+        An adapter without our metadata (trained elsewhere) passes with a warning, unless
+        `adapters.require_metadata` is set."""
+        try:
+            meta = read_metadata(full)
+        except (OSError, ValueError) as exc:
+            raise InvalidArgument(f"unreadable {METADATA_FILE}: {exc}", field="path") from None
+        if meta is None:
+            if self.config.require_metadata:
+                raise FailedPrecondition(
+                    f"{full} has no {METADATA_FILE} and adapters.require_metadata is set; "
+                    "train it with galactic-train lora or add the metadata", field="path")
+            log.warning("adapter %s has no %s: its base model cannot be checked", full, METADATA_FILE)
+            return
+        served = self.base_hash()
+        if meta["base_model_hash"] != served:
+            raise FailedPrecondition(
+                f"adapter was trained on base model {meta['base_model_hash']}, "
+                f"but this daemon serves {served}", field="path")
 
     def __len__(self) -> int:
         return len(self._by_name)
@@ -108,14 +143,12 @@ class AdapterRegistry:
             self._by_name[name] = adapter
             return adapter.info()
 
-    def begin_unload(self, name: str, force: bool) -> Adapter:
+    def begin_unload(self, name: str) -> Adapter:
+        """Mark the adapter unloading: from now on new requests naming it get NotFound."""
         with self._lock:
             adapter = self._by_name.get(name)
             if adapter is None or adapter.unloading:
                 raise NotFound(f"adapter {name!r} is not loaded", field="name")
-            if adapter.in_use and not force:
-                raise FailedPrecondition(
-                    f"adapter {name!r} serves {adapter.in_use} requests (force=true cancels them)", field="name")
             adapter.unloading = True
             return adapter
 

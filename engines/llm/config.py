@@ -45,6 +45,9 @@ class AdapterConfig:
     root: Path = Path("~/.local/share/galactic/adapters")  # load_adapter paths must lie inside it
     max_loaded: int = 8  # adapters resident at once; idle ones are evicted LRU beyond this
     preload: dict[str, str] = field(default_factory=dict)  # name -> path, loaded at start-up
+    # Refuse adapters without galactic_adapter.json (whose base model cannot be checked);
+    # off by default so adapters trained elsewhere load, with a warning.
+    require_metadata: bool = False
 
     def __post_init__(self) -> None:
         check(self.max_loaded >= 1, "max_loaded", "must be >= 1")
@@ -63,7 +66,7 @@ class AdapterConfig:
 @dataclass(frozen=True)
 class LLMConfig:
     name: str = "galactic-demo"  # model name clients address
-    path: str = "embedded"  # a local Hugging Face causal-LM dir, or "embedded" for the demo model
+    path: str = "embedded"  # a local Hugging Face causal-LM dir, or "embedded" for the shipped demo model
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto => cuda when available (device_map="auto")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto => bf16 on CUDA, fp32 on CPU
     quantization: Literal["none", "int8", "nf4", "int8-dynamic"] = "none"  # int8/nf4: bitsandbytes, CUDA; int8-dynamic: CPU
@@ -74,7 +77,6 @@ class LLMConfig:
     attention: Literal["auto", "sdpa", "eager"] = "auto"
     trust_remote_code: bool = False  # run Python shipped with the model dir; only for dirs you trust
     compile: bool = False  # torch.compile the forward and warm it before ready (slow start-up)
-    cache_dir: Path = Path("~/.cache/galactic")  # where the embedded demo model is trained/cached
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     adapters: AdapterConfig = field(default_factory=AdapterConfig)
 
@@ -92,21 +94,17 @@ class LLMConfig:
             f"{self.quantization} (bitsandbytes) needs CUDA; on the CPU choose 'int8-dynamic' or 'none'",
         )
 
-    def resolved_cache_dir(self) -> Path:
-        return self.cache_dir.expanduser()
-
 
 DEFAULT_TOML = """\
 [llm]
 name = "galactic-demo"            # model name clients address
-path = "embedded"                 # local Hugging Face causal-LM dir, or "embedded" (demo model trained on first start)
+path = "embedded"                 # local Hugging Face causal-LM dir, or "embedded" (the demo model shipped with the engine)
 device = "auto"                   # auto | cpu | cuda   (auto => cuda when available, device_map="auto" across GPUs)
 dtype = "auto"                    # auto | float32 | bfloat16 | float16   (auto => bf16 on CUDA, fp32 on CPU)
 quantization = "none"             # none | int8 | nf4 (bitsandbytes, CUDA only) | int8-dynamic (CPU only)
 attention = "auto"                # auto | sdpa | eager   (auto => eager on CUDA: SDPA with a padding mask is ~4x slower there)
 trust_remote_code = false         # run Python shipped with the model dir; only for dirs you trust
 compile = false                   # torch.compile the forward and warm it up before ready
-cache_dir = "~/.cache/galactic"   # where the embedded demo model is trained and cached
 
 [llm.scheduler]
 max_running = 32                  # requests in the running batch at once
@@ -121,4 +119,5 @@ max_new_tokens_limit = 4096       # largest sampling.max_new_tokens accepted
 root = "~/.local/share/galactic/adapters"  # LoadAdapter paths must be relative to or inside this dir
 max_loaded = 8                    # resident adapters; idle ones are evicted least-recently-used beyond this
 # preload = { support = "support-v3" }     # name -> path, loaded at start-up
+require_metadata = false          # refuse adapters without galactic_adapter.json (base model unverifiable)
 """

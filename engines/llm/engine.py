@@ -41,6 +41,7 @@ from engines.llm.batch import DecodeBatch
 from engines.llm.config import LLMConfig
 from engines.llm.detok import IncrementalDecoder
 from engines.llm.lora import LoRABank, read_adapter
+from engines.llm.module import CausalLMModule
 from engines.llm.sampling import make_generator, sample_batch
 from engines.llm.scheduler import Sequence, WaitingQueue
 from engines.llm.validation import validate_and_tokenize
@@ -142,15 +143,19 @@ class LLMEngine:
         self._eos = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
         self._max_positions = int(getattr(model.config, "max_position_embeddings", None) or self._max_positions)
         bank = LoRABank(model, self.config.adapters.max_loaded, placement.dtype)
-        self._adapters = AdapterRegistry(self.config.adapters, bank, self._model_lock, self._lock)
+        self._adapters = AdapterRegistry(self.config.adapters, bank, self._model_lock, self._lock, Path(model_dir))
         for name, path in self.config.adapters.preload.items():
             progress(f"loading adapter {name}")
             full = self._adapters.resolve_dir(path)
+            self._adapters.check_base(full)
             self._adapters.install(name, full, read_adapter(full, self.config.adapters.resolved_root()))
-        self._forward = model
+        # The served model is the same LightningModule class that training fine-tunes; its
+        # forward is the HF model's, so the step pays one extra Python call and no more.
+        self.module = CausalLMModule(model)
+        self._forward = self.module
         if self.config.compile:
             progress("compiling the forward pass (torch.compile)")
-            self._forward = torch.compile(model, dynamic=True)
+            self._forward = torch.compile(self.module, dynamic=True)
             self._warm_up()
         progress("ready")
 
@@ -327,22 +332,26 @@ class LLMEngine:
             raise InvalidArgument("adapter name must be non-empty", field="name")
         full = self._adapters.resolve_dir(path)
         self._adapters.check_free_name(name)
+        await asyncio.to_thread(self._adapters.check_base, full)
         weights = await asyncio.to_thread(read_adapter, full, self.config.adapters.resolved_root())
         info = await asyncio.to_thread(self._adapters.install, name, full, weights)
         self._update_gauges()
         return info
 
     async def unload_adapter(self, name: str, force: bool = False) -> None:
-        """Unload an adapter. While requests use it: FailedPrecondition, unless `force`,
-        which cancels them (each ends with FinalOutput(CANCELLED) within one step) and then
-        unloads; new requests naming it get NotFound from the moment this is called."""
-        adapter = self._adapters.begin_unload(name, force)
+        """Unload an adapter. New requests naming it get NotFound from the moment this is
+        called; requests already using it finish normally and the call returns once the last
+        one has (a safe hot-swap: load the new version under another name, move traffic, unload
+        the old). `force` cancels them instead (each ends with FinalOutput(CANCELLED) within
+        one step)."""
+        adapter = self._adapters.begin_unload(name)
         users = [s for s in list(self._live.values()) if s.adapter is adapter]
-        for seq in users:
-            seq.cancelled = True
+        if force:
+            for seq in users:
+                seq.cancelled = True
 
         async def finish() -> None:
-            if users:
+            if adapter.in_use:
                 self._worker.notify()
                 await self.wait_until(lambda e: adapter.in_use == 0)
             await asyncio.to_thread(self._adapters.remove, adapter)

@@ -59,11 +59,17 @@ def resolve_placement(config: LLMConfig, cuda_available: bool | None = None) -> 
     return Placement(device=device, dtype=dtype, attention=resolve_attention(config, device))
 
 
+# The demo model ships inside the engine package (a few MB of safetensors and a tokenizer,
+# made by `galactic-train demo-model`), so `path = "embedded"` serves at once on any host.
+EMBEDDED_DIR = Path(__file__).parent / "embedded" / "demo-llm"
+
+
 def resolve_model_dir(config: LLMConfig, progress: Callable[[str], None]) -> Path:
     if config.path == "embedded":
-        from training.llm.demo import ensure_demo_model
-
-        return ensure_demo_model(config.resolved_cache_dir(), progress)
+        if not (EMBEDDED_DIR / "model.safetensors").is_file():
+            raise ConfigError("llm.path", f"the embedded demo model is missing from {EMBEDDED_DIR}; "
+                              "rebuild it with `galactic-train demo-model --out` that dir")
+        return EMBEDDED_DIR
     path = Path(config.path).expanduser()
     if not (path / "config.json").is_file():
         raise ConfigError("llm.path", f"{path} is not a Hugging Face model dir (no config.json)")

@@ -102,13 +102,23 @@ async def test_llm_adapter_hot_load_and_unload_under_traffic(engine, reference, 
     ids, _, _ = await collect(engine, GenerationRequest(
         "hot", prompt=PROMPTS[0], adapter="beta", sampling=SamplingParams(max_new_tokens=10)))
     assert ids == peft_reference(tiny_dir, adapters_root, "beta", PROMPTS[0], 10)
-    # Busy adapter: plain unload refused, forced unload cancels its request.
+    # Busy adapter: a plain unload lets its request finish, refusing new ones at once.
     gen = engine.generate(GenerationRequest("busy", prompt=PROMPTS[1], adapter="beta",
-                                            sampling=SamplingParams(max_new_tokens=200, ignore_eos=True)))
+                                            sampling=SamplingParams(max_new_tokens=30, ignore_eos=True)))
     await gen.__anext__()  # the request is running with the adapter
-    with pytest.raises(FailedPrecondition) as exc:
-        await engine.unload_adapter("beta")
-    assert exc.value.field == "name"
+    unload = asyncio.create_task(engine.unload_adapter("beta"))
+    await engine.wait_until(lambda e: e.list_adapters() == [], timeout=30)  # marked unloading
+    with pytest.raises(NotFound):
+        await collect(engine, GenerationRequest("late", prompt=PROMPTS[0], adapter="beta",
+                                                sampling=SamplingParams(max_new_tokens=2)))
+    items = [item async for item in gen]
+    assert items[-1].finish_reason is FinishReason.LENGTH and items[-1].completion_tokens == 30
+    await unload
+    # Forced unload cancels the request using it.
+    await engine.load_adapter("beta", "beta")
+    gen = engine.generate(GenerationRequest("busy2", prompt=PROMPTS[1], adapter="beta",
+                                            sampling=SamplingParams(max_new_tokens=200, ignore_eos=True)))
+    await gen.__anext__()
     await engine.unload_adapter("beta", force=True)
     items = [item async for item in gen]
     assert items[-1].finish_reason is FinishReason.CANCELLED

@@ -1,67 +1,371 @@
-"""Training exports what the engine loads: a LoRA adapter dir and the demo model dir."""
+"""`galactic-train lora`: data, config, Lightning training, export, and what the engine serves.
+
+Everything runs on tiny models built in the test (conftest's `tiny_dir`) on the CPU. The
+multi-process (DDP over gloo) and resume tests run the real CLI in subprocesses.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import pytest
+import torch
+
+from engines.errors import FailedPrecondition
+from engines.llm.identity import METADATA_FILE, model_content_hash
 from engines.llm.types import GenerationRequest, SamplingParams
-from llm_helpers import PROMPTS, collect, make_config
+from llm_helpers import collect, make_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Made-up words the base model cannot know: the adapter must learn them.
+FACTS = {
+    "zorblat": " a blue fruit",
+    "quintaro": " a small moon",
+    "vexilune": " a warm wind",
+    "plomdrick": " an old ship",
+    "snarfle": " a red stone",
+    "trevolux": " a quiet bell",
+}
 
 
-async def test_llm_lora_training_exports_an_adapter_the_engine_serves(tiny_dir, tmp_path):
+def write_facts(path: Path, repeats: int = 8) -> Path:
+    rows = [{"prompt": f"Define {w}:", "completion": c} for w, c in FACTS.items()] * repeats
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def training_config(**overrides):
+    from training import config as training_config
+
+    base = {"max_steps": 40, "epochs": 100, "batch_size": 8, "lr": 5e-3, "warmup_steps": 2, "val_fraction": 0.15,
+            "lora.rank": 8, "lora.alpha": 16, "lora.dropout": 0.0, "log_every_n_steps": 1,
+            "lora.target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+    return training_config.load(None, env={}, overrides={**base, **overrides})
+
+
+# ---- data ------------------------------------------------------------------------------
+
+
+def test_data_masks_the_prompt_and_learns_the_completion_and_eos(tiny_dir):
+    from transformers import AutoTokenizer
+
+    from training.llm.data import IGNORE, tokenize
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    ex, cut = tokenize({"prompt": "Define zorblat:", "completion": " a blue fruit"}, tok, 1, 64)
+    prompt = tok("Define zorblat:", add_special_tokens=False)["input_ids"]
+    completion = tok(" a blue fruit", add_special_tokens=False)["input_ids"]
+    assert not cut
+    assert list(ex.input_ids) == prompt + completion + [tok.eos_token_id]
+    assert list(ex.labels) == [IGNORE] * len(prompt) + completion + [tok.eos_token_id]
+
+
+def test_data_chat_messages_learn_assistant_turns_only(tiny_dir):
+    from transformers import AutoTokenizer
+
+    from training.llm.data import IGNORE, tokenize
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye"},
+            {"role": "assistant", "content": "Farewell."}]
+    ex, _ = tokenize({"messages": msgs}, tok, 1, 256)
+    learned = tok.decode([t for t in ex.labels if t != IGNORE and t != tok.eos_token_id])
+    assert "Hello." in learned and "Farewell." in learned
+    assert "Hi" not in learned and "Be brief" not in learned and "user" not in learned
+    assert sum(1 for t in ex.labels if t == tok.eos_token_id) == 2  # each assistant turn ends
+    # The tokens are the chat template's rendering of the whole conversation.
+    assert tok.decode(ex.input_ids).replace(tok.eos_token, "") == tok.apply_chat_template(msgs, tokenize=False)
+
+
+@pytest.mark.parametrize("line, needle", [
+    ('{"prompt": "a"}', '"completion" must be a string'),
+    ('{"prompt": "a", "completion": ""}', "empty"),
+    ('not json', "Expecting value"),
+    ('["a list"]', "expected a JSON object"),
+    ('{"messages": [{"role": "user", "content": "hi"}]}', "no assistant message"),
+    ('{"messages": [{"role": "robot", "content": "hi"}]}', "messages[0]"),
+    ('{"text": "a", "prompt": "b", "completion": "c"}', "exactly one of"),
+])
+def test_data_bad_line_names_its_number(tmp_path, line, needle):
+    from training.llm.data import DataError, read_records
+
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "fine"}\n\n' + line + "\n")
+    with pytest.raises(DataError) as exc:
+        read_records(path)
+    assert f"{path}:3:" in str(exc.value) and needle in str(exc.value)
+
+
+def test_data_split_is_seeded_and_disjoint(tiny_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from training.llm.data import SFTDataModule
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps({"text": f"row {i}"}) + "\n" for i in range(20)))
+    lines = []
+    for _ in range(2):
+        dm = SFTDataModule(path, tok, batch_size=4, max_length=32, val_fraction=0.25, seed=3)
+        dm.prepare()
+        lines.append(([e.line for e in dm.train], [e.line for e in dm.val]))
+    (train, val), again = lines
+    assert (train, val) == again and len(val) == 5 and not set(train) & set(val)
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
+
+
+# ---- config ----------------------------------------------------------------------------
+
+
+def test_training_config_file_env_and_flags_in_that_order(tmp_path):
+    from engines.config import ConfigError
+    from training import config as training_config
+
+    path = tmp_path / "galactic.toml"
+    path.write_text('[llm]\nname = "ignored by training"\n[training]\nmax_steps = 7\nbatch_size = 3\n'
+                    '[training.lora]\nrank = 2\n')
+    cfg = training_config.load(path, env={"GALACTIC_TRAINING__BATCH_SIZE": "5"}, overrides={"lora.rank": 4, "epochs": None})
+    assert (cfg.max_steps, cfg.batch_size, cfg.lora.rank, cfg.epochs) == (7, 5, 4, 3)
+    path.write_text("[training]\nmax_stepz = 7\n")
+    with pytest.raises(ConfigError) as exc:
+        training_config.load(path, env={})
+    assert exc.value.key == "training.max_stepz"
+    with pytest.raises(ConfigError) as exc:
+        training_config.load(None, env={}, overrides={"strategy": "horovod"})
+    assert exc.value.key == "training.strategy"
+
+
+def test_daemon_config_accepts_the_training_section(tmp_path):
+    from daemon import config as daemon_config
+
+    path = tmp_path / "galactic.toml"
+    path.write_text("[training]\nmax_steps = 7\n[llm]\nname = \"m\"\n[coordination]\nenabled = false\n")
+    assert "llm" in daemon_config.load(path).engines
+
+
+def test_training_config_print_default_parses_as_the_defaults():
+    from engines.config import to_mapping
+    from training import config as training_config
+
+    out = subprocess.run([sys.executable, "-m", "training.cli", "config", "--print-default"], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout
+    import tomllib
+
+    assert tomllib.loads(out)["training"] == to_mapping(training_config.TrainingConfig())
+
+
+# ---- host checks -----------------------------------------------------------------------
+
+
+def test_qlora_and_fsdp_refused_without_cuda_before_any_work():
+    from training.llm.lora import TrainingError, check_host
+
+    with pytest.raises(TrainingError, match="no CUDA device"):
+        check_host(training_config(quantize="nf4"), cuda_available=False)
+    with pytest.raises(TrainingError, match="use ddp"):
+        check_host(training_config(strategy="fsdp"), cuda_available=False)
+    check_host(training_config(quantize="nf4"), cuda_available=True)
+
+
+def test_cli_reports_a_bad_data_line_and_exits_2(tiny_dir, tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": 3, "completion": "b"}\n')
+    proc = subprocess.run([sys.executable, "-m", "training.cli", "lora", "--base", str(tiny_dir), "--data", str(data),
+                           "--out", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2 and f"{data}:2:" in proc.stderr and '"prompt" must be a string' in proc.stderr
+    assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
+
+
+# ---- training, export, serving -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dir, tmp_path_factory):
+    """One LoRA run on the facts, exported into an adapter root."""
+    from training.llm.lora import train_lora
+
+    tmp = tmp_path_factory.mktemp("lora")
+    data = write_facts(tmp / "facts.jsonl")
+    root = tmp / "adapters"
+    result = train_lora(tiny_dir, data, root / "facts", training_config(max_steps=60))
+    return result, root, data
+
+
+def _logged(out: Path, key: str) -> list[float]:
+    with open(out / "logs" / "metrics.csv") as fh:
+        return [float(r[key]) for r in csv.DictReader(fh) if r.get(key)]
+
+
+def test_lora_training_lowers_the_loss_and_exports_peft_files_and_metadata(trained, tiny_dir):
+    result, root, data = trained
+    out = root / "facts"
+    assert {"adapter_model.safetensors", "adapter_config.json", METADATA_FILE} <= {p.name for p in out.iterdir()}
+    losses = _logged(out, "train_loss")
+    assert len(losses) >= 50 and sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+    meta = json.loads((out / METADATA_FILE).read_text())
+    assert meta["base_model_hash"] == model_content_hash(tiny_dir)
+    assert meta["data_hash"].startswith("sha256:") and meta["steps"] == result.steps == 60
+    assert meta["val_loss"] == pytest.approx(result.val_loss) and meta["settings"]["lora"]["rank"] == 8
+    assert _logged(out, "val_loss")  # validation ran and was logged
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+
+
+async def test_the_engine_serves_the_trained_adapter_as_peft_computes_it(trained, tiny_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     from engines.llm.engine import LLMEngine
-    from training.llm.cli import train_lora
+    from engines.llm.module import CausalLMModule
 
-    data = tmp_path / "data.txt"
-    data.write_text("galactic streams tokens.\n\nadapters change the answer.\n\n" * 20)
-    root = tmp_path / "adapters"
-    out = train_lora(tiny_dir, data, root / "trained", rank=4, steps=3, block=32, batch_size=4)
-    assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
+    _, root, _ = trained
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dir), root / "facts").eval()
     eng = LLMEngine(make_config(tiny_dir, root))
     eng.load(lambda msg: None)
+    assert isinstance(eng.module, CausalLMModule)  # the served model is the trained class
     await eng.start(asyncio.get_running_loop())
     try:
-        info = await eng.load_adapter("trained", "trained")
-        assert info.rank == 4
-        ids, _, final = await collect(eng, GenerationRequest("t", prompt=PROMPTS[0], adapter="trained",
-                                                             sampling=SamplingParams(max_new_tokens=4)))
-        assert final.completion_tokens == len(ids)
+        await eng.load_adapter("facts", "facts")
+        for word, completion in list(FACTS.items())[:3]:
+            prompt = f"Define {word}:"
+            ids = tok(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                ref = peft_model.generate(ids, max_new_tokens=6, do_sample=False)[0, ids.shape[1]:].tolist()
+            got, _, _ = await collect(eng, GenerationRequest(word, prompt=prompt, adapter="facts",
+                                                             sampling=SamplingParams(max_new_tokens=6)))
+            assert got == ref[: len(got)] and got
     finally:
         await eng.stop(1)
 
 
-async def test_llm_embedded_demo_model_pipeline_with_a_tiny_spec(tmp_path):
-    """The real demo recipe, shrunk: trains, caches, and is served as path = "embedded"."""
-    from engines.llm.engine import LLMEngine
-    from training.llm.demo import DEMO_SPEC, ensure_demo_model
+async def test_an_adapter_trained_on_another_base_is_refused_naming_both_hashes(trained, tmp_path):
+    import shutil
 
-    spec = dataclasses.replace(DEMO_SPEC, vocab_size=300, hidden=32, layers=1, heads=2, block=32, max_steps=3)
-    seen: list[str] = []
-    path = ensure_demo_model(tmp_path, seen.append, spec=spec)
-    assert (path / "model.safetensors").is_file() and seen
-    assert ensure_demo_model(tmp_path, spec=spec) == path  # cached: no retraining
-    # Pose the tiny model as the cached default demo so `path = "embedded"` finds it.
-    path.rename(tmp_path / f"demo-llm-{DEMO_SPEC.version}-{DEMO_SPEC.hidden}x{DEMO_SPEC.layers}")
-    cfg = dataclasses.replace(make_config(path, tmp_path), path="embedded", cache_dir=tmp_path)
-    eng = LLMEngine(cfg)
+    from transformers import AutoModelForCausalLM
+
+    from engines.llm.engine import LLMEngine
+
+    _, root, _ = trained
+    # Same architecture and shapes, other weights: exactly the case that loads silently otherwise.
+    other = tmp_path / "other-base"
+    base_dir = Path(json.loads((root / "facts" / METADATA_FILE).read_text())["base_model_path"])
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)
+    model.save_pretrained(other)
+    for f in base_dir.glob("tokenizer*"):
+        shutil.copy(f, other / f.name)
+    foreign = root / "foreign"  # the same adapter without our metadata
+    shutil.copytree(root / "facts", foreign, ignore=shutil.ignore_patterns(METADATA_FILE, "checkpoints", "logs"))
+    eng = LLMEngine(make_config(other, root))
     eng.load(lambda msg: None)
     await eng.start(asyncio.get_running_loop())
     try:
-        ids, _, final = await collect(eng, GenerationRequest("d", prompt="The", sampling=SamplingParams(max_new_tokens=3)))
-        assert final.completion_tokens == len(ids)
+        with pytest.raises(FailedPrecondition) as exc:
+            await eng.load_adapter("facts", "facts")
+        assert exc.value.field == "path"
+        assert model_content_hash(base_dir) in exc.value.message and model_content_hash(other) in exc.value.message
+        assert (await eng.load_adapter("foreign", "foreign")).name == "foreign"  # no metadata: a warning only
+    finally:
+        await eng.stop(1)
+    strict = make_config(other, root)
+    import dataclasses
+
+    strict = dataclasses.replace(strict, adapters=dataclasses.replace(strict.adapters, require_metadata=True))
+    eng = LLMEngine(strict)
+    eng.load(lambda msg: None)
+    await eng.start(asyncio.get_running_loop())
+    try:
+        with pytest.raises(FailedPrecondition, match="require_metadata"):
+            await eng.load_adapter("foreign", "foreign")
     finally:
         await eng.stop(1)
 
 
-def test_llm_train_cli_registers_its_subcommands(tmp_path):
-    import argparse
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "training.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=600)
 
-    from training.llm.cli import register
 
-    parser = argparse.ArgumentParser(prog="galactic-train")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["lora", "--base", "b", "--data", "d.jsonl", "--out", str(tmp_path), "--targets", "q_proj,o_proj"])
-    assert args.command == "lora" and args.rank == 8 and callable(args.func)
-    args = parser.parse_args(["demo-model", "--out", str(tmp_path)])
-    assert args.command == "demo-model" and callable(args.func)
+@pytest.mark.slow
+def test_resume_after_an_interruption_ends_where_an_uninterrupted_run_does(tiny_dir, tmp_path):
+    """Tolerance: final validation loss within 2 % (relative). An interruption mid-epoch
+    restarts that epoch's data order, so the two runs see batches in a slightly other order."""
+    data = write_facts(tmp_path / "facts.jsonl")
+    common = ["lora", "--base", str(tiny_dir), "--data", str(data), "--max-steps", "30", "--epochs", "100", "--batch-size", "8",
+              "--lr", "5e-3", "--warmup-steps", "2", "--rank", "8", "--dropout", "0", "--checkpoint-every", "5"]
+    whole = _cli(*common, "--out", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    first = _cli(*common, "--out", str(tmp_path / "split"), "--stop-after-steps", "12")
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert (tmp_path / "split" / "checkpoints" / "last.ckpt").is_file()
+    assert not (tmp_path / "split" / "adapter_model.safetensors").exists()  # an interrupted run exports nothing
+    second = _cli(*common, "--out", str(tmp_path / "split"), "--resume")
+    assert second.returncode == 0, second.stderr[-2000:]
+    a = json.loads((tmp_path / "whole" / METADATA_FILE).read_text())
+    b = json.loads((tmp_path / "split" / METADATA_FILE).read_text())
+    assert a["steps"] == b["steps"] == 30
+    assert b["val_loss"] == pytest.approx(a["val_loss"], rel=0.02)
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_trains_and_rank_zero_alone_exports(tiny_dir, tmp_path):
+    data = write_facts(tmp_path / "facts.jsonl")
+    out = tmp_path / "ddp"
+    proc = _cli("lora", "--base", str(tiny_dir), "--data", str(data), "--out", str(out), "--strategy", "ddp",
+                "--devices", "2", "--accelerator", "cpu", "--max-steps", "30", "--epochs", "100", "--batch-size", "4", "--lr", "5e-3",
+                "--warmup-steps", "2", "--dropout", "0", "--log-every", "2", env={"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in proc.stderr  # a second process joined
+    meta = json.loads((out / METADATA_FILE).read_text())
+    assert meta["settings"]["strategy"] == "ddp" and meta["settings"]["devices"] == 2 and meta["steps"] == 30
+    assert sorted(p.name for p in out.glob("adapter_*")) == ["adapter_config.json", "adapter_model.safetensors"]
+    losses = _logged(out, "train_loss")
+    assert sum(losses[-3:]) / 3 < 0.6 * sum(losses[:3]) / 3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="QLoRA needs CUDA")
+def test_qlora_nf4_trains_on_cuda_and_reports_peak_memory(tmp_path):
+    """A 1B-shaped Llama built from its config, 4-bit NF4 base, LoRA in bf16."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from training.llm.lora import train_lora
+    from training.llm.tokenizer import train_tokenizer
+
+    base = tmp_path / "llama-1b"
+    tok = train_tokenizer([" ".join(FACTS) + " ".join(FACTS.values())] * 50, vocab_size=512)
+    cfg = LlamaConfig(vocab_size=32000, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                      num_attention_heads=32, num_key_value_heads=8, bos_token_id=tok.bos_token_id,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(base)
+    tok.save_pretrained(base)
+    torch.cuda.reset_peak_memory_stats()
+    result = train_lora(base, write_facts(tmp_path / "facts.jsonl"), tmp_path / "out",
+                        training_config(quantize="nf4", max_steps=20, gradient_checkpointing=True))
+    peak_gb = torch.cuda.max_memory_allocated() / 1e9
+    print(f"QLoRA nf4 1B: peak GPU memory {peak_gb:.2f} GB, {result.seconds:.1f} s")
+    assert result.steps == 20 and (tmp_path / "out" / "adapter_model.safetensors").is_file()
+    assert peak_gb < 4.0
+
+
+def test_engines_never_import_training():
+    import ast
+
+    offenders = []
+    for path in (REPO / "engines").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{path.relative_to(REPO)}: {n}" for n in names if n.split(".")[0] == "training"]
+    assert offenders == []

@@ -1,38 +1,45 @@
-"""The embedded demo model: a small Llama trained locally, once, then cached.
+"""The embedded demo model: a small Llama trained by a fixed recipe, shipped with the engine.
 
-`LLMConfig.path = "embedded"` serves it, so galacticd works out of the box with no
-download. The training text is the Python documentation's topic help shipped inside the
-standard library (`pydoc_data.topics`, © Python Software Foundation, PSF License v2),
-so it is present on every host and licensed for redistribution. Training takes about two
-minutes on two CPU cores; the model is only good enough to stream plausible Python-doc
-English, which is all a demo and a smoke test need.
+`galactic-train demo-model --out engines/llm/embedded/demo-llm` rebuilds what
+`llm.path = "embedded"` serves. The recipe is fixed in optimizer steps (not wall-clock), so
+any host trains the same model; a slow test re-runs it and compares the held-out loss with
+the shipped one. The corpus is the Python documentation's topic help shipped inside the
+standard library (`pydoc_data.topics`, © Python Software Foundation, PSF License v2): on
+every host, licensed for redistribution. Every tenth topic is held out for validation.
 """
 
 from __future__ import annotations
 
-import os
+import json
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
+import lightning as L
 import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from engines.llm.module import CausalLMModule, OptimSpec
+
+METADATA_FILE = "demo_metadata.json"
 
 
 @dataclass(frozen=True)
 class DemoSpec:
     vocab_size: int = 2048
-    hidden: int = 128
+    hidden: int = 192
     layers: int = 4
     heads: int = 4
     block: int = 128
     batch_size: int = 16
-    max_steps: int = 1200
-    max_seconds: float = 120.0  # wall-clock cap: the daemon waits on this at first start
+    steps: int = 1500
     lr: float = 2e-3
-    version: str = "v1"
+    warmup_steps: int = 50
+    seed: int = 0
+    val_every: int = 10  # every tenth topic is held out
 
 
 DEMO_SPEC = DemoSpec()
@@ -41,80 +48,90 @@ DEMO_SPEC = DemoSpec()
 def demo_texts() -> list[str]:
     import pydoc_data.topics
 
-    return [t for t in pydoc_data.topics.topics.values() if t.strip()]
+    return [t for _, t in sorted(pydoc_data.topics.topics.items()) if t.strip()]
 
 
-def ensure_demo_model(cache_dir: Path, progress: Callable[[str], None] | None = None, *,
-                      spec: DemoSpec = DEMO_SPEC) -> Path:
-    """Return the demo model dir under `cache_dir`, training it first if it is not cached."""
-    say = progress or (lambda msg: None)
-    out = Path(cache_dir).expanduser() / f"demo-llm-{spec.version}-{spec.hidden}x{spec.layers}"
-    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Train into a temporary sibling and rename: a crash never leaves a half-written model.
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
-    try:
-        train_demo_model(tmp, spec, say)
-        try:
-            os.replace(tmp, out)
-            say(f"demo model saved to {out}")
-        except OSError:  # another process finished first and its dir is in place
-            if not (out / "config.json").is_file():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+class BlockDataModule(L.LightningDataModule):
+    """Documents joined with EOS and cut into fixed blocks: plain language modelling."""
+
+    def __init__(self, train: list[str], val: list[str], tokenizer: Any, block: int, batch_size: int) -> None:
+        super().__init__()
+        self.train = self._blocks(train, tokenizer, block)
+        self.val = self._blocks(val, tokenizer, block)
+        self.batch_size = batch_size
+
+    @staticmethod
+    def _blocks(texts: list[str], tokenizer: Any, block: int) -> TensorDataset:
+        ids: list[int] = []
+        for text in texts:
+            ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
+        n = len(ids) // block
+        return TensorDataset(torch.tensor(ids[: n * block], dtype=torch.long).view(n, block))  # (N, T)
+
+    @staticmethod
+    def _collate(rows: list[tuple[torch.Tensor]]) -> dict[str, torch.Tensor]:
+        x = torch.stack([r[0] for r in rows])  # (B, T)
+        return {"input_ids": x, "attention_mask": torch.ones_like(x), "labels": x}
+
+    def train_dataloader(self) -> DataLoader:
+        g = torch.Generator().manual_seed(0)
+        return DataLoader(self.train, batch_size=self.batch_size, shuffle=True, generator=g, collate_fn=self._collate)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val, batch_size=self.batch_size, collate_fn=self._collate)
 
 
-def train_demo_model(out: Path, spec: DemoSpec, progress: Callable[[str], None]) -> Path:
-    from tqdm import tqdm
+def train_demo_model(out: Path, spec: DemoSpec = DEMO_SPEC,
+                     progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train the demo model into `out` (written atomically) and return its metadata."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from training.llm.data import TextDataModule
-    from training.llm.module import CausalLMModule
     from training.llm.tokenizer import train_tokenizer
 
+    say = progress or (lambda msg: None)
+    started = time.monotonic()
     texts = demo_texts()
-    progress("training the demo tokenizer")
-    tok = train_tokenizer(texts, vocab_size=spec.vocab_size)
-    torch.manual_seed(0)
+    train = [t for i, t in enumerate(texts) if i % spec.val_every]
+    val = [t for i, t in enumerate(texts) if i % spec.val_every == 0]
+    say(f"training the tokenizer on {len(train)} topics")
+    tok = train_tokenizer(train, vocab_size=spec.vocab_size)
+    L.seed_everything(spec.seed, verbose=False)
     config = LlamaConfig(
         vocab_size=len(tok), hidden_size=spec.hidden, intermediate_size=spec.hidden * 4,
         num_hidden_layers=spec.layers, num_attention_heads=spec.heads, num_key_value_heads=spec.heads,
         max_position_embeddings=2048, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id, tie_word_embeddings=True,
     )
-    module = CausalLMModule(LlamaForCausalLM(config), lr=spec.lr, warmup_steps=50)
-    data = TextDataModule(texts, tok, block=spec.block, batch_size=spec.batch_size)
-    data.setup()
-    optim = module.configure_optimizers()
-    opt, sched = optim["optimizer"], optim["lr_scheduler"]["scheduler"]
-    # A plain loop over the LightningModule's own step (no Trainer): the daemon calls this
-    # while systemd waits, and we want a bounded wall-clock and a progress line, not logs.
-    start, step, loss = time.monotonic(), 0, torch.tensor(float("nan"))
-    bar = tqdm(total=spec.max_steps, desc="demo model", unit="step", leave=False)
-    progress(f"training the demo model ({spec.max_steps} steps max, {spec.max_seconds:.0f} s max)")
-    while step < spec.max_steps and time.monotonic() - start < spec.max_seconds:
-        for batch in data.train_dataloader():
-            loss = module.loss(batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.2f}")
-            if step % 25 == 0:  # a few seconds apart: the daemon's stop check rides on it
-                progress(f"demo model step {step}, loss {loss.item():.2f}")
-            if step >= spec.max_steps or time.monotonic() - start >= spec.max_seconds:
-                break
-    bar.close()
-    module.model.generation_config.eos_token_id = tok.eos_token_id
-    module.model.generation_config.pad_token_id = tok.pad_token_id
-    module.export(out, tok)
-    progress(f"demo model trained ({step} steps, loss {loss.item():.2f})")
-    return out
+    model = LlamaForCausalLM(config)
+    module = CausalLMModule(model, OptimSpec(lr=spec.lr, weight_decay=0.01, warmup_steps=spec.warmup_steps,
+                                             total_steps=spec.steps, min_lr_ratio=0.1))
+    data = BlockDataModule(train, val, tok, spec.block, spec.batch_size)
+    say(f"training the demo model: {spec.steps} steps, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=spec.steps, max_epochs=-1, precision="32-true",
+                        gradient_clip_val=1.0, logger=False, enable_checkpointing=False, enable_model_summary=False,
+                        limit_val_batches=0, num_sanity_val_steps=0, deterministic=True)
+    trainer.fit(module, datamodule=data)
+    val_loss = float(trainer.validate(module, dataloaders=data.val_dataloader(), verbose=False)[0]["val_loss"])
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    meta = {"val_loss": val_loss, "val_perplexity": float(torch.exp(torch.tensor(val_loss))),
+            "steps": trainer.global_step, "train_seconds": round(time.monotonic() - started, 1),
+            "recipe": asdict(spec), "corpus": "pydoc_data.topics (PSF License v2), every 10th topic held out",
+            "versions": {"torch": torch.__version__, "lightning": L.__version__}}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Write into a temporary sibling and swap: a crash never leaves a half-written model.
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+    try:
+        model.eval()
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    say(f"demo model: val loss {val_loss:.3f} (perplexity {meta['val_perplexity']:.1f}) -> {out}")
+    return meta
