@@ -96,7 +96,7 @@ async def main() -> None:
             torch.cuda.reset_peak_memory_stats()
             base_mem = torch.cuda.memory_allocated()
             engine = LLMEngine(LLMConfig(name=f"llama-1b-{quant}", path=str(model_dir), device="cuda",
-                                         quantization=quant, cache_dir=Path(tmp),
+                                         quantization=quant,
                                          scheduler=SchedulerConfig(max_running=args.streams)))
             t_load = time.perf_counter()
             engine.load(lambda msg: None)

@@ -30,16 +30,17 @@ METADATA_FILE = "demo_metadata.json"
 @dataclass(frozen=True)
 class DemoSpec:
     vocab_size: int = 2048
-    hidden: int = 192
+    hidden: int = 128
     layers: int = 4
     heads: int = 4
     block: int = 128
     batch_size: int = 16
-    steps: int = 1500
+    steps: int = 1600
     lr: float = 2e-3
     warmup_steps: int = 50
     seed: int = 0
     val_every: int = 10  # every tenth topic is held out
+    val_check_steps: int = 200  # held-out loss recorded every this many steps (the reproduction test's anchor)
 
 
 DEMO_SPEC = DemoSpec()
@@ -81,9 +82,24 @@ class BlockDataModule(L.LightningDataModule):
         return DataLoader(self.val, batch_size=self.batch_size, collate_fn=self._collate)
 
 
-def train_demo_model(out: Path, spec: DemoSpec = DEMO_SPEC,
-                     progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Train the demo model into `out` (written atomically) and return its metadata."""
+class _ValHistory(L.Callback):
+    """Records the held-out loss at each validation, keyed by optimizer step."""
+
+    def __init__(self) -> None:
+        self.history: dict[str, float] = {}
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if "val_loss" in trainer.callback_metrics and not trainer.sanity_checking:
+            self.history[str(trainer.global_step)] = round(float(trainer.callback_metrics["val_loss"]), 5)
+
+
+def train_demo_model(out: Path | None, spec: DemoSpec = DEMO_SPEC,
+                     progress: Callable[[str], None] | None = None, *, stop_at: int | None = None) -> dict[str, Any]:
+    """Train the demo model into `out` (written atomically) and return its metadata.
+
+    `stop_at` runs the same recipe (same schedule) only up to that step and writes nothing:
+    the reproduction test compares its held-out loss with the shipped run's at that step.
+    """
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from training.llm.tokenizer import train_tokenizer
@@ -107,15 +123,23 @@ def train_demo_model(out: Path, spec: DemoSpec = DEMO_SPEC,
                                              total_steps=spec.steps, min_lr_ratio=0.1))
     data = BlockDataModule(train, val, tok, spec.block, spec.batch_size)
     say(f"training the demo model: {spec.steps} steps, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=spec.steps, max_epochs=-1, precision="32-true",
-                        gradient_clip_val=1.0, logger=False, enable_checkpointing=False, enable_model_summary=False,
-                        limit_val_batches=0, num_sanity_val_steps=0, deterministic=True)
+    history = _ValHistory()
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=stop_at or spec.steps, max_epochs=-1,
+                        precision="32-true", gradient_clip_val=1.0, logger=False, enable_checkpointing=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, deterministic=True,
+                        val_check_interval=spec.val_check_steps, check_val_every_n_epoch=None,
+                        callbacks=[history])
     trainer.fit(module, datamodule=data)
-    val_loss = float(trainer.validate(module, dataloaders=data.val_dataloader(), verbose=False)[0]["val_loss"])
+    if stop_at is not None:
+        return {"steps": trainer.global_step, "val_loss_history": history.history}
+    evaluator = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                          enable_model_summary=False)
+    val_loss = float(evaluator.validate(module, dataloaders=data.val_dataloader(), verbose=False)[0]["val_loss"])
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
     meta = {"val_loss": val_loss, "val_perplexity": float(torch.exp(torch.tensor(val_loss))),
             "steps": trainer.global_step, "train_seconds": round(time.monotonic() - started, 1),
+            "val_loss_history": history.history,
             "recipe": asdict(spec), "corpus": "pydoc_data.topics (PSF License v2), every 10th topic held out",
             "versions": {"torch": torch.__version__, "lightning": L.__version__}}
     out = Path(out)

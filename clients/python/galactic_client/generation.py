@@ -66,6 +66,7 @@ def build_generate_request(
     stop: Sequence[str] = (),
     logprobs: bool = False,
     priority: int = 0,
+    ignore_eos: bool = False,
 ) -> generation_pb2.GenerateRequest:
     """A GenerateRequest; parameters left None stay unset so the daemon's defaults apply."""
     if (prompt is None) == (messages is None):
@@ -96,4 +97,6 @@ def build_generate_request(
     if max_new_tokens is not None:
         request.stopping.max_new_tokens = max_new_tokens
     request.stopping.stop.extend(stop)
+    if ignore_eos:  # run to max_new_tokens even past end-of-sequence (benchmarks, load tests)
+        request.stopping.ignore_eos = True
     return request
