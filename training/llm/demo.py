@@ -85,12 +85,15 @@ class BlockDataModule(L.LightningDataModule):
 class _ValHistory(L.Callback):
     """Records the held-out loss at each validation, keyed by optimizer step."""
 
-    def __init__(self) -> None:
+    def __init__(self, say: Callable[[str], None]) -> None:
         self.history: dict[str, float] = {}
+        self.say = say
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if "val_loss" in trainer.callback_metrics and not trainer.sanity_checking:
-            self.history[str(trainer.global_step)] = round(float(trainer.callback_metrics["val_loss"]), 5)
+            loss = round(float(trainer.callback_metrics["val_loss"]), 5)
+            self.history[str(trainer.global_step)] = loss
+            self.say(f"step {trainer.global_step}: held-out loss {loss:.4f}")
 
 
 def train_demo_model(out: Path | None, spec: DemoSpec = DEMO_SPEC,
@@ -123,7 +126,7 @@ def train_demo_model(out: Path | None, spec: DemoSpec = DEMO_SPEC,
                                              total_steps=spec.steps, min_lr_ratio=0.1))
     data = BlockDataModule(train, val, tok, spec.block, spec.batch_size)
     say(f"training the demo model: {spec.steps} steps, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
-    history = _ValHistory()
+    history = _ValHistory(say)
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=stop_at or spec.steps, max_epochs=-1,
                         precision="32-true", gradient_clip_val=1.0, logger=False, enable_checkpointing=False,
                         enable_model_summary=False, num_sanity_val_steps=0, deterministic=True,
