@@ -169,8 +169,10 @@ class ModelRunner:
         cache = DynamicCache()
         for s in seqs:
             self._state(s)
+        padded = any(len(s.prompt_ids) != width for s in seqs)  # else no mask: the unmasked kernel
         logits = self._forward([s.slot for s in seqs], input_ids=ids.to(self.device),
-                               attention_mask=mask.to(self.device), position_ids=positions.to(self.device),
+                               attention_mask=mask.to(self.device) if padded else None,
+                               position_ids=positions.to(self.device),
                                cache=cache, use_cache=True, logits_to_keep=1)
         picks = self._sample(seqs, logits)
         self.batch.join(seqs, cache, mask, [t for t, _ in picks])
