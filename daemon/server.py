@@ -74,7 +74,8 @@ class Daemon:
 
     def __post_init__(self) -> None:
         self.notifier = Notifier(self.env)
-        self.admission = Admission(self.config.security.api_keys(), self.config.security.admin_keys())
+        self.admission = Admission(self.config.security.api_keys(), self.config.security.admin_keys(),
+                                   self.config.security.tenants())
         self.health = HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._metrics: MetricsEndpoint | None = None
