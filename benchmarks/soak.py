@@ -342,9 +342,11 @@ async def soak(seconds: float, clients: int, daemon: Daemon, seed: int) -> dict:
     await asyncio.gather(*(load.run_client(i) for i in range(clients)))
     await sampler
     # Idle: every call answered (our clients have all returned), the engines' slots free.
+    # Sockets the last clients closed may take a moment to go on the daemon's side too.
     idle_deadline = time.monotonic() + 60
-    while (daemon.slots() or daemon.metric("galactic_rpc_in_flight") > 0) and time.monotonic() < idle_deadline:
-        await asyncio.sleep(0.5)  # the daemon finishes cancelled work within a step or two
+    while (daemon.slots() or daemon.metric("galactic_rpc_in_flight") > 0 or daemon.fds() > base["fds"]) \
+            and time.monotonic() < idle_deadline:
+        await asyncio.sleep(0.5)  # a bounded wait for the daemon to settle, then measure
     rss_end = daemon.rss_mb()
     lat = sorted(load.latencies)
 
