@@ -30,7 +30,8 @@ tracer = trace.get_tracer("galacticd")
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 # Calls that change what the daemon serves; with security.admin_keys_file set, only an
 # admin token may make them.
-ADMIN_MUTATIONS = frozenset({"/galactic.v1.Admin/LoadAdapter", "/galactic.v1.Admin/UnloadAdapter"})
+ADMIN_MUTATIONS = frozenset({"/galactic.v1.Admin/LoadAdapter", "/galactic.v1.Admin/UnloadAdapter",
+                             "/galactic.v1.Admin/ReloadModel"})
 
 
 class Admission:
