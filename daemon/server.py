@@ -27,6 +27,7 @@ from daemon.config import GalacticConfig
 from daemon.interceptors import Admission, BoundaryInterceptor
 from daemon.metrics import MetricsEndpoint
 from daemon.systemd import Notifier
+from daemon.validation import Bounds
 from engines.base import LoadCancelled
 
 log = structlog.get_logger("galacticd")
@@ -35,22 +36,24 @@ log = structlog.get_logger("galacticd")
 _LOAD_EXTENSION_S = 120.0
 
 
-def _add_generation(server, engines, admission):
+def _add_generation(server, engines, admission, bounds):
     from galactic.v1 import generation_pb2_grpc
     from daemon.servicers.generation import GenerationServicer
-    generation_pb2_grpc.add_GenerationServicer_to_server(GenerationServicer(engines, admission.drain_started), server)
+    generation_pb2_grpc.add_GenerationServicer_to_server(
+        GenerationServicer(engines, admission.drain_started, bounds), server)
 
 
-def _add_inference(server, engines, admission):
+def _add_inference(server, engines, admission, bounds):
     from galactic.v1 import inference_pb2_grpc
     from daemon.servicers.inference import InferenceServicer
-    inference_pb2_grpc.add_InferenceServicer_to_server(InferenceServicer(engines), server)
+    inference_pb2_grpc.add_InferenceServicer_to_server(
+        InferenceServicer(engines, bounds.limits.max_tensor_elements, bounds), server)
 
 
-def _add_coordination(server, engines, admission):
+def _add_coordination(server, engines, admission, bounds):
     from galactic.v1 import coordination_pb2_grpc
     from daemon.servicers.coordination import CoordinationServicer
-    coordination_pb2_grpc.add_CoordinationServicer_to_server(CoordinationServicer(engines), server)
+    coordination_pb2_grpc.add_CoordinationServicer_to_server(CoordinationServicer(engines, bounds), server)
 
 
 # gRPC service -> how to mount it over the engines that back it (ModelInfo.services).
@@ -93,13 +96,14 @@ class Daemon:
             for service in engine.info().services:
                 self._backing.setdefault(service, {})[engine.name] = engine
 
+        bounds = Bounds(cfg.limits)
         server = grpc.aio.server(
-            interceptors=[BoundaryInterceptor(self.admission)],
+            interceptors=[BoundaryInterceptor(self.admission, bounds)],
             options=self._channel_options(),
             maximum_concurrent_rpcs=cfg.server.max_concurrent_rpcs or None,
         )
         for service, engines in self._backing.items():
-            SERVICES[service](server, engines, self.admission)
+            SERVICES[service](server, engines, self.admission, bounds)
         from galactic.v1 import admin_pb2_grpc
         from daemon.servicers.admin import AdminServicer
         llms = self._backing.get("galactic.v1.Generation", {})

@@ -19,8 +19,10 @@ from engines.coordination.types import (
     Conditions, CoordinateRequest, CoordinateResult, Observatory, Target, UnassignedReason,
 )
 
-from daemon.errors import to_status
+from daemon.config import LimitsConfig
+from daemon.errors import shorten, to_status
 from daemon.servicers import answer_concurrently, deadline_of, pick
+from daemon.validation import Bounds
 
 _BANDS = {pb.BAND_U: "u", pb.BAND_G: "g", pb.BAND_R: "r", pb.BAND_I: "i", pb.BAND_Z: "z", pb.BAND_Y: "y"}
 REASONS = {
@@ -77,8 +79,10 @@ def to_pb(result: CoordinateResult, model: str = "", version: str = "") -> pb.Co
 class CoordinationServicer(coordination_pb2_grpc.CoordinationServicer):
     """Serves one or more CoordinationEngines, chosen by the request's `model` field."""
 
-    def __init__(self, engines: Mapping[str, CoordinationEngine] | CoordinationEngine) -> None:
+    def __init__(self, engines: Mapping[str, CoordinationEngine] | CoordinationEngine,
+                 bounds: Bounds | None = None) -> None:
         self._engines = {engines.name: engines} if isinstance(engines, CoordinationEngine) else dict(engines)
+        self._bounds = bounds or Bounds(LimitsConfig())
 
     async def _coordinate(self, m: pb.CoordinateRequest, deadline: float | None) -> pb.CoordinateResponse:
         engine = pick(self._engines, m.model)
@@ -99,10 +103,12 @@ class CoordinationServicer(coordination_pb2_grpc.CoordinationServicer):
                 yield frame.request
 
         async def handle(m: pb.CoordinateRequest) -> pb.CoordinateStreamResponse:
+            self._bounds.check(m, "request")  # unary requests were bounded by the interceptor
             return pb.CoordinateStreamResponse(request_id=m.request_id, response=await self._coordinate(m, deadline))
 
         def on_error(m: pb.CoordinateRequest, exc: Exception) -> pb.CoordinateStreamResponse:
-            return pb.CoordinateStreamResponse(request_id=m.request_id, error=to_status(exc))
+            rid = shorten(m.request_id, self._bounds.limits.max_id_chars)
+            return pb.CoordinateStreamResponse(request_id=rid, error=to_status(exc))
 
         async for frame in answer_concurrently(requests(), handle, on_error):
             yield frame
@@ -111,4 +117,4 @@ class CoordinationServicer(coordination_pb2_grpc.CoordinationServicer):
         # Imported here: plan_stream imports this module's translators.
         from daemon.servicers.plan_stream import plan_stream
 
-        return plan_stream(self._engines, request_iterator, context)
+        return plan_stream(self._engines, request_iterator, context, self._bounds)

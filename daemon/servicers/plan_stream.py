@@ -22,9 +22,10 @@ from engines.coordination.engine import CoordinationEngine
 from engines.coordination.plan import PROTOCOL_VERSION, PlanDiff, PlanState, SiteChange
 from engines.errors import FailedPrecondition, GalacticError, InvalidArgument
 
-from daemon.errors import to_status
+from daemon.errors import shorten, to_status
 from daemon.servicers import deadline_of, pick
 from daemon.servicers.coordination import REASONS, assignment_pb, conditions, observatory, target, to_pb
+from daemon.validation import Bounds
 
 _END = object()
 
@@ -47,8 +48,9 @@ def _diff_pb(diff: PlanDiff, engine: CoordinationEngine, full: bool) -> pb.PlanU
 class _Stream:
     """The state of one PlanStream call."""
 
-    def __init__(self, engines: Mapping[str, CoordinationEngine], deadline: float | None) -> None:
+    def __init__(self, engines: Mapping[str, CoordinationEngine], deadline: float | None, bounds: Bounds) -> None:
         self._engines = engines
+        self._bounds = bounds
         self._deadline = deadline
         self.engine: CoordinationEngine | None = None
         self.state: PlanState | None = None
@@ -62,6 +64,7 @@ class _Stream:
 
     # -- events (on the reader task) ----------------------------------------------------
     def apply(self, ev: pb.PlanEvent) -> None:
+        self._bounds.check(ev)  # sizes and names first (daemon/validation.py), before any work
         kind = ev.WhichOneof("event")
         if kind is None:
             raise InvalidArgument("the event sets none of open, upsert, retract, site, window, plan", field="event")
@@ -112,7 +115,8 @@ class _Stream:
                 try:
                     self.apply(ev)
                 except GalacticError as exc:
-                    self.out.put_nowait(pb.PlanFrame(error=to_status(exc), event_ids=[ev.event_id]))
+                    eid = shorten(ev.event_id, self._bounds.limits.max_id_chars)  # never echo 1 MB back
+                    self.out.put_nowait(pb.PlanFrame(error=to_status(exc), event_ids=[eid]))
                     continue
                 self.pending.append(ev.event_id)
                 self.changed.set()
@@ -145,9 +149,9 @@ class _Stream:
             self.out.put_nowait(pb.PlanFrame(update=_diff_pb(diff, self.engine, full), event_ids=ids))
 
 
-async def plan_stream(engines: Mapping[str, CoordinationEngine], request_iterator,
-                      context) -> AsyncIterator[pb.PlanFrame]:
-    stream = _Stream(engines, deadline_of(context))
+async def plan_stream(engines: Mapping[str, CoordinationEngine], request_iterator, context,
+                      bounds: Bounds) -> AsyncIterator[pb.PlanFrame]:
+    stream = _Stream(engines, deadline_of(context), bounds)
     reader = asyncio.create_task(stream.read(request_iterator))
     planner = asyncio.create_task(stream.plan())
     waiters = {reader, planner}
