@@ -74,7 +74,8 @@ class Daemon:
 
     def __post_init__(self) -> None:
         self.notifier = Notifier(self.env)
-        self.admission = Admission(self.config.security.api_keys(), self.config.security.admin_keys())
+        self.admission = Admission(self.config.security.api_keys(), self.config.security.admin_keys(),
+                                   self.config.security.tenants())
         self.health = HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._metrics: MetricsEndpoint | None = None
@@ -82,6 +83,8 @@ class Daemon:
         self._stopped = asyncio.Event()
         self._draining = False
         self._cancel_load = False
+        self._supervisors: list[asyncio.Task] = []
+        self._faulted: set[str] = set()  # engines being restarted
 
     @property
     def metrics_port(self) -> int:
@@ -130,6 +133,9 @@ class Daemon:
         self.admission.ready = True
         for name in ["", *names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        for engine in self.engines.values():
+            if hasattr(engine, "wait_faulted"):
+                self._supervisors.append(asyncio.create_task(self._supervise(engine)))
         self.notifier.ready(f"serving {len(self.engines)} model(s) on port {self.port}")
         log.info("ready", models=list(self.engines))
 
@@ -152,6 +158,37 @@ class Daemon:
             await engine.start(loop)
             log.info("model ready", model=name, seconds=round(time.monotonic() - started, 2))
 
+    async def _supervise(self, engine) -> None:
+        """Event-driven, per engine: when its worker dies or keeps failing steps, the
+        services it backs say NOT_SERVING, the engine fails what it held (UNAVAILABLE) and
+        restarts, and once a canary request passes they say SERVING again."""
+        while True:
+            reason = await engine.wait_faulted()
+            log.error("engine worker failed; restarting it", model=engine.name, reason=reason[:500])
+            self._faulted.add(engine.name)
+            await self._update_health()
+            delay = 0.1
+            while True:
+                try:
+                    await engine.restart()
+                    break
+                except Exception as exc:  # noqa: BLE001 - the canary failed: back off, retry
+                    log.warning("engine restart failed; retrying", model=engine.name, error=repr(exc)[:500],
+                                retry_s=delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+            self._faulted.discard(engine.name)
+            log.info("engine restarted", model=engine.name)
+            await self._update_health()
+
+    async def _update_health(self) -> None:
+        if self._draining:
+            return  # drain owns health from here on
+        serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+        for service, engines in self._backing.items():
+            await self.health.set(service, not_serving if self._faulted & set(engines) else serving)
+        await self.health.set("", not_serving if self._faulted else serving)
+
     async def drain(self) -> None:
         """Graceful stop. A second call waits for the first. Returns when all has stopped."""
         if self._draining:
@@ -167,6 +204,8 @@ class Daemon:
         finished = await self.admission.wait_idle(grace)
         if not finished:
             log.warning("grace period over; cancelling in-flight calls", in_flight=self.admission.in_flight)
+        for task in self._supervisors:
+            task.cancel()
         for engine in self.engines.values():
             await engine.stop(max(0.0, deadline - time.monotonic()))
         if self._server is not None:
