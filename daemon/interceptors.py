@@ -31,11 +31,12 @@ tracer = trace.get_tracer("galacticd")
 
 # Health and reflection answer during drain (health must say NOT_SERVING) and need no token.
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
-# Calls that change what the daemon serves; with security.admin_keys_file set, only an
-# admin token may make them.
 # Calls whose LLM tokens count against a tenant's tokens_per_min.
 TOKEN_METERED = "/galactic.v1.Generation/"
-ADMIN_MUTATIONS = frozenset({"/galactic.v1.Admin/LoadAdapter", "/galactic.v1.Admin/UnloadAdapter"})
+# Calls that change what the daemon serves; with security.admin_keys_file set, only an
+# admin token may make them.
+ADMIN_MUTATIONS = frozenset({"/galactic.v1.Admin/LoadAdapter", "/galactic.v1.Admin/UnloadAdapter",
+                             "/galactic.v1.Admin/ReloadModel"})
 
 
 class Admission:
