@@ -21,6 +21,7 @@ from typing import Any, Literal, Mapping
 from engines.config import ConfigError, _parse_scalar, check, from_mapping, replace_path
 
 from daemon import registry
+from daemon.tenants import TenantLimits, parse_line
 
 ENV_PREFIX = "GALACTIC_"
 
@@ -83,7 +84,8 @@ class SecurityConfig:
     # PEM CA bundle; when set, clients must present a certificate it signed (mTLS).
     tls_client_ca: str = ""
     # File with one bearer token per line; when set, every call except health must send
-    # `authorization: Bearer <token>` (UNAUTHENTICATED otherwise).
+    # `authorization: Bearer <token>` (UNAUTHENTICATED otherwise). After a token, optional
+    # per-tenant limits (daemon/tenants.py): `tenant=NAME concurrency=N rps=X tokens_per_min=X`.
     api_keys_file: str = ""
     # File of admin tokens; when set, LoadAdapter and UnloadAdapter need one of these
     # (PERMISSION_DENIED otherwise), and an admin token also passes where api keys apply.
@@ -101,6 +103,7 @@ class SecurityConfig:
               "holds no tokens (blank and # lines only); authentication would be off")
         check(not self.admin_keys_file or bool(self.admin_keys()), "admin_keys_file",
               "holds no tokens (blank and # lines only); admin calls would be refused to everyone")
+        self.tenants()  # a bad limit after a token fails here, naming the file's key
 
     def api_keys(self) -> frozenset[str]:
         """The bearer tokens in api_keys_file, one per line; blank and # lines skipped."""
@@ -109,12 +112,25 @@ class SecurityConfig:
     def admin_keys(self) -> frozenset[str]:
         return _read_keys(self.admin_keys_file)
 
+    def tenants(self) -> dict[str, tuple[str, TenantLimits]]:
+        """token -> (tenant name, its limits), from the lines of api_keys_file."""
+        out = {}
+        for line in _key_lines(self.api_keys_file):
+            token, name, limits = parse_line(line, "api_keys_file")
+            out[token] = (name, limits)
+        return out
+
+
+def _key_lines(path: str) -> list[str]:
+    if not path:
+        return []
+    lines = (line.strip() for line in Path(path).read_text().splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
 
 def _read_keys(path: str) -> frozenset[str]:
-    if not path:
-        return frozenset()
-    lines = (line.strip() for line in Path(path).read_text().splitlines())
-    return frozenset(line for line in lines if line and not line.startswith("#"))
+    # The token is a line's first word; what follows it is per-tenant limits.
+    return frozenset(line.split()[0] for line in _key_lines(path))
 
 
 @dataclass(frozen=True)

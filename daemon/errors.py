@@ -68,11 +68,20 @@ def to_status(exc: BaseException) -> status_pb2.Status:
     """A google.rpc.Status: for an error frame inside a stream, and (serialized) in the
     trailing metadata of a failed call. A field error carries a BadRequest detail."""
     status = status_pb2.Status(code=code_for(exc).value[0], message=message_for(exc))
+    if status.code == grpc.StatusCode.INTERNAL.value[0]:
+        return status
     field = getattr(exc, "field", None)
-    if field and status.code != grpc.StatusCode.INTERNAL.value[0]:
+    if field:
         detail = any_pb2.Any()
         detail.Pack(error_details_pb2.BadRequest(field_violations=[error_details_pb2.BadRequest.FieldViolation(
             field=shorten(field, 256), description=shorten(getattr(exc, "message", str(exc)), MAX_MESSAGE_CHARS))]))
+        status.details.append(detail)
+    retry = getattr(exc, "retry_after_s", None)
+    if retry is not None:  # a rate limit: when to come back (google.rpc.RetryInfo)
+        info = error_details_pb2.RetryInfo()
+        info.retry_delay.FromNanoseconds(int(retry * 1e9))
+        detail = any_pb2.Any()
+        detail.Pack(info)
         status.details.append(detail)
     return status
 

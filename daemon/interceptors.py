@@ -14,14 +14,15 @@ import contextlib
 import hmac
 import time
 import uuid
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 
 import grpc
 import structlog
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from daemon import errors, metrics
+from daemon import errors, metrics, tenants
+from daemon.tenants import Tenant, TenantLimits
 from daemon.config import LimitsConfig
 from daemon.validation import Bounds
 
@@ -30,16 +31,22 @@ tracer = trace.get_tracer("galacticd")
 
 # Health and reflection answer during drain (health must say NOT_SERVING) and need no token.
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+# Calls whose LLM tokens count against a tenant's tokens_per_min.
+TOKEN_METERED = "/galactic.v1.Generation/"
 # Calls that change what the daemon serves; with security.admin_keys_file set, only an
 # admin token may make them.
-ADMIN_MUTATIONS = frozenset({"/galactic.v1.Admin/LoadAdapter", "/galactic.v1.Admin/UnloadAdapter"})
+ADMIN_MUTATIONS = frozenset({"/galactic.v1.Admin/LoadAdapter", "/galactic.v1.Admin/UnloadAdapter",
+                             "/galactic.v1.Admin/ReloadModel"})
 
 
 class Admission:
     """Shared state of the boundary: in-flight count and the draining flag."""
 
-    def __init__(self, api_keys: frozenset[str] = frozenset(), admin_keys: frozenset[str] = frozenset()) -> None:
+    def __init__(self, api_keys: frozenset[str] = frozenset(), admin_keys: frozenset[str] = frozenset(),
+                 tenants: Mapping[str, tuple[str, TenantLimits]] | None = None) -> None:
         self.admin_keys = admin_keys
+        # token -> its Tenant (limits, and the key of fair admission in the LLM scheduler).
+        self.tenants = {token: Tenant(name, limits) for token, (name, limits) in (tenants or {}).items()}
         self.draining = False
         # The same fact as an event, for long-lived streams that must notice it (sessions).
         self.drain_started = asyncio.Event()
@@ -179,18 +186,25 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):
     @contextlib.asynccontextmanager
     async def _call(self, method: str, context: grpc.aio.ServicerContext):
         metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-        await self._admit(method, metadata, context)
+        token = await self._admit(method, metadata, context)
+        tenant = self._admission.tenants.get(token) if token else None
         request_id = metadata.get("x-request-id", "")[:64] or uuid.uuid4().hex[:16]
         parent = propagate.extract(metadata)  # continues the client's W3C traceparent
         start = time.perf_counter()
         code = grpc.StatusCode.OK
         self._admission.enter()
         metrics.RPC_REQUESTS.labels(method).inc()
+        admitted: Tenant | None = None
         with tracer.start_as_current_span(method, context=parent, kind=SpanKind.SERVER) as span, \
                 structlog.contextvars.bound_contextvars(request_id=request_id, method=method, **_trace_ids(span)):
             span.set_attribute("rpc.system", "grpc")
             span.set_attribute("galactic.request_id", request_id)
             try:
+                if tenant is not None:
+                    tenant.admit(uses_tokens=method.startswith(TOKEN_METERED))
+                    admitted = tenant
+                    tenants.CURRENT.set(tenant)  # this call's own task: never seen by another call
+                    structlog.contextvars.bind_contextvars(tenant=tenant.name)
                 yield
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN
@@ -212,6 +226,8 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):
                 await context.abort(code, errors.message_for(exc), errors.trailing_metadata(exc))
             finally:
                 elapsed = time.perf_counter() - start
+                if admitted is not None:
+                    admitted.release()
                 self._admission.leave()
                 metrics.RPC_LATENCY.labels(method).observe(elapsed)
                 if code is not grpc.StatusCode.OK:
@@ -220,7 +236,8 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):
                 span.set_attribute("rpc.grpc.status_code", code.value[0])
                 log.debug("rpc done", code=code.name, ms=round(elapsed * 1e3, 2))
 
-    async def _admit(self, method: str, metadata: dict[str, str], context) -> None:
+    async def _admit(self, method: str, metadata: dict[str, str], context) -> str:
+        """Drain, readiness and authentication; returns the caller's bearer token ("" if none)."""
         if self._admission.draining:
             metrics.RPC_ERRORS.labels(method, "UNAVAILABLE").inc()
             await context.abort(grpc.StatusCode.UNAVAILABLE, "server is draining; retry on another host")
@@ -228,7 +245,7 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):
             metrics.RPC_ERRORS.labels(method, "UNAVAILABLE").inc()
             await context.abort(grpc.StatusCode.UNAVAILABLE, "models are still loading; retry shortly")
         if not (self._admission.api_keys or self._admission.admin_keys):
-            return
+            return ""
         scheme, _, token = metadata.get("authorization", "").partition(" ")
         token = token if scheme.lower() == "bearer" else ""
         is_admin = bool(token) and _matches(token, self._admission.admin_keys)
@@ -236,10 +253,11 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):
             if not is_admin:  # a data-plane token must not load adapters or cancel others' work
                 metrics.RPC_ERRORS.labels(method, "PERMISSION_DENIED").inc()
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{method} needs an admin token")
-            return
+            return token
         if self._admission.api_keys and not (is_admin or (token and _matches(token, self._admission.api_keys))):
             metrics.RPC_ERRORS.labels(method, "UNAUTHENTICATED").inc()
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or unknown bearer token")
+        return token
 
 
 def _matches(token: str, keys: frozenset[str]) -> bool:

@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from daemon import registry
+from daemon import registry, shipped
 from daemon.config import GalacticConfig
 from daemon.interceptors import Admission, BoundaryInterceptor
 from daemon.metrics import MetricsEndpoint
@@ -74,7 +74,8 @@ class Daemon:
 
     def __post_init__(self) -> None:
         self.notifier = Notifier(self.env)
-        self.admission = Admission(self.config.security.api_keys(), self.config.security.admin_keys())
+        self.admission = Admission(self.config.security.api_keys(), self.config.security.admin_keys(),
+                                   self.config.security.tenants())
         self.health = HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._metrics: MetricsEndpoint | None = None
@@ -92,7 +93,7 @@ class Daemon:
     async def start(self) -> None:
         cfg = self.config
         for kind, engine_cfg in cfg.engines.items():
-            engine = registry.KINDS[kind].engine_class()(engine_cfg)
+            engine = registry.KINDS[kind].engine_class()(shipped.resolve(kind, engine_cfg))
             self.engines[engine.name] = engine
         for engine in self.engines.values():
             for service in engine.info().services:
@@ -124,7 +125,8 @@ class Daemon:
                         "adapters and cancel requests; set security.api_keys_file or tls_cert", listen=cfg.server.listen)
         self._server = server
         await server.start()
-        self._metrics = MetricsEndpoint(cfg.telemetry.metrics_listen, lambda: list(self.engines.values()))
+        self._metrics = MetricsEndpoint(cfg.telemetry.metrics_listen, lambda: list(self.engines.values()),
+                                        asyncio.get_running_loop())
         self.notifier.start_watchdog()
         log.info("listening", port=self.port, services=names, metrics_port=self.metrics_port)
 

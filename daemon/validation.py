@@ -51,6 +51,13 @@ RULES: dict[tuple[str, str], str] = {
     ("UnloadAdapterRequest", "model"): "name",
     ("UnloadAdapterRequest", "name"): "name",
     ("ListAdaptersRequest", "model"): "name",
+    ("PlanOpen", "model"): "name",
+    ("PlanOpen", "targets"): "targets",
+    ("PlanOpen", "observatories"): "observatories",
+    ("TargetUpsert", "targets"): "targets",
+    ("TargetRetract", "target_ids"): "targets",
+    ("ReloadModelRequest", "name"): "name",
+    ("ReloadModelRequest", "path"): "path",
 }
 
 

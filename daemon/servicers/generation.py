@@ -13,6 +13,7 @@ from opentelemetry import context as otel_context
 from galactic.v1 import generation_pb2 as pb
 from galactic.v1 import generation_pb2_grpc
 
+from daemon import tenants
 from daemon.config import LimitsConfig
 from daemon.errors import shorten, to_status
 from daemon.servicers import deadline_of, pick
@@ -48,6 +49,7 @@ def to_request(msg: pb.GenerateRequest, request_id: str, deadline: float | None)
         priority=msg.priority,
         deadline=deadline,
         trace_context=otel_context.get_current(),
+        tenant=tenants.current_name(),
     )
 
 
@@ -56,6 +58,7 @@ def to_chunk(out: TokenChunk) -> pb.TokenChunk:
 
 
 def to_final(out: FinalOutput) -> pb.Final:
+    tenants.charge(out.prompt_tokens + out.completion_tokens)  # the tenant's tokens_per_min
     t = out.timings
     return pb.Final(
         finish_reason=pb.FinishReason.Value(out.finish_reason.name),

@@ -51,7 +51,8 @@ class GalacticError(Exception):
 
     `code` is the `grpc.StatusCode`, `details` the server's message, `field` the field at
     fault (from the BadRequest detail; else from the message's start; else None),
-    `request_id` the session or stream request the error belongs to (else None).
+    `request_id` the session or stream request the error belongs to (else None),
+    `retry_after` the seconds a rate-limited caller should wait (from a RetryInfo detail).
     """
 
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
@@ -63,7 +64,9 @@ class GalacticError(Exception):
         code: grpc.StatusCode | None = None,
         request_id: str | None = None,
         field: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
+        self.retry_after = retry_after
         if code is not None:
             self.code = code
         self.details = details
@@ -160,10 +163,19 @@ _BY_VALUE: dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.St
 
 
 def from_code(code: grpc.StatusCode, details: str = "", *, request_id: str | None = None,
-              field: str | None = None) -> GalacticError:
+              field: str | None = None, retry_after: float | None = None) -> GalacticError:
     """The typed exception for `code` (UNKNOWN's class for a code without its own)."""
     cls = _BY_CODE.get(code, GalacticError)
-    return cls(details, code=code, request_id=request_id, field=field)
+    return cls(details, code=code, request_id=request_id, field=field, retry_after=retry_after)
+
+
+def _retry_of(status: status_pb2.Status | None) -> float | None:
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return info.retry_delay.ToNanoseconds() / 1e9
+    return None
 
 
 def _field_of(status: status_pb2.Status) -> str | None:
@@ -194,7 +206,7 @@ def from_rpc_error(error: grpc.RpcError) -> GalacticError:
     details = error.details() if callable(getattr(error, "details", None)) else None
     status = _status_of(error)
     exc = from_code(code or grpc.StatusCode.UNKNOWN, details or "",
-                    field=_field_of(status) if status is not None else None)
+                    field=_field_of(status) if status is not None else None, retry_after=_retry_of(status))
     exc.__cause__ = error
     return exc
 
@@ -202,4 +214,5 @@ def from_rpc_error(error: grpc.RpcError) -> GalacticError:
 def from_status(status, *, request_id: str | None = None) -> GalacticError:
     """Convert a `google.rpc.status_pb2.Status` (Session Error frame, InferStream error)."""
     code = _BY_VALUE.get(status.code, grpc.StatusCode.UNKNOWN)
-    return from_code(code, status.message, request_id=request_id, field=_field_of(status))
+    return from_code(code, status.message, request_id=request_id, field=_field_of(status),
+                     retry_after=_retry_of(status))
