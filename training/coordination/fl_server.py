@@ -63,6 +63,8 @@ class CoordFedAvg(ModelController):
                            current_round=r, total_rounds=self.rounds,
                            meta={"lr": lr, "model_config": self.model_config})
             results = self.send_model_and_wait(data=task, timeout=self.task_timeout_s)
+            # Table order, not arrival order: the sum is then the in-process loop's, bit for bit.
+            results = sorted(results, key=lambda res: index.get(res.meta["client_name"], -1))
             names = [res.meta["client_name"] for res in results]
             unknown = sorted(set(names) - set(index))
             if unknown:
