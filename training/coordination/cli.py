@@ -148,15 +148,16 @@ def _evaluate_cmd(args) -> int:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     runs = []
+    args.json.parent.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         _progress(f"training seed {seed}")
         runs.append(_evaluate_seed(args, _recipe(args, seed)))
-    result = {"scenario": runs[0]["scenario"], "seeds": args.seeds, "eval_windows": args.eval_windows,
-              "summary": ev.summarise([r["methods"] for r in runs]), "runs": runs,
-              "seconds": round(time.perf_counter() - t0, 1)}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    _progress(f"wrote {args.json} in {result['seconds']} s")
+        # Rewritten after every seed: a long evaluation cut short still leaves its seeds.
+        result = {"scenario": runs[0]["scenario"], "seeds": [r["train_seed"] for r in runs],
+                  "eval_windows": args.eval_windows, "summary": ev.summarise([r["methods"] for r in runs]),
+                  "runs": runs, "seconds": round(time.perf_counter() - t0, 1)}
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        _progress(f"wrote {args.json} ({len(runs)}/{len(args.seeds)} seeds) in {result['seconds']} s")
     return 0
 
 
