@@ -20,7 +20,11 @@ class SchedulerConfig:
     max_running: int = 32  # requests decoding (or prefilling) at once: the batch's rows
     max_batch_tokens: int = 16384  # sum over running requests of prompt + max_new_tokens (reserved up front)
     max_waiting: int = 256  # bounded waiting queue; beyond it generate() raises ResourceExhausted
-    prefill_chunk_tokens: int = 256  # prompt tokens prefilled per scheduler step (bounds decode stalls)
+    prefill_chunk_tokens: int = 256  # at most this many prompt tokens prefilled per step
+    # Tokens one step computes: one per decoding row plus the prompt tokens prefilled with
+    # them. Bounds how long arrivals stall running streams (ITL) against how fast a burst
+    # is prefilled (TTFT); see engines/llm/README.md.
+    max_step_tokens: int = 256
     priority_aging_s: float = 10.0  # a waiting request gains +1 priority per this many seconds
     max_prompt_tokens: int = 4096  # longer prompts are rejected (InvalidArgument on `prompt`)
     max_new_tokens_limit: int = 4096  # upper bound accepted for sampling.max_new_tokens
@@ -30,6 +34,8 @@ class SchedulerConfig:
         check(self.max_batch_tokens >= 2, "max_batch_tokens", "must be >= 2")
         check(self.max_waiting >= 1, "max_waiting", "must be >= 1 (every request passes through the waiting queue)")
         check(self.prefill_chunk_tokens >= 1, "prefill_chunk_tokens", "must be >= 1")
+        check(self.max_step_tokens > self.max_running, "max_step_tokens",
+              "must exceed max_running, or a full batch would leave no room to prefill arrivals")
         check(self.priority_aging_s > 0, "priority_aging_s", "must be > 0")
         check(self.max_prompt_tokens >= 1, "max_prompt_tokens", "must be >= 1")
         check(
@@ -112,7 +118,8 @@ cache_dir = "~/.cache/galactic"   # where the embedded demo model is trained and
 max_running = 32                  # requests in the running batch at once
 max_batch_tokens = 16384          # sum of prompt + max_new_tokens over running requests (reserved on admission)
 max_waiting = 256                 # bounded waiting queue; beyond it requests fail with RESOURCE_EXHAUSTED
-prefill_chunk_tokens = 256        # prompt tokens prefilled per scheduler step, so running streams never stall long
+prefill_chunk_tokens = 256        # at most this many prompt tokens prefilled per scheduler step
+max_step_tokens = 256             # per step: decoding rows + prompt tokens; lower = smoother ITL, slower burst TTFT
 priority_aging_s = 10.0           # a waiting request gains +1 priority per this many seconds waited
 max_prompt_tokens = 4096          # longer prompts are rejected (INVALID_ARGUMENT on `prompt`)
 max_new_tokens_limit = 4096       # largest sampling.max_new_tokens accepted

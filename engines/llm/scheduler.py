@@ -1,75 +1,125 @@
-"""Per-request state and the waiting queue's admission policy.
+"""The scheduler: which requests run, and what each step computes. It never touches a tensor.
 
 Why our own iteration-level scheduler rather than transformers' continuous batching
 manager: that manager has no per-request LoRA adapter (a PeftModel serves only its active
 adapter), its `cancel_request` never delivers a final event (the stream would hang), and
-it sizes its paged cache from a share of host RAM. Our scheduler is small and explicit:
+it sizes its paged cache from a share of host RAM.
 
-* every step = (a) drop cancelled / expired requests, (b) admit waiting requests while
-  `max_running` and the token budget allow, (c) prefill up to `prefill_chunk_tokens` prompt
-  tokens: prompts that fit whole go through one left-padded batched forward, a longer one
-  is prefilled alone in chunks, so it never stalls running streams by more than a chunk,
-  (d) one decode forward for the whole running batch (rows with different adapters too);
-* rows join the batch the step their prompt is prefilled and leave the step they finish,
-  are cancelled or expire (`batch.py` re-packs the KV cache);
-* the token budget reserves `prompt + max_new_tokens` per request on admission, so a
-  running request can always finish and nothing is ever preempted;
-* greedy output equals solo `generate()` token for token (fp32): each row keeps its own
-  positions and a padding mask, so batching changes only floating-point rounding;
-* waiting requests are served by priority, each gaining +1 per `priority_aging_s` waited,
-  so low priorities are delayed, never starved; FIFO among equals.
+Contract (vLLM v1's `Scheduler.schedule() -> SchedulerOutput`): each call to
+`schedule(now)` plans exactly one forward step of the model runner and returns a
+`StepPlan`; the runner executes the plan and returns sampled tokens; the engine applies
+them (output handling) and tells the scheduler which requests finished (`finish`). The
+scheduler keeps three sets:
+
+* waiting: queued, bounded (`max_waiting`), served by priority, each request gaining +1
+  per `priority_aging_s` waited, so low priorities are delayed, never starved; FIFO among
+  equals; the best one waits for room and smaller ones do not jump it (no starvation);
+* prefilling: admitted, prompt not yet fully in the KV cache;
+* running: prompt cached, one token decoded per step.
+
+Every step: (a) drop cancelled or expired requests from all three sets (they never reach
+the runner); (b) every running row decodes one token; (c) what is left of the step's token
+budget (`max_step_tokens` minus the decode rows, at most `prefill_chunk_tokens`) goes to
+prompt tokens: first prompts already being prefilled, then newly admitted ones, while
+`max_running` rows and the reserved-token budget (`max_batch_tokens`, prompt +
+max_new_tokens per request, reserved on admission so that a running request can always
+finish and nothing is ever preempted) allow. A prompt longer than what is left is
+prefilled in chunks over several steps. So a burst of arrivals delays running streams by
+at most one budgeted step each step, and is prefilled over as many steps as it needs.
+
+Not thread-safe: the engine serializes calls under its lock (arrivals on the event loop,
+`schedule` on the worker). `cancelled` may be set from any thread; it is acted on at the
+next `schedule`.
 """
 
 from __future__ import annotations
 
+import enum
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
+from engines.llm.config import SchedulerConfig
+from engines.llm.types import FinishReason, GenerationRequest
 
-from engines.llm.types import GenerationRequest
+
+class Status(enum.Enum):
+    WAITING = "waiting"
+    PREFILLING = "prefilling"
+    RUNNING = "running"
+    FINISHED = "finished"
 
 
 @dataclass(eq=False)
 class Sequence:
-    """One request's mutable state; owned by the worker thread once enqueued."""
+    """One request as the scheduler and the runner see it (plain data, no tensors)."""
 
     request: GenerationRequest
     prompt_ids: list[int]
-    stream: Any  # ResultStream[TokenChunk | FinalOutput]
-    adapter: Any  # engine's _Adapter or None
-    decoder: Any  # IncrementalDecoder
-    generator: torch.Generator | None
-    span: Any  # the request's OpenTelemetry span
-    queue_span: Any
+    slot: int = 0  # LoRA bank slot (0 = base model), for the runner
     t_enqueue: float = field(default_factory=time.monotonic)
     order: int = 0  # arrival order, FIFO tie-break
+    status: Status = Status.WAITING
     t_admit: float | None = None
-    t_first: float | None = None
-    t_last: float | None = None
-    prefill_span: Any = None
-    prefill_cache: Any = None  # DynamicCache while prefilling
-    prefilled: int = 0  # prompt tokens already in prefill_cache
-    generated: list[int] = field(default_factory=list)
-    seen: torch.Tensor | None = None  # prompt + generated ids (only with a repetition penalty)
-    cancelled: bool = False  # set from any thread; acted on at the next step
-    done: bool = False
+    prefilled: int = 0  # prompt tokens scheduled into the KV cache so far
+    cancelled: bool = False  # set from any thread; acted on at the next schedule()
+    handle: Any = None  # the engine's output-side record of this request; opaque here
 
     @property
     def reserve(self) -> int:
         return len(self.prompt_ids) + self.request.sampling.max_new_tokens
 
     @property
-    def slot(self) -> int:
-        return self.adapter.slot if self.adapter is not None else 0
+    def done(self) -> bool:
+        return self.status is Status.FINISHED
 
     def expired(self, now: float) -> bool:
         return self.request.deadline is not None and now >= self.request.deadline
 
 
+@dataclass(frozen=True)
+class PrefillChunk:
+    seq: Sequence
+    start: int  # first prompt position of this chunk
+    length: int
+
+    @property
+    def whole(self) -> bool:
+        """The whole prompt in one chunk (may be batched with other whole prompts)."""
+        return self.start == 0 and self.length == len(self.seq.prompt_ids)
+
+    @property
+    def last(self) -> bool:
+        """This chunk completes the prompt: the runner samples the first token."""
+        return self.start + self.length == len(self.seq.prompt_ids)
+
+
+@dataclass
+class StepPlan:
+    """What one forward step computes. `dropped` are already out of the scheduler (the
+    runner frees their state, the engine ends their streams); `decode` is every running
+    row, in admission order; `prefill` the prompt chunks, oldest admission first."""
+
+    dropped: list[tuple[Sequence, FinishReason]] = field(default_factory=list)
+    admitted: list[Sequence] = field(default_factory=list)
+    prefill: list[PrefillChunk] = field(default_factory=list)
+    decode: list[Sequence] = field(default_factory=list)
+
+    @property
+    def prefill_tokens(self) -> int:
+        return sum(c.length for c in self.prefill)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.prefill_tokens + len(self.decode)
+
+    def __bool__(self) -> bool:
+        return bool(self.prefill or self.decode)
+
+
 class WaitingQueue:
-    """Bounded; `pop_best` picks the highest aged priority (FIFO among equals)."""
+    """Bounded; `best(now)` is the highest aged priority (FIFO among equals). Admission
+    policy lives in `best` alone, so another policy (per-tenant fairness) replaces it."""
 
     def __init__(self, capacity: int, aging_s: float) -> None:
         self.capacity = capacity
@@ -92,3 +142,108 @@ class WaitingQueue:
         if not self.items:
             return None
         return max(self.items, key=lambda s: (s.request.priority + (now - s.t_enqueue) / self.aging_s, -s.order))
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig) -> None:
+        self.config = config
+        self.waiting = WaitingQueue(config.max_waiting, config.priority_aging_s)
+        self.prefilling: list[Sequence] = []
+        self.running: list[Sequence] = []
+        self.reserved = 0  # prompt + max_new_tokens of every admitted request
+        self._admitted = 0  # len(prefilling) + len(running), changed in one place at a time
+
+    # ---- queries (any thread) ------------------------------------------------------------
+
+    @property
+    def running_count(self) -> int:
+        """Admitted and not finished (prefilling or decoding); a counter, so a reader on
+        another thread never sees a request in neither set while it moves between them."""
+        return self._admitted
+
+    @property
+    def waiting_count(self) -> int:
+        return len(self.waiting)
+
+    def has_work(self) -> bool:
+        return bool(len(self.waiting) or self.prefilling or self.running)
+
+    # ---- changes (serialized by the caller) ---------------------------------------------
+
+    def add(self, seq: Sequence) -> bool:
+        """Queue `seq`; False (and not queued) when the waiting queue is full."""
+        if self.waiting.full():
+            return False
+        seq.status = Status.WAITING
+        self.waiting.push(seq)
+        return True
+
+    def finish(self, seq: Sequence) -> None:
+        """`seq` ended (EOS, length, stop string) after the step that served it."""
+        if seq.status is Status.FINISHED:
+            return
+        if seq.status is Status.WAITING:
+            self.waiting.remove(seq)
+        else:
+            (self.running if seq.status is Status.RUNNING else self.prefilling).remove(seq)
+            self._release(seq)
+        seq.status = Status.FINISHED
+
+    def abort_all(self) -> list[Sequence]:
+        """A step failed: every admitted request shared its forward; end them all here and
+        return them (waiting requests stay queued)."""
+        victims = self.prefilling + self.running
+        for seq in victims:
+            self._release(seq)
+            seq.status = Status.FINISHED
+        self.prefilling, self.running = [], []
+        return victims
+
+    def schedule(self, now: float) -> StepPlan:
+        plan = StepPlan()
+        self._drop(now, plan)
+        plan.decode = list(self.running)
+        cfg = self.config
+        budget = min(cfg.prefill_chunk_tokens, cfg.max_step_tokens - len(plan.decode))
+        budget = max(budget, 1)  # arrivals always progress, even with a full step of rows
+        for seq in self.prefilling:  # prompts already under way, oldest first
+            if budget <= 0:
+                break
+            budget -= self._chunk(seq, budget, plan)
+        while budget > 0 and self._admitted < cfg.max_running:
+            seq = self.waiting.best(now)
+            if seq is None or self.reserved + seq.reserve > cfg.max_batch_tokens:
+                break  # the best one waits for room; smaller ones do not jump it
+            self.waiting.remove(seq)
+            self.reserved += seq.reserve
+            self._admitted += 1
+            seq.status, seq.t_admit = Status.PREFILLING, now
+            self.prefilling.append(seq)
+            plan.admitted.append(seq)
+            budget -= self._chunk(seq, budget, plan)
+        # Prompts completed by this step decode from the next one on.
+        done = [c.seq for c in plan.prefill if c.last]
+        for seq in done:
+            self.prefilling.remove(seq)
+            seq.status = Status.RUNNING
+            self.running.append(seq)
+        return plan
+
+    def _chunk(self, seq: Sequence, budget: int, plan: StepPlan) -> int:
+        n = min(budget, len(seq.prompt_ids) - seq.prefilled)
+        plan.prefill.append(PrefillChunk(seq, seq.prefilled, n))
+        seq.prefilled += n
+        return n
+
+    def _drop(self, now: float, plan: StepPlan) -> None:
+        for group in (self.waiting.items, self.prefilling, self.running):
+            for seq in [s for s in group if s.cancelled or s.expired(now)]:
+                group.remove(seq)
+                if seq.status is not Status.WAITING:
+                    self._release(seq)
+                seq.status = Status.FINISHED
+                plan.dropped.append((seq, FinishReason.CANCELLED if seq.cancelled else FinishReason.DEADLINE))
+
+    def _release(self, seq: Sequence) -> None:
+        self.reserved -= seq.reserve
+        self._admitted -= 1

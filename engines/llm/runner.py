@@ -1,0 +1,211 @@
+"""The model runner: executes one `StepPlan` on the model and returns what was sampled.
+
+It owns everything that is a tensor: the model's forward, the running batch's KV cache and
+layout (`batch.py`), the per-request prefill caches of prompts that span several steps,
+the LoRA context (which bank slot each row reads), per-row sampling state (generators,
+repetition-penalty history) and compilation. It never calls back up: the scheduler decides
+what runs, the engine applies the result (`output.py`) and tells the runner which requests
+to forget (`free`).
+
+The model is used in exactly one place, `_forward`, so a wrapper around the served model
+(a LightningModule, a compiled graph) changes one line.
+
+Batch layout: prompts that arrive whole in a step are prefilled together in one left-
+padded forward (a burst costs one pass, not one per request); a prompt split over several
+steps is prefilled alone, chunk by chunk, into its own cache. A row joins the running batch
+in the step its prompt completes, with its first sampled token as its next input, and
+decodes from the next step on. Greedy output equals solo `generate()` token for token in
+fp32: each row keeps its own positions and a padding mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from engines.llm.batch import DecodeBatch
+from engines.llm.sampling import make_generator, sample_batch
+from engines.llm.scheduler import PrefillChunk, Sequence, StepPlan
+
+
+@dataclass
+class Sampled:
+    seq: Sequence
+    token: int
+    logprob: float | None
+    first: bool  # the first token of the request (sampled after its prefill)
+
+
+@dataclass
+class StepResult:
+    sampled: list[Sampled] = field(default_factory=list)  # decode rows first, then completed prompts
+    prefill_tokens: int = 0
+    decode_rows: int = 0
+
+
+@dataclass(eq=False)
+class _RowState:
+    generator: torch.Generator | None
+    seen: torch.Tensor | None  # prompt + generated ids, only with a repetition penalty
+    cache: Any = None  # DynamicCache while the prompt is prefilled in chunks
+
+
+class ModelRunner:
+    def __init__(self, model: Any, device: torch.device, lora_ctx: Any = None) -> None:
+        self.model = model
+        self.device = device
+        self._lora_ctx = lora_ctx  # LoRABank.ctx: `.index` selects each row's adapter slot
+        self._call: Callable[..., Any] = model
+        self.batch: DecodeBatch[Sequence] = DecodeBatch(device)
+        self._rows: dict[Sequence, _RowState] = {}
+
+    # ---- the one place the model is called ----------------------------------------------
+
+    def _forward(self, slots: list[int], **inputs: Any) -> torch.Tensor:
+        """One forward pass; returns the last position's logits (B, V)."""
+        if self._lora_ctx is not None:
+            self._lora_ctx.index = torch.tensor(slots, device=self.device) if any(slots) else None
+        return self._call(**inputs).logits[:, -1]
+
+    def compile(self) -> None:
+        """torch.compile the forward and warm it with the exact call signatures a step uses
+        (batched prefill with a mask, chunked prefill, decode), at sizes that make shapes go
+        dynamic; otherwise the first requests pay the compilation. Adapters loaded later
+        change the module tree and cost one more compilation on first use."""
+        from transformers import DynamicCache
+
+        self._call = torch.compile(self.model, dynamic=True)
+        dev = self.device
+        with torch.no_grad():
+            for rows, width in ((1, 5), (2, 6), (3, 9)):  # size 1 is specialised by torch: warm it too
+                ids = torch.ones(rows, width, dtype=torch.long, device=dev)
+                mask = torch.ones_like(ids)
+                if rows > 1:
+                    mask[0, :2] = 0
+                pos = (mask.cumsum(1) - 1).clamp(min=0)
+                cache = DynamicCache()
+                self._forward([0] * rows, input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache,
+                              use_cache=True, logits_to_keep=1)
+                for step in range(2):
+                    mask = torch.cat([mask, mask.new_ones(rows, 1)], 1)
+                    self._forward([0] * rows, input_ids=ids[:, :1], attention_mask=mask,
+                                  position_ids=pos[:, -1:] + 1 + step, cache=cache, use_cache=True)
+                self._forward([0], input_ids=ids[:1], position_ids=torch.arange(width, device=dev).view(1, -1),
+                              cache=DynamicCache(), use_cache=True, logits_to_keep=1)
+
+    # ---- the contract ----------------------------------------------------------------------
+
+    def execute(self, plan: StepPlan) -> StepResult:
+        """Run `plan`: free the dropped requests, one decode forward over the running rows,
+        then the prompt chunks; return every token sampled (one per decode row, one per
+        prompt completed)."""
+        self.free([seq for seq, _ in plan.dropped])
+        result = StepResult()
+        if plan.decode:
+            self._sync_rows(plan.decode)
+            result.decode_rows = len(plan.decode)
+            self._decode(result)
+        whole = [c for c in plan.prefill if c.whole]
+        if whole:
+            self._prefill_whole(whole, result)
+        for chunk in plan.prefill:
+            if not chunk.whole:
+                self._prefill_chunk(chunk, result)
+        result.prefill_tokens = plan.prefill_tokens
+        return result
+
+    def free(self, seqs: list[Sequence]) -> None:
+        """Forget finished or dropped requests: their batch rows, caches and sampling state."""
+        if not seqs:
+            return
+        gone = set(seqs)
+        for seq in gone:
+            self._rows.pop(seq, None)
+        if any(r in gone for r in self.batch.rows):
+            self.batch.keep([i for i, r in enumerate(self.batch.rows) if r not in gone])
+
+    def reset(self) -> None:
+        """After a failed step: drop all state (the scheduler aborted every admitted request)."""
+        self.batch = DecodeBatch(self.device)
+        self._rows.clear()
+
+    @property
+    def kv_tokens(self) -> int:
+        return len(self.batch) * self.batch.length
+
+    # ---- steps -------------------------------------------------------------------------------
+
+    def _sync_rows(self, rows: list[Sequence]) -> None:
+        """The batch must hold exactly the plan's decode rows; rows the engine forgot to free
+        would otherwise be decoded for nobody."""
+        if len(rows) != len(self.batch) or any(a is not b for a, b in zip(rows, self.batch.rows)):
+            wanted = set(rows)
+            self.batch.keep([i for i, r in enumerate(self.batch.rows) if r in wanted])
+            if len(self.batch) != len(rows):
+                raise RuntimeError("decode rows that were never prefilled")
+
+    def _decode(self, result: StepResult) -> None:
+        batch = self.batch
+        rows = list(batch.rows)
+        logits = self._forward([s.slot for s in rows], **batch.step_inputs())
+        picks = self._sample(rows, logits)
+        batch.advance(torch.tensor([t for t, _ in picks], dtype=torch.long))
+        result.sampled.extend(Sampled(s, t, lp, False) for s, (t, lp) in zip(rows, picks))
+
+    def _prefill_whole(self, chunks: list[PrefillChunk], result: StepResult) -> None:
+        from transformers import DynamicCache
+
+        seqs = [c.seq for c in chunks]
+        width = max(len(s.prompt_ids) for s in seqs)
+        ids = torch.zeros(len(seqs), width, dtype=torch.long)
+        mask = torch.zeros(len(seqs), width, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, width - len(s.prompt_ids):] = torch.tensor(s.prompt_ids)
+            mask[i, width - len(s.prompt_ids):] = 1
+        # Left padding: each row's positions start at 0 at its first real token.
+        positions = (mask.cumsum(1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        for s in seqs:
+            self._state(s)
+        logits = self._forward([s.slot for s in seqs], input_ids=ids.to(self.device),
+                               attention_mask=mask.to(self.device), position_ids=positions.to(self.device),
+                               cache=cache, use_cache=True, logits_to_keep=1)
+        picks = self._sample(seqs, logits)
+        self.batch.join(seqs, cache, mask, [t for t, _ in picks])
+        result.sampled.extend(Sampled(s, t, lp, True) for s, (t, lp) in zip(seqs, picks))
+
+    def _prefill_chunk(self, chunk: PrefillChunk, result: StepResult) -> None:
+        from transformers import DynamicCache
+
+        seq, start, n = chunk.seq, chunk.start, chunk.length
+        state = self._state(seq)
+        if state.cache is None:
+            state.cache = DynamicCache()
+        ids = torch.tensor([seq.prompt_ids[start: start + n]], device=self.device)
+        logits = self._forward([seq.slot], input_ids=ids,
+                               position_ids=torch.arange(start, start + n, device=self.device).view(1, -1),
+                               cache=state.cache, use_cache=True, logits_to_keep=1)
+        if not chunk.last:
+            return
+        token, logprob = self._sample([seq], logits)[0]
+        self.batch.join([seq], state.cache, torch.ones(1, len(seq.prompt_ids), dtype=torch.long), [token])
+        state.cache = None
+        result.sampled.append(Sampled(seq, token, logprob, True))
+
+    def _state(self, seq: Sequence) -> _RowState:
+        state = self._rows.get(seq)
+        if state is None:
+            params = seq.request.sampling
+            seen = torch.tensor(seq.prompt_ids, dtype=torch.long) if params.repetition_penalty != 1.0 else None
+            state = self._rows[seq] = _RowState(make_generator(params), seen)
+        return state
+
+    def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> list[tuple[int, float | None]]:
+        states = [self._state(s) for s in seqs]
+        picks = sample_batch(logits, [(s.request.sampling, st.seen, st.generator) for s, st in zip(seqs, states)])
+        for st, (token, _) in zip(states, picks):
+            if st.seen is not None:
+                st.seen = torch.cat([st.seen, torch.tensor([token])])
+        return picks
