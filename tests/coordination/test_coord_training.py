@@ -69,7 +69,24 @@ def test_shipped_checkpoint_is_the_default_recipe(sites):
 
     doc = json.loads(checkpoint.config_path(checkpoint.EMBEDDED).read_text())
     meta = doc["meta"]
-    assert meta["recipe"] == "federated" and meta["seed"] == Recipe.seed
-    assert meta["windows_per_site"] == Recipe.windows_per_site
+    assert meta["recipe"] == "federated" and meta["engine"] == "nvflare" and meta["seed"] == Recipe.seed
+    assert meta["windows_per_site"] == Recipe.windows_per_site and meta["per_window"] == Recipe.per_window
+    assert meta["rounds"] == Recipe.fit.rounds
     assert tuple(doc["site_ids"]) == sites.ids
     assert doc["model"]["n_features"] == N_FEATURES
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)  # the full recipe: ~2 minutes on a quiet 2-core machine, far more under load
+def test_the_recipe_reproduces_the_shipped_weights():
+    """The shipped file came out of the NVFLARE federation (`galactic-train federated --out
+    training/data/coordination.safetensors`); the same recipe's rounds in one process give
+    the same weights (same site-log files, local fits, table-order server sums)."""
+    from training.coordination import default
+
+    torch.set_num_threads(1)  # as the site processes run
+    _, logs = default.site_logs(default.Recipe())
+    model = train.train_federated(logs, default.Recipe.fit)
+    shipped, _, _ = checkpoint.load(checkpoint.EMBEDDED)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(shipped.state_dict()[k], v, atol=1e-4, rtol=0)
