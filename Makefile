@@ -6,6 +6,11 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PROTO_FILES := $(wildcard protos/galactic/v1/*.proto)
 GEN_DIR := clients/python
+# The stub generator lives in its own venv, pinned to the protoc generation whose stubs run
+# on every protobuf the client supports (requirements/protos.txt).
+PROTO_VENV ?= .venv-protos
+PROTO_PY := $(PROTO_VENV)/bin/python
+PROTO_STAMP := $(PROTO_VENV)/.installed-stamp
 
 .PHONY: serve test test-fast protos check-protos install lock bench clean
 
@@ -18,6 +23,11 @@ $(STAMP): requirements/lock.txt pyproject.toml clients/python/pyproject.toml
 
 install: $(STAMP)
 
+$(PROTO_STAMP): requirements/protos.txt
+	test -x $(PROTO_PY) || $(PYTHON) -m venv $(PROTO_VENV)
+	$(PROTO_PY) -m pip install --quiet -r requirements/protos.txt
+	touch $@
+
 serve: $(STAMP)
 	$(VENV)/bin/galacticd serve $(ARGS)
 
@@ -28,12 +38,12 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 # Regenerate the stubs from protos/ (one generated copy, in the client distribution).
-protos: $(STAMP)
-	$(PY) protos/generate.py $(GEN_DIR)
+protos: $(PROTO_STAMP)
+	$(PROTO_PY) protos/generate.py $(GEN_DIR)
 
 # CI: the committed stubs must equal a fresh generation.
-check-protos: $(STAMP)
-	$(PY) protos/generate.py --check $(GEN_DIR)
+check-protos: $(PROTO_STAMP)
+	$(PROTO_PY) protos/generate.py --check $(GEN_DIR)
 
 lock: $(STAMP)
 	$(PY) -m pip freeze --exclude-editable | sed 's/+cpu//' > requirements/lock.txt.new
@@ -44,4 +54,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/coordination.py --json var/bench-coordination.json
 
 clean:
-	rm -rf $(VENV) var .pytest_cache
+	rm -rf $(VENV) $(PROTO_VENV) var .pytest_cache

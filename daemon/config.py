@@ -1,7 +1,7 @@
 """The daemon's configuration: one TOML file, `GALACTIC_*` overrides, one frozen object.
 
 Built once in `daemon.main` and passed down; nothing else reads files or the environment.
-Sections: `[server]`, `[telemetry]`, `[security]`, plus one table per engine kind named in
+Sections: `[server]`, `[telemetry]`, `[security]`, `[limits]`, plus one table per engine kind named in
 `daemon/registry.py` (`[llm]`, `[coordination]`), each typed by its engine's own config
 class. An engine table with `enabled = false` (or absent) serves nothing.
 
@@ -12,6 +12,7 @@ Environment overrides use a double underscore between levels, e.g.
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any, Literal, Mapping
 from engines.config import ConfigError, _parse_scalar, check, from_mapping, replace_path
 
 from daemon import registry
+from daemon.tenants import TenantLimits, parse_line
 
 ENV_PREFIX = "GALACTIC_"
 
@@ -82,7 +84,8 @@ class SecurityConfig:
     # PEM CA bundle; when set, clients must present a certificate it signed (mTLS).
     tls_client_ca: str = ""
     # File with one bearer token per line; when set, every call except health must send
-    # `authorization: Bearer <token>` (UNAUTHENTICATED otherwise).
+    # `authorization: Bearer <token>` (UNAUTHENTICATED otherwise). After a token, optional
+    # per-tenant limits (daemon/tenants.py): `tenant=NAME concurrency=N rps=X tokens_per_min=X`.
     api_keys_file: str = ""
     # File of admin tokens; when set, LoadAdapter and UnloadAdapter need one of these
     # (PERMISSION_DENIED otherwise), and an admin token also passes where api keys apply.
@@ -100,6 +103,7 @@ class SecurityConfig:
               "holds no tokens (blank and # lines only); authentication would be off")
         check(not self.admin_keys_file or bool(self.admin_keys()), "admin_keys_file",
               "holds no tokens (blank and # lines only); admin calls would be refused to everyone")
+        self.tenants()  # a bad limit after a token fails here, naming the file's key
 
     def api_keys(self) -> frozenset[str]:
         """The bearer tokens in api_keys_file, one per line; blank and # lines skipped."""
@@ -108,12 +112,62 @@ class SecurityConfig:
     def admin_keys(self) -> frozenset[str]:
         return _read_keys(self.admin_keys_file)
 
+    def tenants(self) -> dict[str, tuple[str, TenantLimits]]:
+        """token -> (tenant name, its limits), from the lines of api_keys_file."""
+        out = {}
+        for line in _key_lines(self.api_keys_file):
+            token, name, limits = parse_line(line, "api_keys_file")
+            out[token] = (name, limits)
+        return out
+
+
+def _key_lines(path: str) -> list[str]:
+    if not path:
+        return []
+    lines = (line.strip() for line in Path(path).read_text().splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
 
 def _read_keys(path: str) -> frozenset[str]:
-    if not path:
-        return frozenset()
-    lines = (line.strip() for line in Path(path).read_text().splitlines())
-    return frozenset(line for line in lines if line and not line.startswith("#"))
+    # The token is a line's first word; what follows it is per-tenant limits.
+    return frozenset(line.split()[0] for line in _key_lines(path))
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Bounds on every string and repeated field of a request, checked by the daemon before
+    any filesystem, tokenizer or model work (`daemon/validation.py`). Past one: INVALID_ARGUMENT
+    naming the field and the limit."""
+
+    # Model, adapter and tensor names: at most this many characters of [A-Za-z0-9._-],
+    # starting with a letter or digit.
+    max_name_chars: int = 128
+    # Request ids, site and target ids, versions, chat roles.
+    max_id_chars: int = 256
+    # A prompt, or one chat message's content.
+    max_prompt_chars: int = 1_000_000
+    # Messages in one chat conversation.
+    max_messages: int = 1024
+    # Stop strings per request, and characters in each.
+    max_stop_strings: int = 16
+    max_stop_chars: int = 256
+    # Adapter directory paths (LoadAdapter.path).
+    max_path_chars: int = 1024
+    # Tensors in one Infer request, dimensions of one, elements of one.
+    max_tensors: int = 64
+    max_tensor_dims: int = 8
+    max_tensor_elements: int = 1 << 28
+    # Targets and observatories in one coordination request.
+    max_targets: int = 100_000
+    max_observatories: int = 1024
+    # Any other repeated field.
+    max_repeated: int = 4096
+    # What an error message or a log line quotes from a request is cut to this length.
+    max_echo_chars: int = 64
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            check(getattr(self, f.name) >= 1, f.name, "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -121,6 +175,7 @@ class GalacticConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     # Engine kind -> that engine's typed, frozen config; only enabled engines appear.
     engines: Mapping[str, Any] = field(default_factory=dict)
 
@@ -189,9 +244,9 @@ def build(data: Mapping[str, Any]) -> GalacticConfig:
             raise ConfigError(f"{kind}.enabled", f"expected a boolean, got {enabled!r}")
         if enabled:
             engines[kind] = from_mapping(registry.KINDS[kind].config_class(), table, kind)
-    unknown = set(plain) - {"server", "telemetry", "security"}
+    unknown = set(plain) - {"server", "telemetry", "security", "limits"}
     if unknown:
-        known = ", ".join(["server", "telemetry", "security", *registry.KINDS])
+        known = ", ".join(["server", "telemetry", "security", "limits", *registry.KINDS])
         raise ConfigError(sorted(unknown)[0], f"unknown section (known: {known})")
     names: dict[str, str] = {}
     for kind, cfg in engines.items():

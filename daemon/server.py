@@ -22,11 +22,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from daemon import registry
+from daemon import registry, shipped
 from daemon.config import GalacticConfig
 from daemon.interceptors import Admission, BoundaryInterceptor
 from daemon.metrics import MetricsEndpoint
 from daemon.systemd import Notifier
+from daemon.validation import Bounds
 from engines.base import LoadCancelled
 
 log = structlog.get_logger("galacticd")
@@ -35,22 +36,24 @@ log = structlog.get_logger("galacticd")
 _LOAD_EXTENSION_S = 120.0
 
 
-def _add_generation(server, engines, admission):
+def _add_generation(server, engines, admission, bounds):
     from galactic.v1 import generation_pb2_grpc
     from daemon.servicers.generation import GenerationServicer
-    generation_pb2_grpc.add_GenerationServicer_to_server(GenerationServicer(engines, admission.drain_started), server)
+    generation_pb2_grpc.add_GenerationServicer_to_server(
+        GenerationServicer(engines, admission.drain_started, bounds), server)
 
 
-def _add_inference(server, engines, admission):
+def _add_inference(server, engines, admission, bounds):
     from galactic.v1 import inference_pb2_grpc
     from daemon.servicers.inference import InferenceServicer
-    inference_pb2_grpc.add_InferenceServicer_to_server(InferenceServicer(engines), server)
+    inference_pb2_grpc.add_InferenceServicer_to_server(
+        InferenceServicer(engines, bounds.limits.max_tensor_elements, bounds), server)
 
 
-def _add_coordination(server, engines, admission):
+def _add_coordination(server, engines, admission, bounds):
     from galactic.v1 import coordination_pb2_grpc
     from daemon.servicers.coordination import CoordinationServicer
-    coordination_pb2_grpc.add_CoordinationServicer_to_server(CoordinationServicer(engines), server)
+    coordination_pb2_grpc.add_CoordinationServicer_to_server(CoordinationServicer(engines, bounds), server)
 
 
 # gRPC service -> how to mount it over the engines that back it (ModelInfo.services).
@@ -71,7 +74,8 @@ class Daemon:
 
     def __post_init__(self) -> None:
         self.notifier = Notifier(self.env)
-        self.admission = Admission(self.config.security.api_keys(), self.config.security.admin_keys())
+        self.admission = Admission(self.config.security.api_keys(), self.config.security.admin_keys(),
+                                   self.config.security.tenants())
         self.health = HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._metrics: MetricsEndpoint | None = None
@@ -79,6 +83,8 @@ class Daemon:
         self._stopped = asyncio.Event()
         self._draining = False
         self._cancel_load = False
+        self._supervisors: list[asyncio.Task] = []
+        self._faulted: set[str] = set()  # engines being restarted
 
     @property
     def metrics_port(self) -> int:
@@ -87,19 +93,20 @@ class Daemon:
     async def start(self) -> None:
         cfg = self.config
         for kind, engine_cfg in cfg.engines.items():
-            engine = registry.KINDS[kind].engine_class()(engine_cfg)
+            engine = registry.KINDS[kind].engine_class()(shipped.resolve(kind, engine_cfg))
             self.engines[engine.name] = engine
         for engine in self.engines.values():
             for service in engine.info().services:
                 self._backing.setdefault(service, {})[engine.name] = engine
 
+        bounds = Bounds(cfg.limits)
         server = grpc.aio.server(
-            interceptors=[BoundaryInterceptor(self.admission)],
+            interceptors=[BoundaryInterceptor(self.admission, bounds)],
             options=self._channel_options(),
             maximum_concurrent_rpcs=cfg.server.max_concurrent_rpcs or None,
         )
         for service, engines in self._backing.items():
-            SERVICES[service](server, engines, self.admission)
+            SERVICES[service](server, engines, self.admission, bounds)
         from galactic.v1 import admin_pb2_grpc
         from daemon.servicers.admin import AdminServicer
         llms = self._backing.get("galactic.v1.Generation", {})
@@ -126,6 +133,9 @@ class Daemon:
         self.admission.ready = True
         for name in ["", *names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        for engine in self.engines.values():
+            if hasattr(engine, "wait_faulted"):
+                self._supervisors.append(asyncio.create_task(self._supervise(engine)))
         self.notifier.ready(f"serving {len(self.engines)} model(s) on port {self.port}")
         log.info("ready", models=list(self.engines))
 
@@ -148,6 +158,37 @@ class Daemon:
             await engine.start(loop)
             log.info("model ready", model=name, seconds=round(time.monotonic() - started, 2))
 
+    async def _supervise(self, engine) -> None:
+        """Event-driven, per engine: when its worker dies or keeps failing steps, the
+        services it backs say NOT_SERVING, the engine fails what it held (UNAVAILABLE) and
+        restarts, and once a canary request passes they say SERVING again."""
+        while True:
+            reason = await engine.wait_faulted()
+            log.error("engine worker failed; restarting it", model=engine.name, reason=reason[:500])
+            self._faulted.add(engine.name)
+            await self._update_health()
+            delay = 0.1
+            while True:
+                try:
+                    await engine.restart()
+                    break
+                except Exception as exc:  # noqa: BLE001 - the canary failed: back off, retry
+                    log.warning("engine restart failed; retrying", model=engine.name, error=repr(exc)[:500],
+                                retry_s=delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+            self._faulted.discard(engine.name)
+            log.info("engine restarted", model=engine.name)
+            await self._update_health()
+
+    async def _update_health(self) -> None:
+        if self._draining:
+            return  # drain owns health from here on
+        serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+        for service, engines in self._backing.items():
+            await self.health.set(service, not_serving if self._faulted & set(engines) else serving)
+        await self.health.set("", not_serving if self._faulted else serving)
+
     async def drain(self) -> None:
         """Graceful stop. A second call waits for the first. Returns when all has stopped."""
         if self._draining:
@@ -163,6 +204,8 @@ class Daemon:
         finished = await self.admission.wait_idle(grace)
         if not finished:
             log.warning("grace period over; cancelling in-flight calls", in_flight=self.admission.in_flight)
+        for task in self._supervisors:
+            task.cancel()
         for engine in self.engines.values():
             await engine.stop(max(0.0, deadline - time.monotonic()))
         if self._server is not None:

@@ -43,9 +43,20 @@ def configure_logging(cfg: TelemetryConfig, stream=None) -> None:
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
-    # Libraries (transformers, lightning, grpc) log through stdlib logging; keep them quiet
-    # unless asked, and on the same stream.
-    logging.basicConfig(level=max(level, logging.WARNING), stream=stream, force=True)
+    # Libraries (transformers, lightning, grpc, opentelemetry) log through stdlib logging;
+    # keep them quiet unless asked, on the same stream, rendered like our own lines (JSON
+    # for journald): one plain-text traceback among JSON lines breaks every log parser.
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        processor=renderer,
+        foreign_pre_chain=[
+            structlog.contextvars.merge_contextvars,
+            structlog.stdlib.add_logger_name,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+        ]))
+    logging.basicConfig(level=max(level, logging.WARNING), handlers=[handler], force=True)
 
 
 def configure_tracing(cfg: TelemetryConfig, extra_processor: SpanProcessor | None = None) -> TracerProvider:

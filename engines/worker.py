@@ -105,13 +105,23 @@ class StepWorker:
 
     `step()` must do one bounded unit of work (one forward pass, one batch) so that new
     arrivals, cancellations and `stop()` are noticed within one step.
+
+    Faults: a `step()` that raises is logged and the loop goes on, but after `max_failures`
+    failures in a row (0 = never) the thread gives up, and a `BaseException` out of a step
+    ends it at once; either way `on_exit(reason)` is called from the dying thread, so the
+    engine can fail what it holds and its owner can restart it. A worker that dies silently
+    would leave every later request waiting forever while health still says SERVING.
     """
 
-    def __init__(self, name: str, step: Callable[[], None], has_work: Callable[[], bool]) -> None:
+    def __init__(self, name: str, step: Callable[[], None], has_work: Callable[[], bool], *,
+                 max_failures: int = 0, on_exit: Callable[[str], None] | None = None) -> None:
         self._step = step
         self._has_work = has_work
+        self._max_failures = max_failures
+        self._on_exit = on_exit
         self._cond = threading.Condition()
         self._stopping = False
+        self.exit_reason: str | None = None  # set when the thread gave up or died
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
@@ -125,7 +135,7 @@ class StepWorker:
         with self._cond:
             self._stopping = True
             self._cond.notify()
-        if self._thread.is_alive():
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
     @property
@@ -134,18 +144,31 @@ class StepWorker:
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        return self._thread.is_alive() and self.exit_reason is None
 
     def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._stopping and not self._has_work():
-                    self._cond.wait()
-                if self._stopping:
-                    return
-            try:
-                self._step()
-            except Exception:  # step() fails its own requests; this is a bug past that point
-                # Keep the thread alive: a dead worker would leave every later request
-                # waiting forever while health still says SERVING.
-                log.exception("engine step raised past its own error handling")
+        failures = 0
+        try:
+            while True:
+                with self._cond:
+                    while not self._stopping and not self._has_work():
+                        self._cond.wait()
+                    if self._stopping:
+                        return
+                try:
+                    self._step()
+                    failures = 0
+                except Exception as exc:  # step() fails its own requests first
+                    failures += 1
+                    log.warning("%s: step failed (%d in a row): %r", self._thread.name, failures, exc)
+                    if self._max_failures and failures >= self._max_failures:
+                        self._exit(f"{failures} steps in a row failed; last: {exc!r}")
+                        return
+        except BaseException as exc:  # noqa: BLE001 - the thread is dying: say so, once
+            log.error("%s: worker thread died: %r", self._thread.name, exc)
+            self._exit(f"worker thread died: {exc!r}")
+
+    def _exit(self, reason: str) -> None:
+        self.exit_reason = reason
+        if self._on_exit is not None:
+            self._on_exit(reason)

@@ -5,6 +5,11 @@
 
 The proto path mirrors the package (`-I protos`, files under `galactic/v1/`) so generated
 modules import each other as `galactic.v1.x_pb2`, not as top-level siblings.
+
+It runs in the generator venv (`make protos`: .venv-protos, pinned by requirements/protos.txt),
+never in the daemon's venv: the protoc inside grpcio-tools stamps its protobuf version into
+every stub as the oldest runtime the stub accepts, so a newer grpcio-tools would silently
+raise the client's protobuf floor. A different grpcio-tools is refused here.
 """
 
 from __future__ import annotations
@@ -17,10 +22,25 @@ from importlib import resources
 from pathlib import Path
 
 import google.rpc
-from grpc_tools import protoc
+from grpc_tools import grpc_version, protoc
 
 ROOT = Path(__file__).resolve().parent
 PACKAGE = Path("galactic/v1")
+PINS = ROOT.parent / "requirements" / "protos.txt"
+
+
+def pinned_tools_version() -> str:
+    for line in PINS.read_text().splitlines():
+        if line.startswith("grpcio-tools=="):
+            return line.split("==", 1)[1].strip()
+    raise SystemExit(f"{PINS} pins no grpcio-tools")
+
+
+def check_tools() -> None:
+    want = pinned_tools_version()
+    if grpc_version.VERSION != want:
+        raise SystemExit(f"grpcio-tools {grpc_version.VERSION} is not the pinned {want} ({PINS}); "
+                         "run `make protos` (it uses .venv-protos)")
 
 
 def generate(out: Path) -> None:
@@ -40,6 +60,7 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args()
+    check_tools()
     if not args.check:
         generate(args.out)
         return

@@ -90,3 +90,21 @@ def test_two_models_with_one_name_are_refused():
     with pytest.raises(ConfigError) as err:
         config.build({"llm": {"name": "same"}, "coordination": {"name": "same"}})
     assert err.value.key.endswith(".name")
+
+
+@pytest.mark.parametrize("line", ["tok rps=fast", "tok burst=3", "tok concurrency=-1", "tok rps=nan"])
+def test_tenant_limits_in_the_keys_file_are_checked(tmp_path, line):
+    keys = tmp_path / "keys"
+    keys.write_text(line + "\n")
+    with pytest.raises(ConfigError) as err:
+        config.build({"security": {"api_keys_file": str(keys)}})
+    assert err.value.key == "security.api_keys_file"
+
+
+def test_the_token_is_a_lines_first_word(tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("# comment\ntok-a tenant=a concurrency=2 rps=5 tokens_per_min=600\ntok-b\n")
+    sec = config.build({"security": {"api_keys_file": str(keys)}}).security
+    assert sec.api_keys() == {"tok-a", "tok-b"}
+    name, limits = sec.tenants()["tok-a"]
+    assert (name, limits.concurrency, limits.rps, limits.tokens_per_min) == ("a", 2, 5.0, 600.0)

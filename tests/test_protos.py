@@ -7,11 +7,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+# The generator runs in its own pinned venv (requirements/protos.txt); `make test` builds it
+# through `make check-protos` before pytest starts.
+TOOLS_PY = ROOT / ".venv-protos" / "bin" / "python"
 
 
-def check(out: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "protos/generate.py"), "--check", str(out)],
+def check(out: Path, python: Path = TOOLS_PY) -> subprocess.CompletedProcess:
+    if not python.exists():
+        pytest.skip("no .venv-protos: run `make check-protos` (make test does)")
+    return subprocess.run([str(python), str(ROOT / "protos/generate.py"), "--check", str(out)],
                           capture_output=True, text=True, timeout=120)
 
 
@@ -26,3 +33,18 @@ def test_a_hand_edit_is_reported_as_drift(tmp_path):
     result = check(tmp_path)
     assert result.returncode == 1
     assert "tensor_pb2.py" in result.stderr and "make protos" in result.stderr
+
+
+def test_stubs_are_protobuf_6_31_gencode():
+    # The oldest runtime a stub accepts is the gencode version stamped in it: 6.31.1 is the
+    # client's declared floor (clients/python/pyproject.toml).
+    for stub in (ROOT / "clients/python/galactic/v1").glob("*_pb2.py"):
+        assert "Protobuf Python Version: 6.31.1" in stub.read_text(), stub.name
+
+
+def test_the_daemon_venv_generator_is_refused():
+    # The daemon's venv carries no grpcio-tools or another version of it: generating there
+    # would stamp another gencode version, so generate.py refuses rather than drift.
+    result = subprocess.run([sys.executable, str(ROOT / "protos/generate.py"), "--check",
+                             str(ROOT / "clients/python")], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0

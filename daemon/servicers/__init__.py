@@ -15,6 +15,7 @@ from typing import AsyncIterator, Awaitable, Callable, Mapping, TypeVar
 
 import grpc
 
+from daemon.errors import shorten
 from engines.errors import NotFound
 
 E = TypeVar("E")
@@ -31,7 +32,8 @@ def pick(engines: Mapping[str, E], name: str, field: str = "model") -> E:
     try:
         return engines[name]
     except KeyError:
-        raise NotFound(f"unknown model {name!r} (loaded: {', '.join(engines) or 'none'})", field=field) from None
+        raise NotFound(f"unknown model {shorten(name)!r} (loaded: {', '.join(engines) or 'none'})",
+                       field=field) from None
 
 
 def deadline_of(context: grpc.aio.ServicerContext) -> float | None:

@@ -12,6 +12,7 @@ from galactic.v1 import admin_pb2_grpc
 from daemon.servicers import pick
 from daemon.servicers.inference import to_pb_spec
 from engines.base import ModelInfo
+from engines.errors import FailedPrecondition
 
 _STATES = {"loading": pb.LOADING, "ready": pb.READY, "draining": pb.DRAINING,
            "stopped": pb.STOPPED, "failed": pb.FAILED}
@@ -60,6 +61,16 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     async def ListAdapters(self, request, context) -> pb.ListAdaptersResponse:
         engine = pick(self._llms, request.model)
         return pb.ListAdaptersResponse(adapters=[to_adapter_info(engine.name, a) for a in engine.list_adapters()])
+
+    async def ReloadModel(self, request, context) -> pb.ModelInfo:
+        # Admin-only (daemon/interceptors.py ADMIN_MUTATIONS). The engine validates the
+        # checkpoint before it swaps: a bad one raises, naming `path`, and the old one stays.
+        reloadable = {name: e for name, e in self._engines.items() if hasattr(e, "reload")}
+        if request.name and request.name in self._engines and request.name not in reloadable:
+            raise FailedPrecondition(f"model {request.name!r} cannot reload a checkpoint", field="name")
+        engine = pick(reloadable, request.name, field="name")
+        await engine.reload(request.path)
+        return to_model_info(engine)
 
     async def GetStats(self, request, context) -> pb.GetStatsResponse:
         return pb.GetStatsResponse(

@@ -13,8 +13,11 @@ from opentelemetry import context as otel_context
 from galactic.v1 import generation_pb2 as pb
 from galactic.v1 import generation_pb2_grpc
 
-from daemon.errors import to_status
+from daemon import tenants
+from daemon.config import LimitsConfig
+from daemon.errors import shorten, to_status
 from daemon.servicers import deadline_of, pick
+from daemon.validation import Bounds
 from engines.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from engines.llm.types import ChatMessage, FinalOutput, GenerationRequest, SamplingParams, TokenChunk
 
@@ -46,6 +49,7 @@ def to_request(msg: pb.GenerateRequest, request_id: str, deadline: float | None)
         priority=msg.priority,
         deadline=deadline,
         trace_context=otel_context.get_current(),
+        tenant=tenants.current_name(),
     )
 
 
@@ -54,6 +58,7 @@ def to_chunk(out: TokenChunk) -> pb.TokenChunk:
 
 
 def to_final(out: FinalOutput) -> pb.Final:
+    tenants.charge(out.prompt_tokens + out.completion_tokens)  # the tenant's tokens_per_min
     t = out.timings
     return pb.Final(
         finish_reason=pb.FinishReason.Value(out.finish_reason.name),
@@ -63,8 +68,10 @@ def to_final(out: FinalOutput) -> pb.Final:
 
 
 class GenerationServicer(generation_pb2_grpc.GenerationServicer):
-    def __init__(self, engines: Mapping[str, object], draining: asyncio.Event | None = None) -> None:
+    def __init__(self, engines: Mapping[str, object], draining: asyncio.Event | None = None,
+                 bounds: Bounds | None = None) -> None:
         self._engines = engines
+        self._bounds = bounds or Bounds(LimitsConfig())
         # Set when the daemon starts draining: sessions refuse new Submits and end once
         # their live requests have finished, so one idle session cannot hold up shutdown.
         self._draining = draining or asyncio.Event()
@@ -85,7 +92,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
             stream.close()
 
     async def Session(self, request_iterator, context) -> AsyncIterator[pb.SessionResponse]:
-        session = _Session(self._engines, deadline_of(context), self._draining)
+        session = _Session(self._engines, deadline_of(context), self._draining, self._bounds)
         reader = asyncio.create_task(session.read(request_iterator))
         drain_watch = asyncio.create_task(session.wake_on_drain())
         try:
@@ -106,8 +113,10 @@ class _Session:
     """One bidi stream: a reader task for client frames, one task per live request, and a
     single outbound queue so frames of different requests interleave as they are made."""
 
-    def __init__(self, engines: Mapping[str, object], deadline: float | None, draining: asyncio.Event) -> None:
+    def __init__(self, engines: Mapping[str, object], deadline: float | None, draining: asyncio.Event,
+                 bounds: Bounds) -> None:
         self._engines = engines
+        self._bounds = bounds
         self._deadline = deadline
         self._draining = draining
         self._out: asyncio.Queue = asyncio.Queue()
@@ -124,6 +133,11 @@ class _Session:
                 if kind == "submit":
                     self._submit(frame.submit)
                 elif kind == "cancel":
+                    try:
+                        self._bounds.check(frame.cancel, "cancel")
+                    except InvalidArgument as exc:
+                        self._error(frame.cancel.request_id, exc)
+                        continue
                     self._cancel(frame.cancel.request_id)
                 else:
                     self._error("", InvalidArgument("empty session frame", field="frame"))
@@ -154,10 +168,11 @@ class _Session:
         try:
             if self._draining.is_set():
                 raise Unavailable("server is draining; submit on another host")
+            self._bounds.check(submit, "submit")  # before the engine tokenizes anything
             if not rid:
                 raise InvalidArgument("request_id is required", field="submit.request_id")
             if rid in self._live:
-                raise AlreadyExists(f"request {rid!r} is still running", field="submit.request_id")
+                raise AlreadyExists(f"request {shorten(rid)!r} is still running", field="submit.request_id")
             deadline = time.monotonic() + submit.timeout_ms / 1e3 if submit.timeout_ms else self._deadline
             engine = pick(self._engines, submit.request.model, field="submit.request.model")
             stream = engine.generate(to_request(submit.request, self._prefix + rid, deadline))
@@ -188,9 +203,11 @@ class _Session:
     def _cancel(self, rid: str) -> None:
         live = self._live.get(rid)
         if live is None or not live[0].cancel(self._prefix + rid):
-            self._error(rid, NotFound(f"no live request {rid!r} in this session", field="cancel.request_id"))
+            self._error(rid, NotFound(f"no live request {shorten(rid)!r} in this session", field="cancel.request_id"))
 
     def _error(self, rid: str, exc: BaseException) -> None:
+        # An id past its bound comes back cut, not whole: the client learns which one failed.
+        rid = shorten(rid, self._bounds.limits.max_id_chars)
         self._out.put_nowait(pb.SessionResponse(request_id=rid, error=to_status(exc)))
 
     async def close(self) -> None:

@@ -7,8 +7,10 @@ from typing import AsyncIterator, Mapping
 from galactic.v1 import inference_pb2 as pb
 from galactic.v1 import inference_pb2_grpc, tensor_pb2
 
-from daemon.errors import to_status
+from daemon.config import LimitsConfig
+from daemon.errors import shorten, to_status
 from daemon.servicers import answer_concurrently, deadline_of, pick
+from daemon.validation import Bounds
 from engines import tensors
 from engines.errors import InvalidArgument
 
@@ -28,9 +30,11 @@ def to_pb_spec(s) -> tensor_pb2.TensorSpec:
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
-    def __init__(self, engines: Mapping[str, object], max_elements: int = tensors.MAX_ELEMENTS) -> None:
+    def __init__(self, engines: Mapping[str, object], max_elements: int = tensors.MAX_ELEMENTS,
+                 bounds: Bounds | None = None) -> None:
         self._engines = engines
         self._max_elements = max_elements
+        self._bounds = bounds or Bounds(LimitsConfig())
 
     async def Infer(self, request: pb.InferRequest, context) -> pb.InferResponse:
         return await self._infer(request, deadline_of(context))
@@ -40,10 +44,12 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         deadline = deadline_of(context)
 
         async def handle(req: pb.InferRequest) -> pb.InferStreamResponse:
+            self._bounds.check(req)  # unary requests were bounded by the interceptor
             return pb.InferStreamResponse(request_id=req.request_id, response=await self._infer(req, deadline))
 
         def on_error(req: pb.InferRequest, exc: Exception) -> pb.InferStreamResponse:
-            return pb.InferStreamResponse(request_id=req.request_id, error=to_status(exc))
+            rid = shorten(req.request_id, self._bounds.limits.max_id_chars)
+            return pb.InferStreamResponse(request_id=rid, error=to_status(exc))
 
         async for frame in answer_concurrently(request_iterator, handle, on_error):
             yield frame

@@ -24,6 +24,22 @@ class BatchingConfig:
 
 
 @dataclass(frozen=True)
+class StreamsConfig:
+    """Bounds and timing of Coordination.PlanStream (the stateful plan per stream)."""
+
+    max_streams: int = 64  # open PlanStreams per model; more get RESOURCE_EXHAUSTED
+    max_targets: int = 10_000  # targets one stream may hold; more get RESOURCE_EXHAUSTED
+    coalesce_ms: float = 2.0  # default burst window: events this close share one plan
+    max_coalesce_ms: float = 1000.0  # the most a client may ask for in PlanOpen.coalesce_ms
+
+    def __post_init__(self) -> None:
+        check(self.max_streams >= 1, "max_streams", "must be >= 1")
+        check(self.max_targets >= 1, "max_targets", "must be >= 1")
+        check(self.max_coalesce_ms >= 0, "max_coalesce_ms", "must be >= 0")
+        check(0 <= self.coalesce_ms <= self.max_coalesce_ms, "coalesce_ms", "must be within [0, max_coalesce_ms]")
+
+
+@dataclass(frozen=True)
 class ConstraintsConfig:
     """Hard constraints, applied as masks outside the network."""
 
@@ -41,11 +57,12 @@ class ConstraintsConfig:
 class CoordinationConfig:
     name: str = "coordination"
     enabled: bool = True
-    # "embedded": the model shipped in training/data (reproduced by `galactic-train
-    # coordination`); otherwise a .safetensors path with its .json config beside it.
+    # A .safetensors path with its .json config beside it. "embedded" (the model shipped in
+    # training/data, reproduced by `galactic-train coordination`) is resolved to its path by
+    # the daemon (daemon/shipped.py) before the engine sees it: engines never import training.
     checkpoint: str = "embedded"
     sites_file: Path | None = None  # None: the shipped training/data/sites.toml
-    cache_dir: Path | None = None  # where an embedded model trained at start is cached
+    cache_dir: Path | None = None  # unused since the engine stopped training a fallback; kept so configs load
     snr_required: float = 10.0
     max_targets: int = 100_000
     max_observatories: int = 64
@@ -53,6 +70,7 @@ class CoordinationConfig:
     # linear_sum_assignment, whose cost grows as targets x slots^2.
     lsa_max_cells: int = 60_000
     batching: BatchingConfig = field(default_factory=BatchingConfig)
+    streams: StreamsConfig = field(default_factory=StreamsConfig)
     constraints: ConstraintsConfig = field(default_factory=ConstraintsConfig)
 
     def __post_init__(self) -> None:
@@ -74,7 +92,6 @@ enabled = true
 # whose config .json sits beside it. Only safetensors are loaded, never pickles.
 checkpoint = "embedded"
 # sites_file = "/etc/galactic/sites.toml"   # default: the shipped 13-site table
-# cache_dir = "/var/cache/galactic"         # where "embedded" is trained and cached if not shipped
 snr_required = 10.0          # an observation counts as a success at this SNR
 max_targets = 100000         # per request
 max_observatories = 64       # per request
@@ -86,6 +103,13 @@ max_batch_size = 64          # requests per model step
 max_batch_pairs = 400000     # (target, site) rows per model step
 max_queue_delay_ms = 2.0     # how long a lone request waits for others to share its step
 max_queue = 1024             # more pending requests are refused with RESOURCE_EXHAUSTED
+
+[coordination.streams]
+# Coordination.PlanStream: a standing plan per stream, updated by alert events.
+max_streams = 64             # open plan streams; more are refused with RESOURCE_EXHAUSTED
+max_targets = 10000          # targets one stream may hold; more are refused with RESOURCE_EXHAUSTED
+coalesce_ms = 2.0            # events this close together are answered by one plan
+max_coalesce_ms = 1000.0     # the longest window a client may ask for (PlanOpen.coalesce_ms)
 
 [coordination.constraints]
 min_altitude_deg = 25.0

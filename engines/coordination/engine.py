@@ -4,12 +4,17 @@ Requests from many clients share model steps through the dynamic batcher: each s
 builds every queued request's features (numpy), runs one forward pass over all their rows,
 then solves each request's assignment. Raw `infer()` calls (the generic Inference RPC) join
 the same batches. Validation happens before queuing so a bad request fails alone.
+
+Weights can be replaced while serving (`reload()`): the new checkpoint is read and
+validated off the event loop, then swapped in by one reference assignment. A step reads
+the reference once when it starts, so a batch in flight finishes on the weights it started
+with and the next batch uses the new ones; results carry the version that scored them.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -22,9 +27,10 @@ from engines.config import to_mapping
 from engines.coordination import checkpoint, features, problem, solver
 from engines.coordination.config import CoordinationConfig
 from engines.coordination.model import CoordNet
+from engines.coordination.plan import PlanState
 from engines.coordination.sites import SiteTable, load_sites
-from engines.coordination.types import CoordinateRequest, CoordinateResult, TensorSpec
-from engines.errors import FailedPrecondition, InvalidArgument, Unavailable
+from engines.coordination.types import CoordinateRequest, CoordinateResult, Observatory, Target, TensorSpec
+from engines.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 
 SERVICES = ("galactic.v1.Coordination", "galactic.v1.Inference")
 
@@ -35,14 +41,24 @@ class _InferItem:
     site: torch.Tensor  # (B,) int64
 
 
+@dataclass(frozen=True)
+class _Weights:
+    """What a step scores with; replaced as a whole, never mutated."""
+
+    model: CoordNet
+    version: str  # checkpoint content hash
+    path: Path
+
+
 class CoordinationEngine:
     def __init__(self, config: CoordinationConfig) -> None:
         self.config = config
         self.name = config.name
         self._state = "loading"
-        self._model: CoordNet | None = None
+        self._weights: _Weights | None = None
         self._sites: SiteTable | None = None
-        self._version = ""
+        self._reload_lock = asyncio.Lock()
+        self._plans_open = 0
         b = config.batching
         limits = BatchLimits(
             max_batch_size=b.max_batch_size if b.enabled else 1,
@@ -54,32 +70,43 @@ class CoordinationEngine:
 
     # -- Engine protocol -------------------------------------------------------------------
     def load(self, progress: Callable[[str], None]) -> None:
+        """Read the site table and the checkpoint `config.checkpoint` names (a path: the
+        daemon resolves "embedded" to the shipped file). A missing or invalid checkpoint
+        raises NotFound / InvalidArgument / FailedPrecondition naming `checkpoint`."""
         progress("reading the site table")
         self._sites = load_sites(self.config.sites_file)
-        weights = self._resolve_checkpoint(progress)
-        progress(f"loading {weights.name}")
-        model, site_ids, digest = checkpoint.load(weights)
-        if site_ids != self._sites.ids:
-            raise FailedPrecondition(
-                f"checkpoint was trained on sites {list(site_ids)}, the site table has {list(self._sites.ids)}",
-                field="checkpoint")
-        self._model, self._version = model, digest
-        progress("warming up")
-        with torch.no_grad():
-            model.predict(torch.zeros(8, features.N_FEATURES), torch.zeros(8, dtype=torch.long))
+        if self.config.checkpoint == "embedded":
+            raise FailedPrecondition("'embedded' must be resolved to the shipped checkpoint's path by the daemon "
+                                     "(daemon/shipped.py); the engine loads paths only", field="checkpoint")
+        path = Path(self.config.checkpoint).expanduser()
+        progress(f"loading {path.name}")
+        self._weights = self._read(path, field="checkpoint")
 
-    def _resolve_checkpoint(self, progress: Callable[[str], None]) -> Path:
-        if self.config.checkpoint != "embedded":
-            return Path(self.config.checkpoint)
-        if checkpoint.EMBEDDED.exists() and checkpoint.config_path(checkpoint.EMBEDDED).exists():
-            return checkpoint.EMBEDDED
-        # Not shipped (e.g. a trimmed install): train the small default once and cache it.
-        from training.coordination.default import ensure_default_checkpoint
+    def _read(self, path: Path, field: str) -> _Weights:
+        """Load, validate and warm up a checkpoint (blocking; the site table must be read)."""
+        model, _site_ids, digest = checkpoint.load(path, self._sites.ids, field=field)
+        with torch.no_grad():  # warm-up, and a last check that it scores at all
+            p, _ = model.predict(torch.zeros(8, features.N_FEATURES), torch.zeros(8, dtype=torch.long))
+        if not torch.isfinite(p).all():
+            raise InvalidArgument(f"{path}: the model scores NaN on a zero input", field=field)
+        return _Weights(model, digest, path)
 
-        return ensure_default_checkpoint(self.config.cache_dir, progress)
+    async def reload(self, path: str | Path) -> ModelInfo:
+        """Swap in the checkpoint at `path` without stopping; see the module docstring.
+
+        Validation failures raise (NotFound, InvalidArgument, FailedPrecondition naming
+        `path`) and leave the served weights as they were. Reloads are serialised.
+        """
+        self._require_ready()
+        if not str(path):
+            raise InvalidArgument("a checkpoint path is required", field="path")
+        async with self._reload_lock:
+            new = await asyncio.to_thread(self._read, Path(path).expanduser(), "path")
+            self._weights = new  # the next step picks it up; a running step keeps its own
+        return self.info()
 
     async def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._model is None:
+        if self._weights is None:
             raise FailedPrecondition("load() must succeed before start()")
         await self._batcher.start()
         self._state = "ready"
@@ -91,17 +118,19 @@ class CoordinationEngine:
 
     @property
     def version(self) -> str:
-        """The checkpoint's hash; cheap, for every response (info() counts parameters)."""
-        return self._version
+        """The served checkpoint's hash; cheap, for every response (info() counts parameters)."""
+        return self._weights.version if self._weights is not None else ""
 
     def info(self) -> ModelInfo:
-        params = self._model.n_parameters() if self._model is not None else 0
-        return ModelInfo(name=self.name, kind="coordination", version=self._version, state=self._state,
+        w = self._weights
+        params = w.model.n_parameters() if w is not None else 0
+        config = replace(self.config, checkpoint=str(w.path)) if w is not None else self.config
+        return ModelInfo(name=self.name, kind="coordination", version=self.version, state=self._state,
                          device="cpu", parameters=params, memory_bytes=params * 4,
-                         config=to_mapping(self.config), services=SERVICES)
+                         config=to_mapping(config), services=SERVICES)
 
     def stats(self) -> dict[str, float]:
-        return self._batcher.stats()
+        return {**self._batcher.stats(), "plan_streams_open": float(self._plans_open)}
 
     # -- requests --------------------------------------------------------------------------
     async def coordinate(self, request: CoordinateRequest, deadline: float | None = None) -> CoordinateResult:
@@ -113,6 +142,25 @@ class CoordinationEngine:
         self._require_ready()
         prob = problem.validate(request, self._sites, self.config)
         return await self._batcher.submit(prob, deadline)
+
+    def open_plan(self, *, time_unix: float, observatories: tuple[Observatory, ...], targets: tuple[Target, ...],
+                  window_s: float, snr_required: float | None) -> PlanState:
+        """A standing plan for one stream (Coordination.PlanStream); pair with close_plan().
+
+        ResourceExhausted past `streams.max_streams` open plans or `streams.max_targets`
+        targets; InvalidArgument naming the `open.` field of a bad initial state.
+        """
+        self._require_ready()
+        if self._plans_open >= self.config.streams.max_streams:
+            raise ResourceExhausted(f"{self._plans_open} plan streams are open; streams.max_streams="
+                                    f"{self.config.streams.max_streams}", field="open")
+        state = PlanState(time_unix=time_unix, observatories=observatories, targets=targets, window_s=window_s,
+                          snr_required=snr_required, table=self._sites, config=self.config)
+        self._plans_open += 1
+        return state
+
+    def close_plan(self) -> None:
+        self._plans_open -= 1
 
     async def infer(self, inputs: dict[str, torch.Tensor], deadline: float | None = None) -> dict[str, torch.Tensor]:
         """Raw scoring: {"features": (B, F) float32, "site": (B,) int64} -> {"p_success", "expected_snr"} (B,)."""
@@ -163,21 +211,23 @@ class CoordinationEngine:
 
     def _step(self, items: list) -> list:
         """One model step for a batch of Problems and raw infer items: exactly one result each."""
+        weights = self._weights  # read once: a reload during this step takes effect at the next
         problems = [i for i in items if isinstance(i, problem.Problem)]
         raw = [i for i in items if isinstance(i, _InferItem)]
         pairs = features.pair_batch([(p.time_unix, p.targets, p.sites, p.expired, p.snr_required) for p in problems],
                                     self.config.constraints) if problems else None
         xs = ([torch.from_numpy(pairs.x)] if pairs else []) + [r.features for r in raw]
         ss = ([torch.from_numpy(pairs.site)] if pairs else []) + [r.site for r in raw]
-        p_all, snr_all = self._model.predict(torch.cat(xs), torch.cat(ss))  # one forward: (sum P,), (sum P,)
+        p_all, snr_all = weights.model.predict(torch.cat(xs), torch.cat(ss))  # one forward: (sum P,), (sum P,)
         p_np, snr_np = p_all.numpy(), snr_all.numpy()
         results: dict[int, object] = {}
         start = 0
         for k, item in enumerate(problems):
             n = int(pairs.counts[k])
             try:
-                results[id(item)] = self._solve(item, pairs.feasible[k], pairs.ti[k], pairs.sj[k],
-                                                p_np[start:start + n], snr_np[start:start + n])
+                results[id(item)] = replace(
+                    self._solve(item, pairs.feasible[k], pairs.ti[k], pairs.sj[k], p_np[start:start + n],
+                                snr_np[start:start + n]), version=weights.version)
             except Exception as exc:  # one request's failure stays with that request
                 results[id(item)] = exc
             start += n

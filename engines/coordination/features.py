@@ -20,6 +20,9 @@ FEATURE_NAMES = (
     "band_u", "band_g", "band_r", "band_i", "band_z", "band_y",
 )
 N_FEATURES = len(FEATURE_NAMES)
+# Bump when a feature's meaning or scaling changes: checkpoints record the version they
+# were trained on and the engine refuses another (their weights would read wrong inputs).
+FEATURE_VERSION = 1
 PRIOR_DEPTH_SCATTER_MAG = 0.2
 
 

@@ -48,12 +48,16 @@ from engines.llm.lora import LoRABank, read_adapter
 from engines.llm.output import OutputProcessor, RequestOutput
 from engines.llm.runner import ModelRunner, StepResult
 from engines.llm.scheduler import Scheduler, Sequence, StepPlan
-from engines.llm.types import AdapterInfo, GenerationRequest, FinishReason, FinalOutput, TokenChunk
+from engines.llm.types import AdapterInfo, GenerationRequest, FinishReason, FinalOutput, SamplingParams, TokenChunk
 from engines.llm.validation import validate_and_tokenize
 from engines.worker import Outbox, ResultStream, StepWorker
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
+
+# Steps failing in a row (not out of memory) after which the worker gives up: the engine is
+# then broken, not unlucky, and the daemon restarts it (health NOT_SERVING meanwhile).
+MAX_FAILED_STEPS = 3
 
 
 class RequestStream:
@@ -111,6 +115,7 @@ class LLMEngine:
         self._adapters: AdapterRegistry | None = None  # built in load(), with the model
         self._loop: asyncio.AbstractEventLoop | None = None
         self._worker: StepWorker | None = None
+        self._fault = ""  # why the worker last exited (see restart())
         self._waiters: list[asyncio.Future] = []
         self._max_positions = 1 << 30
         self._device = torch.device("cpu")
@@ -156,12 +161,56 @@ class LLMEngine:
         if self.model is None:
             raise FailedPrecondition("start() before load()")
         self._loop = loop
-        self._worker = StepWorker(f"llm-{self.name}", self._step, self._scheduler.has_work)
+        self._faulted = asyncio.Event()
         self._outbox = Outbox(loop)
-        self._outbox.thread = self._worker.thread
-        self._worker.start()
+        self._start_worker()
         self.state = "ready"
         self._update_gauges()
+
+    def _start_worker(self) -> None:
+        self._worker = StepWorker(f"llm-{self.name}", self._step, self._scheduler.has_work,
+                                  max_failures=MAX_FAILED_STEPS, on_exit=self._worker_exited)
+        self._outbox.thread = self._worker.thread
+        self._worker.start()
+
+    # ---- supervision: the daemon restarts a worker that died or kept failing ----------
+
+    def _worker_exited(self, reason: str) -> None:  # on the dying worker thread
+        self._fault = reason
+        self._loop.call_soon_threadsafe(self._faulted.set)
+
+    async def wait_faulted(self) -> str:
+        """Return (why) once the worker thread has died or given up after failing steps."""
+        await self._faulted.wait()
+        return self._fault
+
+    async def restart(self) -> None:
+        """Fail every request the dead worker held with Unavailable, start a fresh worker,
+        and prove the engine with a canary request; raises if the canary fails (the caller
+        retries). New requests get Unavailable until the canary has passed."""
+        self.state = "restarting"
+        await asyncio.to_thread(self._worker.stop, 5)
+        with self._lock:
+            victims = list(self._live.values())
+            for seq in victims:
+                self._scheduler.finish(seq)
+                self._retire(seq)
+        self._runner.reset()
+        for seq in victims:
+            self._output.fail(seq.handle, Unavailable(f"model {self.name} restarted its worker; retry"))
+        self._faulted.clear()
+        self._start_worker()
+        self._update_gauges()
+        await self.canary()
+        self.state = "ready"
+
+    async def canary(self) -> None:
+        """One greedy token through scheduler, runner and output: checks the engine, not
+        just that its thread is alive. Raises what the step raised."""
+        req = GenerationRequest(request_id=f"canary-{next(self._order)}", prompt="canary",
+                                sampling=SamplingParams(max_new_tokens=1, ignore_eos=True))
+        async for _ in RequestStream(self._enqueue(req, canary=True), self._worker.notify):
+            pass
 
     async def stop(self, grace_s: float) -> None:
         """Refuse new work, let running requests finish for `grace_s`, cancel the rest."""
@@ -254,8 +303,8 @@ class LLMEngine:
         self._worker.notify()
         return True
 
-    def _enqueue(self, req: GenerationRequest) -> Sequence:
-        if self.state != "ready" or self._worker is None:
+    def _enqueue(self, req: GenerationRequest, canary: bool = False) -> Sequence:
+        if (self.state != "ready" and not canary) or self._worker is None:
             raise Unavailable(f"model {self.name} is {self.state}")
         ids = validate_and_tokenize(req, self.tokenizer, self.config.scheduler, self._max_positions)
         with self._lock:
@@ -323,15 +372,21 @@ class LLMEngine:
     # ---- the step (worker thread) ----------------------------------------------------
 
     def _step(self) -> None:
+        failed: Exception | None = None
         with self._model_lock:
             try:
                 with torch.no_grad():
                     self._step_locked()
             except Exception as exc:  # a failing step fails its requests, not the daemon
                 self._fail_all(exc)
+                failed = exc
         self._update_gauges()
         # One hand-over per step: every token of the step, then the wait_until() check.
         self._outbox.flush(then=self._state_changed)
+        if failed is not None and not isinstance(failed, torch.OutOfMemoryError):
+            # Out of memory is load; anything else counts toward MAX_FAILED_STEPS in a row,
+            # after which the worker gives up and the daemon restarts it.
+            raise failed
 
     def _step_locked(self) -> None:
         with self._lock:

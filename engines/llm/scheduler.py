@@ -125,6 +125,8 @@ class WaitingQueue:
         self.capacity = capacity
         self.aging_s = aging_s
         self.items: list[Sequence] = []
+        self._admits = 0
+        self._last_admit: dict[str, int] = {}  # tenant -> admission count when last admitted
 
     def __len__(self) -> int:
         return len(self.items)
@@ -139,9 +141,26 @@ class WaitingQueue:
         self.items.remove(seq)
 
     def best(self, now: float) -> Sequence | None:
+        """Fair across tenants, then by priority: the tenant admitted least recently goes
+        first (so one tenant's flood holds another's request back by one admission at
+        most); within it, the highest aged priority, FIFO among equals. With one tenant
+        (no api keys) this is plain priority order."""
         if not self.items:
             return None
-        return max(self.items, key=lambda s: (s.request.priority + (now - s.t_enqueue) / self.aging_s, -s.order))
+        first: dict[str, int] = {}  # tenant -> arrival order of its oldest waiting request
+        for s in self.items:
+            t = s.request.tenant
+            if t not in first or s.order < first[t]:
+                first[t] = s.order
+        tenant = min(first, key=lambda t: (self._last_admit.get(t, -1), first[t]))
+        return max((s for s in self.items if s.request.tenant == tenant),
+                   key=lambda s: (s.request.priority + (now - s.t_enqueue) / self.aging_s, -s.order))
+
+    def admit(self, seq: Sequence) -> None:
+        """`seq` (from `best`) leaves the queue for a batch slot."""
+        self.items.remove(seq)
+        self._admits += 1
+        self._last_admit[seq.request.tenant] = self._admits
 
 
 class Scheduler:
@@ -214,7 +233,7 @@ class Scheduler:
             seq = self.waiting.best(now)
             if seq is None or self.reserved + seq.reserve > cfg.max_batch_tokens:
                 break  # the best one waits for room; smaller ones do not jump it
-            self.waiting.remove(seq)
+            self.waiting.admit(seq)
             self.reserved += seq.reserve
             self._admitted += 1
             seq.status, seq.t_admit = Status.PREFILLING, now

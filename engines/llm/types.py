@@ -38,6 +38,7 @@ class GenerationRequest:
     priority: int = 0  # higher first; waiting requests age upward (scheduler.priority_aging_s)
     deadline: float | None = None  # absolute time.monotonic() seconds; None = no expiry
     trace_context: object | None = None  # an opentelemetry Context to parent/link spans
+    tenant: str = ""  # who asked (the daemon's bearer-token tenant): fair admission across them
 
 
 class FinishReason(enum.Enum):

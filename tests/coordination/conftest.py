@@ -8,6 +8,7 @@ import datetime as dt
 import numpy as np
 import pytest
 
+from daemon.shipped import COORDINATION_CHECKPOINT
 from engines.coordination.config import BatchingConfig, CoordinationConfig
 from engines.coordination.engine import CoordinationEngine
 from engines.coordination.sites import load_sites
@@ -62,7 +63,8 @@ def request_factory():
 
 
 def _engine_config(**batching) -> CoordinationConfig:
-    return CoordinationConfig(batching=BatchingConfig(**batching))
+    # The daemon resolves "embedded" to the shipped file; an engine built directly gets the path.
+    return CoordinationConfig(checkpoint=str(COORDINATION_CHECKPOINT), batching=BatchingConfig(**batching))
 
 
 @pytest.fixture(scope="session")

@@ -126,3 +126,27 @@ async def test_vectorised_validation_still_names_the_offender(engine, request_fa
     with pytest.raises(InvalidArgument) as err:
         await engine.coordinate(req)
     assert err.value.field == field
+
+
+@pytest.mark.parametrize("checkpoint, error", [("embedded", "FailedPrecondition"), ("/nonexistent/x.safetensors",
+                                                                                    "NotFound")])
+def test_engine_loads_a_path_only_and_says_what_is_wrong(checkpoint, error):
+    from engines.coordination.engine import CoordinationEngine
+    from engines import errors
+
+    engine = CoordinationEngine(CoordinationConfig(checkpoint=checkpoint))
+    with pytest.raises(getattr(errors, error)) as err:
+        engine.load(lambda _msg: None)
+    assert err.value.field == "checkpoint"
+
+
+def test_the_coordination_engine_never_imports_training_or_the_daemon():
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "engines" / "coordination"
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n.split(".")[0] in ("training", "daemon") for n in names), f"{path}: {names}"

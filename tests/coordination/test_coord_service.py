@@ -122,3 +122,62 @@ async def test_request_beyond_one_batch_budget_is_refused(daemon_factory, reques
         assert err.value.field == "targets"
         small = await client.coordinate(request_pb(request_factory(10)))  # 70 pairs: served
         assert len(small.assignments) + len(small.unassigned) == 10
+
+
+async def test_client_infer_stream_wrappers_async_and_sync(client, coord_daemon):
+    import asyncio
+
+    from galactic_client import Client
+
+    x, site = np.zeros((3, 21), np.float32), np.zeros(3, np.int64)
+    async with client.infer_stream() as stream:
+        futures = [await stream.submit("coordination", {"features": x, "site": site}) for _ in range(4)]
+        bad = await stream.submit("coordination", {"features": x.astype(np.float64), "site": site})
+        outs = await asyncio.gather(*futures)
+        assert all(o["p_success"].shape == (3,) for o in outs)
+        with pytest.raises(errors.InvalidArgument):  # the typed error, for that request alone
+            await bad
+        assert (await stream.infer("coordination", {"features": x, "site": site}))["expected_snr"].shape == (3,)
+
+    def blocking() -> tuple[int, type]:  # the daemon needs this loop: the sync client runs on a thread
+        with Client(f"127.0.0.1:{coord_daemon.port}") as c, c.infer_stream() as s:
+            ok = s.submit("coordination", {"features": x, "site": site}).result(30)
+            try:
+                s.infer("no-such-model", {"features": x, "site": site})
+            except errors.GalacticError as exc:
+                return ok["p_success"].shape[0], type(exc)
+        return 0, type(None)
+
+    assert await asyncio.to_thread(blocking) == (3, errors.NotFound)
+
+
+async def test_cli_coordinate_follow_prints_a_plan_per_change(coord_daemon):
+    import asyncio
+    import json
+    import sys
+    from pathlib import Path
+
+    example = json.loads((Path(__file__).resolve().parents[2] / "training/data/example_request.json").read_text())
+    first = example["targets"][0]["id"]
+    events = [
+        {"open": {k: example[k] for k in ("timeUnix", "observatories", "targets")}},
+        {"event_id": "alert-1", "upsert": {"targets": [{"id": "sn-x", "ra_deg": 150.0, "dec_deg": -20.0,
+                                                        "magnitude": 18.0, "band": "BAND_R", "exposure_s": 60.0,
+                                                        "value": 50.0, "time_critical": True}]}},
+        {"event_id": "bad", "upsert": {"targets": [{"id": "sn-y", "ra_deg": 999.0}]}},
+        {"event_id": "gone", "retract": {"target_ids": [first]}},
+        {"event_id": "full", "plan": {}},
+    ]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "galactic_client.cli", "--target", f"127.0.0.1:{coord_daemon.port}",
+        "coordinate", "--follow", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate("\n".join(json.dumps(e) for e in events).encode()), 60)
+    assert proc.returncode == 0, err.decode()
+    frames = [json.loads(line) for line in out.decode().splitlines()]
+    errors_ = [f for f in frames if "error" in f]
+    assert [f["event_ids"] for f in errors_] == [["bad"]] and "ra_deg" in errors_[0]["error"]["message"]
+    updates = [f for f in frames if "update" in f]
+    answered = [i for f in updates for i in f["event_ids"]]
+    assert {"alert-1", "gone", "full"} <= set(answered)  # coalescing may merge some into one plan
+    assert "full" in updates[-1]["update"]

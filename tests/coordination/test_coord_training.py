@@ -8,6 +8,7 @@ import lightning as L
 import pytest
 import torch
 
+from daemon.shipped import COORDINATION_CHECKPOINT
 from engines.coordination import checkpoint
 from engines.coordination.config import CoordinationConfig
 from engines.coordination.engine import CoordinationEngine
@@ -67,7 +68,7 @@ def test_shipped_checkpoint_is_the_default_recipe(sites):
 
     from training.coordination.default import Recipe
 
-    doc = json.loads(checkpoint.config_path(checkpoint.EMBEDDED).read_text())
+    doc = json.loads(checkpoint.config_path(COORDINATION_CHECKPOINT).read_text())
     meta = doc["meta"]
     assert meta["recipe"] == "federated" and meta["engine"] == "nvflare" and meta["seed"] == Recipe.seed
     assert meta["windows_per_site"] == Recipe.windows_per_site and meta["per_window"] == Recipe.per_window

@@ -6,6 +6,7 @@ helpers (`to_tensor`, `from_tensor`) need the optional numpy extra and import it
 """
 
 from .aio import AsyncClient, AsyncSession, Chunk, Final, SessionRequest, resolve_target
+from .streams import AsyncInferStream, AsyncPlanStream
 from .errors import (
     Aborted,
     AlreadyExists,
@@ -27,12 +28,16 @@ from .errors import (
     from_rpc_error,
     from_status,
 )
-from .sync import Client, Session, SyncSessionRequest
+from .sync import Client, InferStream, PlanStream, Session, SyncSessionRequest
 from .tensors import TensorError, from_tensor, to_tensor
 
 __all__ = [
     "AsyncClient",
     "AsyncSession",
+    "AsyncPlanStream",
+    "AsyncInferStream",
+    "PlanStream",
+    "InferStream",
     "Client",
     "Session",
     "SessionRequest",

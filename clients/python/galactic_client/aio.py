@@ -37,11 +37,14 @@ from galactic.v1 import (
 from .errors import DeadlineExceeded, Internal, from_rpc_error
 from .generation import Chunk, Final, build_generate_request, chunk_from_pb, final_from_pb
 from .session import AsyncSession, SessionRequest
+from .streams import AsyncInferStream, AsyncPlanStream
 
 __all__ = [
     "AsyncClient",
     "AsyncSession",
     "SessionRequest",
+    "AsyncPlanStream",
+    "AsyncInferStream",
     "Chunk",
     "Final",
     "resolve_target",
@@ -63,6 +66,7 @@ _SERVICES = (
     "grpc.health.v1.Health",
 )
 _COORDINATE = "/galactic.v1.Coordination/Coordinate"
+_PLAN_STREAM = "/galactic.v1.Coordination/PlanStream"
 
 
 def service_config(*, max_attempts: int = 4, initial_backoff_s: float = 0.1, max_backoff_s: float = 2.0) -> str:
@@ -279,6 +283,12 @@ class AsyncClient:
         response = await self._unary(self._inference.Infer, request, timeout)
         return {tensor.name: from_tensor(tensor) for tensor in response.outputs}
 
+    def infer_stream(self, *, timeout: float | None = None) -> AsyncInferStream:
+        """Many Infer calls over one InferStream; use as `async with client.infer_stream() as s`.
+
+        The stream has no deadline unless `timeout` is given (it may live long)."""
+        return AsyncInferStream(lambda: self._inference.InferStream(timeout=timeout, metadata=self.metadata))
+
     async def coordinate(self, request, *, timeout: float | None = None):
         """Coordination.Coordinate: a CoordinateRequest message in, a CoordinateResponse out.
 
@@ -293,6 +303,46 @@ class AsyncClient:
             response_deserializer=coordination_pb2.CoordinateResponse.FromString,
         )
         return await self._unary(method, request, timeout)
+
+    def coordinate_stream(
+        self,
+        *,
+        time_unix: float,
+        observatories: Sequence[Any] = (),
+        targets: Sequence[Any] = (),
+        model: str = "",
+        window_s: float | None = None,
+        snr_required: float | None = None,
+        coalesce_ms: float | None = None,
+        full_plan_every_frame: bool = False,
+        protocol_version: int = 1,
+        timeout: float | None = None,
+    ) -> AsyncPlanStream:
+        """A standing plan on the daemon (Coordination.PlanStream); use as
+        `async with client.coordinate_stream(time_unix=t, observatories=obs) as plan:`.
+
+        Entering sends the PlanOpen (`observatories` and `targets` are coordination_pb2
+        Observatory / Target messages); `await plan.next()` returns each new plan as a
+        PlanUpdate diff. The stream has no deadline unless `timeout` is given.
+        """
+        coordination_pb2 = importlib.import_module("galactic.v1.coordination_pb2")
+        open_event = coordination_pb2.PlanOpen(
+            protocol_version=protocol_version, model=model, time_unix=time_unix, observatories=observatories,
+            targets=targets, full_plan_every_frame=full_plan_every_frame)
+        for name, value in (("window_s", window_s), ("snr_required", snr_required), ("coalesce_ms", coalesce_ms)):
+            if value is not None:
+                setattr(open_event, name, value)
+        return self.plan_stream(open_event, timeout=timeout)
+
+    def plan_stream(self, open_event, *, timeout: float | None = None) -> AsyncPlanStream:
+        """coordinate_stream() with a ready-made PlanOpen message."""
+        coordination_pb2 = importlib.import_module("galactic.v1.coordination_pb2")
+        method = self._channel.stream_stream(
+            _PLAN_STREAM,
+            request_serializer=coordination_pb2.PlanEvent.SerializeToString,
+            response_deserializer=coordination_pb2.PlanFrame.FromString,
+        )
+        return AsyncPlanStream(lambda: method(timeout=timeout, metadata=self.metadata), open_event)
 
     # -- admin (protobuf messages of admin.proto) -------------------------------------
 
@@ -320,6 +370,13 @@ class AsyncClient:
     async def list_adapters(self, *, model: str = "", timeout: float | None = None) -> list[admin_pb2.AdapterInfo]:
         response = await self._unary(self._admin.ListAdapters, admin_pb2.ListAdaptersRequest(model=model), timeout)
         return list(response.adapters)
+
+    async def reload_model(self, name: str, path: str, *, timeout: float | None = None) -> admin_pb2.ModelInfo:
+        """Admin.ReloadModel: swap in the checkpoint at `path` (on the daemon's host) without a
+        restart. A bad checkpoint raises (InvalidArgument, FailedPrecondition, NotFound) and
+        the daemon keeps the old one. Needs an admin token where the daemon requires one."""
+        request = admin_pb2.ReloadModelRequest(name=name, path=path)
+        return await self._unary(self._admin.ReloadModel, request, timeout)
 
     async def stats(self, *, timeout: float | None = None) -> admin_pb2.GetStatsResponse:
         return await self._unary(self._admin.GetStats, admin_pb2.GetStatsRequest(), timeout)

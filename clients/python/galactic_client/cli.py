@@ -75,12 +75,24 @@ def _parser() -> argparse.ArgumentParser:
     unload.add_argument("--force", action="store_true", help="cancel requests using it")
     unload.set_defaults(run=_adapters_unload)
 
-    commands.add_parser("models", help="served models").set_defaults(run=_models)
+    models = commands.add_parser("models", help="served models; `models reload NAME PATH` swaps a checkpoint")
+    models.set_defaults(run=_models)
+    model_actions = models.add_subparsers(dest="action", metavar="ACTION")
+    model_actions.add_parser("list").set_defaults(run=_models)
+    reload = model_actions.add_parser("reload", help="load a new checkpoint without a restart (admin)")
+    reload.add_argument("name", help='model name, e.g. "coordination"')
+    reload.add_argument("path", help="checkpoint path on the daemon's host (.safetensors, .json beside it)")
+    reload.set_defaults(run=_models_reload)
     commands.add_parser("stats", help="daemon and engine counters").set_defaults(run=_stats)
 
-    coordinate = commands.add_parser("coordinate", help="send a CoordinateRequest (proto JSON)")
-    coordinate.add_argument("file", help="JSON file of a CoordinateRequest ('-' for stdin)")
+    coordinate = commands.add_parser("coordinate", help="send a CoordinateRequest (proto JSON), or --follow a "
+                                     "stream of alert events")
+    coordinate.add_argument("file", nargs="?", default="-",
+                            help="JSON file of a CoordinateRequest, or with --follow of PlanEvents, one per line "
+                                 "('-' or omitted: stdin)")
     coordinate.add_argument("--table", action="store_true", help="print field: value lines instead of JSON")
+    coordinate.add_argument("--follow", action="store_true",
+                            help="PlanStream: read events as JSON lines, print each new plan as a JSON line")
     coordinate.set_defaults(run=_coordinate)
     return parser
 
@@ -180,6 +192,12 @@ def _models(client: Client, args) -> int:
     return 0
 
 
+def _models_reload(client: Client, args) -> int:
+    info = client.reload_model(args.name, args.path)
+    _out(f"reloaded {info.name}: version {info.version}")
+    return 0
+
+
 def _stats(client: Client, args) -> int:
     stats = client.stats()
     _out(f"uptime_s   {stats.uptime_s:.1f}")
@@ -200,7 +218,59 @@ def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return [(prefix, value)]
 
 
+def _follow(client: Client, args) -> int:
+    """`coordinate --follow`: PlanEvent JSON lines in (the first must be `open`), PlanFrame
+    JSON lines out, one per plan or refused event. A refused event is reported and the
+    stream goes on; a line that is not a PlanEvent is a local error (exit 1). Frames are
+    printed by a second thread as they arrive, so a plan shows while input is still open."""
+    import threading
+
+    coordination_pb2 = importlib.import_module("galactic.v1.coordination_pb2")
+    source = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
+
+    def parse(number: int, line: str):
+        try:
+            event = json_format.ParseDict(json.loads(line), coordination_pb2.PlanEvent())
+        except (ValueError, json_format.ParseError) as exc:
+            raise _LocalError(f"{args.file}:{number}: {exc}") from None
+        if event.HasField("open") and not event.open.protocol_version:
+            event.open.protocol_version = coordination_pb2.PLAN_PROTOCOL_VERSION
+        return event
+
+    with source:
+        lines = ((n, line) for n, line in enumerate(source, 1) if line.strip())
+        first = next(lines, None)
+        if first is None:
+            raise _LocalError(f"{args.file}: no events")
+        opening = parse(*first)
+        if not opening.HasField("open"):
+            raise _LocalError(f"{args.file}:{first[0]}: the first event must be `open`")
+        failure: list[GalacticError] = []
+        with client.plan_stream(opening.open) as plan:
+            def show() -> None:
+                try:
+                    while (frame := plan.next_frame()) is not None:
+                        _out(json.dumps(json_format.MessageToDict(frame, preserving_proto_field_name=True)))
+                        sys.stdout.flush()
+                except GalacticError as exc:  # the whole stream failed: main() reports it
+                    failure.append(exc)
+
+            printer = threading.Thread(target=show, name="galactic-follow", daemon=True)
+            printer.start()
+            for number, line in lines:
+                if failure:
+                    break
+                plan.send(parse(number, line))
+            plan.close()  # half-close: the daemon plans what is pending, then ends the stream
+            printer.join()
+    if failure:
+        raise failure[0]
+    return 0
+
+
 def _coordinate(client: Client, args) -> int:
+    if args.follow:
+        return _follow(client, args)
     coordination_pb2 = importlib.import_module("galactic.v1.coordination_pb2")
     try:
         text = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()

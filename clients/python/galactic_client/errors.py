@@ -3,8 +3,11 @@
 Every RPC failure, whether it ends a call (`grpc.RpcError`) or only one request inside a
 stream (a `google.rpc.Status` in a Session Error frame or an InferStream error), becomes one
 `GalacticError` subclass, so callers write `except ResourceExhausted:` rather than comparing
-codes. The daemon puts the field at fault first in the message ("sampling.top_p: must be in
-(0, 1]"); it is parsed into `.field`.
+codes. The field at fault comes from the status details (a `google.rpc.BadRequest` field
+violation, gRPC's rich error model: the `grpc-status-details-bin` trailer of a failed call,
+or the `details` of a stream's error frame) into `.field`; the message text, which starts
+with the same field for people ("sampling.top_p: must be in (0, 1]"), is only a fallback
+for daemons that send no details.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import re
 
 import grpc
+from google.rpc import error_details_pb2, status_pb2
 
 __all__ = [
     "GalacticError",
@@ -36,17 +40,19 @@ __all__ = [
     "from_code",
 ]
 
-# "sampling.top_p: reason" or "inputs[0].shape: reason": a dotted path, optionally
-# indexed, then a colon. Anything else (a plain sentence) carries no field.
-_FIELD_RE = re.compile(r"^\s*([A-Za-z_][\w]*(?:\[\d+\])?(?:\.[A-Za-z_][\w]*(?:\[\d+\])?)*)\s*:\s+")
+# Fallback without details: "sampling.top_p: reason" or "inputs[x].shape: reason": a dotted
+# path, optionally indexed or keyed, then a colon. A plain sentence carries no field.
+_FIELD_RE = re.compile(r"^\s*([A-Za-z_]\w*(?:\[[^\]\s]*\])?(?:\.[A-Za-z_]\w*(?:\[[^\]\s]*\])?)*)\s*:\s+")
+_DETAILS_KEY = "grpc-status-details-bin"
 
 
 class GalacticError(Exception):
     """An RPC (or one request inside a stream) failed with a gRPC status.
 
     `code` is the `grpc.StatusCode`, `details` the server's message, `field` the field at
-    fault when the message starts with one (else None), `request_id` the session or stream
-    request the error belongs to (else None).
+    fault (from the BadRequest detail; else from the message's start; else None),
+    `request_id` the session or stream request the error belongs to (else None),
+    `retry_after` the seconds a rate-limited caller should wait (from a RetryInfo detail).
     """
 
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
@@ -57,20 +63,28 @@ class GalacticError(Exception):
         *,
         code: grpc.StatusCode | None = None,
         request_id: str | None = None,
+        field: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
+        self.retry_after = retry_after
         if code is not None:
             self.code = code
         self.details = details
         self.request_id = request_id
-        match = _FIELD_RE.match(details or "")
-        self.field: str | None = match.group(1) if match else None
+        if field is None:
+            match = _FIELD_RE.match(details or "")
+            field = match.group(1) if match else None
+        self.field: str | None = field
         super().__init__(f"{self.code.name}: {details}")
 
     @property
     def reason(self) -> str:
         """The message without its leading field."""
-        match = _FIELD_RE.match(self.details or "")
-        return self.details[match.end():] if match else self.details
+        text = self.details or ""
+        if self.field and text.startswith(f"{self.field}: "):
+            return text[len(self.field) + 2:]
+        match = _FIELD_RE.match(text)
+        return text[match.end():] if match else text
 
 
 class Cancelled(GalacticError):
@@ -148,17 +162,51 @@ _BY_CODE: dict[grpc.StatusCode, type[GalacticError]] = {
 _BY_VALUE: dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}
 
 
-def from_code(code: grpc.StatusCode, details: str = "", *, request_id: str | None = None) -> GalacticError:
+def from_code(code: grpc.StatusCode, details: str = "", *, request_id: str | None = None,
+              field: str | None = None, retry_after: float | None = None) -> GalacticError:
     """The typed exception for `code` (UNKNOWN's class for a code without its own)."""
     cls = _BY_CODE.get(code, GalacticError)
-    return cls(details, code=code, request_id=request_id)
+    return cls(details, code=code, request_id=request_id, field=field, retry_after=retry_after)
+
+
+def _retry_of(status: status_pb2.Status | None) -> float | None:
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return info.retry_delay.ToNanoseconds() / 1e9
+    return None
+
+
+def _field_of(status: status_pb2.Status) -> str | None:
+    """The first BadRequest field violation in a status' details, if any."""
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            if bad.field_violations:
+                return bad.field_violations[0].field
+    return None
+
+
+def _status_of(error: grpc.RpcError) -> status_pb2.Status | None:
+    trailers = error.trailing_metadata() if callable(getattr(error, "trailing_metadata", None)) else None
+    for key, value in trailers or ():
+        if key == _DETAILS_KEY:
+            try:
+                return status_pb2.Status.FromString(value)
+            except Exception:  # noqa: BLE001 - a garbled trailer: fall back to the text
+                return None
+    return None
 
 
 def from_rpc_error(error: grpc.RpcError) -> GalacticError:
     """Convert a failed call (sync `grpc.RpcError` or `grpc.aio.AioRpcError`)."""
     code = error.code() if callable(getattr(error, "code", None)) else None
     details = error.details() if callable(getattr(error, "details", None)) else None
-    exc = from_code(code or grpc.StatusCode.UNKNOWN, details or "")
+    status = _status_of(error)
+    exc = from_code(code or grpc.StatusCode.UNKNOWN, details or "",
+                    field=_field_of(status) if status is not None else None, retry_after=_retry_of(status))
     exc.__cause__ = error
     return exc
 
@@ -166,4 +214,5 @@ def from_rpc_error(error: grpc.RpcError) -> GalacticError:
 def from_status(status, *, request_id: str | None = None) -> GalacticError:
     """Convert a `google.rpc.status_pb2.Status` (Session Error frame, InferStream error)."""
     code = _BY_VALUE.get(status.code, grpc.StatusCode.UNKNOWN)
-    return from_code(code, status.message, request_id=request_id)
+    return from_code(code, status.message, request_id=request_id, field=_field_of(status),
+                     retry_after=_retry_of(status))

@@ -9,14 +9,16 @@ threads (all channel work happens on the one loop).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import threading
 from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
 from .aio import DEFAULT_TARGET, AsyncClient, AsyncSession, Chunk, Final, SessionRequest
+from .streams import AsyncInferStream, AsyncPlanStream
 
-__all__ = ["Client", "Session", "SyncSessionRequest"]
+__all__ = ["Client", "Session", "SyncSessionRequest", "PlanStream", "InferStream"]
 
 T = TypeVar("T")
 
@@ -125,7 +127,21 @@ class Client:
         """A blocking Session; use as `with client.session() as session`."""
         return Session(self._runner, self._aio, timeout)
 
+    def coordinate_stream(self, **kwargs: Any) -> PlanStream:
+        """A blocking PlanStream; `with client.coordinate_stream(time_unix=t, ...) as plan`.
+        Arguments as AsyncClient.coordinate_stream."""
+        return PlanStream(self._runner, self._aio.coordinate_stream(**kwargs))
+
+    def plan_stream(self, open_event: Any, *, timeout: float | None = None) -> PlanStream:
+        """coordinate_stream() with a ready-made PlanOpen message."""
+        return PlanStream(self._runner, self._aio.plan_stream(open_event, timeout=timeout))
+
+    def infer_stream(self, *, timeout: float | None = None) -> InferStream:
+        """A blocking InferStream; `with client.infer_stream() as stream`."""
+        return InferStream(self._runner, self._aio.infer_stream(timeout=timeout))
+
     wait_ready = _bridged("wait_ready")
+    reload_model = _bridged("reload_model")
     generate_text = _bridged("generate_text")
     infer = _bridged("infer")
     coordinate = _bridged("coordinate")
@@ -188,3 +204,85 @@ class Session:
 
     def cancel(self, request_id: str) -> None:
         self._runner.run(self._session.cancel(request_id))
+
+
+class PlanStream:
+    """Blocking view of an AsyncPlanStream: the same event methods; `next()` blocks for the
+    next PlanUpdate (an error frame raises its typed error and the stream lives on;
+    StopIteration once the daemon ended it); iterating yields PlanUpdates."""
+
+    def __init__(self, runner: _LoopThread, stream: AsyncPlanStream) -> None:
+        self._runner = runner
+        self._stream = stream
+
+    @property
+    def aio(self) -> AsyncPlanStream:
+        return self._stream
+
+    def __enter__(self) -> PlanStream:
+        self._runner.run(self._stream.__aenter__())
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._runner.run(self._stream.__aexit__(exc_type, exc, tb))
+
+    def close(self, *, cancel: bool = False) -> None:
+        self._runner.run(self._stream.close(cancel=cancel))
+
+    def upsert(self, *targets: Any, event_id: str | None = None) -> str:
+        return self._runner.run(self._stream.upsert(*targets, event_id=event_id))
+
+    def retract(self, *target_ids: str, event_id: str | None = None) -> str:
+        return self._runner.run(self._stream.retract(*target_ids, event_id=event_id))
+
+    def update_site(self, site_id: str, **kwargs: Any) -> str:
+        return self._runner.run(self._stream.update_site(site_id, **kwargs))
+
+    def set_window(self, time_unix: float, window_s: float | None = None, *, event_id: str | None = None) -> str:
+        return self._runner.run(self._stream.set_window(time_unix, window_s, event_id=event_id))
+
+    def request_plan(self, *, event_id: str | None = None) -> str:
+        return self._runner.run(self._stream.request_plan(event_id=event_id))
+
+    def send(self, event: Any) -> str:
+        return self._runner.run(self._stream.send(event))
+
+    def next_frame(self) -> Any:
+        """The next raw PlanFrame, or None once the stream has ended."""
+        return self._runner.run(self._stream.next_frame())
+
+    def next(self) -> Any:
+        try:
+            return self._runner.run(self._stream.next())
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._runner.iterate(self._stream)
+
+
+class InferStream:
+    """Blocking view of an AsyncInferStream: `submit()` returns a concurrent Future of the
+    outputs (many may be in flight; the daemon batches them), `infer()` waits for one."""
+
+    def __init__(self, runner: _LoopThread, stream: AsyncInferStream) -> None:
+        self._runner = runner
+        self._stream = stream
+
+    def __enter__(self) -> InferStream:
+        self._runner.run(self._stream.__aenter__())
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._runner.run(self._stream.__aexit__(exc_type, exc, tb))
+
+    def submit(self, model: str, inputs: Any, **kwargs: Any) -> concurrent.futures.Future:
+        future = self._runner.run(self._stream.submit(model, inputs, **kwargs))
+
+        async def wait() -> Any:
+            return await future
+
+        return asyncio.run_coroutine_threadsafe(wait(), self._runner.loop)
+
+    def infer(self, model: str, inputs: Any, **kwargs: Any) -> dict[str, Any]:
+        return self._runner.run(self._stream.infer(model, inputs, **kwargs))

@@ -23,6 +23,14 @@ DRAINING: ModelState
 STOPPED: ModelState
 FAILED: ModelState
 
+class ReloadModelRequest(_message.Message):
+    __slots__ = ("name", "path")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    path: str
+    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
+
 class ListModelsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -101,7 +109,7 @@ class UnloadAdapterRequest(_message.Message):
     model: str
     name: str
     force: bool
-    def __init__(self, model: _Optional[str] = ..., name: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., name: _Optional[str] = ..., force: bool = ...) -> None: ...
 
 class UnloadAdapterResponse(_message.Message):
     __slots__ = ()

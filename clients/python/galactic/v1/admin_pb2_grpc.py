@@ -5,7 +5,7 @@ import warnings
 
 from galactic.v1 import admin_pb2 as galactic_dot_v1_dot_admin__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.74.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in galactic/v1/admin_pb2_grpc.py depends on'
+        + f' but the generated code in galactic/v1/admin_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class AdminStub:
+class AdminStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -64,9 +64,14 @@ class AdminStub:
                 request_serializer=galactic_dot_v1_dot_admin__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=galactic_dot_v1_dot_admin__pb2.GetStatsResponse.FromString,
                 _registered_method=True)
+        self.ReloadModel = channel.unary_unary(
+                '/galactic.v1.Admin/ReloadModel',
+                request_serializer=galactic_dot_v1_dot_admin__pb2.ReloadModelRequest.SerializeToString,
+                response_deserializer=galactic_dot_v1_dot_admin__pb2.ModelInfo.FromString,
+                _registered_method=True)
 
 
-class AdminServicer:
+class AdminServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def ListModels(self, request, context):
@@ -111,6 +116,19 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReloadModel(self, request, context):
+        """Load a new checkpoint into a served model without a restart (admin token required when
+        security.admin_keys_file is set). The checkpoint is validated first (feature version,
+        tensor shapes, the site table it was trained for); a bad one is refused with
+        INVALID_ARGUMENT or FAILED_PRECONDITION (NOT_FOUND for a missing file) and the model
+        keeps serving the old weights. A good one is swapped in between batches: requests in
+        flight finish on the old weights, health stays SERVING, and later responses carry the
+        new version. Coordination models only, today.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -144,6 +162,11 @@ def add_AdminServicer_to_server(servicer, server):
                     request_deserializer=galactic_dot_v1_dot_admin__pb2.GetStatsRequest.FromString,
                     response_serializer=galactic_dot_v1_dot_admin__pb2.GetStatsResponse.SerializeToString,
             ),
+            'ReloadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadModel,
+                    request_deserializer=galactic_dot_v1_dot_admin__pb2.ReloadModelRequest.FromString,
+                    response_serializer=galactic_dot_v1_dot_admin__pb2.ModelInfo.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'galactic.v1.Admin', rpc_method_handlers)
@@ -152,7 +175,7 @@ def add_AdminServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Admin:
+class Admin(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
@@ -307,6 +330,33 @@ class Admin:
             '/galactic.v1.Admin/GetStats',
             galactic_dot_v1_dot_admin__pb2.GetStatsRequest.SerializeToString,
             galactic_dot_v1_dot_admin__pb2.GetStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/galactic.v1.Admin/ReloadModel',
+            galactic_dot_v1_dot_admin__pb2.ReloadModelRequest.SerializeToString,
+            galactic_dot_v1_dot_admin__pb2.ModelInfo.FromString,
             options,
             channel_credentials,
             insecure,

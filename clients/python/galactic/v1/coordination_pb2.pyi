@@ -8,6 +8,11 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class PlanProtocol(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PLAN_PROTOCOL_UNSPECIFIED: _ClassVar[PlanProtocol]
+    PLAN_PROTOCOL_VERSION: _ClassVar[PlanProtocol]
+
 class Band(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     BAND_UNSPECIFIED: _ClassVar[Band]
@@ -17,6 +22,8 @@ class Band(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BAND_I: _ClassVar[Band]
     BAND_Z: _ClassVar[Band]
     BAND_Y: _ClassVar[Band]
+PLAN_PROTOCOL_UNSPECIFIED: PlanProtocol
+PLAN_PROTOCOL_VERSION: PlanProtocol
 BAND_UNSPECIFIED: Band
 BAND_U: Band
 BAND_G: Band
@@ -47,7 +54,7 @@ class Observatory(_message.Message):
     current: Conditions
     open: bool
     capacity: int
-    def __init__(self, site_id: _Optional[str] = ..., forecast: _Optional[_Union[Conditions, _Mapping]] = ..., current: _Optional[_Union[Conditions, _Mapping]] = ..., open: _Optional[bool] = ..., capacity: _Optional[int] = ...) -> None: ...
+    def __init__(self, site_id: _Optional[str] = ..., forecast: _Optional[_Union[Conditions, _Mapping]] = ..., current: _Optional[_Union[Conditions, _Mapping]] = ..., open: bool = ..., capacity: _Optional[int] = ...) -> None: ...
 
 class Target(_message.Message):
     __slots__ = ("id", "ra_deg", "dec_deg", "magnitude", "band", "exposure_s", "value", "deadline_unix", "time_critical")
@@ -69,7 +76,7 @@ class Target(_message.Message):
     value: float
     deadline_unix: float
     time_critical: bool
-    def __init__(self, id: _Optional[str] = ..., ra_deg: _Optional[float] = ..., dec_deg: _Optional[float] = ..., magnitude: _Optional[float] = ..., band: _Optional[_Union[Band, str]] = ..., exposure_s: _Optional[float] = ..., value: _Optional[float] = ..., deadline_unix: _Optional[float] = ..., time_critical: _Optional[bool] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., ra_deg: _Optional[float] = ..., dec_deg: _Optional[float] = ..., magnitude: _Optional[float] = ..., band: _Optional[_Union[Band, str]] = ..., exposure_s: _Optional[float] = ..., value: _Optional[float] = ..., deadline_unix: _Optional[float] = ..., time_critical: bool = ...) -> None: ...
 
 class CoordinateRequest(_message.Message):
     __slots__ = ("model", "request_id", "time_unix", "window_s", "snr_required", "observatories", "targets")
@@ -156,3 +163,137 @@ class CoordinateStreamResponse(_message.Message):
     error: _status_pb2.Status
     request_id: str
     def __init__(self, response: _Optional[_Union[CoordinateResponse, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class PlanOpen(_message.Message):
+    __slots__ = ("protocol_version", "model", "time_unix", "window_s", "snr_required", "observatories", "targets", "coalesce_ms", "full_plan_every_frame")
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TIME_UNIX_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    SNR_REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    OBSERVATORIES_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    COALESCE_MS_FIELD_NUMBER: _ClassVar[int]
+    FULL_PLAN_EVERY_FRAME_FIELD_NUMBER: _ClassVar[int]
+    protocol_version: PlanProtocol
+    model: str
+    time_unix: float
+    window_s: float
+    snr_required: float
+    observatories: _containers.RepeatedCompositeFieldContainer[Observatory]
+    targets: _containers.RepeatedCompositeFieldContainer[Target]
+    coalesce_ms: float
+    full_plan_every_frame: bool
+    def __init__(self, protocol_version: _Optional[_Union[PlanProtocol, str]] = ..., model: _Optional[str] = ..., time_unix: _Optional[float] = ..., window_s: _Optional[float] = ..., snr_required: _Optional[float] = ..., observatories: _Optional[_Iterable[_Union[Observatory, _Mapping]]] = ..., targets: _Optional[_Iterable[_Union[Target, _Mapping]]] = ..., coalesce_ms: _Optional[float] = ..., full_plan_every_frame: bool = ...) -> None: ...
+
+class TargetUpsert(_message.Message):
+    __slots__ = ("targets",)
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    targets: _containers.RepeatedCompositeFieldContainer[Target]
+    def __init__(self, targets: _Optional[_Iterable[_Union[Target, _Mapping]]] = ...) -> None: ...
+
+class TargetRetract(_message.Message):
+    __slots__ = ("target_ids",)
+    TARGET_IDS_FIELD_NUMBER: _ClassVar[int]
+    target_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, target_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SiteUpdate(_message.Message):
+    __slots__ = ("site_id", "forecast", "current", "open", "capacity")
+    SITE_ID_FIELD_NUMBER: _ClassVar[int]
+    FORECAST_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
+    OPEN_FIELD_NUMBER: _ClassVar[int]
+    CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    site_id: str
+    forecast: Conditions
+    current: Conditions
+    open: bool
+    capacity: int
+    def __init__(self, site_id: _Optional[str] = ..., forecast: _Optional[_Union[Conditions, _Mapping]] = ..., current: _Optional[_Union[Conditions, _Mapping]] = ..., open: bool = ..., capacity: _Optional[int] = ...) -> None: ...
+
+class WindowUpdate(_message.Message):
+    __slots__ = ("time_unix", "window_s")
+    TIME_UNIX_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    time_unix: float
+    window_s: float
+    def __init__(self, time_unix: _Optional[float] = ..., window_s: _Optional[float] = ...) -> None: ...
+
+class PlanRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PlanEvent(_message.Message):
+    __slots__ = ("event_id", "open", "upsert", "retract", "site", "window", "plan")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    OPEN_FIELD_NUMBER: _ClassVar[int]
+    UPSERT_FIELD_NUMBER: _ClassVar[int]
+    RETRACT_FIELD_NUMBER: _ClassVar[int]
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    open: PlanOpen
+    upsert: TargetUpsert
+    retract: TargetRetract
+    site: SiteUpdate
+    window: WindowUpdate
+    plan: PlanRequest
+    def __init__(self, event_id: _Optional[str] = ..., open: _Optional[_Union[PlanOpen, _Mapping]] = ..., upsert: _Optional[_Union[TargetUpsert, _Mapping]] = ..., retract: _Optional[_Union[TargetRetract, _Mapping]] = ..., site: _Optional[_Union[SiteUpdate, _Mapping]] = ..., window: _Optional[_Union[WindowUpdate, _Mapping]] = ..., plan: _Optional[_Union[PlanRequest, _Mapping]] = ...) -> None: ...
+
+class PlanMove(_message.Message):
+    __slots__ = ("target_id", "from_site_id", "assignment")
+    TARGET_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_SITE_ID_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
+    target_id: str
+    from_site_id: str
+    assignment: Assignment
+    def __init__(self, target_id: _Optional[str] = ..., from_site_id: _Optional[str] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ...) -> None: ...
+
+class PlanDrop(_message.Message):
+    __slots__ = ("target_id", "from_site_id", "reason", "retracted")
+    TARGET_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_SITE_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    RETRACTED_FIELD_NUMBER: _ClassVar[int]
+    target_id: str
+    from_site_id: str
+    reason: Unassigned.Reason
+    retracted: bool
+    def __init__(self, target_id: _Optional[str] = ..., from_site_id: _Optional[str] = ..., reason: _Optional[_Union[Unassigned.Reason, str]] = ..., retracted: bool = ...) -> None: ...
+
+class PlanUpdate(_message.Message):
+    __slots__ = ("sequence", "model", "version", "assigned", "moved", "dropped", "total_expected_value", "targets", "assigned_count", "full")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNED_FIELD_NUMBER: _ClassVar[int]
+    MOVED_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_EXPECTED_VALUE_FIELD_NUMBER: _ClassVar[int]
+    TARGETS_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    FULL_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    model: str
+    version: str
+    assigned: _containers.RepeatedCompositeFieldContainer[Assignment]
+    moved: _containers.RepeatedCompositeFieldContainer[PlanMove]
+    dropped: _containers.RepeatedCompositeFieldContainer[PlanDrop]
+    total_expected_value: float
+    targets: int
+    assigned_count: int
+    full: CoordinateResponse
+    def __init__(self, sequence: _Optional[int] = ..., model: _Optional[str] = ..., version: _Optional[str] = ..., assigned: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., moved: _Optional[_Iterable[_Union[PlanMove, _Mapping]]] = ..., dropped: _Optional[_Iterable[_Union[PlanDrop, _Mapping]]] = ..., total_expected_value: _Optional[float] = ..., targets: _Optional[int] = ..., assigned_count: _Optional[int] = ..., full: _Optional[_Union[CoordinateResponse, _Mapping]] = ...) -> None: ...
+
+class PlanFrame(_message.Message):
+    __slots__ = ("update", "error", "event_ids")
+    UPDATE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    EVENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    update: PlanUpdate
+    error: _status_pb2.Status
+    event_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, update: _Optional[_Union[PlanUpdate, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., event_ids: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -5,7 +5,7 @@ import warnings
 
 from galactic.v1 import coordination_pb2 as galactic_dot_v1_dot_coordination__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.74.0'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in galactic/v1/coordination_pb2_grpc.py depends on'
+        + f' but the generated code in galactic/v1/coordination_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class CoordinationStub:
+class CoordinationStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -44,9 +44,14 @@ class CoordinationStub:
                 request_serializer=galactic_dot_v1_dot_coordination__pb2.CoordinateStreamRequest.SerializeToString,
                 response_deserializer=galactic_dot_v1_dot_coordination__pb2.CoordinateStreamResponse.FromString,
                 _registered_method=True)
+        self.PlanStream = channel.stream_stream(
+                '/galactic.v1.Coordination/PlanStream',
+                request_serializer=galactic_dot_v1_dot_coordination__pb2.PlanEvent.SerializeToString,
+                response_deserializer=galactic_dot_v1_dot_coordination__pb2.PlanFrame.FromString,
+                _registered_method=True)
 
 
-class CoordinationServicer:
+class CoordinationServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def Coordinate(self, request, context):
@@ -65,6 +70,23 @@ class CoordinationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PlanStream(self, request_iterator, context):
+        """Stateful planning, protocol version 1 (PLAN_PROTOCOL_VERSION). The daemon keeps one
+        plan per stream: the first event opens it (PlanOpen: sites, window, initial targets);
+        later events add, update or retract targets by id, update a site's conditions, close or
+        reopen a site, or move the window. Events arriving within the stream's coalescing window
+        (a few ms, PlanOpen.coalesce_ms) are applied together and yield one new plan, sent as a
+        PlanFrame holding what changed against the previous plan (assigned, moved, dropped),
+        plus the full plan when asked (PlanOpen.full_plan_every_frame or a PlanRequest event).
+        A bad event gets an error frame (INVALID_ARGUMENT, the field named in a BadRequest
+        detail), changes nothing, and the stream lives on. Bounds: a stream holds at most the
+        daemon's `stream_max_targets` targets and the daemon at most `max_plan_streams`
+        streams; past either the event, or the open, is refused with RESOURCE_EXHAUSTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -78,6 +100,11 @@ def add_CoordinationServicer_to_server(servicer, server):
                     request_deserializer=galactic_dot_v1_dot_coordination__pb2.CoordinateStreamRequest.FromString,
                     response_serializer=galactic_dot_v1_dot_coordination__pb2.CoordinateStreamResponse.SerializeToString,
             ),
+            'PlanStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.PlanStream,
+                    request_deserializer=galactic_dot_v1_dot_coordination__pb2.PlanEvent.FromString,
+                    response_serializer=galactic_dot_v1_dot_coordination__pb2.PlanFrame.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'galactic.v1.Coordination', rpc_method_handlers)
@@ -86,7 +113,7 @@ def add_CoordinationServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Coordination:
+class Coordination(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
@@ -133,6 +160,33 @@ class Coordination:
             '/galactic.v1.Coordination/CoordinateStream',
             galactic_dot_v1_dot_coordination__pb2.CoordinateStreamRequest.SerializeToString,
             galactic_dot_v1_dot_coordination__pb2.CoordinateStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PlanStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/galactic.v1.Coordination/PlanStream',
+            galactic_dot_v1_dot_coordination__pb2.PlanEvent.SerializeToString,
+            galactic_dot_v1_dot_coordination__pb2.PlanFrame.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,197 @@
+"""One caller's standing plan: the state a PlanStream keeps between events, and the diff.
+
+A `PlanState` holds what the caller has said so far (sites with their conditions, targets
+by id, the window) and the last plan made from it. Each change is checked on its own
+before it touches the state, so a bad event is refused alone and the state stays as it
+was (otherwise one bad alert would poison every later plan). `request()` snapshots the
+state as an ordinary CoordinateRequest for the engine; `advance()` takes the engine's
+answer and says what changed against the previous plan. Plain Python, no asyncio: the
+daemon's servicer owns the stream, the coalescing timer and the frames.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from engines.coordination import problem
+from engines.coordination.config import CoordinationConfig
+from engines.coordination.sites import SiteTable
+from engines.coordination.types import (
+    Assignment, Conditions, CoordinateRequest, CoordinateResult, Observatory, Target, UnassignedReason,
+)
+from engines.errors import GalacticError, InvalidArgument, NotFound, ResourceExhausted
+
+PROTOCOL_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SiteChange:
+    """A SiteUpdate: None keeps the field's value."""
+
+    site_id: str
+    forecast: Conditions | None = None
+    current: Conditions | None = None
+    open: bool | None = None
+    capacity: int | None = None
+
+
+@dataclass(frozen=True)
+class Move:
+    target_id: str
+    from_site_id: str
+    assignment: Assignment
+
+
+@dataclass(frozen=True)
+class Drop:
+    target_id: str
+    from_site_id: str
+    reason: UnassignedReason | None  # None: retracted by the caller
+    retracted: bool
+
+
+@dataclass(frozen=True)
+class PlanDiff:
+    """A new plan as its difference from the previous one (the first plan: all assigned)."""
+
+    sequence: int
+    assigned: tuple[Assignment, ...]
+    moved: tuple[Move, ...]
+    dropped: tuple[Drop, ...]
+    result: CoordinateResult  # the full plan
+    targets: int
+
+
+def _reprefix(exc: GalacticError, prefix: str, rename: dict[str, str] | None = None) -> GalacticError:
+    """The same error with its field seen from the event (`targets[2].ra_deg` ->
+    `upsert.targets[2].ra_deg`), so the client learns which part of its event is at fault."""
+    field = exc.field or ""
+    for old, new in (rename or {}).items():
+        if field.startswith(old):
+            field = new + field[len(old):]
+            break
+    return type(exc)(exc.message, field=f"{prefix}.{field}" if field else prefix)
+
+
+class PlanState:
+    """The standing plan of one stream. Every mutator validates first, then applies, and
+    raises (InvalidArgument / NotFound / ResourceExhausted, the field named from the
+    event's point of view) without changing anything."""
+
+    def __init__(self, *, time_unix: float, observatories: tuple[Observatory, ...], targets: tuple[Target, ...],
+                 window_s: float, snr_required: float | None, table: SiteTable, config: CoordinationConfig) -> None:
+        self._table = table
+        self._config = config
+        self._max_targets = config.streams.max_targets
+        if len(targets) > self._max_targets:
+            raise ResourceExhausted(f"{len(targets)} targets exceed the stream bound "
+                                    f"streams.max_targets={self._max_targets}", field="open.targets")
+        req = CoordinateRequest(time_unix=time_unix, observatories=observatories, targets=targets,
+                                window_s=window_s, snr_required=snr_required)
+        try:
+            problem.validate(req, table, config)
+        except GalacticError as exc:
+            raise _reprefix(exc, "open") from None
+        self.time_unix = time_unix
+        self.window_s = window_s
+        self.snr_required = snr_required
+        self._sites: dict[str, Observatory] = {o.site_id: o for o in observatories}
+        self._targets: dict[str, Target] = {t.id: t for t in targets}
+        self._previous: dict[str, Assignment] = {}
+        self.sequence = 0
+
+    @property
+    def n_targets(self) -> int:
+        return len(self._targets)
+
+    def _check(self, *, targets: tuple[Target, ...] = (), sites: tuple[Observatory, ...] | None = None,
+               time_unix: float | None = None, window_s: float | None = None) -> None:
+        req = CoordinateRequest(time_unix=self.time_unix if time_unix is None else time_unix,
+                                observatories=tuple(self._sites.values()) if sites is None else sites,
+                                targets=targets, window_s=self.window_s if window_s is None else window_s,
+                                snr_required=self.snr_required)
+        problem.validate(req, self._table, self._config)
+
+    def upsert(self, targets: tuple[Target, ...]) -> None:
+        """Add targets, or replace those whose id is known."""
+        if not targets:
+            raise InvalidArgument("at least one target is required", field="upsert.targets")
+        try:
+            self._check(targets=targets)
+        except GalacticError as exc:
+            raise _reprefix(exc, "upsert") from None
+        new = sum(1 for t in targets if t.id not in self._targets)
+        if len(self._targets) + new > self._max_targets:
+            raise ResourceExhausted(f"the stream would hold {len(self._targets) + new} targets; "
+                                    f"streams.max_targets={self._max_targets}", field="upsert.targets")
+        for t in targets:
+            self._targets[t.id] = t
+
+    def retract(self, target_ids: tuple[str, ...]) -> None:
+        """Remove targets by id; an unknown id is NotFound and nothing is removed."""
+        if not target_ids:
+            raise InvalidArgument("at least one target id is required", field="retract.target_ids")
+        for i, tid in enumerate(target_ids):
+            if tid not in self._targets:
+                raise NotFound(f"no target {tid!r} in this plan", field=f"retract.target_ids[{i}]")
+        for tid in target_ids:
+            self._targets.pop(tid, None)
+
+    def update_site(self, change: SiteChange) -> None:
+        """Change a site's forecast, current conditions, open state or capacity."""
+        old = self._sites.get(change.site_id)
+        if old is None:
+            raise NotFound(f"site {change.site_id!r} is not in this plan (open it with PlanOpen.observatories)",
+                           field="site.site_id")
+        new = dataclasses.replace(
+            old, forecast=change.forecast if change.forecast is not None else old.forecast,
+            current=change.current if change.current is not None else old.current,
+            open=change.open if change.open is not None else old.open,
+            capacity=change.capacity if change.capacity is not None else old.capacity)
+        sites = tuple(new if s.site_id == change.site_id else s for s in self._sites.values())
+        j = list(self._sites).index(change.site_id)
+        try:
+            self._check(sites=sites)
+        except GalacticError as exc:
+            raise _reprefix(exc, "site", {f"observatories[{j}].": ""}) from None
+        self._sites[change.site_id] = new
+
+    def set_window(self, time_unix: float, window_s: float | None) -> None:
+        window = self.window_s if window_s is None else window_s
+        try:
+            self._check(time_unix=time_unix, window_s=window)
+        except GalacticError as exc:
+            raise _reprefix(exc, "window") from None
+        self.time_unix, self.window_s = time_unix, window
+
+    def request(self, request_id: str = "") -> CoordinateRequest:
+        """The state as one snapshot request (valid by construction: every change was checked)."""
+        return CoordinateRequest(time_unix=self.time_unix, observatories=tuple(self._sites.values()),
+                                 targets=tuple(self._targets.values()), window_s=self.window_s,
+                                 snr_required=self.snr_required, request_id=request_id)
+
+    def advance(self, result: CoordinateResult) -> PlanDiff:
+        """Make `result` the current plan and return what changed against the previous one.
+
+        A target the result does not mention (retracted while it was being planned) is
+        left out of the new plan rather than resurrected.
+        """
+        now = {a.target_id: a for a in result.assignments if a.target_id in self._targets}
+        reasons = {u.target_id: u.reason for u in result.unassigned}
+        assigned, moved, dropped = [], [], []
+        for tid, a in now.items():
+            before = self._previous.get(tid)
+            if before is None:
+                assigned.append(a)
+            elif before.site_id != a.site_id:
+                moved.append(Move(tid, before.site_id, a))
+        for tid, before in self._previous.items():
+            if tid in now:
+                continue
+            gone = tid not in self._targets
+            dropped.append(Drop(tid, before.site_id, None if gone else reasons.get(tid, UnassignedReason.CAPACITY),
+                                gone))
+        self._previous = now
+        self.sequence += 1
+        return PlanDiff(self.sequence, tuple(assigned), tuple(moved), tuple(dropped), result, len(self._targets))

@@ -1,0 +1,80 @@
+"""Per-tenant limits from the keys file, against a real daemon: concurrency, calls per
+second and LLM tokens per minute, each RESOURCE_EXHAUSTED with a retry hint past it, and
+never touching another tenant."""
+
+from __future__ import annotations
+
+import shutil
+
+import grpc
+import pytest
+
+from galactic.v1 import admin_pb2, admin_pb2_grpc
+from galactic.v1 import generation_pb2 as pb
+from galactic.v1 import generation_pb2_grpc
+from galactic_client import errors
+
+KEYS = """# token, then its limits
+tok-a tenant=team-a concurrency=1 tokens_per_min=20
+tok-b tenant=team-b rps=0.01
+tok-free
+"""
+
+
+@pytest.fixture
+async def llm_daemon(daemon_factory, tiny_dir, adapters_root, tmp_path):
+    root = tmp_path / "adapters"
+    shutil.copytree(adapters_root, root)
+    keys = tmp_path / "keys"
+    keys.write_text(KEYS)
+    return await daemon_factory({
+        "llm": {"name": "tiny", "path": str(tiny_dir), "device": "cpu",
+                "scheduler": {"max_running": 8, "max_batch_tokens": 2048, "max_waiting": 16,
+                              "prefill_chunk_tokens": 16, "max_prompt_tokens": 256},
+                "adapters": {"root": str(root), "max_loaded": 3}},
+        "security": {"api_keys_file": str(keys)},
+    })
+
+
+def auth(token: str):
+    return [("authorization", f"Bearer {token}")]
+
+
+def request(n: int) -> pb.GenerateRequest:
+    return pb.GenerateRequest(prompt="def add(a, b):", stopping=pb.StoppingParams(max_new_tokens=n, ignore_eos=True))
+
+
+async def drain(call) -> None:
+    while await call.read() is not grpc.aio.EOF:
+        pass
+
+
+async def test_concurrency_and_token_budget_per_tenant(llm_daemon, channel_to):
+    stub = generation_pb2_grpc.GenerationStub(channel_to(llm_daemon))
+    held = stub.Generate(request(100), metadata=auth("tok-a"), timeout=60)
+    await held.read()  # in flight now
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await drain(stub.Generate(request(2), metadata=auth("tok-a"), timeout=60))
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "team-a: 1 calls already in flight" in err.value.details()
+    assert errors.from_rpc_error(err.value).retry_after > 0
+    await drain(stub.Generate(request(2), metadata=auth("tok-free"), timeout=60))  # others unaffected
+    await drain(held)  # ~100 tokens charged: far past 20 per minute
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await drain(stub.Generate(request(2), metadata=auth("tok-a"), timeout=60))
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    converted = errors.from_rpc_error(err.value)
+    assert "tokens per minute" in converted.details and converted.retry_after > 60  # a debt of ~100 tokens
+    # The budget meters generation only: the same tenant may still list models.
+    await admin_pb2_grpc.AdminStub(channel_to(llm_daemon)).ListModels(
+        admin_pb2.ListModelsRequest(), metadata=auth("tok-a"), timeout=10)
+
+
+async def test_calls_per_second_per_tenant(llm_daemon, channel_to):
+    stub = admin_pb2_grpc.AdminStub(channel_to(llm_daemon))
+    await stub.GetStats(admin_pb2.GetStatsRequest(), metadata=auth("tok-b"), timeout=10)  # the one token of the bucket
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.GetStats(admin_pb2.GetStatsRequest(), metadata=auth("tok-b"), timeout=10)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert errors.from_rpc_error(err.value).retry_after > 10
+    await stub.GetStats(admin_pb2.GetStatsRequest(), metadata=auth("tok-free"), timeout=10)
