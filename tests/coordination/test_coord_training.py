@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import lightning as L
 import pytest
@@ -77,8 +78,12 @@ def test_shipped_checkpoint_is_the_default_recipe(sites):
     assert doc["model"]["n_features"] == N_FEATURES
 
 
+# The full recipe in one process: minutes on a quiet 2-core machine and over 20 under a
+# loaded one, beyond the suite's budget; opt in with GALACTIC_REPRODUCE_RECIPE=1.
 @pytest.mark.slow
-@pytest.mark.timeout(1200)  # the full recipe: ~2 minutes on a quiet 2-core machine, far more under load
+@pytest.mark.timeout(3600)
+@pytest.mark.skipif(not os.environ.get("GALACTIC_REPRODUCE_RECIPE"),
+                    reason="reproduces the whole recipe; set GALACTIC_REPRODUCE_RECIPE=1")
 def test_the_recipe_reproduces_the_shipped_weights():
     """The shipped file came out of the NVFLARE federation (`galactic-train federated --out
     training/data/coordination.safetensors`); the same recipe's rounds in one process give
@@ -88,6 +93,6 @@ def test_the_recipe_reproduces_the_shipped_weights():
     torch.set_num_threads(1)  # as the site processes run
     _, logs = default.site_logs(default.Recipe())
     model = train.train_federated(logs, default.Recipe.fit)
-    shipped, _, _ = checkpoint.load(checkpoint.EMBEDDED)
+    shipped, _, _ = checkpoint.load(COORDINATION_CHECKPOINT)
     for k, v in model.state_dict().items():
         torch.testing.assert_close(shipped.state_dict()[k], v, atol=1e-4, rtol=0)

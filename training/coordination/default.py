@@ -5,8 +5,6 @@ default scenario (`galactic-train simulate-logs`), runs the NVFLARE federation o
 writes training/data/coordination.safetensors (+ .json), the file the daemon's default
 `[coordination]` serves. The in-process loop (`train.train_federated`) runs the same
 local fits and server step in one process and reproduces those weights (a test checks it).
-When the file is absent, `ensure_default_checkpoint` trains the recipe in-process once
-(about 2 minutes on 2 cores) and caches it.
 """
 
 from __future__ import annotations
@@ -84,12 +82,3 @@ def build(recipe: Recipe, out: Path, federated: bool = True, progress: Callable[
         model = train.train_central(logs, recipe.fit)
     return train.export(model, sim.table.ids, out, info)
 
-
-def ensure_default_checkpoint(cache_dir: Path | None, progress: Callable[[str], None]) -> Path:
-    """The cached default checkpoint, trained now (in-process) if missing."""
-    cache = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "galactic"
-    out = cache / "coordination.safetensors"
-    if out.exists() and out.with_suffix(".json").exists():
-        return out
-    progress("training the default coordination model (first start only)")
-    return build(Recipe(), out, federated=True, progress=progress)
