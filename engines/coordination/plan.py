@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
+
 from engines.coordination import problem
 from engines.coordination.config import CoordinationConfig
 from engines.coordination.sites import SiteTable
@@ -100,6 +102,12 @@ class PlanState:
         self._targets: dict[str, Target] = {t.id: t for t in targets}
         self._previous: dict[str, Assignment] = {}
         self.sequence = 0
+        # Per-target scores (feasible, P(success), SNR rows over the sites) of the last plan,
+        # valid for one (epoch, weights version): a new alert then costs the model its own
+        # 12 rows, not the whole state's. Site and window changes bump the epoch.
+        self._epoch = 0
+        self._scores: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._scores_key: tuple[int, str] | None = None
 
     @property
     def n_targets(self) -> int:
@@ -127,6 +135,7 @@ class PlanState:
                                     f"streams.max_targets={self._max_targets}", field="upsert.targets")
         for t in targets:
             self._targets[t.id] = t
+            self._scores.pop(t.id, None)
 
     def retract(self, target_ids: tuple[str, ...]) -> None:
         """Remove targets by id; an unknown id is NotFound and nothing is removed."""
@@ -137,6 +146,7 @@ class PlanState:
                 raise NotFound(f"no target {tid!r} in this plan", field=f"retract.target_ids[{i}]")
         for tid in target_ids:
             self._targets.pop(tid, None)
+            self._scores.pop(tid, None)
 
     def update_site(self, change: SiteChange) -> None:
         """Change a site's forecast, current conditions, open state or capacity."""
@@ -156,6 +166,7 @@ class PlanState:
         except GalacticError as exc:
             raise _reprefix(exc, "site", {f"observatories[{j}].": ""}) from None
         self._sites[change.site_id] = new
+        self._epoch += 1
 
     def set_window(self, time_unix: float, window_s: float | None) -> None:
         window = self.window_s if window_s is None else window_s
@@ -164,12 +175,33 @@ class PlanState:
         except GalacticError as exc:
             raise _reprefix(exc, "window") from None
         self.time_unix, self.window_s = time_unix, window
+        self._epoch += 1
 
     def request(self, request_id: str = "") -> CoordinateRequest:
         """The state as one snapshot request (valid by construction: every change was checked)."""
         return CoordinateRequest(time_unix=self.time_unix, observatories=tuple(self._sites.values()),
                                  targets=tuple(self._targets.values()), window_s=self.window_s,
                                  snr_required=self.snr_required, request_id=request_id)
+
+    def snapshot(self) -> tuple[CoordinateRequest, int]:
+        """The state as a request, and the epoch its site conditions and window belong to."""
+        return self.request(), self._epoch
+
+    def cached_scores(self, epoch: int, version: str) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Score rows by target id, valid for `epoch` and weights `version` (else empty)."""
+        return self._scores if self._scores_key == (epoch, version) else {}
+
+    def store_scores(self, epoch: int, version: str, targets: tuple[Target, ...],
+                     grids: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+        """Keep the rows a plan scored, for targets unchanged since its snapshot."""
+        if epoch != self._epoch:
+            return  # conditions changed while it was planned: these rows are stale
+        if self._scores_key != (epoch, version):
+            self._scores, self._scores_key = {}, (epoch, version)
+        ok, p, snr = grids
+        for i, t in enumerate(targets):
+            if self._targets.get(t.id) is t:  # not replaced or retracted meanwhile
+                self._scores[t.id] = (ok[i], p[i], snr[i])
 
     def advance(self, result: CoordinateResult) -> PlanDiff:
         """Make `result` the current plan and return what changed against the previous one.
