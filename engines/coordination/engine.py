@@ -185,18 +185,10 @@ class CoordinationEngine:
         self._require_ready()
         req, epoch = state.snapshot()
         prob = problem.validate(req, self._sites, self.config)
-        n, s = len(req.targets), len(req.observatories)
+        s = len(req.observatories)
         version = self.version
-        cache = state.cached_scores(epoch, version)
-        ok, p, snr = np.zeros((n, s), dtype=bool), np.zeros((n, s)), np.zeros((n, s))
-        missing = []
-        for i, t in enumerate(req.targets):
-            rows = cache.get(t.id)
-            if rows is None:
-                missing.append(i)
-            else:
-                ok[i], p[i], snr[i] = rows
-        item = _PlanItem(prob, np.asarray(missing, dtype=np.int64), ok, p, snr, version)
+        (ok, p, snr), missing = state.cached_scores(req.targets, epoch, version, s)
+        item = _PlanItem(prob, missing, ok, p, snr, version)
         result, grids = await self._batcher.submit(item, deadline)
         state.store_scores(epoch, result.version, req.targets, grids)
         return result

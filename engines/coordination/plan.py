@@ -106,7 +106,8 @@ class PlanState:
         # valid for one (epoch, weights version): a new alert then costs the model its own
         # 12 rows, not the whole state's. Site and window changes bump the epoch.
         self._epoch = 0
-        self._scores: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._score_row: dict[str, int] = {}  # target id -> its row in _score_grids
+        self._score_grids: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # (N, S) each
         self._scores_key: tuple[int, str] | None = None
 
     @property
@@ -135,7 +136,7 @@ class PlanState:
                                     f"streams.max_targets={self._max_targets}", field="upsert.targets")
         for t in targets:
             self._targets[t.id] = t
-            self._scores.pop(t.id, None)
+            self._score_row.pop(t.id, None)
 
     def retract(self, target_ids: tuple[str, ...]) -> None:
         """Remove targets by id; an unknown id is NotFound and nothing is removed."""
@@ -146,7 +147,7 @@ class PlanState:
                 raise NotFound(f"no target {tid!r} in this plan", field=f"retract.target_ids[{i}]")
         for tid in target_ids:
             self._targets.pop(tid, None)
-            self._scores.pop(tid, None)
+            self._score_row.pop(tid, None)
 
     def update_site(self, change: SiteChange) -> None:
         """Change a site's forecast, current conditions, open state or capacity."""
@@ -187,21 +188,28 @@ class PlanState:
         """The state as a request, and the epoch its site conditions and window belong to."""
         return self.request(), self._epoch
 
-    def cached_scores(self, epoch: int, version: str) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Score rows by target id, valid for `epoch` and weights `version` (else empty)."""
-        return self._scores if self._scores_key == (epoch, version) else {}
+    def cached_scores(self, targets: tuple[Target, ...], epoch: int, version: str, n_sites: int):
+        """(feasible, P(success), SNR) grids (N, S) for `targets` from the previous plan, and
+        the rows (M,) that have no valid score (new or changed targets; all of them when
+        the epoch or the weights `version` differ)."""
+        n = len(targets)
+        ok, p, snr = np.zeros((n, n_sites), dtype=bool), np.zeros((n, n_sites)), np.zeros((n, n_sites))
+        if self._scores_key != (epoch, version) or self._score_grids is None:
+            return (ok, p, snr), np.arange(n, dtype=np.int64)
+        rows = np.fromiter((self._score_row.get(t.id, -1) for t in targets), dtype=np.int64, count=n)
+        hit = rows >= 0
+        for dst, src in zip((ok, p, snr), self._score_grids):  # three gathers, not 3 x N row copies
+            dst[hit] = src[rows[hit]]
+        return (ok, p, snr), np.flatnonzero(~hit)
 
     def store_scores(self, epoch: int, version: str, targets: tuple[Target, ...],
                      grids: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
         """Keep the rows a plan scored, for targets unchanged since its snapshot."""
         if epoch != self._epoch:
             return  # conditions changed while it was planned: these rows are stale
-        if self._scores_key != (epoch, version):
-            self._scores, self._scores_key = {}, (epoch, version)
-        ok, p, snr = grids
-        for i, t in enumerate(targets):
-            if self._targets.get(t.id) is t:  # not replaced or retracted meanwhile
-                self._scores[t.id] = (ok[i], p[i], snr[i])
+        self._scores_key, self._score_grids = (epoch, version), grids
+        current = self._targets
+        self._score_row = {t.id: i for i, t in enumerate(targets) if current.get(t.id) is t}
 
     def advance(self, result: CoordinateResult) -> PlanDiff:
         """Make `result` the current plan and return what changed against the previous one.
