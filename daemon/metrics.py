@@ -8,6 +8,7 @@ engine's `stats()` by `EngineStatsCollector`, so they are never stale.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from typing import Callable, Iterable
 
@@ -28,10 +29,15 @@ class EngineStatsCollector(Collector):
     """Exposes every engine's `stats()` as `galactic_engine_<name>{model=...}` gauges,
     plus CUDA memory when torch has already been imported with CUDA available."""
 
-    def __init__(self, engines: Callable[[], Iterable]) -> None:
+    def __init__(self, engines: Callable[[], Iterable], loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._engines = engines
+        self._loop = loop
 
     def collect(self):
+        if self._loop is not None:  # leaks show here first (the soak reads it after its run)
+            tasks = GaugeMetricFamily("galactic_asyncio_tasks", "asyncio tasks alive on the daemon's loop")
+            tasks.add_metric([], float(len(asyncio.all_tasks(self._loop))))
+            yield tasks
         families: dict[str, GaugeMetricFamily] = {}
         for engine in self._engines():
             for key, value in engine.stats().items():
@@ -53,8 +59,9 @@ class EngineStatsCollector(Collector):
 class MetricsEndpoint:
     """The /metrics HTTP server on its own thread, registered with one engine collector."""
 
-    def __init__(self, listen: str, engines: Callable[[], Iterable]) -> None:
-        self._collector = EngineStatsCollector(engines)
+    def __init__(self, listen: str, engines: Callable[[], Iterable],
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._collector = EngineStatsCollector(engines, loop)
         REGISTRY.register(self._collector)
         self._server = self._thread = None
         self.port = 0

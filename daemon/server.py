@@ -125,7 +125,8 @@ class Daemon:
                         "adapters and cancel requests; set security.api_keys_file or tls_cert", listen=cfg.server.listen)
         self._server = server
         await server.start()
-        self._metrics = MetricsEndpoint(cfg.telemetry.metrics_listen, lambda: list(self.engines.values()))
+        self._metrics = MetricsEndpoint(cfg.telemetry.metrics_listen, lambda: list(self.engines.values()),
+                                        asyncio.get_running_loop())
         self.notifier.start_watchdog()
         log.info("listening", port=self.port, services=names, metrics_port=self.metrics_port)
 

@@ -47,6 +47,9 @@ class DecodeBatch(Generic[R]):
         self.mask = torch.zeros(0, 0, dtype=torch.long, device=device)  # (B, T) 1 = real token
         self.positions = torch.zeros(0, dtype=torch.long, device=device)  # (B,) position of the next input
         self.next_tokens = torch.zeros(0, dtype=torch.long, device=device)  # (B,) next input token
+        # Any padding in the cache? Without it the step passes no mask: attention takes its
+        # unmasked kernel (SDPA with a mask is slower, on CUDA several times), same result.
+        self.padded = False
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -79,6 +82,7 @@ class DecodeBatch(Generic[R]):
                 torch.cat([mask.new_zeros(len(rows), width - n), mask], 1),
             ], 0)
         self.cache = build_cache(merged)
+        self.padded = not bool(self.mask.all())
         self.rows.extend(rows)
         self.positions = torch.cat([self.positions, mask.sum(1)])
         self.next_tokens = torch.cat([self.next_tokens, torch.tensor(first_tokens, device=self.device)])
@@ -88,7 +92,7 @@ class DecodeBatch(Generic[R]):
         if len(indices) == len(self.rows):
             return
         if not indices:
-            self.rows, self.cache = [], None
+            self.rows, self.cache, self.padded = [], None, False
             self.mask = self.mask[:0, :0]
             self.positions, self.next_tokens = self.positions[:0], self.next_tokens[:0]
             return
@@ -105,13 +109,14 @@ class DecodeBatch(Generic[R]):
         ]
         self.mask = self.mask[:, start:]
         self.cache = build_cache(tensors)
+        self.padded = not bool(self.mask.all())
 
     def step_inputs(self) -> dict:
         """Model kwargs for one decode step; appends the new column to the mask."""
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], 1)
         return {
             "input_ids": self.next_tokens.view(-1, 1),
-            "attention_mask": self.mask,
+            "attention_mask": self.mask if self.padded else None,
             "position_ids": self.positions.view(-1, 1),
             "cache": self.cache,
             "use_cache": True,

@@ -54,6 +54,7 @@ from engines.worker import Outbox, ResultStream, StepWorker
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
+_FIRST_TOKEN_HANDOFF_S = 0.02  # longest the worker waits for the loop to take a first token
 
 # Steps failing in a row (not out of memory) after which the worker gives up: the engine is
 # then broken, not unlucky, and the daemon restarts it (health NOT_SERVING meanwhile).
@@ -372,23 +373,45 @@ class LLMEngine:
     # ---- the step (worker thread) ----------------------------------------------------
 
     def _step(self) -> None:
+        first_tokens = False
         failed: Exception | None = None
         with self._model_lock:
             try:
                 with torch.no_grad():
-                    self._step_locked()
+                    first_tokens = self._step_locked()
             except Exception as exc:  # a failing step fails its requests, not the daemon
                 self._fail_all(exc)
                 failed = exc
         self._update_gauges()
         # One hand-over per step: every token of the step, then the wait_until() check.
-        self._outbox.flush(then=self._state_changed)
+        if first_tokens:
+            self._hand_over_first_tokens()
+        else:
+            self._outbox.flush(then=self._state_changed)
         if failed is not None and not isinstance(failed, torch.OutOfMemoryError):
             # Out of memory is load; anything else counts toward MAX_FAILED_STEPS in a row,
             # after which the worker gives up and the daemon restarts it.
             raise failed
 
-    def _step_locked(self) -> None:
+    def _hand_over_first_tokens(self) -> None:
+        """Flush, then wait until the event loop has run the consumers it woke.
+
+        A first token is what a waiting user feels most. Started at once, the next step's
+        forward holds the GIL in Python code most of the time, and the event loop gets it
+        back only every switch interval (5 ms) at each hand-off on its way to the socket:
+        measured 8 ms p50 between sampling and the consumer seeing the token at one
+        stream. Bounded: a stalled loop must not stall the engine."""
+        delivered = threading.Event()
+
+        def then() -> None:
+            self._state_changed()
+            self._loop.call_soon(delivered.set)  # after the consumers this delivery woke
+
+        self._outbox.flush(then=then)
+        delivered.wait(_FIRST_TOKEN_HANDOFF_S)
+
+    def _step_locked(self) -> bool:
+        """One step; True if it sampled some request's first token."""
         with self._lock:
             plan = self._scheduler.schedule(time.monotonic())
             for seq, _ in plan.dropped:
@@ -399,7 +422,7 @@ class LLMEngine:
             self._output.finish(seq.handle, reason)
         if not plan:
             self._runner.free([seq for seq, _ in plan.dropped])
-            return
+            return False
         rows = plan.decode + [c.seq for c in plan.prefill]
         links = [trace.Link(s.handle.span.get_span_context()) for s in rows]
         with tracer.start_as_current_span("llm.step", links=links) as span:
@@ -411,6 +434,7 @@ class LLMEngine:
         self._counters["steps_total"] += 1
         self._m.batch_size.observe(result.decode_rows)
         self._m.step_tokens.observe(plan.num_tokens)
+        return any(s.first for s in result.sampled)
 
     def _apply(self, result: StepResult) -> None:
         """Stream every sampled token; end the requests they finished."""

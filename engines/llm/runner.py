@@ -71,8 +71,8 @@ class ModelRunner:
 
     def compile(self) -> None:
         """torch.compile the forward and warm it with the exact call signatures a step uses
-        (batched prefill with a mask, chunked prefill, decode), at sizes that make shapes go
-        dynamic; otherwise the first requests pay the compilation. Adapters loaded later
+        (batched prefill and decode with and without a padding mask, chunked prefill), at
+        sizes that make shapes go dynamic; otherwise the first requests pay the compilation. Adapters loaded later
         change the module tree and cost one more compilation on first use."""
         from transformers import DynamicCache
 
@@ -81,17 +81,18 @@ class ModelRunner:
         with torch.no_grad():
             for rows, width in ((1, 5), (2, 6), (3, 9)):  # size 1 is specialised by torch: warm it too
                 ids = torch.ones(rows, width, dtype=torch.long, device=dev)
-                mask = torch.ones_like(ids)
-                if rows > 1:
-                    mask[0, :2] = 0
-                pos = (mask.cumsum(1) - 1).clamp(min=0)
-                cache = DynamicCache()
-                self._forward([0] * rows, input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache,
-                              use_cache=True, logits_to_keep=1)
-                for step in range(2):
-                    mask = torch.cat([mask, mask.new_ones(rows, 1)], 1)
-                    self._forward([0] * rows, input_ids=ids[:, :1], attention_mask=mask,
-                                  position_ids=pos[:, -1:] + 1 + step, cache=cache, use_cache=True)
+                for padded in (False, True) if rows > 1 else (False,):
+                    mask = torch.ones_like(ids)
+                    if padded:
+                        mask[0, :2] = 0
+                    pos = (mask.cumsum(1) - 1).clamp(min=0)
+                    cache = DynamicCache()
+                    self._forward([0] * rows, input_ids=ids, attention_mask=mask if padded else None,
+                                  position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1)
+                    for step in range(2):
+                        mask = torch.cat([mask, mask.new_ones(rows, 1)], 1)
+                        self._forward([0] * rows, input_ids=ids[:, :1], attention_mask=mask if padded else None,
+                                      position_ids=pos[:, -1:] + 1 + step, cache=cache, use_cache=True)
                 self._forward([0], input_ids=ids[:1], position_ids=torch.arange(width, device=dev).view(1, -1),
                               cache=DynamicCache(), use_cache=True, logits_to_keep=1)
 
@@ -169,8 +170,10 @@ class ModelRunner:
         cache = DynamicCache()
         for s in seqs:
             self._state(s)
+        padded = any(len(s.prompt_ids) != width for s in seqs)  # else no mask: the unmasked kernel
         logits = self._forward([s.slot for s in seqs], input_ids=ids.to(self.device),
-                               attention_mask=mask.to(self.device), position_ids=positions.to(self.device),
+                               attention_mask=mask.to(self.device) if padded else None,
+                               position_ids=positions.to(self.device),
                                cache=cache, use_cache=True, logits_to_keep=1)
         picks = self._sample(seqs, logits)
         self.batch.join(seqs, cache, mask, [t for t, _ in picks])
