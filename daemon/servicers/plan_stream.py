@@ -141,7 +141,7 @@ class _Stream:
             full = self.full_every_frame or self.full_next
             self.full_next = False
             try:
-                result = await self.engine.coordinate(self.state.request(), deadline=self._deadline)
+                result = await self.engine.plan(self.state, deadline=self._deadline)
             except GalacticError as exc:  # e.g. the engine's queue is full: say so, keep the stream
                 self.out.put_nowait(pb.PlanFrame(error=to_status(exc), event_ids=ids))
                 continue

@@ -14,7 +14,7 @@ with and the next batch uses the new ones; results carry the version that scored
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -39,6 +39,23 @@ SERVICES = ("galactic.v1.Coordination", "galactic.v1.Inference")
 class _InferItem:
     features: torch.Tensor  # (B, F) float32
     site: torch.Tensor  # (B,) int64
+
+
+@dataclass(frozen=True)
+class _PlanItem:
+    """A standing plan's snapshot: rows `missing` are scored now, the others come from the
+    previous plan's scores (`cached_*`, scored by weights `version`)."""
+
+    problem: problem.Problem
+    missing: np.ndarray  # (M,) int64 rows of problem.targets to score
+    cached_ok: np.ndarray  # (N, S) bool
+    cached_p: np.ndarray  # (N, S)
+    cached_snr: np.ndarray  # (N, S)
+    version: str
+
+    @property
+    def pairs(self) -> int:
+        return max(1, int(self.missing.size) * int(self.cached_ok.shape[1]))
 
 
 @dataclass(frozen=True)
@@ -162,6 +179,20 @@ class CoordinationEngine:
     def close_plan(self) -> None:
         self._plans_open -= 1
 
+    async def plan(self, state: PlanState, deadline: float | None = None) -> CoordinateResult:
+        """The plan for a PlanState's current contents: like coordinate() on its snapshot,
+        but only targets without scores from the previous plan are run through the model."""
+        self._require_ready()
+        req, epoch = state.snapshot()
+        prob = problem.validate(req, self._sites, self.config)
+        s = len(req.observatories)
+        version = self.version
+        (ok, p, snr), missing = state.cached_scores(req.targets, epoch, version, s)
+        item = _PlanItem(prob, missing, ok, p, snr, version)
+        result, grids = await self._batcher.submit(item, deadline)
+        state.store_scores(epoch, result.version, req.targets, grids)
+        return result
+
     async def infer(self, inputs: dict[str, torch.Tensor], deadline: float | None = None) -> dict[str, torch.Tensor]:
         """Raw scoring: {"features": (B, F) float32, "site": (B,) int64} -> {"p_success", "expected_snr"} (B,)."""
         self._require_ready()
@@ -207,15 +238,21 @@ class CoordinationEngine:
     # -- the batched step (worker thread) --------------------------------------------------
     @staticmethod
     def _cost(item) -> int:
-        return item.pairs if isinstance(item, problem.Problem) else int(item.site.shape[0])
+        return item.pairs if isinstance(item, (problem.Problem, _PlanItem)) else int(item.site.shape[0])
 
     def _step(self, items: list) -> list:
         """One model step for a batch of Problems and raw infer items: exactly one result each."""
         weights = self._weights  # read once: a reload during this step takes effect at the next
         problems = [i for i in items if isinstance(i, problem.Problem)]
+        plans = [i for i in items if isinstance(i, _PlanItem)]
         raw = [i for i in items if isinstance(i, _InferItem)]
-        pairs = features.pair_batch([(p.time_unix, p.targets, p.sites, p.expired, p.snr_required) for p in problems],
-                                    self.config.constraints) if problems else None
+        # A plan's cached rows are only good for the weights that scored them.
+        rescore = [i.missing if i.version == weights.version else np.arange(len(i.problem.request.targets))
+                   for i in plans]
+        specs = [(p.time_unix, p.targets, p.sites, p.expired, p.snr_required) for p in problems]
+        specs += [(i.problem.time_unix, _rows(i.problem.targets, idx), i.problem.sites, i.problem.expired[idx],
+                   i.problem.snr_required) for i, idx in zip(plans, rescore)]
+        pairs = features.pair_batch(specs, self.config.constraints) if specs else None
         xs = ([torch.from_numpy(pairs.x)] if pairs else []) + [r.features for r in raw]
         ss = ([torch.from_numpy(pairs.site)] if pairs else []) + [r.site for r in raw]
         p_all, snr_all = weights.model.predict(torch.cat(xs), torch.cat(ss))  # one forward: (sum P,), (sum P,)
@@ -231,11 +268,31 @@ class CoordinationEngine:
             except Exception as exc:  # one request's failure stays with that request
                 results[id(item)] = exc
             start += n
+        for j, (item, idx) in enumerate(zip(plans, rescore)):
+            k = len(problems) + j
+            n = int(pairs.counts[k])
+            try:
+                results[id(item)] = self._solve_plan(item, idx, pairs.feasible[k], pairs.ti[k], pairs.sj[k],
+                                                     p_np[start:start + n], snr_np[start:start + n], weights.version)
+            except Exception as exc:  # noqa: BLE001 - this plan alone fails
+                results[id(item)] = exc
+            start += n
         for item in raw:
             n = int(item.site.shape[0])
             results[id(item)] = (p_all[start:start + n].clone(), snr_all[start:start + n].clone())
             start += n
         return [results[id(item)] for item in items]
+
+    def _solve_plan(self, item: _PlanItem, idx, ok_sub, ti, sj, p, snr, version: str):
+        """A plan's grids (cached rows + rows `idx` scored now), solved: (result, grids)."""
+        ok, prob, esnr = item.cached_ok.copy(), item.cached_p.copy(), item.cached_snr.copy()
+        ok[idx], prob[idx], esnr[idx] = ok_sub, 0.0, 0.0
+        prob[idx[ti], sj] = p
+        esnr[idx[ti], sj] = snr
+        pr = item.problem
+        weights = pr.targets.value[:, None] * prob  # (N, S) expected value, 0 where infeasible
+        choice, used = solver.assign(weights, pr.sites.capacity, pr.targets.critical, self.config.lsa_max_cells)
+        return replace(problem.result(pr, ok, prob, esnr, choice, used), version=version), (ok, prob, esnr)
 
     def _solve(self, item: problem.Problem, ok, ti, sj, p, snr) -> CoordinateResult:
         n, s = ok.shape
@@ -246,3 +303,8 @@ class CoordinationEngine:
         weights = item.targets.value[:, None] * prob  # (N, S) expected value, 0 where infeasible
         choice, used = solver.assign(weights, item.sites.capacity, item.targets.critical, self.config.lsa_max_cells)
         return problem.result(item, ok, prob, esnr, choice, used)
+
+
+def _rows(t: features.TargetArrays, idx: np.ndarray) -> features.TargetArrays:
+    """The targets at rows `idx`."""
+    return features.TargetArrays(*(getattr(t, f.name)[idx] for f in fields(features.TargetArrays)))

@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
+
 from engines.coordination import problem
 from engines.coordination.config import CoordinationConfig
 from engines.coordination.sites import SiteTable
@@ -100,6 +102,13 @@ class PlanState:
         self._targets: dict[str, Target] = {t.id: t for t in targets}
         self._previous: dict[str, Assignment] = {}
         self.sequence = 0
+        # Per-target scores (feasible, P(success), SNR rows over the sites) of the last plan,
+        # valid for one (epoch, weights version): a new alert then costs the model its own
+        # 12 rows, not the whole state's. Site and window changes bump the epoch.
+        self._epoch = 0
+        self._score_row: dict[str, int] = {}  # target id -> its row in _score_grids
+        self._score_grids: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # (N, S) each
+        self._scores_key: tuple[int, str] | None = None
 
     @property
     def n_targets(self) -> int:
@@ -127,6 +136,7 @@ class PlanState:
                                     f"streams.max_targets={self._max_targets}", field="upsert.targets")
         for t in targets:
             self._targets[t.id] = t
+            self._score_row.pop(t.id, None)
 
     def retract(self, target_ids: tuple[str, ...]) -> None:
         """Remove targets by id; an unknown id is NotFound and nothing is removed."""
@@ -137,6 +147,7 @@ class PlanState:
                 raise NotFound(f"no target {tid!r} in this plan", field=f"retract.target_ids[{i}]")
         for tid in target_ids:
             self._targets.pop(tid, None)
+            self._score_row.pop(tid, None)
 
     def update_site(self, change: SiteChange) -> None:
         """Change a site's forecast, current conditions, open state or capacity."""
@@ -156,6 +167,7 @@ class PlanState:
         except GalacticError as exc:
             raise _reprefix(exc, "site", {f"observatories[{j}].": ""}) from None
         self._sites[change.site_id] = new
+        self._epoch += 1
 
     def set_window(self, time_unix: float, window_s: float | None) -> None:
         window = self.window_s if window_s is None else window_s
@@ -164,12 +176,40 @@ class PlanState:
         except GalacticError as exc:
             raise _reprefix(exc, "window") from None
         self.time_unix, self.window_s = time_unix, window
+        self._epoch += 1
 
     def request(self, request_id: str = "") -> CoordinateRequest:
         """The state as one snapshot request (valid by construction: every change was checked)."""
         return CoordinateRequest(time_unix=self.time_unix, observatories=tuple(self._sites.values()),
                                  targets=tuple(self._targets.values()), window_s=self.window_s,
                                  snr_required=self.snr_required, request_id=request_id)
+
+    def snapshot(self) -> tuple[CoordinateRequest, int]:
+        """The state as a request, and the epoch its site conditions and window belong to."""
+        return self.request(), self._epoch
+
+    def cached_scores(self, targets: tuple[Target, ...], epoch: int, version: str, n_sites: int):
+        """(feasible, P(success), SNR) grids (N, S) for `targets` from the previous plan, and
+        the rows (M,) that have no valid score (new or changed targets; all of them when
+        the epoch or the weights `version` differ)."""
+        n = len(targets)
+        ok, p, snr = np.zeros((n, n_sites), dtype=bool), np.zeros((n, n_sites)), np.zeros((n, n_sites))
+        if self._scores_key != (epoch, version) or self._score_grids is None:
+            return (ok, p, snr), np.arange(n, dtype=np.int64)
+        rows = np.fromiter((self._score_row.get(t.id, -1) for t in targets), dtype=np.int64, count=n)
+        hit = rows >= 0
+        for dst, src in zip((ok, p, snr), self._score_grids):  # three gathers, not 3 x N row copies
+            dst[hit] = src[rows[hit]]
+        return (ok, p, snr), np.flatnonzero(~hit)
+
+    def store_scores(self, epoch: int, version: str, targets: tuple[Target, ...],
+                     grids: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+        """Keep the rows a plan scored, for targets unchanged since its snapshot."""
+        if epoch != self._epoch:
+            return  # conditions changed while it was planned: these rows are stale
+        self._scores_key, self._score_grids = (epoch, version), grids
+        current = self._targets
+        self._score_row = {t.id: i for i, t in enumerate(targets) if current.get(t.id) is t}
 
     def advance(self, result: CoordinateResult) -> PlanDiff:
         """Make `result` the current plan and return what changed against the previous one.

@@ -174,3 +174,24 @@ async def test_half_close_plans_what_is_pending_then_ends(client):
     await plan.close()
     updates = [u async for u in plan]
     assert updates and updates[-1].targets == 5
+
+
+async def test_incremental_plans_match_a_snapshot_of_the_same_state(client):
+    # Only new targets are scored on an alert; the plan must still equal a from-scratch one.
+    req, kw = opening(40, seed=3)
+    alerts = [pb.Target(id=f"z{i}", ra_deg=120.0 + 10 * i, dec_deg=-25.0, magnitude=18.5, band=pb.BAND_I,
+                        exposure_s=60.0, value=5.0 + i) for i in range(3)]
+    async with client.coordinate_stream(full_plan_every_frame=True, **kw) as plan:
+        await plan.next()
+        for a in alerts:
+            await plan.upsert(a)
+            last = await plan.next()
+        await plan.retract(req.targets[0].id)
+        last = await plan.next()
+    snap = pb.CoordinateRequest()
+    snap.CopyFrom(req)
+    del snap.targets[0]
+    snap.targets.extend(alerts)
+    fresh = await client.coordinate(snap)
+    assert last.full.total_expected_value == pytest.approx(fresh.total_expected_value, rel=1e-6)
+    assert {a.target_id for a in last.full.assignments} == {a.target_id for a in fresh.assignments}

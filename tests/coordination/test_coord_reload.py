@@ -137,3 +137,16 @@ async def test_cli_models_reload(coord_daemon, tmp_path):
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
     assert out.decode().startswith("reloaded coordination: version ")
+
+
+async def test_a_plan_stream_moves_to_the_new_version_after_a_reload(client, tmp_path):
+    req = request_pb(make_request(20))
+    async with client.coordinate_stream(time_unix=req.time_unix, observatories=list(req.observatories),
+                                        targets=list(req.targets)) as plan:
+        before = (await plan.next()).version
+        info = await client.reload_model("coordination", str(copy_checkpoint(tmp_path)))
+        await plan.request_plan()  # cached scores of the old weights must not be reused
+        update = await plan.next()
+    assert update.version == info.version != before
+    fresh = await client.coordinate(req)
+    assert update.total_expected_value == pytest.approx(fresh.total_expected_value, rel=1e-6)

@@ -10,6 +10,7 @@ import urllib.request
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import REGISTRY
 
 from galactic.v1 import generation_pb2, generation_pb2_grpc
 from galactic_client import AsyncClient, errors
@@ -125,8 +126,13 @@ async def test_same_request_id_in_two_sessions(client):
     assert ta == tb and fa.completion_tokens == fb.completion_tokens
 
 
+def finished(reason: str) -> float:
+    return REGISTRY.get_sample_value("galactic_llm_requests_finished_total", {"model": "tiny", "reason": reason}) or 0.0
+
+
 async def test_deadline_frees_the_slot(client, llm_daemon, channel_to):
     engine = engine_of(llm_daemon)
+    ended_before = finished("deadline") + finished("cancelled")
     stub = generation_pb2_grpc.GenerationStub(channel_to(llm_daemon))
     # 480 tokens cannot be made in 20 ms: the deadline expires inside the scheduler.
     call = stub.Generate(generation_pb2.GenerateRequest(
@@ -140,15 +146,25 @@ async def test_deadline_frees_the_slot(client, llm_daemon, channel_to):
     else:  # the scheduler expired it first and said so
         assert frames[-1].final.finish_reason == generation_pb2.DEADLINE
     await engine.wait_until(lambda e: e.running_count + e.waiting_count == 0, timeout=30)
-    assert engine.running_count == 0
+    # It ended in the engine as DEADLINE (the scheduler's clock) or CANCELLED (gRPC's timer
+    # cancelled the call), its reservation and cache were freed, and the slot serves again.
+    assert finished("deadline") + finished("cancelled") - ended_before == 1
+    assert engine.stats()["reserved_tokens"] == 0 and engine.stats()["kv_cache_tokens"] == 0
+    _, final = await client.generate_text(PROMPTS[0], max_new_tokens=2)
+    assert final.completion_tokens == 2
 
 
 async def test_client_leaving_early_cancels_on_the_daemon(client, llm_daemon):
     engine = engine_of(llm_daemon)
+    cancelled_before = finished("cancelled")
     async for item in client.generate(PROMPTS[3], max_new_tokens=400):
+        assert isinstance(item, Chunk)  # it was running: a token came out
         break  # the client's generator cancels the call
     await engine.wait_until(lambda e: e.running_count + e.waiting_count == 0, timeout=30)
-    assert engine.running_count == 0
+    assert finished("cancelled") - cancelled_before == 1  # ended CANCELLED, not run to length
+    assert engine.stats()["reserved_tokens"] == 0 and engine.stats()["kv_cache_tokens"] == 0
+    _, final = await client.generate_text(PROMPTS[0], max_new_tokens=2)  # the freed slot serves again
+    assert final.completion_tokens == 2
 
 
 async def test_adapters_hot_load_generate_unload(client, llm_daemon, tmp_path):
