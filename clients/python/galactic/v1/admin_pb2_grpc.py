@@ -96,7 +96,8 @@ class AdminServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def UnloadAdapter(self, request, context):
-        """Unload an adapter: FAILED_PRECONDITION while requests use it, unless forced.
+        """Unload an adapter: new requests naming it get NOT_FOUND at once; requests already
+        using it finish, and the call returns after the last one (or cancels them if forced).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
