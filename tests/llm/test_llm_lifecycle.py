@@ -244,15 +244,17 @@ async def test_llm_failing_step_fails_its_requests_not_the_engine(tiny_dir, adap
             raise RuntimeError("simulated device error")
 
         eng.model.forward = broken  # instance attribute shadows the class's forward
+        # Two requests: even if they land in separate steps, that stays below the worker's
+        # limit of failing steps in a row (past it the engine declares itself faulted).
         results = await asyncio.gather(
-            *(collect(eng, GenerationRequest(f"f{i}", prompt=p)) for i, p in enumerate(PROMPTS[:3])),
+            *(collect(eng, GenerationRequest(f"f{i}", prompt=p)) for i, p in enumerate(PROMPTS[:2])),
             return_exceptions=True)
         assert all(isinstance(r, RuntimeError) for r in results)
         del eng.model.forward
         await eng.wait_until(lambda e: e.running_count == 0 and e.waiting_count == 0, timeout=30)
         ids, _, final = await collect(eng, GenerationRequest("after", prompt=PROMPTS[0],
                                                              sampling=SamplingParams(max_new_tokens=3)))
-        assert final.completion_tokens == 3 and eng.stats()["requests_failed_total"] == 3
+        assert final.completion_tokens == 3 and eng.stats()["requests_failed_total"] == 2
     finally:
         await eng.stop(1)
 
