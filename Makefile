@@ -18,7 +18,7 @@ $(STAMP): requirements/lock.txt pyproject.toml clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=25"
 	# -c pins every transitive dependency; torch==2.13.0 takes the local CPU wheel here.
-	$(PY) -m pip install --quiet -c requirements/lock.txt -e clients/python -e ".[dev]"
+	$(PY) -m pip install --quiet -c requirements/lock.txt -e clients/python -e ".[dev,federated]"
 	touch $@
 
 install: $(STAMP)

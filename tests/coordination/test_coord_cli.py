@@ -15,9 +15,9 @@ def _parser():
     return parser
 
 
-def test_register_adds_the_three_subcommands():
+def test_register_adds_the_subcommands():
     parser = _parser()
-    for cmd in ("coordination", "federated", "evaluate"):
+    for cmd in ("simulate-logs", "coordination", "federated", "evaluate"):
         args = parser.parse_args([cmd, "--json", "x.json"] if cmd == "evaluate" else [cmd, "--out", "x.safetensors"])
         assert callable(args.func)
 
@@ -30,17 +30,36 @@ def test_training_requires_out_so_the_shipped_checkpoint_is_never_overwritten(ca
     assert "--out" in capsys.readouterr().err
 
 
+def test_simulate_logs_then_train_on_the_files(tmp_path):
+    tiny = ["--windows", "4", "--per-window", "6"]
+    logs = tmp_path / "logs"
+    args = _parser().parse_args(["simulate-logs", *tiny, "--out", str(logs)])
+    assert args.func(args) == 0
+    assert sorted(p.stem for p in logs.glob("*.csv"))[:2] == ["ctio", "gemini_south"]
+    out = tmp_path / "fed.safetensors"
+    args = _parser().parse_args(["federated", "--engine", "inprocess", "--sites", str(logs), "--epochs", "1",
+                                 "--rounds", "1", "--out", str(out)])
+    assert args.func(args) == 0
+    meta = json.loads(checkpoint.config_path(out).read_text())["meta"]
+    assert meta["recipe"] == "federated" and len(meta["logs"]) == 13
+
+
 def test_federated_then_evaluate(tmp_path):
     tiny = ["--windows", "4", "--epochs", "1"]
     out = tmp_path / "fed.safetensors"
-    args = _parser().parse_args(["federated", *tiny, "--rounds", "1", "--out", str(out)])
+    args = _parser().parse_args(["federated", "--engine", "inprocess", *tiny, "--rounds", "1", "--out", str(out)])
     assert args.func(args) == 0
     assert out.exists() and json.loads(checkpoint.config_path(out).read_text())["meta"]["recipe"] == "federated"
     report = tmp_path / "eval.json"
-    args = _parser().parse_args(["evaluate", *tiny, "--rounds", "1", "--eval-windows", "2", "--astroplan-windows", "0",
+    args = _parser().parse_args(["evaluate", *tiny, "--seeds", "5", "6", "--rounds", "1", "--eval-windows", "2",
                                  "--json", str(report)])
     assert args.func(args) == 0
     result = json.loads(report.read_text())
+    assert result["seeds"] == [5, 6] and len(result["runs"]) == 2
+    summary = result["summary"]
+    assert set(summary["share_of_oracle"]["federated"]) == {"mean", "sd", "min", "max"}
+    assert "federated_minus_physics" in summary["gaps"]
+    result = result["runs"][0]
     methods = result["methods"]
     for name in ("oracle", "federated", "central", "physics", "greedy_altitude", "greedy_aperture", "random",
                  "local_only:rubin", "local_only:mcdonald"):

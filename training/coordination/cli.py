@@ -1,11 +1,15 @@
-"""`galactic-train coordination | federated | evaluate`: registered on the trainer's CLI."""
+"""`galactic-train simulate-logs | coordination | federated | evaluate`: registered on the trainer's CLI.
+
+Training reads site log files (`sitelog.py`'s schema): `--sites LOG...` names them (files,
+or directories of *.csv); without it, the recipe's logs are simulated into files first.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -13,59 +17,80 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.coordination import default, evaluate as ev, train
-from training.coordination.scenario import DEFAULT_SCENARIO, DEFAULT_SITES
-
-log = logging.getLogger("galactic.train.coordination")
+from training.coordination import default, evaluate as ev, sitelog, train
+from training.coordination.scenario import DEFAULT_SCENARIO, DEFAULT_SITES, load_scenario
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("simulate-logs", help="write one site-log file per site from a scenario")
+    _scenario_args(p)
+    p.add_argument("--out", type=Path, required=True, help="directory for <site_id>.csv")
+    p.set_defaults(func=_simulate_cmd)
     for name, helptext in (("coordination", "train the coordination model centrally on pooled site logs"),
-                           ("federated", "train the coordination model with FedAvg over per-site logs")):
+                           ("federated", "train the coordination model by federation (NVFLARE: server + one "
+                                         "process per site on loopback)")):
         p = subparsers.add_parser(name, help=helptext)
-        _common(p)
+        _scenario_args(p)
+        _train_args(p)
         # Required: a default would overwrite the shipped embedded checkpoint (which
         # `federated` with its defaults reproduces: pass --out training/data/coordination.safetensors).
         p.add_argument("--out", type=Path, required=True,
                        help="checkpoint path (.safetensors; its .json config is written beside it)")
         if name == "federated":
-            p.add_argument("--rounds", type=int, default=default.Recipe.fit.rounds)
-            p.add_argument("--local-epochs", type=int, default=default.Recipe.fit.local_epochs)
-            p.add_argument("--prox-mu", type=float, default=0.0, help="> 0 turns FedAvg into FedProx")
-            p.add_argument("--server-momentum", type=float, default=default.Recipe.fit.server_momentum,
-                           help="FedAvgM server momentum (0: plain FedAvg)")
+            _fed_args(p)
+            p.add_argument("--engine", choices=default.ENGINES, default="flare",
+                           help="flare: NVFLARE server and site processes; inprocess: the same rounds in one process")
+            p.add_argument("--record-dir", type=Path, default=None,
+                           help="flare: write each round's sent, received and aggregated weights here")
         p.set_defaults(func=_train_cmd, federated=name == "federated")
-    p = subparsers.add_parser("evaluate", help="compare coordination methods on unseen windows")
-    _common(p)
-    p.add_argument("--eval-seed", "--seed-eval", dest="eval_seed", type=int, default=None,
-                   help="seed of the evaluation windows (default: --seed + 1000, never a training seed)")
+    p = subparsers.add_parser("evaluate", help="compare coordination methods on unseen windows, over training seeds")
+    _scenario_args(p)
+    p.set_defaults(seed=None)
+    p.add_argument("--seeds", type=int, nargs="+", default=[101, 102, 103, 104, 105],
+                   help="training seeds (none of them used to choose hyperparameters); evaluation windows use seed+1000")
+    p.add_argument("--epochs", type=int, default=default.Recipe.fit.epochs)
     p.add_argument("--eval-windows", type=int, default=100)
-    p.add_argument("--rounds", type=int, default=default.Recipe.fit.rounds)
-    p.add_argument("--local-epochs", type=int, default=default.Recipe.fit.local_epochs)
-    p.add_argument("--prox-mu", type=float, default=0.0)
-    p.add_argument("--server-momentum", type=float, default=default.Recipe.fit.server_momentum)
-    p.add_argument("--astroplan-windows", type=int, default=2,
+    _fed_args(p)
+    p.add_argument("--astroplan-windows", type=int, default=0,
                    help="windows scored with astroplan's PriorityScheduler (slow: ~1 s per site)")
     p.add_argument("--json", type=Path, required=True, help="write the results here")
     p.set_defaults(func=_evaluate_cmd)
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _scenario_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scenario", type=Path, default=DEFAULT_SCENARIO)
-    p.add_argument("--sites", type=Path, default=DEFAULT_SITES)
-    p.add_argument("--seed", type=int, default=default.Recipe.seed, help="training seed")
+    p.add_argument("--site-table", type=Path, default=DEFAULT_SITES, help="the site table (sites.toml)")
+    p.add_argument("--seed", type=int, default=default.Recipe.seed, help="training seed (logs and fit)")
     p.add_argument("--windows", type=int, default=default.Recipe.windows_per_site, help="logged windows per site")
     p.add_argument("--per-window", type=int, default=default.Recipe.per_window, help="observations per logged window")
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sites", type=Path, nargs="+", default=None, metavar="LOG",
+                   help="site log files or directories of them, one file per site of the table "
+                        "(default: simulate the recipe's logs from --scenario)")
+    p.add_argument("--snr-required", type=float, default=None,
+                   help="the SNR that counts as a success (default: the scenario's)")
+    p.add_argument("--skip-invalid", action="store_true", help="drop invalid log rows (and report how many)")
     p.add_argument("--epochs", type=int, default=default.Recipe.fit.epochs)
 
 
-def _recipe(args) -> default.Recipe:
-    fit = replace(default.Recipe.fit, epochs=args.epochs, seed=args.seed,
+def _fed_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rounds", type=int, default=default.Recipe.fit.rounds)
+    p.add_argument("--local-epochs", type=int, default=default.Recipe.fit.local_epochs)
+    p.add_argument("--prox-mu", type=float, default=0.0, help="> 0 turns FedAvg into FedProx")
+    p.add_argument("--server-momentum", type=float, default=default.Recipe.fit.server_momentum,
+                   help="FedAvgM server momentum (0: plain FedAvg)")
+
+
+def _recipe(args, seed: int | None = None) -> default.Recipe:
+    seed = args.seed if seed is None else seed
+    fit = replace(default.Recipe.fit, epochs=getattr(args, "epochs", default.Recipe.fit.epochs), seed=seed,
                   rounds=getattr(args, "rounds", default.Recipe.fit.rounds),
                   local_epochs=getattr(args, "local_epochs", default.Recipe.fit.local_epochs),
                   prox_mu=getattr(args, "prox_mu", 0.0),
                   server_momentum=getattr(args, "server_momentum", default.Recipe.fit.server_momentum))
-    return default.Recipe(scenario=args.scenario, sites=args.sites, seed=args.seed,
+    return default.Recipe(scenario=args.scenario, sites=args.site_table, seed=seed,
                           windows_per_site=args.windows, per_window=args.per_window, fit=fit)
 
 
@@ -73,21 +98,74 @@ def _progress(msg: str) -> None:
     print(f"[coordination] {msg}", file=sys.stderr, flush=True)
 
 
+def _log_files(paths: list[Path]) -> list[Path]:
+    out: list[Path] = []
+    for p in paths:
+        out += sorted(p.glob("*.csv")) if p.is_dir() else [p]
+    return out
+
+
+def _simulate_cmd(args) -> int:
+    paths = default.write_site_logs(_recipe(args), args.out, _progress)
+    _progress(f"wrote {len(paths)} site logs to {args.out}")
+    return 0
+
+
 def _train_cmd(args) -> int:
     torch.set_num_threads(1)  # a 2k-parameter MLP: threads cost more than they give
-    out = default.build(_recipe(args), args.out, federated=args.federated, progress=_progress)
+    recipe = _recipe(args)
+    engine = getattr(args, "engine", "inprocess")
+    if args.sites is None:
+        out = default.build(recipe, args.out, federated=args.federated, progress=_progress, engine=engine)
+    else:
+        out = _train_on_files(args, recipe, engine)
     _progress(f"wrote {out} and {out.with_suffix('.json')}")
     return 0
+
+
+def _train_on_files(args, recipe: default.Recipe, engine: str) -> Path:
+    from engines.coordination.sites import load_sites
+
+    table = load_sites(args.site_table)
+    snr = args.snr_required if args.snr_required is not None else load_scenario(args.scenario).scenario.snr_required
+    files = _log_files(args.sites)
+    info = {"recipe": "federated" if args.federated else "central", "logs": [f.name for f in files],
+            "seed": recipe.seed}
+    if args.federated and engine == "flare":
+        from training.coordination import federated as fl
+
+        ids = {sitelog.read(f, table, args.skip_invalid).site_id: f for f in files}  # validate before starting
+        fed = fl.Federation(logs=ids, site_table=args.site_table, snr_required=snr, out=args.out,
+                            record_dir=args.record_dir, skip_invalid=args.skip_invalid)
+        return fl.run(fed, table, recipe.fit, {**info, "engine": "nvflare"}, _progress)
+    logs = sitelog.read_logs(files, table, snr, args.skip_invalid, _progress)
+    model = (train.train_federated(logs, recipe.fit, _progress) if args.federated
+             else train.train_central(logs, recipe.fit))
+    return train.export(model, table.ids, args.out, {**info, "rows": sum(len(x) for x in logs)})
 
 
 def _evaluate_cmd(args) -> int:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    recipe = _recipe(args)
+    runs = []
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    for seed in args.seeds:
+        _progress(f"training seed {seed}")
+        runs.append(_evaluate_seed(args, _recipe(args, seed)))
+        # Rewritten after every seed: a long evaluation cut short still leaves its seeds.
+        result = {"scenario": runs[0]["scenario"], "seeds": [r["train_seed"] for r in runs],
+                  "eval_windows": args.eval_windows, "summary": ev.summarise([r["methods"] for r in runs]),
+                  "runs": runs, "seconds": round(time.perf_counter() - t0, 1)}
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        _progress(f"wrote {args.json} ({len(runs)}/{len(args.seeds)} seeds) in {result['seconds']} s")
+    return 0
+
+
+def _evaluate_seed(args, recipe: default.Recipe) -> dict:
     sim, logs = default.site_logs(recipe, _progress)
     _progress("central fit")
     central = train.train_central(logs, recipe.fit)
-    _progress("federated fit")
+    _progress("federated fit (in-process rounds: the NVFLARE path's arithmetic, without its processes)")
     federated = train.train_federated(logs, recipe.fit, _progress)
     methods: dict[str, ev.Chooser] = {
         "federated": ev.solve_with(ev.model_scorer(federated, sim)),
@@ -103,7 +181,7 @@ def _evaluate_cmd(args) -> int:
         _progress(f"local-only fit {site.id}")
         local = train.train_local(logs, i, recipe.fit)
         methods[f"local_only:{site.id}"] = ev.solve_with(ev.model_scorer(local, sim))
-    eval_seed = args.seed + 1000 if args.eval_seed is None else args.eval_seed
+    eval_seed = recipe.seed + 1000
     _progress(f"evaluating {args.eval_windows} windows (seed {eval_seed})")
     result = ev.evaluate(sim, methods, federated, args.eval_windows, eval_seed)
     if args.astroplan_windows > 0:
@@ -112,16 +190,12 @@ def _evaluate_cmd(args) -> int:
 
         result["methods"]["astroplan"] = evaluate_astroplan(sim, args.astroplan_windows, eval_seed)
     result["scenario"] = sim.sc.scenario.name
-    result["train_seed"], result["eval_seed"] = args.seed, eval_seed
-    result["seconds"] = round(time.perf_counter() - t0, 1)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    _progress(f"wrote {args.json} in {result['seconds']} s")
-    return 0
+    result["train_seed"], result["eval_seed"] = recipe.seed, eval_seed
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (`python -m training.coordination.cli ...`) until training/cli.py wires it."""
+    """Standalone entry (`python -m training.coordination.cli ...`)."""
     parser = argparse.ArgumentParser(prog="galactic-train")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

@@ -1,21 +1,25 @@
 """The embedded default model: the federated recipe on the default scenario.
 
-`galactic-train federated` with its defaults writes training/data/coordination.safetensors
-(+ .json), the file the daemon's default `[coordination]` serves. When that file is absent,
-`ensure_default_checkpoint` trains the same recipe once (about 2 minutes on 2 cores) and
-caches it.
+`galactic-train federated` with its defaults simulates every site's log file from the
+default scenario (`galactic-train simulate-logs`), runs the NVFLARE federation on them and
+writes training/data/coordination.safetensors (+ .json), the file the daemon's default
+`[coordination]` serves. The in-process loop (`train.train_federated`) runs the same
+local fits and server step in one process and reproduces those weights (a test checks it).
 """
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from engines.coordination.sites import load_sites
-from training.coordination import train
+from training.coordination import sitelog, train
 from training.coordination.scenario import DEFAULT_SCENARIO, DEFAULT_SITES, load_scenario
 from training.coordination.simulator import Simulator
+
+ENGINES = ("flare", "inprocess")  # how `federated` runs: NVFLARE processes, or one process
 
 
 @dataclass(frozen=True)
@@ -30,29 +34,51 @@ class Recipe:
     fit: train.FitConfig = train.FitConfig(epochs=10, rounds=30, local_epochs=1, batch_size=256, server_momentum=0.8)
 
 
+def simulator(recipe: Recipe) -> Simulator:
+    return Simulator(load_scenario(recipe.scenario), load_sites(recipe.sites))
+
+
+def write_site_logs(recipe: Recipe, out_dir: Path, progress: Callable[[str], None] = lambda _m: None) -> dict[str, Path]:
+    """Simulate every site's log file (site-log schema) into `out_dir`: site id -> path."""
+    sim = simulator(recipe)
+    progress(f"simulating {len(sim.table.site)} site logs into {out_dir}")
+    return {log.site_id: sitelog.write(Path(out_dir) / f"{log.site_id}.csv", log)
+            for log in sim.all_site_logs(recipe.windows_per_site, recipe.seed, recipe.per_window)}
+
+
 def site_logs(recipe: Recipe, progress: Callable[[str], None] = lambda _m: None):
-    sim = Simulator(load_scenario(recipe.scenario), load_sites(recipe.sites))
-    progress(f"simulating {len(sim.table.site)} site logs")
-    return sim, sim.all_logs(recipe.windows_per_site, recipe.seed, recipe.per_window)
+    """The simulator and every site's training arrays, read back from written log files."""
+    sim = simulator(recipe)
+    with tempfile.TemporaryDirectory(prefix="galactic-logs-") as d:
+        paths = write_site_logs(recipe, Path(d), progress)
+        logs = sitelog.read_logs(list(paths.values()), sim.table, sim.sc.scenario.snr_required, report=progress)
+    return sim, logs
 
 
-def build(recipe: Recipe, out: Path, federated: bool = True, progress: Callable[[str], None] = lambda _m: None) -> Path:
-    sim, logs = site_logs(recipe, progress)
+def meta(recipe: Recipe, kind: str, rows: int, scenario_name: str) -> dict:
+    return {"recipe": kind, "scenario": scenario_name, "seed": recipe.seed,
+            "windows_per_site": recipe.windows_per_site, "per_window": recipe.per_window, "rows": rows}
+
+
+def build(recipe: Recipe, out: Path, federated: bool = True, progress: Callable[[str], None] = lambda _m: None,
+          engine: str = "inprocess") -> Path:
+    """Simulate the recipe's site logs, train on the files, export `out`."""
+    sim = simulator(recipe)
+    snr = sim.sc.scenario.snr_required
+    with tempfile.TemporaryDirectory(prefix="galactic-logs-") as d:
+        paths = write_site_logs(recipe, Path(d), progress)
+        logs = sitelog.read_logs(list(paths.values()), sim.table, snr, report=progress)
+        info = meta(recipe, "federated" if federated else "central", sum(len(x) for x in logs), sim.sc.scenario.name)
+        if federated and engine == "flare":
+            from training.coordination import federated as fl
+
+            fed = fl.Federation(logs=paths, site_table=Path(recipe.sites), snr_required=snr, out=Path(out))
+            return fl.run(fed, sim.table, recipe.fit, {**info, "engine": "nvflare"}, progress)
     if federated:
         model = train.train_federated(logs, recipe.fit, progress)
+        info["engine"] = "inprocess"
     else:
         progress("central fit")
         model = train.train_central(logs, recipe.fit)
-    meta = {"recipe": "federated" if federated else "central", "scenario": sim.sc.scenario.name,
-            "seed": recipe.seed, "windows_per_site": recipe.windows_per_site, "rows": sum(len(x) for x in logs)}
-    return train.export(model, sim.table.ids, out, meta)
+    return train.export(model, sim.table.ids, out, info)
 
-
-def ensure_default_checkpoint(cache_dir: Path | None, progress: Callable[[str], None]) -> Path:
-    """The cached default checkpoint, trained now if missing."""
-    cache = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "galactic"
-    out = cache / "coordination.safetensors"
-    if out.exists() and out.with_suffix(".json").exists():
-        return out
-    progress("training the default coordination model (first start only)")
-    return build(Recipe(), out, federated=True, progress=progress)

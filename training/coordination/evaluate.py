@@ -128,3 +128,24 @@ def evaluate(sim: Simulator, methods: dict[str, Chooser], calib_model: CoordNet,
     return {"methods": out, "model": calibration(np.concatenate(ps), np.concatenate(ys)),
             "windows": windows, "critical_targets": n_critical,
             "solve_seconds": {k: round(v, 3) for k, v in timings.items()}}
+
+
+def summarise(runs: list[dict[str, dict]]) -> dict:
+    """Share of oracle per method over runs (training seeds): mean, sample sd, min, max, and the
+    issue's comparisons per run (federated minus best greedy, physics, central, best local-only)."""
+    def stats(xs: list[float]) -> dict:
+        a = np.asarray(xs, dtype=np.float64)
+        return {"mean": round(float(a.mean()), 4), "sd": round(float(a.std(ddof=1)) if a.size > 1 else 0.0, 4),
+                "min": round(float(a.min()), 4), "max": round(float(a.max()), 4)}
+    names = [n for n in runs[0] if all(n in r for r in runs)]
+    share = {n: stats([r[n]["share_of_oracle"] for r in runs]) for n in names}
+    fed = [r["federated"]["share_of_oracle"] for r in runs]
+    best_local = [max(v["share_of_oracle"] for k, v in r.items() if k.startswith("local_only:")) for r in runs]
+    best_greedy = [max(r["greedy_altitude"]["share_of_oracle"], r["greedy_aperture"]["share_of_oracle"]) for r in runs]
+    gaps = {
+        "federated_minus_best_greedy": stats([f - g for f, g in zip(fed, best_greedy)]),
+        "federated_minus_physics": stats([f - r["physics"]["share_of_oracle"] for f, r in zip(fed, runs)]),
+        "federated_minus_central": stats([f - r["central"]["share_of_oracle"] for f, r in zip(fed, runs)]),
+        "federated_minus_best_local_only": stats([f - b for f, b in zip(fed, best_local)]),
+    }
+    return {"share_of_oracle": share, "gaps": gaps}

@@ -22,6 +22,9 @@ from engines.coordination import features, physics
 from engines.coordination.config import ConstraintsConfig
 from engines.coordination.sites import SiteTable
 from training.coordination.scenario import Hidden, Scenario
+from training.coordination.sitelog import Logs, SiteLog, to_logs
+
+__all__ = ["Logs", "SiteLog", "Simulator", "Window"]
 
 
 @dataclass(frozen=True)
@@ -31,34 +34,6 @@ class Window:
     sites: features.SiteArrays  # forecast conditions inside
     geometry: features.Geometry
     feasible: np.ndarray  # (N, S) bool
-
-
-@dataclass(frozen=True)
-class Logs:
-    """One site's observation log: what it saw (features) and what happened."""
-
-    features: np.ndarray  # (M, F) float32
-    site: np.ndarray  # (M,) int64, table index
-    success: np.ndarray  # (M,) float32 0/1
-    log_snr: np.ndarray  # (M,) float32 realized log10 SNR (0 where unknown)
-    snr_known: np.ndarray  # (M,) float32 1 where the site was open
-
-    def save(self, path: Path) -> None:
-        np.savez(path, features=self.features, site=self.site, success=self.success,
-                 log_snr=self.log_snr, snr_known=self.snr_known)
-
-    @staticmethod
-    def load(path: Path) -> "Logs":
-        with np.load(path, allow_pickle=False) as z:
-            return Logs(z["features"], z["site"], z["success"], z["log_snr"], z["snr_known"])
-
-    @staticmethod
-    def concat(logs: list["Logs"]) -> "Logs":
-        return Logs(*(np.concatenate([getattr(x, f) for x in logs]) for f in
-                      ("features", "site", "success", "log_snr", "snr_known")))
-
-    def __len__(self) -> int:
-        return int(self.site.shape[0])
 
 
 class Simulator:
@@ -155,30 +130,44 @@ class Simulator:
         return (margin >= 0.0) & open_[0][None, :] & w.feasible, log_snr, open_[0]
 
     # -- logs ------------------------------------------------------------------------------
-    def site_logs(self, site: int, windows: int, seed: int, per_window: int = 40) -> Logs:
-        """A site's own log: `windows` of its nights, `per_window` feasible observations each."""
+    def site_log(self, site: int, windows: int, seed: int, per_window: int = 40) -> SiteLog:
+        """A site's own log in the site-log schema: `windows` of its nights, `per_window`
+        feasible observations each, with the forecast the site had and what happened."""
         rng = np.random.default_rng([seed, site])
         meta = self.sc.scenario
         lon = self.table.site[site].longitude_deg
         midnight_utc_h = (-lon / 15.0) % 24.0
-        rows: list[Logs] = []
+        parts: list[dict[str, np.ndarray]] = []
         which = np.array([site])
         tries = 0
-        while len(rows) < windows and tries < windows * 4:
+        while len(parts) < windows and tries < windows * 4:
             tries += 1
             day = rng.integers(0, meta.days)
             t = meta.start_unix + day * 86400.0 + (midnight_utc_h + rng.uniform(-3.5, 3.5)) * 3600.0
+            t = float(np.round(t, 3))  # what the log's time column keeps (milliseconds)
             w = self.window(rng, t, which, n_targets=max(per_window * 4, 60))
             idx = np.flatnonzero(w.feasible[:, 0])
             if idx.size == 0:
                 continue
             idx = rng.permutation(idx)[:per_window]
             ok, log_snr, open_ = self.realize(rng, w)
-            x = features.feature_matrix(w.geometry, w.targets, w.sites, meta.snr_required)[idx, 0]
-            known = np.full(idx.size, float(open_[0]), dtype=np.float32)
-            rows.append(Logs(x, np.full(idx.size, site, dtype=np.int64), ok[idx, 0].astype(np.float32),
-                             (log_snr[idx, 0] * known).astype(np.float32), known))
-        return Logs.concat(rows)
+            n = idx.size
+            tg, st = w.targets, w.sites
+            parts.append(dict(
+                time_unix=np.full(n, t), ra_deg=tg.ra_deg[idx], dec_deg=tg.dec_deg[idx], band=tg.band[idx],
+                magnitude=tg.magnitude[idx], exposure_s=tg.exposure_s[idx], seeing=np.full(n, st.seeing[0]),
+                cloud=np.full(n, st.cloud[0]), humidity=np.full(n, st.humidity[0]), success=ok[idx, 0],
+                # Nothing is measured when the dome is closed or the instrument is down.
+                achieved_snr=np.power(10.0, log_snr[idx, 0]) if open_[0] else np.full(n, np.nan)))
+        cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        return SiteLog(site_id=self.table.site[site].id, **cols)
+
+    def all_site_logs(self, windows: int, seed: int, per_window: int = 40) -> list[SiteLog]:
+        return [self.site_log(i, windows, seed, per_window) for i in range(len(self.table.site))]
+
+    def site_logs(self, site: int, windows: int, seed: int, per_window: int = 40) -> Logs:
+        """Site `site`'s log as the model's training arrays (featurised like a log file)."""
+        return to_logs(self.site_log(site, windows, seed, per_window), self.table, self.sc.scenario.snr_required)
 
     def all_logs(self, windows: int, seed: int, per_window: int = 40) -> list[Logs]:
         return [self.site_logs(i, windows, seed, per_window) for i in range(len(self.table.site))]

@@ -3,7 +3,7 @@
 Central: pool every site's log, one Lightning fit. Federated (FedAvg, McMahan et al. 2017;
 optionally FedProx, Li et al. 2020): each round, every site fits the current global model
 on its own log only, and the server averages the returned state dicts weighted by sample
-count. Only weights cross site boundaries, never a log row. Both export a safetensors
+count (`aggregate.py`). Only weights cross site boundaries, never a log row. Both export a safetensors
 checkpoint plus its JSON config, which the engine loads.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,11 +23,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from engines.coordination import checkpoint
 from engines.coordination.model import CoordNet, CoordNetConfig
-from training.coordination.simulator import Logs
-
-
-# Parameters with one row per site (table order): each row is trained by its own site only.
-SITE_ROW_PARAMS = ("site_emb.weight", "site_head_w.weight", "site_head_b.weight")
+from training.coordination import aggregate
+from training.coordination.sitelog import Logs
 
 
 @dataclass(frozen=True)
@@ -105,46 +101,38 @@ def train_local(site_logs: list[Logs], site: int, cfg: FitConfig) -> CoordNet:
     return fit(new_model(len(site_logs), cfg), site_logs[site], cfg.epochs, cfg)
 
 
-def train_federated(site_logs: list[Logs], cfg: FitConfig, progress: Callable[[str], None] = lambda _m: None) -> CoordNet:
-    """FedAvg rounds; each site fits the global weights on its own log, the server averages.
+def local_fit(global_state: dict[str, torch.Tensor], config: CoordNetConfig, logs: Logs, lr: float,
+              cfg: FitConfig, seed: int) -> dict[str, torch.Tensor]:
+    """One site's part of a round: fit the global weights on its own log, return the weights."""
+    local = CoordNet(dataclasses.replace(config, lr=lr, cosine=False))
+    local.load_state_dict(global_state)
+    local.set_prox_anchor()
+    fit(local, logs, cfg.local_epochs, replace(cfg, seed=seed))
+    return {k: v.detach().clone() for k, v in local.state_dict().items()}  # only weights leave the site
 
-    `site_logs[i]` must be site i's log (table order): row i of the site embedding is
-    taken from site i's fit rather than averaged.
+
+def local_seed(cfg: FitConfig, r: int, site: int) -> int:
+    return cfg.seed * 1000 + r * 31 + site
+
+
+def train_federated(site_logs: list[Logs], cfg: FitConfig, progress: Callable[[str], None] = lambda _m: None) -> CoordNet:
+    """FedAvg(M) rounds in one process: the reference for the NVFLARE federation
+    (`federated.py`), which runs the same `local_fit` in each site's process and the same
+    `aggregate` step on its server.
+
+    `site_logs[i]` must be site i's log (table order).
     """
     global_model = new_model(len(site_logs), cfg, cfg.prox_mu)
     counts = [float(len(x)) for x in site_logs]
-    velocity: dict[str, torch.Tensor] = {}
+    server = aggregate.ServerOptimizer(cfg.server_momentum)
+    base_lr = cfg.local_lr if cfg.local_lr is not None else global_model.config.lr
     for r in range(cfg.rounds):
-        states = []
-        # The round's learning rate follows a cosine over rounds (a local fit is too short
-        # to anneal on its own, and restarting a schedule every round would undo it).
-        base_lr = cfg.local_lr if cfg.local_lr is not None else global_model.config.lr
-        lr = base_lr * (0.5 * (1.0 + math.cos(math.pi * r / cfg.rounds)) if cfg.round_cosine else 1.0)
-        local_cfg = dataclasses.replace(global_model.config, lr=lr, cosine=False)
-        for i, logs in enumerate(site_logs):
-            local = CoordNet(local_cfg)
-            local.load_state_dict(global_model.state_dict())
-            local.set_prox_anchor()
-            fit(local, logs, cfg.local_epochs, replace(cfg, seed=cfg.seed * 1000 + r * 31 + i))
-            states.append(local.state_dict())  # only weights leave the site
-        merged = checkpoint.average(states, counts)
-        # A site's rows (embedding, personal head) are trained by that site alone; a plain
-        # average would shrink their update by the site's sample share (1/13 here) and stall
-        # the per-site effects. Each row comes back from its own site: still only weights
-        # cross the boundary.
-        if cfg.own_embedding_rows:
-            for name in SITE_ROW_PARAMS:
-                rows = merged[name]
-                for i, state in enumerate(states):
-                    rows[i] = state[name][i]
-        if cfg.server_momentum > 0:
-            # FedAvgM: treat (average - global) as a pseudo-gradient and apply it with momentum.
-            current = global_model.state_dict()
-            for k in merged:
-                delta = merged[k] - current[k]
-                velocity[k] = cfg.server_momentum * velocity.get(k, torch.zeros_like(delta)) + delta
-                merged[k] = current[k] + velocity[k]
-        global_model.load_state_dict(merged)
+        lr = aggregate.round_lr(base_lr, r, cfg.rounds, cfg.round_cosine)
+        current = global_model.state_dict()
+        states = [local_fit(current, global_model.config, logs, lr, cfg, local_seed(cfg, r, i))
+                  for i, logs in enumerate(site_logs)]
+        merged = aggregate.weighted_average(states, counts, list(range(len(site_logs))), cfg.own_embedding_rows)
+        global_model.load_state_dict(server.step(current, merged))
         progress(f"federated round {r + 1}/{cfg.rounds}")
     global_model.eval()
     return global_model

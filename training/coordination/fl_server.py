@@ -1,0 +1,99 @@
+"""The aggregation server of the NVFLARE federation: a FLARE `ModelController`.
+
+Each round it sends the global weights (and the round's learning rate) to every site,
+waits for all of them, and applies `aggregate.weighted_average` then the server optimizer
+(FedAvg, or FedAvgM with `server_momentum` > 0; FedProx is the sites' `prox_mu`). A site's
+row of the per-site parameters is keyed by its FLARE identity (the client name), which
+must be a site id of the table.
+
+At the end it writes the checkpoint the engine loads. With `record_dir` it also writes,
+per round, the global weights it sent, every update it received (as received: weights and
+metadata) and the new global weights, so a test can check the arithmetic and what crossed
+the wire.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from nvflare.app_common.abstract.fl_model import FLModel, ParamsType
+from nvflare.app_common.workflows.model_controller import ModelController
+from safetensors.numpy import save_file
+
+from engines.coordination import checkpoint
+from engines.coordination.model import CoordNet, CoordNetConfig
+from training.coordination import aggregate
+
+
+class CoordFedAvg(ModelController):
+    def __init__(self, site_ids: list[str], model_config: dict, rounds: int, seed: int, out: str,
+                 server_momentum: float = 0.0, own_rows: bool = True, round_cosine: bool = True,
+                 local_lr: float | None = None, meta: dict | None = None, record_dir: str | None = None,
+                 task_timeout_s: int = 0) -> None:
+        super().__init__()
+        self.site_ids = list(site_ids)
+        self.model_config = dict(model_config)
+        self.rounds = rounds
+        self.seed = seed
+        self.out = out
+        self.server_momentum = server_momentum
+        self.own_rows = own_rows
+        self.round_cosine = round_cosine
+        self.local_lr = local_lr
+        self.meta = dict(meta or {})
+        self.record_dir = record_dir
+        self.task_timeout_s = task_timeout_s
+
+    def run(self) -> None:
+        import lightning as L
+
+        L.seed_everything(self.seed, verbose=False)  # the same initial weights as the in-process path
+        config = CoordNetConfig(**self.model_config)
+        model = CoordNet(config)
+        index = {s: i for i, s in enumerate(self.site_ids)}
+        server = aggregate.ServerOptimizer(self.server_momentum)
+        base_lr = self.local_lr if self.local_lr is not None else config.lr
+        for r in range(self.rounds):
+            lr = aggregate.round_lr(base_lr, r, self.rounds, self.round_cosine)
+            current = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            task = FLModel(params_type=ParamsType.FULL, params={k: v.numpy() for k, v in current.items()},
+                           current_round=r, total_rounds=self.rounds,
+                           meta={"lr": lr, "model_config": self.model_config})
+            results = self.send_model_and_wait(data=task, timeout=self.task_timeout_s)
+            # Table order, not arrival order: the sum is then the in-process loop's, bit for bit.
+            results = sorted(results, key=lambda res: index.get(res.meta["client_name"], -1))
+            names = [res.meta["client_name"] for res in results]
+            unknown = sorted(set(names) - set(index))
+            if unknown:
+                raise RuntimeError(f"participants {unknown} are not sites of the table")
+            states = [{k: torch.as_tensor(np.asarray(v)) for k, v in res.params.items()} for res in results]
+            counts = [float(res.meta["samples"]) for res in results]
+            merged = aggregate.weighted_average(states, counts, [index[n] for n in names], self.own_rows)
+            new = server.step(current, merged)
+            model.load_state_dict(new)
+            if self.record_dir:
+                self._record(r, current, results, new)
+            self.info(f"round {r + 1}/{self.rounds}: {len(results)} sites, {int(sum(counts))} samples")
+        model.eval()
+        checkpoint.save(model, tuple(self.site_ids), Path(self.out), {**self.meta, "rounds": self.rounds})
+        self.info(f"wrote {self.out}")
+
+    def _record(self, r: int, sent: dict, results: list[FLModel], new: dict) -> None:
+        d = Path(self.record_dir) / f"round_{r:03d}"
+        d.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.numpy() for k, v in sent.items()}, str(d / "global_in.safetensors"))
+        save_file({k: v.numpy() for k, v in new.items()}, str(d / "global_out.safetensors"))
+        received = []
+        for res in results:
+            name = res.meta["client_name"]
+            save_file({k: np.ascontiguousarray(v) for k, v in res.params.items()}, str(d / f"update_{name}.safetensors"))
+            # Everything that came with the weights, minus what FLARE's server adds itself.
+            meta = {k: v for k, v in res.meta.items() if k not in ("client_name", "props")}
+            received.append({"site": name, "params_type": str(res.params_type), "meta": meta,
+                             "params": {k: [str(np.asarray(v).dtype), list(np.asarray(v).shape)]
+                                        for k, v in res.params.items()},
+                             "metrics": res.metrics, "optimizer_params": res.optimizer_params is not None})
+        (d / "received.json").write_text(json.dumps(received, indent=1, default=str) + "\n")
