@@ -84,7 +84,8 @@ def run(fed: Federation, table: SiteTable, cfg: FitConfig, meta: dict,
         # FLARE reads its POC workspace from the environment; a private one per run keeps
         # concurrent runs (and other users' POCs) apart.
         os.environ["NVFLARE_POC_WORKSPACE"] = ws
-        env = PocEnv(num_clients=len(table.ids), clients=list(table.ids), username=ADMIN, project_conf_path=_project_file(Path(ws), table.ids))
+        project = _project_file(Path(ws), table.ids)
+        env = PocEnv(num_clients=len(table.ids), clients=list(table.ids), username=ADMIN, project_conf_path=project)
         job = build_job(fed, table, cfg, meta)
         progress(f"starting FLARE: server + {len(table.ids)} site processes on loopback")
         try:
@@ -95,6 +96,7 @@ def run(fed: Federation, table: SiteTable, cfg: FitConfig, meta: dict,
             progress(f"job {job_id}: {status}")
         finally:
             env.stop(clean_up=True)
+            Path(project).unlink(missing_ok=True)
         if not fed.out.exists():
             raise RuntimeError(f"the federation ended ({status}) without writing {fed.out}; result: {result}")
     return fed.out
