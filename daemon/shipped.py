@@ -2,7 +2,7 @@
 
 Engines never reach into `training/` (imports point one way, STYLE 13): a config that says
 `checkpoint = "embedded"` is resolved here, at the daemon's entry, to the checkpoint shipped
-in training/data (written by `galactic-train coordination`), and the engine is given that
+in training/data (written by `galactic-train federated`), and the engine is given that
 path. A missing shipped file is the engine's clear load error, never a silent fallback.
 """
 

@@ -217,15 +217,28 @@ def test_llm_config_rejects_bad_values_and_default_toml_parses():
     assert parsed == LLMConfig()
 
 
-async def test_llm_int8_dynamic_quantization_runs_on_cpu(tiny_dir, adapters_root):
+async def test_llm_int8_dynamic_quantization_runs_on_cpu(tiny_dir, adapters_root, reference):
+    import copy
+
+    import torch
+
     from engines.llm.engine import LLMEngine
+    from llm_helpers import greedy_reference
 
     eng = LLMEngine(dataclasses.replace(make_config(tiny_dir, adapters_root), quantization="int8-dynamic"))
     eng.load(lambda msg: None)
+    quantized = [m for m in eng.model.modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)]
+    plain = [m for m in eng.model.modules() if type(m) is torch.nn.Linear]
+    assert len(quantized) >= 14 and not plain  # every Linear (7 per layer, 2 layers, and the head)
     await eng.start(asyncio.get_running_loop())
     try:
+        ids, _, _ = await collect(eng, GenerationRequest("q8", prompt=PROMPTS[0], sampling=SamplingParams(max_new_tokens=4)))
+        # The same quantization applied to the reference model gives the same greedy tokens.
+        model, tok = reference
+        ref_q = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8)
+        assert ids == greedy_reference((ref_q, tok), PROMPTS[0], 4)
         await eng.load_adapter("alpha", "alpha")
-        ids, _, final = await collect(eng, GenerationRequest("q8", prompt=PROMPTS[0], adapter="alpha",
+        ids, _, final = await collect(eng, GenerationRequest("q8a", prompt=PROMPTS[0], adapter="alpha",
                                                              sampling=SamplingParams(max_new_tokens=5)))
         assert final.completion_tokens == len(ids) > 0
         assert eng.info().kind == "llm" and eng.stats()["generated_tokens_total"] >= len(ids)

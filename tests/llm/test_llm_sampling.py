@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from engines.llm.types import ChatMessage, FinishReason, GenerationRequest, SamplingParams, TokenChunk
 from llm_helpers import PROMPTS, collect
 
@@ -23,14 +25,26 @@ async def test_llm_seeded_sampling_same_alone_and_in_a_crowd(engine):
     assert len({tuple(r[0]) for r in crowd}) > 1
 
 
-async def test_llm_repetition_penalty_and_logprobs(engine):
+async def test_llm_repetition_penalty_and_logprobs(engine, reference):
+    import torch
+
+    model, tok = reference
+    prompt_ids = tok(PROMPTS[0])["input_ids"]
     ids, _, _ = await collect(engine, GenerationRequest("rp", prompt=PROMPTS[0], sampling=SamplingParams(
-        max_new_tokens=12, repetition_penalty=1.5, logprobs=True)))
+        max_new_tokens=12, repetition_penalty=1.5)))
+    with torch.no_grad():
+        ref = model.generate(torch.tensor([prompt_ids]), max_new_tokens=12, do_sample=False, repetition_penalty=1.5)
+    assert ids == ref[0, len(prompt_ids):].tolist()[: len(ids)] and ids
+    # Logprobs are log-softmax of the model's logits at each chosen token.
     chunks = [c async for c in engine.generate(GenerationRequest("lp", prompt=PROMPTS[0], sampling=SamplingParams(
         max_new_tokens=5, logprobs=True)))]
+    got_ids = [t for c in chunks if isinstance(c, TokenChunk) for t in c.token_ids]
     lps = [lp for c in chunks if isinstance(c, TokenChunk) for lp in c.logprobs]
-    assert len(lps) == 5 and all(lp <= 0 for lp in lps)
-    assert ids
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt_ids + got_ids])).logits[0]  # (T, V)
+    want = [torch.log_softmax(logits[len(prompt_ids) - 1 + i].float(), -1)[t].item() for i, t in enumerate(got_ids)]
+    assert len(lps) == len(got_ids) == 5
+    assert lps == pytest.approx(want, abs=1e-4)
 
 
 async def test_llm_stop_sequence_cuts_text(engine):
@@ -75,10 +89,14 @@ async def test_llm_incremental_decoder_holds_multibyte_chars(reference):
     assert all("\ufffd" not in p for p in pieces)
 
 
-async def test_llm_chat_messages_use_the_template(engine):
+async def test_llm_chat_messages_use_the_template(engine, reference):
+    _, tok = reference
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]
+    rendered = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    want = len(tok(rendered, add_special_tokens=False)["input_ids"])
     ids, _, final = await collect(engine, GenerationRequest("chat", messages=(
         ChatMessage("system", "be brief"), ChatMessage("user", "hello")), sampling=SamplingParams(max_new_tokens=4)))
-    assert final.prompt_tokens > 4 and len(ids) == final.completion_tokens
+    assert final.prompt_tokens == want and len(ids) == final.completion_tokens
 
 
 def test_llm_sampling_filters_reduce_to_greedy_at_their_limits():
