@@ -93,6 +93,8 @@ def test_sigterm_during_start_up_exits_zero(tmp_path, notify):
         listen = "127.0.0.1:{free_port()}"
         [telemetry]
         metrics_listen = ""
+        [llm]
+        name = "galactic-demo"
         [coordination]
         enabled = false
     """))
