@@ -7,7 +7,7 @@ import asyncio
 import pytest
 import torch
 
-from engines.errors import AlreadyExists, FailedPrecondition, NotFound, PermissionDenied
+from engines.errors import AlreadyExists, NotFound, PermissionDenied
 from engines.llm.types import FinishReason, GenerationRequest, SamplingParams
 from llm_helpers import PROMPTS, collect, greedy_reference
 

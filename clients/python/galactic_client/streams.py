@@ -60,7 +60,31 @@ class _BidiCall:
             pass  # the call already ended; the reader has recorded why
 
 
-class AsyncPlanStream:
+class _ReadingStream:
+    """What both bidi wrappers share: a `_BidiCall` and the task reading its answers.
+
+    `close()` half-closes and waits for the answers still due (the daemon finishes what is
+    pending, then ends the call), or with `cancel` cancels the call; leaving the `async with`
+    on an exception cancels."""
+
+    _bidi: _BidiCall
+    _reader: asyncio.Task | None
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        await self.close(cancel=exc_type is not None)
+
+    async def close(self, *, cancel: bool = False) -> None:
+        if self._bidi.call is None:
+            return
+        if cancel:
+            self._bidi.call.cancel()
+        else:
+            await self._bidi.done_writing()
+        if self._reader is not None:
+            await self._reader
+
+
+class AsyncPlanStream(_ReadingStream):
     """One standing plan on the daemon; made by `AsyncClient.coordinate_stream()`.
 
     `async with client.coordinate_stream(time_unix=t, observatories=[...]) as plan:` sends
@@ -83,19 +107,6 @@ class AsyncPlanStream:
         self.open_event_id = await self._send(coordination_pb2.PlanEvent(open=self._open))
         return self
 
-    async def __aexit__(self, exc_type, exc, tb) -> None:
-        await self.close(cancel=exc_type is not None)
-
-    async def close(self, *, cancel: bool = False) -> None:
-        """Half-close (the daemon plans what is pending, then ends) or, with `cancel`, cancel."""
-        if self._bidi.call is None:
-            return
-        if cancel:
-            self._bidi.call.cancel()
-        else:
-            await self._bidi.done_writing()
-        if self._reader is not None:
-            await self._reader
 
     # -- events: each returns its event id, which the answering frame lists -----------------
     async def upsert(self, *targets: coordination_pb2.Target, event_id: str | None = None) -> str:
@@ -179,7 +190,7 @@ class AsyncPlanStream:
             self._frames.put_nowait(_EOF)
 
 
-class AsyncInferStream:
+class AsyncInferStream(_ReadingStream):
     """Many Infer calls over one InferStream; made by `AsyncClient.infer_stream()`.
 
     `outputs = await (await stream.submit("coordination", {"features": x, "site": s}))`:
@@ -198,19 +209,6 @@ class AsyncInferStream:
         self._reader = asyncio.create_task(self._read(), name="galactic-infer-reader")
         return self
 
-    async def __aexit__(self, exc_type, exc, tb) -> None:
-        await self.close(cancel=exc_type is not None)
-
-    async def close(self, *, cancel: bool = False) -> None:
-        """Half-close and wait for the answers still due, or cancel them all."""
-        if self._bidi.call is None:
-            return
-        if cancel:
-            self._bidi.call.cancel()
-        else:
-            await self._bidi.done_writing()
-        if self._reader is not None:
-            await self._reader
 
     async def submit(self, model: str, inputs: Mapping[str, Any], *, version: str = "",
                      request_id: str | None = None) -> asyncio.Future:
