@@ -79,10 +79,15 @@ class ScriptedGenerationServicer(generation_pb2_grpc.GenerationServicer):
         self.time_remaining.append(context.time_remaining())
         out: asyncio.Queue = asyncio.Queue()
         held: dict[str, asyncio.Event] = {}
+        accepted = asyncio.Condition()
+        accepted.count = 0  # Accepted frames queued on this session
 
         async def run(submit: generation_pb2.Submit) -> None:
             rid, prompt = submit.request_id, submit.request.prompt
             await out.put(generation_pb2.SessionResponse(request_id=rid, accepted=generation_pb2.Accepted()))
+            async with accepted:
+                accepted.count += 1
+                accepted.notify_all()
             if prompt.startswith("error:"):
                 _, code, message = prompt.split(":", 2)
                 error = status_pb2.Status(code=grpc.StatusCode[code].value[0], message=message)
@@ -93,11 +98,19 @@ class ScriptedGenerationServicer(generation_pb2_grpc.GenerationServicer):
                 await out.put(generation_pb2.SessionResponse(
                     request_id=rid, final=self._final(generation_pb2.CANCELLED, 0)))
                 return
+            # "@pair PROMPT": hold the final until the session's next request is accepted, so a
+            # test sees two requests' frames interleave however the machine schedules them.
+            paired = prompt.startswith("@pair ")
+            prompt = prompt.removeprefix("@pair ")
+            seen = accepted.count
             count = 0
             for chunk in self._chunks(prompt):
                 count += 1
                 await out.put(generation_pb2.SessionResponse(request_id=rid, tokens=chunk))
                 await asyncio.sleep(0)  # let the other requests' frames interleave with ours
+            if paired:
+                async with accepted:  # another request's Accepted frame is queued before our final
+                    await accepted.wait_for(lambda: accepted.count > seen)
             await out.put(generation_pb2.SessionResponse(request_id=rid, final=self._final(generation_pb2.EOS, count)))
 
         async def read() -> None:

@@ -43,7 +43,7 @@ async def test_deadline_reaches_the_server(daemon, timeout):
 
 async def test_session_multiplexes_interleaved_requests(client, daemon):
     async with client.session() as session:
-        first = await session.submit("a b c d e")
+        first = await session.submit("@pair a b c d e")
         second = await session.submit("v w x y z", request_id="mine")
         (text1, final1), (text2, final2) = await asyncio.gather(first.text(), second.text())
     assert (text1, text2) == ("a b c d e ", "v w x y z ")
