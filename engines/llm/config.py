@@ -83,6 +83,11 @@ class LLMConfig:
     attention: Literal["auto", "sdpa", "eager"] = "auto"
     trust_remote_code: bool = False  # run Python shipped with the model dir; only for dirs you trust
     compile: bool = False  # torch.compile the forward and warm it before ready (slow start-up)
+    # KV cache layout: "static" = one slot per request and one forward per step, decode rows
+    # and prompt chunks together (engines/llm/slots.py); "dynamic" = a padded DynamicCache,
+    # a decode forward then separate prefill forwards (batch.py), for models whose attention
+    # does not go through transformers' attention interface.
+    kv_cache: Literal["static", "dynamic"] = "static"
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     adapters: AdapterConfig = field(default_factory=AdapterConfig)
 
@@ -111,6 +116,7 @@ quantization = "none"             # none | int8 | nf4 (bitsandbytes, CUDA only) 
 attention = "auto"                # auto | sdpa | eager   (auto => eager on CUDA: SDPA with a padding mask is ~4x slower there)
 trust_remote_code = false         # run Python shipped with the model dir; only for dirs you trust
 compile = false                   # torch.compile the forward and warm it up before ready
+kv_cache = "static"               # static (one forward per step: decode rows + prompt chunks) | dynamic (padded cache)
 
 [llm.scheduler]
 max_running = 32                  # requests in the running batch at once

@@ -157,7 +157,15 @@ class LLMEngine:
         # The served model is the same LightningModule class that training fine-tunes; its
         # forward is the HF model's, so the step pays one extra Python call and no more.
         self.module = CausalLMModule(model)
-        self._runner = ModelRunner(self.module, self._device, bank.ctx)
+        if self.config.kv_cache == "static":
+            from engines.llm import slots
+
+            slots.register()
+            model.config._attn_implementation = slots.ATTENTION
+            self._runner = ModelRunner(self.module, self._device, bank.ctx, kv_slots=self.config.scheduler.max_running,
+                                       hf_config=model.config, dtype=model.get_input_embeddings().weight.dtype)
+        else:
+            self._runner = ModelRunner(self.module, self._device, bank.ctx)
         if self.config.compile:
             progress("compiling the forward pass (torch.compile)")
             self._runner.compile()

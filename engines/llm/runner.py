@@ -28,6 +28,7 @@ import torch
 from engines.llm.batch import DecodeBatch
 from engines.llm.sampling import make_generator, sample_batch
 from engines.llm.scheduler import PrefillChunk, Sequence, StepPlan
+from engines.llm.slots import Chunk, PackedStep, SlotCache
 
 
 @dataclass
@@ -49,17 +50,26 @@ class StepResult:
 class _RowState:
     generator: torch.Generator | None
     seen: torch.Tensor | None  # prompt + generated ids, only with a repetition penalty
-    cache: Any = None  # DynamicCache while the prompt is prefilled in chunks
+    cache: Any = None  # DynamicCache while the prompt is prefilled in chunks (padded layout)
+    next_token: int = 0  # the next decode input (static layout)
 
 
 class ModelRunner:
-    def __init__(self, model: Any, device: torch.device, lora_ctx: Any = None) -> None:
+    """`kv_slots=None`: the padded layout (`batch.py`: a decode forward, then prefill
+    forwards). `kv_slots=S`: the static layout (`slots.py`): S cache slots and one forward
+    per step; the model's attention must then be `slots.ATTENTION` (the engine sets it)."""
+
+    def __init__(self, model: Any, device: torch.device, lora_ctx: Any = None, *, kv_slots: int | None = None,
+                 hf_config: Any = None, dtype: torch.dtype = torch.float32) -> None:
         self.model = model
         self.device = device
         self._lora_ctx = lora_ctx  # LoRABank.ctx: `.index` selects each row's adapter slot
         self._call: Callable[..., Any] = model
         self.batch: DecodeBatch[Sequence] = DecodeBatch(device)
         self._rows: dict[Sequence, _RowState] = {}
+        self._static = None
+        if kv_slots is not None:
+            self._static = _SlotTable(SlotCache(hf_config, kv_slots, device, dtype))
 
     # ---- the one place the model is called ----------------------------------------------
 
@@ -103,6 +113,8 @@ class ModelRunner:
         then the prompt chunks; return every token sampled (one per decode row, one per
         prompt completed)."""
         self.free([seq for seq, _ in plan.dropped])
+        if self._static is not None:
+            return self._execute_packed(plan)
         result = StepResult()
         if plan.decode:
             self._sync_rows(plan.decode)
@@ -124,6 +136,8 @@ class ModelRunner:
         gone = set(seqs)
         for seq in gone:
             self._rows.pop(seq, None)
+            if self._static is not None:
+                self._static.release(seq)
         if any(r in gone for r in self.batch.rows):
             self.batch.keep([i for i, r in enumerate(self.batch.rows) if r not in gone])
 
@@ -131,9 +145,13 @@ class ModelRunner:
         """After a failed step: drop all state (the scheduler aborted every admitted request)."""
         self.batch = DecodeBatch(self.device)
         self._rows.clear()
+        if self._static is not None:
+            self._static.clear()
 
     @property
     def kv_tokens(self) -> int:
+        if self._static is not None:
+            return sum(self._static.cache.lengths)
         return len(self.batch) * self.batch.length
 
     # ---- steps -------------------------------------------------------------------------------
@@ -197,6 +215,72 @@ class ModelRunner:
         state.cache = None
         result.sampled.append(Sampled(seq, token, logprob, True))
 
+    # ---- the static layout: one forward per step ---------------------------------------------
+
+    def _execute_packed(self, plan: StepPlan) -> StepResult:
+        """Decode rows (slots 0..B-1, one token each) and prompt chunks as one (N, 1) batch."""
+        table, cache = self._static, self._static.cache
+        table.sync(plan.decode)
+        B = table.decoding
+        ids: list[int] = []
+        pos: list[int] = []
+        where: list[int] = []
+        lora: list[int] = []
+        for i in range(B):
+            seq = table.seqs[i]
+            ids.append(self._rows[seq].next_token)
+            pos.append(cache.lengths[i])
+            where.append(i)
+            lora.append(seq.slot)
+        chunks: list[tuple[PrefillChunk, Chunk]] = []
+        for pc in plan.prefill:
+            seq, start, n = pc.seq, pc.start, pc.length
+            self._state(seq)
+            slot = table.assign(seq)
+            c = Chunk(at=len(ids), n=n, slot=slot, start=start)
+            if start:  # earlier chunks are cached: row i of the chunk sees columns <= start + i
+                cols = torch.arange(start + n, device=self.device)
+                c.mask = cols.view(1, -1) <= torch.arange(start, start + n, device=self.device).view(-1, 1)
+            chunks.append((pc, c))
+            ids.extend(seq.prompt_ids[start: start + n])
+            pos.extend(range(start, start + n))
+            where.extend([slot] * n)
+            lora.extend([seq.slot] * n)
+        cache.ensure(max(p + 1 for p in pos))
+        width = max(pos[:B]) + 1 if B else 0
+        mask = None
+        if B and min(pos[:B]) + 1 != width:  # rows of different lengths: hide each row's unused columns
+            lengths = torch.tensor(pos[:B], device=self.device)
+            mask = (torch.arange(width, device=self.device).view(1, -1) <= lengths.view(-1, 1)).view(B, 1, 1, width)
+        dev = self.device
+        pos_t = torch.tensor(pos, dtype=torch.long, device=dev)
+        step = PackedStep(cache, B, width, mask, torch.tensor(where, dtype=torch.long, device=dev), pos_t,
+                          [c for _, c in chunks])
+        logits = self._forward(lora, input_ids=torch.tensor(ids, dtype=torch.long, device=dev).view(-1, 1),
+                               position_ids=pos_t.view(-1, 1), use_cache=False, galactic_step=step)  # (N, V)
+        for i in range(B):
+            cache.lengths[i] += 1
+        result = StepResult(decode_rows=B, prefill_tokens=plan.prefill_tokens)
+        if B:
+            rows = table.seqs[:B]
+            picks = self._sample(rows, logits[:B])
+            for seq, (t, lp) in zip(rows, picks):
+                self._rows[seq].next_token = t
+                result.sampled.append(Sampled(seq, t, lp, False))
+        done = []
+        for pc, c in chunks:
+            cache.lengths[c.slot] = c.start + c.n
+            if pc.last:
+                done.append((pc.seq, c.at + c.n - 1))
+        if done:
+            seqs = [s for s, _ in done]
+            picks = self._sample(seqs, logits[torch.tensor([i for _, i in done], device=logits.device)])
+            for seq, (t, lp) in zip(seqs, picks):
+                self._rows[seq].next_token = t
+                table.start_decoding(seq)
+                result.sampled.append(Sampled(seq, t, lp, True))
+        return result
+
     def _state(self, seq: Sequence) -> _RowState:
         state = self._rows.get(seq)
         if state is None:
@@ -212,3 +296,67 @@ class ModelRunner:
             if st.seen is not None:
                 st.seen = torch.cat([st.seen, torch.tensor([token])])
         return picks
+
+
+class _SlotTable:
+    """Which request holds which cache slot. Decoding rows hold slots 0..decoding-1 (so the
+    decode group reads a view of the cache); prompts being prefilled hold free slots above."""
+
+    def __init__(self, cache: SlotCache) -> None:
+        self.cache = cache
+        self.seqs: list[Sequence | None] = [None] * cache.slots
+        self.slot: dict[Sequence, int] = {}
+        self.decoding = 0
+
+    def assign(self, seq: Sequence) -> int:
+        s = self.slot.get(seq)
+        if s is None:
+            s = next(i for i in range(self.decoding, len(self.seqs)) if self.seqs[i] is None)
+            self.seqs[s], self.slot[seq] = seq, s
+            self.cache.lengths[s] = 0
+        return s
+
+    def start_decoding(self, seq: Sequence) -> None:
+        """`seq`'s prompt is cached: it takes slot `decoding` (moving whoever is there)."""
+        s, d = self.slot[seq], self.decoding
+        if s != d:
+            other = self.seqs[d]
+            if other is None:
+                self.cache.move(s, d)
+            else:
+                self.cache.swap(s, d)
+                self.seqs[s], self.slot[other] = other, s
+            self.seqs[d], self.slot[seq] = seq, d
+            if other is None:
+                self.seqs[s] = None
+        self.decoding += 1
+
+    def release(self, seq: Sequence) -> None:
+        s = self.slot.pop(seq, None)
+        if s is None:
+            return
+        self.seqs[s] = None
+        self.cache.lengths[s] = 0
+        if s < self.decoding:  # keep decoding rows compact: the last one fills the hole
+            last = self.decoding - 1
+            if s != last:
+                moved = self.seqs[last]
+                self.cache.move(last, s)
+                self.seqs[s], self.seqs[last], self.slot[moved] = moved, None, s
+            self.decoding -= 1
+
+    def sync(self, rows: list[Sequence]) -> None:
+        """The decoding slots must hold exactly the plan's decode rows."""
+        live = self.seqs[: self.decoding]
+        if len(live) != len(rows) or set(live) != set(rows):
+            wanted = set(rows)
+            for seq in [s for s in live if s not in wanted]:
+                self.release(seq)
+            if self.decoding != len(rows):
+                raise RuntimeError("decode rows that were never prefilled")
+
+    def clear(self) -> None:
+        self.seqs = [None] * self.cache.slots
+        self.slot.clear()
+        self.decoding = 0
+        self.cache.lengths = [0] * self.cache.slots
