@@ -427,7 +427,7 @@ class LLMEngine:
         delivered.wait(_FIRST_TOKEN_HANDOFF_S)
 
     def _step_locked(self) -> bool:
-        """One step; True if it sampled some request's first token."""
+        """One step; True if it sampled a first token and no stream was decoding."""
         with self._lock:
             plan = self._scheduler.schedule(time.monotonic())
             for seq, _ in plan.dropped:
@@ -450,7 +450,9 @@ class LLMEngine:
         self._counters["steps_total"] += 1
         self._m.batch_size.observe(result.decode_rows)
         self._m.step_tokens.observe(plan.num_tokens)
-        return any(s.first for s in result.sampled)
+        # Hand a first token over before the next step only if no stream decoded in this
+        # one: with streams running, the wait would add to every running stream's gap.
+        return result.decode_rows == 0 and any(s.first for s in result.sampled)
 
     def _apply(self, result: StepResult) -> None:
         """Stream every sampled token; end the requests they finished."""
