@@ -88,7 +88,12 @@ class LLMConfig:
     # carries a mask, so eager wins on CUDA. On the CPU sdpa is as fast and matches generate().
     attention: Literal["auto", "sdpa", "eager"] = "auto"
     trust_remote_code: bool = False  # run Python shipped with the model dir; only for dirs you trust
-    compile: bool = False  # torch.compile the forward and warm it before ready (slow start-up)
+    # "decode": decode-only steps run with static shapes (rows padded to batch buckets, the
+    # KV cache allocated once at its maximum) through torch.compile, with CUDA graphs on a
+    # GPU (mode reduce-overhead), warmed at every bucket before ready (slow start-up; needs
+    # kv_cache = "static"). Steps that prefill stay eager. On the CPU keep "off": compiling
+    # did not measurably help there.
+    compile: Literal["off", "decode"] = "off"
     # KV cache layout: "static" = one slot per request and one forward per step, decode rows
     # and prompt chunks together (engines/llm/slots.py); "dynamic" = a padded DynamicCache,
     # a decode forward then separate prefill forwards (batch.py), for models whose attention
@@ -110,6 +115,8 @@ class LLMConfig:
             "quantization",
             f"{self.quantization} (bitsandbytes) needs CUDA; on the CPU choose 'int8-dynamic' or 'none'",
         )
+        check(not (self.compile == "decode" and self.kv_cache != "static"), "compile",
+              "'decode' compiles the static KV layout's decode step; it needs kv_cache = \"static\"")
 
 
 DEFAULT_TOML = """\
@@ -121,7 +128,7 @@ dtype = "auto"                    # auto | float32 | bfloat16 | float16   (auto 
 quantization = "none"             # none | int8 | nf4 (bitsandbytes, CUDA only) | int8-dynamic (CPU only)
 attention = "auto"                # auto | sdpa | eager   (auto => eager on CUDA: SDPA with a padding mask is ~4x slower there)
 trust_remote_code = false         # run Python shipped with the model dir; only for dirs you trust
-compile = false                   # torch.compile the forward and warm it up before ready
+compile = "off"                   # off | decode (torch.compile + CUDA graphs for decode steps, warmed before ready)
 kv_cache = "static"               # static (one forward per step: decode rows + prompt chunks) | dynamic (padded cache)
 
 [llm.scheduler]

@@ -162,13 +162,17 @@ class LLMEngine:
 
             slots.register()
             model.config._attn_implementation = slots.ATTENTION
-            self._runner = ModelRunner(self.module, self._device, bank.ctx, kv_slots=self.config.scheduler.max_running,
-                                       hf_config=model.config, dtype=model.get_input_embeddings().weight.dtype)
+            sched = self.config.scheduler
+            self._runner = ModelRunner(
+                self.module, self._device, bank.ctx, kv_slots=sched.max_running, hf_config=model.config,
+                dtype=model.get_input_embeddings().weight.dtype,
+                decode_graph="compiled" if self.config.compile == "decode" else "off",
+                max_len=min(self._max_positions, sched.max_prompt_tokens + sched.max_new_tokens_limit))
         else:
             self._runner = ModelRunner(self.module, self._device, bank.ctx)
-        if self.config.compile:
-            progress("compiling the forward pass (torch.compile)")
-            self._runner.compile()
+        if self.config.compile == "decode":
+            progress(f"compiling the decode step for batch sizes {self._runner.buckets} (torch.compile)")
+            self._runner.warm_up()
         progress("ready")
 
     async def start(self, loop: asyncio.AbstractEventLoop) -> None:
