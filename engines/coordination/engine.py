@@ -36,6 +36,7 @@ from engines.coordination.plan import PlanState
 from engines.coordination.sites import SiteTable, load_sites
 from engines.coordination.types import CoordinateRequest, CoordinateResult, Observatory, Target, TensorSpec
 from engines.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
+from engines.paths import confine
 
 SERVICES = ("galactic.v1.Coordination", "galactic.v1.Inference")
 
@@ -122,14 +123,16 @@ class CoordinationEngine:
     async def reload(self, path: str | Path) -> ModelInfo:
         """Swap in the checkpoint at `path` without stopping; see the module docstring.
 
-        Validation failures raise (NotFound, InvalidArgument, FailedPrecondition naming
-        `path`) and leave the served weights as they were. Reloads are serialised.
+        `path` must lie inside `config.reload_root` (PermissionDenied otherwise). Validation
+        failures raise (NotFound, InvalidArgument, FailedPrecondition naming `path`) and
+        leave the served weights as they were. Reloads are serialised.
         """
         self._require_ready()
         if not str(path):
             raise InvalidArgument("a checkpoint path is required", field="path")
+        full = confine(str(path), self.config.reload_root.expanduser().resolve(), "reload")
         async with self._reload_lock:
-            new = await asyncio.to_thread(self._read, Path(path).expanduser(), "path")
+            new = await asyncio.to_thread(self._read, full, "path")
             self._weights = new  # the next step picks it up; a running step keeps its own
         return self.info()
 
