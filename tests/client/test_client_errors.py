@@ -39,7 +39,8 @@ DAEMON_ERRORS = {
     "unknown-adapter": (lambda c: c.generate_text("x", adapter="nope"), gc.NotFound, "adapter"),
     "adapter-outside-root": (lambda c: c.load_adapter("evil", "../../etc"), gc.PermissionDenied, "path"),
     "missing-tensor": (lambda c: c.infer("coordination", {"features": np.zeros((2, N_FEATURES), np.float32)}),
-                   gc.InvalidArgument, "inputs.site"),
+                       gc.InvalidArgument, "inputs.site"),
+    # 1,900 decode steps cannot fit in 0.2 s (a step of the demo model is a millisecond or more).
     "deadline": (lambda c: c.generate_text("x", max_new_tokens=1900, ignore_eos=True, timeout=0.2),
                  gc.DeadlineExceeded, None),
 }
