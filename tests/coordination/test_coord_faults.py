@@ -1,7 +1,8 @@
 """The coordination worker is supervised like the LLM's: batches that keep failing, or a
 step that kills the worker thread, turn health NOT_SERVING (Coordination and Inference:
 the services that engine backs), fail what the worker held with UNAVAILABLE, restart it,
-pass a canary through a real model step, and serve again (SERVING), answering as before.
+pass a canary through a real model step, and serve again (SERVING), answering as before;
+an LLM served beside it stays SERVING throughout.
 
 Faults are injected where a real one would arise, in the model's forward
 (`CoordNet.predict`, patched on the class), against a real daemon on loopback.
@@ -13,7 +14,7 @@ import asyncio
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from engines.coordination.model import CoordNet
 from fault_injection import Injected, ThreadKill
@@ -26,10 +27,13 @@ SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.Health
 REQUEST = request_pb(make_request(12, seed=3))
 
 
+# One request per batch, so that N requests are N steps (as max_running = 1 in the LLM test).
+COORDINATION = {"coordination": {"batching": {"max_batch_size": 1, "max_queue_delay_ms": 0.0}}}
+
+
 @pytest.fixture
 async def coord_daemon(daemon_factory):
-    # One request per batch, so that N requests are N steps (as max_running = 1 in the LLM test).
-    return await daemon_factory({"coordination": {"batching": {"max_batch_size": 1, "max_queue_delay_ms": 0.0}}})
+    return await daemon_factory(COORDINATION)
 
 
 async def coordinate(stub) -> tuple[grpc.StatusCode, object]:
@@ -39,7 +43,9 @@ async def coordinate(stub) -> tuple[grpc.StatusCode, object]:
         return err.code(), None
 
 
-async def test_repeatedly_failing_batches_restart_the_worker(coord_daemon, channel_to, watch_health, monkeypatch):
+async def test_repeatedly_failing_batches_restart_the_worker(daemon_factory, channel_to, watch_health, monkeypatch):
+    # With the embedded demo LLM beside it: its service must stay SERVING throughout.
+    coord_daemon = await daemon_factory({**COORDINATION, "llm": {"path": "embedded"}})
     ch = channel_to(coord_daemon)
     stub = coordination_pb2_grpc.CoordinationStub(ch)
     watches = [watch_health(ch, service) for service in ("galactic.v1.Coordination", "galactic.v1.Inference")]
@@ -55,6 +61,11 @@ async def test_repeatedly_failing_batches_restart_the_worker(coord_daemon, chann
     for watch in watches:
         await watch.until(NOT_SERVING)
     assert sorted(code.name for code, _ in results) == ["INTERNAL", "INTERNAL", "INTERNAL", "UNAVAILABLE"]
+    # Down until heal(): every canary fails meanwhile. The fault stays with its engine.
+    health = health_pb2_grpc.HealthStub(ch)
+    for service, status in [("galactic.v1.Generation", SERVING), ("", NOT_SERVING),
+                            ("galactic.v1.Coordination", NOT_SERVING)]:
+        assert (await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)).status == status
     fault.heal()  # the next restart's canary passes
     for watch in watches:
         await watch.until(SERVING)
