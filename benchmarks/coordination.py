@@ -54,6 +54,7 @@ def make_request(pb, n: int, seed: int, rid: str):
 CONFIG = """
 [server]
 listen = "127.0.0.1:{port}"
+intra_op_threads = {threads}
 [telemetry]
 metrics_listen = ""
 log_level = "warning"
@@ -153,7 +154,7 @@ async def bench(args) -> list[dict]:
     for batching in (True, False):
         port = _free_port()
         cfg = Path(f"/tmp/coordbench-{os.getpid()}.toml")
-        cfg.write_text(CONFIG.format(port=port))
+        cfg.write_text(CONFIG.format(port=port, threads=args.threads))
         env = {**os.environ, "GALACTIC_COORDINATION__BATCHING__ENABLED": str(batching).lower()}
         proc = subprocess.Popen([sys.executable, "-m", "daemon.main", "serve", "--config", str(cfg)], env=env, cwd=REPO)
         try:
@@ -186,8 +187,10 @@ def main() -> int:
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--alerts", type=int, default=200, help="alerts timed in stream-alert-1000x12")
+    p.add_argument("--threads", type=int, default=1,
+                   help="the daemon's server.intra_op_threads (0 = torch's default, one per core)")
     args = p.parse_args()
-    rows = asyncio.run(bench(args))
+    rows = [{**r, "intra_op_threads": args.threads} for r in asyncio.run(bench(args))]
     targets = {"unary-1000x12": "p99 < 35 ms", "unary-10000x12": "p99 < 350 ms",
                "stream-alert-1000x12": "p99 < 20 ms"}
     print("| case | targets x sites | p50 ms | p99 ms | calls/s | target | loadavg |")

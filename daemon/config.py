@@ -43,6 +43,11 @@ class ServerConfig:
     keepalive_time_s: float = 30.0
     # Serve grpc.reflection (lets grpcurl and similar tools list services).
     reflection: bool = True
+    # torch's intra-op threads for the whole process (torch.set_num_threads); 0 keeps torch's
+    # default, one per core. Process-wide: torch has one pool for every engine. On a host
+    # where the event loop, gRPC and other processes share the cores, fewer threads than
+    # cores avoids OpenMP workers waiting on a descheduled peer (README, "Measured").
+    intra_op_threads: int = 0
 
     def __post_init__(self) -> None:
         host, sep, port = self.listen.rpartition(":")
@@ -53,6 +58,7 @@ class ServerConfig:
         check(self.grace_period_s >= 0, "grace_period_s", "must be >= 0")
         check(self.max_concurrent_rpcs >= 0, "max_concurrent_rpcs", "must be >= 0")
         check(self.keepalive_time_s > 0, "keepalive_time_s", "must be > 0")
+        check(self.intra_op_threads >= 0, "intra_op_threads", "must be >= 0 (0 = one per core)")
 
 
 @dataclass(frozen=True)

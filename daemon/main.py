@@ -56,6 +56,10 @@ def _serve(cfg) -> int:
     telemetry.configure_logging(cfg.telemetry)
     telemetry.configure_tracing(cfg.telemetry)
     log = telemetry.get_logger()
+    if cfg.server.intra_op_threads:
+        import torch
+
+        torch.set_num_threads(cfg.server.intra_op_threads)  # process-wide, before any engine loads
     daemon = Daemon(cfg, dict(os.environ))
     try:
         asyncio.run(daemon.serve_until_signal())

@@ -62,16 +62,18 @@ class MetricsEndpoint:
     def __init__(self, listen: str, engines: Callable[[], Iterable],
                  loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._collector = EngineStatsCollector(engines, loop)
-        REGISTRY.register(self._collector)
         self._server = self._thread = None
         self.port = 0
         if listen:
+            # Registered only when served: the registry is process-wide, and a second daemon
+            # in one process (tests, embedding) without an endpoint must not collide with it.
             host, _, port = listen.rpartition(":")
             self._server, self._thread = start_http_server(int(port), addr=host)
             self.port = self._server.server_port
+            REGISTRY.register(self._collector)
 
     def close(self) -> None:
-        REGISTRY.unregister(self._collector)
         if self._server is not None:
+            REGISTRY.unregister(self._collector)
             self._server.shutdown()
             self._server.server_close()

@@ -8,7 +8,10 @@ Contract, checked here rather than trusted to handlers:
   DeadlineExceeded), and a caller whose deadline passes while queued gets it at once;
 - batches form on events: an arrival that fills a batch dispatches it, otherwise one timer
   (`loop.call_later`) fires when the oldest request has waited `max_queue_delay_s`, and a
-  finished batch dispatches the next. Nothing polls.
+  finished batch dispatches the next. Nothing polls;
+- `max_failed_batches` failing batches in a row (or a step that kills the thread) are a
+  fault, not bad luck: `wait_faulted()` returns, and the owner's `restart()` fails what the
+  batcher held with Unavailable and starts a fresh thread (`engines.worker.SupervisedWorker`).
 
 The queue and timers live on the event loop; the handler runs on one `StepWorker` thread so
 a model step never blocks the loop. Each batch gets an OpenTelemetry span linked to the
@@ -27,7 +30,7 @@ from typing import Any, Callable, Generic, Sequence, TypeVar
 from opentelemetry import trace
 
 from engines.errors import DeadlineExceeded, ResourceExhausted, Unavailable
-from engines.worker import StepWorker
+from engines.worker import SupervisedWorker
 
 I = TypeVar("I")  # noqa: E741
 O = TypeVar("O")
@@ -41,6 +44,7 @@ class BatchLimits:
     max_queue_delay_s: float = 0.002
     max_queue: int = 1024
     max_batch_cost: int | None = None  # e.g. (target, site) rows per step; None: count only
+    max_failed_batches: int = 0  # failing batches in a row that make a fault; 0 = never
 
 
 @dataclass(eq=False)
@@ -83,15 +87,38 @@ class DynamicBatcher(Generic[I, O]):
         self._idle = asyncio.Event()
         self._stats = _Stats()
         self._lock = threading.Lock()  # guards _stats, read by stats() from any thread
-        self._worker = StepWorker(f"{name}-batcher", self._step, lambda: bool(self._ready))
+        self._running: list[_Pending] = []  # the batch the worker thread took last
+        self._worker = SupervisedWorker(f"{name}-batcher", self._step, lambda: bool(self._ready),
+                                        max_failures=limits.max_failed_batches)
 
     # -- lifecycle (event loop) ------------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._worker.start()
+        self._worker.start(self._loop)
         self._accepting = True
+
+    async def wait_faulted(self) -> str:
+        """Return (why) once the worker thread died or gave up after failing batches."""
+        return await self._worker.wait_faulted()
+
+    async def restart(self) -> None:
+        """After a fault: fail every request held (queued, dispatched, in the dead step)
+        with Unavailable and start a fresh worker thread. Submissions stay open."""
+        await self._worker.replace(lambda: self._fail_held(Unavailable(f"{self.name} restarted its worker; retry")))
+
+    def _fail_held(self, error: Exception) -> None:
+        """On the loop, with no worker thread running: every held request fails."""
+        held = [*self._running, *(p for batch in self._ready for p in batch), *self._queue]
+        self._running, self._busy = [], False
+        self._ready.clear()
+        self._queue.clear()
+        self._cancel_timer()
+        for p in held:
+            if not p.future.done():
+                p.future.set_exception(error)
+        self._idle.set()
 
     async def stop(self, grace_s: float) -> None:
         """Refuse new work, give queued and running requests `grace_s`, fail the rest."""
@@ -105,7 +132,11 @@ class DynamicBatcher(Generic[I, O]):
             p = self._queue.popleft()
             if not p.future.done():
                 p.future.set_exception(Unavailable(f"{self.name} is shutting down"))
-        await asyncio.get_running_loop().run_in_executor(None, self._worker.stop, max(grace_s, 0.1))
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._worker.stop, max(grace_s, 0.1))
+        # What a dead worker held would wait forever. Scheduled, not called: a batch the
+        # worker finished before it stopped has its completion queued first and keeps it.
+        loop.call_soon(self._fail_held, Unavailable(f"{self.name} is shutting down"))
 
     # -- submission (event loop) -----------------------------------------------------------
     async def submit(self, item: I, deadline: float | None = None) -> O:
@@ -200,6 +231,7 @@ class DynamicBatcher(Generic[I, O]):
     # -- the step (worker thread) ----------------------------------------------------------
     def _step(self) -> None:
         batch = self._ready.popleft()
+        self._running = batch
         now = time.monotonic()
         # Drop what was cancelled or expired between dispatch and now: never run dead work.
         live = [p for p in batch if not p.future.done() and not p.expired(now)]
@@ -224,6 +256,8 @@ class DynamicBatcher(Generic[I, O]):
             self._stats.failed_batches += 1 if error is not None else 0
             self._stats.step_seconds += time.perf_counter() - t0
         self._loop.call_soon_threadsafe(self._complete, batch, live, results, error)
+        if error is not None:  # counted by the worker: max_failed_batches in a row are a fault
+            raise RuntimeError(f"{self.name}: batch of {len(live)} failed: {error!r}")
 
     # -- completion (event loop) -----------------------------------------------------------
     def _complete(self, batch, live, results, error) -> None:

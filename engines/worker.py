@@ -172,3 +172,59 @@ class StepWorker:
         self.exit_reason = reason
         if self._on_exit is not None:
             self._on_exit(reason)
+
+
+class SupervisedWorker:
+    """A `StepWorker` its engine can replace, and that says when it failed.
+
+    One supervision for every engine: the thread gives up after `max_failures` failed steps
+    in a row, or dies of a `BaseException` (see StepWorker); `wait_faulted()` then returns
+    why. The daemon's supervisor (daemon/server.py) turns the engine's services NOT_SERVING
+    and calls the engine's `restart()`, which calls `replace()` here (stop the dead thread,
+    fail what it held, start a fresh one) and then proves the engine with a canary request.
+    The object outlives its threads, so `notify` handed out before a restart stays valid.
+    """
+
+    def __init__(self, name: str, step: Callable[[], None], has_work: Callable[[], bool], *,
+                 max_failures: int) -> None:
+        self._make = lambda: StepWorker(name, step, has_work, max_failures=max_failures, on_exit=self._exited)
+        self._worker = self._make()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._faulted: asyncio.Event | None = None
+        self.reason = ""  # why the last thread exited
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._faulted = asyncio.Event()
+        self._worker.start()
+
+    def _exited(self, reason: str) -> None:  # on the dying worker thread
+        self.reason = reason
+        try:
+            self._loop.call_soon_threadsafe(self._faulted.set)
+        except RuntimeError:  # the event loop is closed: nobody is left to restart us
+            pass
+
+    async def wait_faulted(self) -> str:
+        """Return (why) once the worker thread has died or given up after failing steps."""
+        await self._faulted.wait()
+        return self.reason
+
+    async def replace(self, release: Callable[[], None], join_s: float = 5.0) -> None:
+        """Join the old thread, call `release()` (fail what it held: nothing runs it any
+        more), then start a fresh thread."""
+        await asyncio.to_thread(self._worker.stop, join_s)
+        release()
+        self._faulted.clear()
+        self._worker = self._make()
+        self._worker.start()
+
+    def notify(self) -> None:
+        self._worker.notify()
+
+    def stop(self, timeout: float | None = None) -> None:
+        self._worker.stop(timeout)
+
+    @property
+    def thread(self) -> threading.Thread:
+        return self._worker.thread

@@ -46,11 +46,11 @@ def observatory(o: pb.Observatory) -> Observatory:
 
 
 def target(t: pb.Target) -> Target:
-    return Target(id=t.id, ra_deg=t.ra_deg, dec_deg=t.dec_deg, magnitude=t.magnitude,
-                  band=_BANDS.get(t.band, ""),  # unset: the engine rejects it, naming the field
-                  exposure_s=t.exposure_s, value=t.value,
-                  deadline_unix=t.deadline_unix if t.HasField("deadline_unix") else None,
-                  time_critical=t.time_critical)
+    # Positional: a 10,000-target call builds 10,000 of these, and keywords cost a third more.
+    return Target(t.id, t.ra_deg, t.dec_deg, t.magnitude,
+                  _BANDS.get(t.band, ""),  # unset: the engine rejects it, naming the field
+                  t.exposure_s, t.value, t.deadline_unix if t.HasField("deadline_unix") else None,
+                  t.time_critical)
 
 
 def assignment_pb(a) -> pb.Assignment:

@@ -18,7 +18,7 @@ from daemon.config import LimitsConfig
 from daemon.errors import shorten, to_status
 from daemon.servicers import deadline_of, pick
 from daemon.validation import Bounds
-from engines.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from engines.errors import AlreadyExists, GalacticError, InvalidArgument, NotFound, Unavailable
 from engines.llm.types import ChatMessage, FinalOutput, GenerationRequest, SamplingParams, TokenChunk
 
 
@@ -67,6 +67,20 @@ def to_final(out: FinalOutput) -> pb.Final:
     )
 
 
+# Engine fields that the proto spells under another message (GenerateRequest.stopping):
+# an error names the field of the request the client sent, or its `.field` misleads.
+_PROTO_FIELDS = {"sampling.max_new_tokens": "stopping.max_new_tokens", "sampling.stop": "stopping.stop"}
+
+
+def start(engine, req):
+    """engine.generate(req), its validation errors naming the proto's fields."""
+    try:
+        return engine.generate(req)
+    except GalacticError as exc:
+        exc.field = _PROTO_FIELDS.get(exc.field, exc.field)
+        raise
+
+
 class GenerationServicer(generation_pb2_grpc.GenerationServicer):
     def __init__(self, engines: Mapping[str, object], draining: asyncio.Event | None = None,
                  bounds: Bounds | None = None) -> None:
@@ -79,7 +93,7 @@ class GenerationServicer(generation_pb2_grpc.GenerationServicer):
     async def Generate(self, request: pb.GenerateRequest, context) -> AsyncIterator[pb.GenerateResponse]:
         engine = pick(self._engines, request.model)
         req = to_request(request, uuid.uuid4().hex, deadline_of(context))
-        stream = engine.generate(req)
+        stream = start(engine, req)
         # If the client cancels, gRPC cancels this task; `close()` then frees the request's
         # slot and cache within one decode step.
         try:
@@ -175,7 +189,7 @@ class _Session:
                 raise AlreadyExists(f"request {shorten(rid)!r} is still running", field="submit.request_id")
             deadline = time.monotonic() + submit.timeout_ms / 1e3 if submit.timeout_ms else self._deadline
             engine = pick(self._engines, submit.request.model, field="submit.request.model")
-            stream = engine.generate(to_request(submit.request, self._prefix + rid, deadline))
+            stream = start(engine, to_request(submit.request, self._prefix + rid, deadline))
         except Exception as exc:  # noqa: BLE001 - becomes this request's error frame
             self._error(rid, exc)
             return

@@ -61,6 +61,9 @@ class CoordinationConfig:
     # training/data, reproduced by `galactic-train coordination`) is resolved to its path by
     # the daemon (daemon/shipped.py) before the engine sees it: engines never import training.
     checkpoint: str = "embedded"
+    # Admin.ReloadModel paths must lie inside this directory (relative ones are taken from
+    # it): a stolen admin token cannot make the daemon open arbitrary files.
+    reload_root: Path = Path("~/.local/share/galactic/coordination")
     sites_file: Path | None = None  # None: the shipped training/data/sites.toml
     cache_dir: Path | None = None  # unused since the engine stopped training a fallback; kept so configs load
     snr_required: float = 10.0
@@ -91,6 +94,9 @@ enabled = true
 # which `galactic-train coordination` reproduces; or a path to a .safetensors checkpoint
 # whose config .json sits beside it. Only safetensors are loaded, never pickles.
 checkpoint = "embedded"
+# Admin.ReloadModel (`galactic models reload coordination PATH`) loads only from inside
+# this directory; a relative PATH is taken from it.
+reload_root = "~/.local/share/galactic/coordination"
 # sites_file = "/etc/galactic/sites.toml"   # default: the shipped 13-site table
 snr_required = 10.0          # an observation counts as a success at this SNR
 max_targets = 100000         # per request

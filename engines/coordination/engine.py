@@ -9,11 +9,16 @@ Weights can be replaced while serving (`reload()`): the new checkpoint is read a
 validated off the event loop, then swapped in by one reference assignment. A step reads
 the reference once when it starts, so a batch in flight finishes on the weights it started
 with and the next batch uses the new ones; results carry the version that scored them.
+
+Supervision: batches failing `MAX_FAILED_BATCHES` times in a row, or a step that kills the
+worker thread, are a fault; the daemon then restarts the engine (`restart()`: fail what it
+held with Unavailable, fresh thread, a canary through a real step) with health NOT_SERVING.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Callable
@@ -31,8 +36,14 @@ from engines.coordination.plan import PlanState
 from engines.coordination.sites import SiteTable, load_sites
 from engines.coordination.types import CoordinateRequest, CoordinateResult, Observatory, Target, TensorSpec
 from engines.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
+from engines.paths import confine
 
 SERVICES = ("galactic.v1.Coordination", "galactic.v1.Inference")
+
+# Failing batches in a row after which the engine is broken, not unlucky (validation runs
+# before queuing, so a failing batch is never a client's fault).
+MAX_FAILED_BATCHES = 3
+_CANARY_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +93,7 @@ class CoordinationEngine:
             max_queue_delay_s=b.max_queue_delay_ms / 1000.0 if b.enabled else 0.0,
             max_queue=b.max_queue,
             max_batch_cost=b.max_batch_pairs,
+            max_failed_batches=MAX_FAILED_BATCHES,
         )
         self._batcher: DynamicBatcher = DynamicBatcher(config.name, self._step, limits, cost=self._cost)
 
@@ -111,14 +123,16 @@ class CoordinationEngine:
     async def reload(self, path: str | Path) -> ModelInfo:
         """Swap in the checkpoint at `path` without stopping; see the module docstring.
 
-        Validation failures raise (NotFound, InvalidArgument, FailedPrecondition naming
-        `path`) and leave the served weights as they were. Reloads are serialised.
+        `path` must lie inside `config.reload_root` (PermissionDenied otherwise). Validation
+        failures raise (NotFound, InvalidArgument, FailedPrecondition naming `path`) and
+        leave the served weights as they were. Reloads are serialised.
         """
         self._require_ready()
         if not str(path):
             raise InvalidArgument("a checkpoint path is required", field="path")
+        full = confine(str(path), self.config.reload_root.expanduser().resolve(), "reload")
         async with self._reload_lock:
-            new = await asyncio.to_thread(self._read, Path(path).expanduser(), "path")
+            new = await asyncio.to_thread(self._read, full, "path")
             self._weights = new  # the next step picks it up; a running step keeps its own
         return self.info()
 
@@ -132,6 +146,28 @@ class CoordinationEngine:
         self._state = "draining"
         await self._batcher.stop(grace_s)
         self._state = "stopped"
+
+    # -- supervision: the daemon restarts a worker that died or kept failing ---------------
+    async def wait_faulted(self) -> str:
+        """Return (why) once the batcher's worker died or gave up after failing batches."""
+        return await self._batcher.wait_faulted()
+
+    async def restart(self) -> None:
+        """Fail what the dead worker held with Unavailable, start a fresh one, and prove
+        the engine with a canary; raises if the canary fails (the caller retries). New
+        requests get Unavailable until the canary has passed."""
+        self._state = "restarting"
+        await self._batcher.restart()
+        await self.canary()
+        self._state = "ready"
+
+    async def canary(self) -> None:
+        """One row through the batcher's worker and the model's forward: checks the
+        engine, not just that its thread is alive. Raises what the step raised."""
+        item = _InferItem(torch.zeros(1, features.N_FEATURES), torch.zeros(1, dtype=torch.long))
+        p, _ = await self._batcher.submit(item, time.monotonic() + _CANARY_TIMEOUT_S)
+        if not torch.isfinite(p).all():
+            raise RuntimeError(f"{self.name}: the canary scored {p.tolist()}")
 
     @property
     def version(self) -> str:

@@ -70,14 +70,15 @@ def geometry(time_unix: float, t: TargetArrays, s: SiteArrays) -> Geometry:
 def geometry_many(problems: list[tuple[float, TargetArrays, SiteArrays]]) -> list[Geometry]:
     """Geometry of several (time, targets, sites) problems in one pass of numpy calls."""
     f = _flat_geometry(problems)
+    airmass_, sky_mag = f.sky()
     out = []
     p0 = 0
     for k, (n, m, so) in enumerate(zip(f.n_k, f.s_k, f.s_off)):
         sl = slice(p0, p0 + n * m)
         p0 += n * m
-        out.append(Geometry(f.alt[sl].reshape(n, m), f.airmass[sl].reshape(n, m), f.sun_alt[so:so + m],
+        out.append(Geometry(f.alt[sl].reshape(n, m), airmass_[sl].reshape(n, m), f.sun_alt[so:so + m],
                             f.moon_alt[so:so + m], f.sep[sl].reshape(n, m), float(f.illum[k]), float(f.phase[k]),
-                            f.sky_mag[sl].reshape(n, m)))
+                            sky_mag[sl].reshape(n, m)))
     return out
 
 
@@ -97,9 +98,17 @@ class _Flat:
     illum: np.ndarray  # (K,)
     phase: np.ndarray  # (K,)
     alt: np.ndarray  # (P,)
-    airmass: np.ndarray
-    sep: np.ndarray
-    sky_mag: np.ndarray
+    sep: np.ndarray  # (P,)
+    band: np.ndarray  # (sum N,) band index of each target
+
+    def sky(self, sel: np.ndarray | slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+        """Airmass and sky brightness of pairs `sel`. Apart from the masks, a served request
+        needs them only for its feasible pairs: computed for those alone."""
+        pt, ps, alt = self.pt[sel], self.ps[sel], self.alt[sel]
+        x = sky.airmass(alt)
+        moon_nl = physics.ks_moon_brightness_nl(self.phase[self.pk[sel]], self.sep[sel], 90.0 - self.moon_alt[ps],
+                                                90.0 - np.maximum(alt, 0.0))
+        return x, physics.sky_mag(self.band[pt], x, moon_nl)
 
 
 def _flat_geometry(problems) -> _Flat:
@@ -128,13 +137,10 @@ def _flat_geometry(problems) -> _Flat:
     local = np.arange(pk.shape[0]) - np.repeat(np.concatenate([[0], np.cumsum(n_k * s_k)[:-1]]), n_k * s_k)
     pt = t_off[pk] + local // s_k[pk]
     ps = s_off[pk] + local % s_k[pk]
-    alt, _ = sky.altaz_deg(ra[pt], dec[pt], lst[ps], lat[ps])  # (P,)
-    sep = sky.separation_deg(ra[pt], dec[pt], mra[ps], mdec[ps])
-    x = sky.airmass(alt)
-    moon_nl = physics.ks_moon_brightness_nl(phase[pk], sep, 90.0 - moon_alt[ps], 90.0 - np.maximum(alt, 0.0))
-    sky_mag = physics.sky_mag(band[pt], x, moon_nl)
+    alt = sky.altitude_pairs_deg(ra, dec, lst, lat, pt, ps)  # (P,)
+    sep = sky.separation_pairs_deg(ra, dec, mra, mdec, pt, ps)
     return _Flat(n_k, s_k, t_off, s_off, pt, ps, pk, sun_alt, moon_alt, np.atleast_1d(illum),
-                 np.atleast_1d(phase), alt, x, sep, sky_mag)
+                 np.atleast_1d(np.asarray(phase)), alt, sep, band)
 
 
 def _margin(band, sky_mag, airmass_, seeing, cloud, exposure, aperture, mag, snr_required, zeropoint=0.0):
@@ -245,9 +251,10 @@ def pair_batch(problems: list[tuple[float, TargetArrays, SiteArrays, np.ndarray,
     seeing, cloud, aperture = cat_s("seeing")[s], cat_s("cloud")[s], cat_s("aperture_m")[s]
     mag, exposure = cat_t("magnitude")[t], cat_t("exposure_s")[t]
     snr = np.array([p[4] for p in problems], dtype=np.float64)[k]
-    margin = _margin(band[t], f.sky_mag[sel], f.airmass[sel], seeing, cloud, exposure, aperture, mag, snr)
-    x = _columns(f.alt[sel], f.airmass[sel], f.sun_alt[s], f.moon_alt[s], f.illum[k], f.sep[sel], seeing, cloud,
-                 cat_s("humidity")[s], mag, exposure, aperture, margin, f.sky_mag[sel], band[t])
+    airmass_, sky_mag = f.sky(sel)
+    margin = _margin(band[t], sky_mag, airmass_, seeing, cloud, exposure, aperture, mag, snr)
+    x = _columns(f.alt[sel], airmass_, f.sun_alt[s], f.moon_alt[s], f.illum[k], f.sep[sel], seeing, cloud,
+                 cat_s("humidity")[s], mag, exposure, aperture, margin, sky_mag, band[t])
     counts = np.bincount(k, minlength=len(problems))
     bounds = np.concatenate([[0], np.cumsum(counts)])
     masks, tis, sjs = [], [], []

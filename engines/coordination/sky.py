@@ -63,6 +63,17 @@ def altaz_deg(ra_deg, dec_deg, lst, latitude_deg):
     return alt * R2D, np.mod(az * R2D, 360.0)
 
 
+def altitude_pairs_deg(ra_deg, dec_deg, lst, latitude_deg, pt, ps):
+    """`altaz_deg(ra[pt], dec[pt], lst[ps], lat[ps])[0]`, bit for bit, for many pairs: the
+    trigonometry of targets and sites is taken once each and gathered, only the hour angle
+    is per pair, and no azimuth is computed."""
+    dec = np.asarray(dec_deg) * D2R
+    lat = np.asarray(latitude_deg) * D2R
+    ha = (np.asarray(lst)[ps] - np.asarray(ra_deg)[pt]) * D2R
+    sin_alt = np.sin(dec)[pt] * np.sin(lat)[ps] + np.cos(dec)[pt] * np.cos(lat)[ps] * np.cos(ha)
+    return np.arcsin(np.clip(sin_alt, -1.0, 1.0)) * R2D
+
+
 def airmass(alt_deg):
     """Kasten & Young (1989) airmass; inf below the horizon (so masks never see a small number)."""
     alt = np.asarray(alt_deg, dtype=np.float64)
@@ -122,6 +133,18 @@ def separation_deg(ra1, dec1, ra2, dec2):
     dra = ra2 - ra1
     num = np.hypot(np.cos(dec2) * np.sin(dra), np.cos(dec1) * np.sin(dec2) - np.sin(dec1) * np.cos(dec2) * np.cos(dra))
     den = np.sin(dec1) * np.sin(dec2) + np.cos(dec1) * np.cos(dec2) * np.cos(dra)
+    return np.arctan2(num, den) * R2D
+
+
+def separation_pairs_deg(ra1, dec1, ra2, dec2, p1, p2):
+    """`separation_deg(ra1[p1], dec1[p1], ra2[p2], dec2[p2])`, bit for bit, with the
+    declinations' sines and cosines taken once per point and gathered per pair."""
+    ra1, dec1, ra2, dec2 = (np.asarray(v) * D2R for v in (ra1, dec1, ra2, dec2))
+    dra = ra2[p2] - ra1[p1]
+    s1, c1, s2, c2 = np.sin(dec1)[p1], np.cos(dec1)[p1], np.sin(dec2)[p2], np.cos(dec2)[p2]
+    cos_dra = np.cos(dra)
+    num = np.hypot(c2 * np.sin(dra), c1 * s2 - s1 * c2 * cos_dra)
+    den = s1 * s2 + c1 * c2 * cos_dra
     return np.arctan2(num, den) * R2D
 
 

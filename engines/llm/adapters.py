@@ -21,6 +21,7 @@ from pathlib import Path
 
 from engines.errors import AlreadyExists, InvalidArgument, FailedPrecondition, NotFound, PermissionDenied, ResourceExhausted
 from engines.llm.config import AdapterConfig
+from engines.paths import confine
 from engines.llm.identity import METADATA_FILE, model_content_hash, read_metadata
 from engines.llm.lora import AdapterWeights, LoRABank
 from engines.llm.types import AdapterInfo
@@ -92,14 +93,7 @@ class AdapterRegistry:
         return sum(1 for a in self._by_name.values() if a.in_use)
 
     def resolve_dir(self, path: str) -> Path:
-        root = self.config.resolved_root()
-        try:
-            p = Path(path).expanduser()
-            full = (p if p.is_absolute() else root / p).resolve()
-        except (ValueError, OSError) as exc:  # e.g. a NUL byte in the path
-            raise InvalidArgument(f"not a usable path: {exc}", field="path") from None
-        if not full.is_relative_to(root):
-            raise PermissionDenied(f"{path} is outside the adapter root {root}", field="path")
+        full = confine(path, self.config.resolved_root(), "adapter")
         if not full.is_dir():
             raise NotFound(f"no adapter dir at {full}", field="path")
         return full

@@ -51,7 +51,7 @@ from engines.llm.runner import ModelRunner, StepResult
 from engines.llm.scheduler import Scheduler, Sequence, StepPlan
 from engines.llm.types import AdapterInfo, GenerationRequest, FinishReason, FinalOutput, SamplingParams, TokenChunk
 from engines.llm.validation import validate_and_tokenize
-from engines.worker import Outbox, ResultStream, StepWorker
+from engines.worker import Outbox, ResultStream, SupervisedWorker
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -116,8 +116,7 @@ class LLMEngine:
         self._order = itertools.count()
         self._adapters: AdapterRegistry | None = None  # built in load(), with the model
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._worker: StepWorker | None = None
-        self._fault = ""  # why the worker last exited (see restart())
+        self._worker: SupervisedWorker | None = None  # created in start()
         self._waiters: list[asyncio.Future] = []
         self._max_positions = 1 << 30
         self._device = torch.device("cpu")
@@ -179,35 +178,33 @@ class LLMEngine:
         if self.model is None:
             raise FailedPrecondition("start() before load()")
         self._loop = loop
-        self._faulted = asyncio.Event()
         self._outbox = Outbox(loop)
-        self._start_worker()
+        self._worker = SupervisedWorker(f"llm-{self.name}", self._step, self._scheduler.has_work,
+                                        max_failures=MAX_FAILED_STEPS)
+        self._outbox.thread = self._worker.thread
+        self._worker.start(loop)
         self.state = "ready"
         self._update_gauges()
 
-    def _start_worker(self) -> None:
-        self._worker = StepWorker(f"llm-{self.name}", self._step, self._scheduler.has_work,
-                                  max_failures=MAX_FAILED_STEPS, on_exit=self._worker_exited)
-        self._outbox.thread = self._worker.thread
-        self._worker.start()
-
     # ---- supervision: the daemon restarts a worker that died or kept failing ----------
-
-    def _worker_exited(self, reason: str) -> None:  # on the dying worker thread
-        self._fault = reason
-        self._loop.call_soon_threadsafe(self._faulted.set)
 
     async def wait_faulted(self) -> str:
         """Return (why) once the worker thread has died or given up after failing steps."""
-        await self._faulted.wait()
-        return self._fault
+        return await self._worker.wait_faulted()
 
     async def restart(self) -> None:
         """Fail every request the dead worker held with Unavailable, start a fresh worker,
         and prove the engine with a canary request; raises if the canary fails (the caller
         retries). New requests get Unavailable until the canary has passed."""
         self.state = "restarting"
-        await asyncio.to_thread(self._worker.stop, 5)
+        await self._worker.replace(self._fail_held)
+        self._outbox.thread = self._worker.thread
+        self._update_gauges()
+        await self.canary()
+        self.state = "ready"
+
+    def _fail_held(self) -> None:
+        """Between the dead worker and its successor: every live request fails Unavailable."""
         with self._lock:
             victims = list(self._live.values())
             for seq in victims:
@@ -216,11 +213,6 @@ class LLMEngine:
         self._runner.reset()
         for seq in victims:
             self._output.fail(seq.handle, Unavailable(f"model {self.name} restarted its worker; retry"))
-        self._faulted.clear()
-        self._start_worker()
-        self._update_gauges()
-        await self.canary()
-        self.state = "ready"
 
     async def canary(self) -> None:
         """One greedy token through scheduler, runner and output: checks the engine, not

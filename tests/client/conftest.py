@@ -1,287 +1,195 @@
-"""Real grpc.aio servers on port 0 with small scripted servicers, for the client's tests.
+"""The client against the real daemon: galacticd (`daemon.server.Daemon`) on 127.0.0.1:0,
+serving the embedded demo LLM (Generation, with a LoRA adapter root) and the embedded
+coordination model (Coordination, Inference), through the generated stubs in
+clients/python/galactic.
 
-The daemon is not part of this branch, so these servicers stand in for it; each behaves
-the way the contract (protos/galactic/v1) says the daemon does, scripted by the prompt or
-the request so a test can pick the behaviour it needs.
+Where a test is about what the client put on the wire (unset fields, deadlines, Cancel
+frames), it talks to the daemon through `WireTap`: a real gRPC server that forwards every
+call byte for byte to the daemon and records what arrived. The daemon still answers.
 """
 
 from __future__ import annotations
 
-import asyncio
-import sys
-import types
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-from google.rpc import status_pb2
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from google.protobuf import message_factory
+from grpc_health.v1 import health_pb2
 
-ROOT = Path(__file__).resolve().parents[2]
-for path in (ROOT / "clients" / "python", ROOT):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
+from galactic.v1 import admin_pb2, coordination_pb2, generation_pb2, inference_pb2
 
-from galactic.v1 import (  # noqa: E402
-    admin_pb2,
-    admin_pb2_grpc,
-    generation_pb2,
-    generation_pb2_grpc,
-    inference_pb2,
-    inference_pb2_grpc,
-)
+LLM = "galactic-demo"  # the embedded LLM's default name
+# A request that outlives any test: the session tests cancel it. 1,900 decode steps of the
+# demo model take seconds; a cancel takes effect within one step.
+LONG = 1900
 
 
-class ScriptedGenerationServicer(generation_pb2_grpc.GenerationServicer):
-    """Generation scripted by the prompt.
+@pytest.fixture(scope="session")
+def adapter_root(tmp_path_factory) -> Path:
+    """An adapter root holding `fr`: a rank-8 PEFT LoRA adapter of the embedded demo model."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
 
-    - "abort:CODE:message" aborts the call with that status code and message;
-    - "hold" (Session only) waits for the request's Cancel frame, then ends CANCELLED;
-    - "error:CODE:message" (Session only) answers with an Error frame for that request;
-    - anything else streams one chunk per word, then a Final (EOS).
-    Records each call's remaining deadline and the Cancel frames it received.
-    """
+    from engines.llm.loading import EMBEDDED_DIR
 
-    def __init__(self) -> None:
-        self.time_remaining: list[float | None] = []
-        self.cancelled: list[str] = []
-        self.requests: list[generation_pb2.GenerateRequest] = []  # Generate calls
-        self.submitted: list[generation_pb2.Submit] = []  # Session submits
-        self.frame_order: list[str] = []
-
-    @staticmethod
-    def _final(reason: int, completion: int) -> generation_pb2.Final:
-        return generation_pb2.Final(
-            finish_reason=reason,
-            usage=generation_pb2.Usage(prompt_tokens=3, completion_tokens=completion),
-            timings=generation_pb2.Timings(queue_ms=1.0, time_to_first_token_ms=2.0, total_ms=3.0),
-        )
-
-    @staticmethod
-    def _chunks(prompt: str):
-        for i, word in enumerate(prompt.split()):
-            yield generation_pb2.TokenChunk(token_ids=[i], text=word + " ", logprobs=[-0.5])
-
-    async def Generate(self, request, context):
-        self.requests.append(request)
-        self.time_remaining.append(context.time_remaining())
-        if request.prompt.startswith("abort:"):
-            _, code, message = request.prompt.split(":", 2)
-            await context.abort(grpc.StatusCode[code], message)
-        count = 0
-        for chunk in self._chunks(request.prompt):
-            count += 1
-            yield generation_pb2.GenerateResponse(tokens=chunk)
-        yield generation_pb2.GenerateResponse(final=self._final(generation_pb2.EOS, count))
-
-    async def Session(self, request_iterator, context):
-        self.time_remaining.append(context.time_remaining())
-        out: asyncio.Queue = asyncio.Queue()
-        held: dict[str, asyncio.Event] = {}
-        accepted = asyncio.Condition()
-        accepted.count = 0  # Accepted frames queued on this session
-
-        async def run(submit: generation_pb2.Submit) -> None:
-            rid, prompt = submit.request_id, submit.request.prompt
-            await out.put(generation_pb2.SessionResponse(request_id=rid, accepted=generation_pb2.Accepted()))
-            async with accepted:
-                accepted.count += 1
-                accepted.notify_all()
-            if prompt.startswith("error:"):
-                _, code, message = prompt.split(":", 2)
-                error = status_pb2.Status(code=grpc.StatusCode[code].value[0], message=message)
-                await out.put(generation_pb2.SessionResponse(request_id=rid, error=error))
-                return
-            if prompt == "hold":
-                await held[rid].wait()
-                await out.put(generation_pb2.SessionResponse(
-                    request_id=rid, final=self._final(generation_pb2.CANCELLED, 0)))
-                return
-            # "@pair PROMPT": hold the final until the session's next request is accepted, so a
-            # test sees two requests' frames interleave however the machine schedules them.
-            paired = prompt.startswith("@pair ")
-            prompt = prompt.removeprefix("@pair ")
-            seen = accepted.count
-            count = 0
-            for chunk in self._chunks(prompt):
-                count += 1
-                await out.put(generation_pb2.SessionResponse(request_id=rid, tokens=chunk))
-                await asyncio.sleep(0)  # let the other requests' frames interleave with ours
-            if paired:
-                async with accepted:  # another request's Accepted frame is queued before our final
-                    await accepted.wait_for(lambda: accepted.count > seen)
-            await out.put(generation_pb2.SessionResponse(request_id=rid, final=self._final(generation_pb2.EOS, count)))
-
-        async def read() -> None:
-            tasks = []
-            async for frame in request_iterator:
-                if frame.HasField("submit"):
-                    self.submitted.append(frame.submit)
-                    held[frame.submit.request_id] = asyncio.Event()
-                    tasks.append(asyncio.create_task(run(frame.submit)))
-                else:
-                    self.cancelled.append(frame.cancel.request_id)
-                    if frame.cancel.request_id in held:
-                        held[frame.cancel.request_id].set()
-            await asyncio.gather(*tasks)
-            await out.put(None)
-
-        reader = asyncio.create_task(read())
-        try:
-            while (frame := await out.get()) is not None:
-                self.frame_order.append(frame.request_id)
-                yield frame
-        finally:
-            reader.cancel()
+    root = tmp_path_factory.mktemp("adapters")
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(EMBEDDED_DIR, local_files_only=True)
+    get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])).save_pretrained(
+        root / "fr")
+    return root
 
 
-class EchoInferenceServicer(inference_pb2_grpc.InferenceServicer):
-    """Returns every input tensor as an output of the same name."""
-
-    async def Infer(self, request, context):
-        return inference_pb2.InferResponse(
-            model=request.model, version="1", outputs=list(request.inputs), request_id=request.request_id
-        )
-
-
-class InMemoryAdminServicer(admin_pb2_grpc.AdminServicer):
-    """Admin over an in-memory table; ListModels can be told to fail its first attempts
-    with UNAVAILABLE (as a restarting daemon would), and counts every attempt."""
-
-    def __init__(self, name: str = "tiny-llm") -> None:
-        self.name = name
-        self.attempts = 0
-        self.fail_first = 0
-        self.adapters: dict[str, admin_pb2.AdapterInfo] = {}
-
-    async def ListModels(self, request, context):
-        self.attempts += 1
-        if self.attempts <= self.fail_first:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "draining")
-        return admin_pb2.ListModelsResponse(
-            models=[admin_pb2.ModelInfo(name=self.name, kind="llm", version="abc", state=admin_pb2.READY, device="cpu")]
-        )
-
-    async def GetModel(self, request, context):
-        if request.name != self.name:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"name: no model {request.name!r}")
-        return admin_pb2.ModelInfo(name=self.name, kind="llm", state=admin_pb2.READY)
-
-    async def LoadAdapter(self, request, context):
-        if ".." in request.path:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "path: outside the adapter root")
-        info = admin_pb2.AdapterInfo(name=request.name, path=request.path, rank=8, model=self.name)
-        self.adapters[request.name] = info
-        return info
-
-    async def UnloadAdapter(self, request, context):
-        if request.name not in self.adapters:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"name: no adapter {request.name!r}")
-        del self.adapters[request.name]
-        return admin_pb2.UnloadAdapterResponse()
-
-    async def ListAdapters(self, request, context):
-        return admin_pb2.ListAdaptersResponse(adapters=list(self.adapters.values()))
-
-    async def GetStats(self, request, context):
-        return admin_pb2.GetStatsResponse(
-            uptime_s=12.5, in_flight=1, models={self.name: admin_pb2.ModelStats(values={"requests_total": 3})}
-        )
-
-
-def standin_coordination_module():
-    """A `coordination_pb2` look-alike with two fields each, built in a private descriptor
-    pool: the real coordination.proto is written on another branch, and the client must
-    not depend on its field names."""
-    file = descriptor_pb2.FileDescriptorProto(name="galactic_test/coordination_standin.proto", package="galactic.v1", syntax="proto3")
-    string, double = descriptor_pb2.FieldDescriptorProto.TYPE_STRING, descriptor_pb2.FieldDescriptorProto.TYPE_DOUBLE
-    optional = descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL
-    request = file.message_type.add(name="CoordinateRequest")
-    request.field.add(name="site", number=1, type=string, label=optional)
-    request.field.add(name="budget_s", number=2, type=double, label=optional)
-    response = file.message_type.add(name="CoordinateResponse")
-    response.field.add(name="site", number=1, type=string, label=optional)
-    response.field.add(name="score", number=2, type=double, label=optional)
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(file)
-
-    module = types.ModuleType("galactic.v1.coordination_pb2")
-    for name in ("CoordinateRequest", "CoordinateResponse"):
-        setattr(module, name, message_factory.GetMessageClass(pool.FindMessageTypeByName(f"galactic.v1.{name}")))
-    return module
-
-
-def coordination_handler(module) -> grpc.GenericRpcHandler:
-    """Coordination.Coordinate answering score = 2 * budget_s for the same site."""
-
-    async def coordinate(request, context):
-        return module.CoordinateResponse(site=request.site, score=2 * request.budget_s)
-
-    return grpc.method_handlers_generic_handler(
-        "galactic.v1.Coordination",
-        {
-            "Coordinate": grpc.unary_unary_rpc_method_handler(
-                coordinate,
-                request_deserializer=module.CoordinateRequest.FromString,
-                response_serializer=module.CoordinateResponse.SerializeToString,
-            )
-        },
-    )
-
-
-class Daemon:
-    """One real grpc.aio server on 127.0.0.1:<port 0> with the scripted servicers."""
-
-    def __init__(self) -> None:
-        self.generation = ScriptedGenerationServicer()
-        self.inference = EchoInferenceServicer()
-        self.admin = InMemoryAdminServicer()
-        self.health = health.aio.HealthServicer()
-        self.coordination = standin_coordination_module()
-        self.server = grpc.aio.server()
-        generation_pb2_grpc.add_GenerationServicer_to_server(self.generation, self.server)
-        inference_pb2_grpc.add_InferenceServicer_to_server(self.inference, self.server)
-        admin_pb2_grpc.add_AdminServicer_to_server(self.admin, self.server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.server.add_generic_rpc_handlers((coordination_handler(self.coordination),))
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
-        self.target = f"127.0.0.1:{self.port}"
-
-    async def start(self) -> Daemon:
-        await self.server.start()
-        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        await self.health.set("galactic.v1.Generation", health_pb2.HealthCheckResponse.SERVING)
-        return self
-
-    async def stop(self) -> None:
-        await self.server.stop(grace=None)
+@pytest.fixture(scope="session")
+async def daemon(session_daemon_factory, adapter_root):
+    """One real daemon shared by the client tests; each test leaves it as it found it."""
+    return await session_daemon_factory({
+        "llm": {"path": "embedded", "adapters": {"root": str(adapter_root), "max_loaded": 2}},
+        "coordination": {"batching": {"max_queue_delay_ms": 1.0}},
+        # No metrics endpoint: its collector is process-wide, and daemons of other tests
+        # (tests/client/test_client_channel.py) run beside this one.
+        "telemetry": {"metrics_listen": ""},
+    })
 
 
 @pytest.fixture
-async def daemon():
-    server = await Daemon().start()
-    yield server
-    await server.stop()
+def target(daemon) -> str:
+    return f"127.0.0.1:{daemon.port}"
 
 
 @pytest.fixture
-async def second_daemon():
-    server = await Daemon().start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
-async def client(daemon):
+async def client(target):
     from galactic_client import AsyncClient
 
-    async with AsyncClient(daemon.target, timeout=10.0) as c:
+    async with AsyncClient(target, timeout=30.0) as c:
         yield c
 
 
+# ---- the wire tap ------------------------------------------------------------------------
+
+def _methods() -> dict[str, tuple[bool, bool, type]]:
+    """'/pkg.Service/Method' -> (client streaming, server streaming, request class)."""
+    out = {}
+    for module in (generation_pb2, inference_pb2, admin_pb2, coordination_pb2, health_pb2):
+        for service in module.DESCRIPTOR.services_by_name.values():
+            for m in service.methods:
+                out[f"/{service.full_name}/{m.name}"] = (
+                    m.client_streaming, m.server_streaming, message_factory.GetMessageClass(m.input_type))
+    return out
+
+
+@dataclass
+class TappedCall:
+    method: str
+    time_remaining: float | None  # the deadline the call arrived with, as the daemon sees it
+    requests: list[Any] = field(default_factory=list)  # decoded with the real stubs
+
+
+class WireTap(grpc.GenericRpcHandler):
+    """A real grpc.aio server on 127.0.0.1:0 forwarding every call, bytes as they are, with
+    its deadline and metadata, to `upstream`; statuses and their details come back as the
+    daemon sent them. Records each call and the request messages the client sent."""
+
+    _METHODS = _methods()
+
+    def __init__(self, upstream: str) -> None:
+        self.calls: list[TappedCall] = []
+        self._upstream = grpc.aio.insecure_channel(upstream, options=[
+            ("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)])
+        self._server = grpc.aio.server()
+        self._server.add_generic_rpc_handlers((self,))
+        self.target = f"127.0.0.1:{self._server.add_insecure_port('127.0.0.1:0')}"
+
+    def requests(self, method: str) -> list[Any]:
+        """Every request message sent to `method` (e.g. "Session"), in order."""
+        return [r for c in self.calls if c.method.endswith("/" + method) for r in c.requests]
+
+    def service(self, details: grpc.HandlerCallDetails):
+        spec = self._METHODS.get(details.method)
+        if spec is None:
+            return None  # UNIMPLEMENTED, as the daemon would answer
+        client_streaming, server_streaming, cls = spec
+        name = details.method
+
+        def begin(context) -> tuple[TappedCall, dict]:
+            call = TappedCall(name, context.time_remaining())
+            self.calls.append(call)
+            forwarded = tuple((k, v) for k, v in context.invocation_metadata()
+                              if not k.startswith((":", "grpc-")) and k not in ("user-agent", "te", "content-type"))
+            return call, {"timeout": call.time_remaining, "metadata": forwarded}
+
+        async def relay(context, err: grpc.aio.AioRpcError) -> None:
+            await context.abort(err.code(), err.details() or "", err.trailing_metadata() or ())
+
+        if not client_streaming and not server_streaming:
+            async def unary(request: bytes, context):
+                call, kw = begin(context)
+                call.requests.append(cls.FromString(request))
+                try:
+                    return await self._upstream.unary_unary(name)(request, **kw)
+                except grpc.aio.AioRpcError as err:
+                    await relay(context, err)
+            return grpc.unary_unary_rpc_method_handler(unary)
+
+        async def streaming(request_or_iterator, context):
+            call, kw = begin(context)
+            if client_streaming:
+                async def forward():
+                    async for raw in request_or_iterator:
+                        call.requests.append(cls.FromString(raw))
+                        yield raw
+                upstream = self._upstream.stream_stream(name)(forward(), **kw)
+            else:
+                call.requests.append(cls.FromString(request_or_iterator))
+                upstream = self._upstream.unary_stream(name)(request_or_iterator, **kw)
+            try:
+                async for response in upstream:
+                    yield response
+            except grpc.aio.AioRpcError as err:
+                await relay(context, err)
+            finally:
+                upstream.cancel()  # the client left: so does the daemon's call
+
+        if client_streaming:
+            return grpc.stream_stream_rpc_method_handler(streaming)
+        return grpc.unary_stream_rpc_method_handler(streaming)
+
+    async def start(self) -> WireTap:
+        await self._server.start()
+        return self
+
+    async def stop(self) -> None:
+        await self._server.stop(None)
+        await self._upstream.close()
+
+
 @pytest.fixture
-def coordination_module(daemon, monkeypatch):
-    """Make `galactic.v1.coordination_pb2` resolve to the daemon's stand-in for this test."""
-    monkeypatch.setitem(sys.modules, "galactic.v1.coordination_pb2", daemon.coordination)
-    return daemon.coordination
+async def tap_factory():
+    """tap_factory(upstream target) -> a started WireTap in front of it."""
+    taps: list[WireTap] = []
+
+    async def make(upstream: str) -> WireTap:
+        taps.append(await WireTap(upstream).start())
+        return taps[-1]
+
+    yield make
+    for t in taps:
+        await t.stop()
+
+
+@pytest.fixture
+async def tap(tap_factory, target) -> WireTap:
+    return await tap_factory(target)
+
+
+@pytest.fixture
+async def tapped_client(tap):
+    from galactic_client import AsyncClient
+
+    async with AsyncClient(tap.target, timeout=30.0) as c:
+        yield c
+

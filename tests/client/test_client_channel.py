@@ -8,24 +8,46 @@ import galactic_client as gc
 from galactic_client.aio import service_config
 
 
-async def test_unavailable_is_retried_by_the_service_config(client, daemon):
-    daemon.admin.fail_first = 1
-    models = await client.list_models()
-    assert [m.name for m in models] == ["tiny-llm"]
-    assert daemon.admin.attempts == 2
+# Daemons of their own (the coordination model loads in milliseconds), named apart; no
+# metrics endpoint (one per process: the shared client-test daemon runs beside them).
+def coordination(name: str) -> dict:
+    return {"coordination": {"name": name}, "telemetry": {"metrics_listen": ""}}
 
 
-async def test_retries_give_up_after_max_attempts(client, daemon):
-    daemon.admin.fail_first = 100
-    with pytest.raises(gc.Unavailable, match="draining"):
-        await client.list_models()
-    assert daemon.admin.attempts == json.loads(service_config())["methodConfig"][0]["retryPolicy"]["maxAttempts"]
+async def refusing(daemon_factory, name: str):
+    """A real daemon in its drain's first state: every new call is answered UNAVAILABLE
+    ("draining; retry on another host"), as a daemon says between SIGTERM and exit."""
+    d = await daemon_factory(coordination(name))
+    d.admission.start_drain()
+    return d
 
 
-async def test_round_robin_spreads_calls_over_the_fleet(daemon, second_daemon):
-    daemon.admin.name, second_daemon.admin.name = "one", "two"
-    async with gc.AsyncClient(f"{daemon.target},{second_daemon.target}", timeout=5.0) as client:
-        assert client.target == f"ipv4:{daemon.target},{second_daemon.target}"
+async def test_unavailable_is_retried_on_another_daemon(daemon_factory, tap_factory):
+    refusing_tap = await tap_factory(f"127.0.0.1:{(await refusing(daemon_factory, 'one')).port}")
+    serving = await daemon_factory(coordination("two"))
+    async with gc.AsyncClient(f"{refusing_tap.target},127.0.0.1:{serving.port}", timeout=5.0) as client:
+        # round_robin spreads first attempts over both; every call lands on "two" in the
+        # end. Calls go on until one was refused first (the refusing daemon's subchannel may
+        # connect a moment after the other).
+        for _ in range(40):
+            assert [m.name for m in await client.list_models()] == ["two"]
+            if refusing_tap.calls:
+                break
+    assert refusing_tap.calls  # a first attempt was refused with UNAVAILABLE and retried
+
+
+async def test_retries_give_up_after_max_attempts(daemon_factory, tap_factory):
+    tap = await tap_factory(f"127.0.0.1:{(await refusing(daemon_factory, 'one')).port}")
+    async with gc.AsyncClient(tap.target, timeout=5.0) as client:
+        with pytest.raises(gc.Unavailable, match="draining"):
+            await client.list_models()
+    assert len(tap.calls) == json.loads(service_config())["methodConfig"][0]["retryPolicy"]["maxAttempts"]
+
+
+async def test_round_robin_spreads_calls_over_the_fleet(daemon_factory):
+    one, two = await daemon_factory(coordination("one")), await daemon_factory(coordination("two"))
+    async with gc.AsyncClient(f"127.0.0.1:{one.port},127.0.0.1:{two.port}", timeout=5.0) as client:
+        assert client.target == f"ipv4:127.0.0.1:{one.port},127.0.0.1:{two.port}"
         await client.wait_ready()
         # round_robin picks among READY subchannels; the second may connect a moment later,
         # so allow a few calls before both have answered.
@@ -35,7 +57,6 @@ async def test_round_robin_spreads_calls_over_the_fleet(daemon, second_daemon):
             if seen == {"one", "two"}:
                 break
     assert seen == {"one", "two"}
-    assert daemon.admin.attempts > 0 and second_daemon.admin.attempts > 0
 
 
 @pytest.mark.parametrize(

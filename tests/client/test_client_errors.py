@@ -1,10 +1,12 @@
 """Status codes become typed exceptions, whether they end a call or one stream request."""
 
 import grpc
+import numpy as np
 import pytest
 from google.rpc import status_pb2
 
 import galactic_client as gc
+from engines.coordination.features import N_FEATURES
 from galactic_client.errors import from_status
 
 CODES = {
@@ -25,21 +27,32 @@ CODES = {
     grpc.StatusCode.DATA_LOSS: gc.DataLoss,
     grpc.StatusCode.UNAUTHENTICATED: gc.Unauthenticated,
 }
-# UNAVAILABLE is retried by the channel's service config, so it is checked in test_client_channel.
-SERVER_CODES = [code for code in CODES if code is not grpc.StatusCode.UNAVAILABLE]
+# Errors the real daemon gives, each raised by the client as its typed exception with the
+# field read from the google.rpc.BadRequest details. Every other code is mapped the same way
+# (test_status_message_becomes_typed_exception); UNAVAILABLE is retried by the channel's
+# service config, so it is checked in test_client_channel.
+DAEMON_ERRORS = {
+    "invalid-top-p": (lambda c: c.generate_text("x", top_p=1.5), gc.InvalidArgument, "sampling.top_p"),
+    "too-many-tokens": (lambda c: c.generate_text("x", max_new_tokens=10**6), gc.InvalidArgument,
+                        "stopping.max_new_tokens"),
+    "unknown-model": (lambda c: c.generate_text("x", model="nope"), gc.NotFound, "model"),
+    "unknown-adapter": (lambda c: c.generate_text("x", adapter="nope"), gc.NotFound, "adapter"),
+    "adapter-outside-root": (lambda c: c.load_adapter("evil", "../../etc"), gc.PermissionDenied, "path"),
+    "missing-tensor": (lambda c: c.infer("coordination", {"features": np.zeros((2, N_FEATURES), np.float32)}),
+                       gc.InvalidArgument, "inputs.site"),
+    # 1,900 decode steps cannot fit in 0.2 s (a step of the demo model is a millisecond or more).
+    "deadline": (lambda c: c.generate_text("x", max_new_tokens=1900, ignore_eos=True, timeout=0.2),
+                 gc.DeadlineExceeded, None),
+}
 
 
-@pytest.mark.parametrize("code", SERVER_CODES, ids=lambda c: c.name)
-async def test_server_status_becomes_typed_exception(client, code):
-    with pytest.raises(CODES[code]) as info:
-        async for _ in client.generate(f"abort:{code.name}:sampling.top_p: must be in (0, 1]"):
-            pass
-    error = info.value
-    assert isinstance(error, gc.GalacticError)
-    assert error.code is code
-    assert error.details == "sampling.top_p: must be in (0, 1]"
-    assert error.field == "sampling.top_p"
-    assert error.reason == "must be in (0, 1]"
+@pytest.mark.parametrize("call, error, field", DAEMON_ERRORS.values(), ids=DAEMON_ERRORS.keys())
+async def test_daemon_status_becomes_typed_exception(client, call, error, field):
+    with pytest.raises(error) as info:
+        await call(client)
+    assert isinstance(info.value, gc.GalacticError) and info.value.code is next(
+        code for code, cls in CODES.items() if cls is error)
+    assert info.value.field == field and info.value.details
 
 
 @pytest.mark.parametrize("code", list(CODES), ids=lambda c: c.name)

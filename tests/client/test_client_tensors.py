@@ -79,8 +79,14 @@ def test_unencodable_dtype_names_the_tensor():
 
 
 async def test_infer_round_trip(client):
-    inputs = {"features": np.arange(6, dtype=np.float32).reshape(2, 3), "mask": np.array([True, False])}
-    outputs = await client.infer("scorer", inputs)
-    assert set(outputs) == set(inputs)
-    for name, array in inputs.items():
-        np.testing.assert_array_equal(outputs[name], array)
+    """numpy in, numpy out through the real Inference service (the coordination model)."""
+    n_features = next(list(t.shape) for t in (await client.get_model("coordination")).inputs if t.name == "features")[1]
+    inputs = {"features": np.zeros((3, n_features), dtype=np.float32), "site": np.array([0, 1, 2], dtype=np.int64)}
+    outputs = await client.infer("coordination", inputs)
+    assert set(outputs) == {"p_success", "expected_snr"}
+    for array in outputs.values():
+        assert array.dtype == np.float32 and array.shape == (3,) and np.isfinite(array).all()
+    assert ((outputs["p_success"] >= 0) & (outputs["p_success"] <= 1)).all()
+    # The same rows score the same, alone or batched with others.
+    alone = await client.infer("coordination", {k: v[1:2] for k, v in inputs.items()})
+    np.testing.assert_allclose(alone["p_success"], outputs["p_success"][1:2], rtol=1e-5)

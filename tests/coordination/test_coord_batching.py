@@ -134,3 +134,40 @@ async def test_batch_span_links_request_spans():
     assert len(batch) == 1 and batch[0].attributes["batch.size"] == 4
     assert {link.context.span_id for link in batch[0].links} == rpcs
     assert isinstance(trace.get_current_span(), trace.Span)
+
+
+
+async def test_a_worker_fault_is_reported_and_restart_fails_what_it_held():
+    """Batches failing max_failed_batches times in a row, or a step that kills the thread,
+    make wait_faulted() return; restart() fails every held request (the one in the dead
+    step, the one queued behind it) with Unavailable, and a fresh thread serves what follows."""
+    from fault_injection import ThreadKill
+
+    kill = threading.Event()
+
+    def handler(items):
+        if kill.is_set():
+            raise ThreadKill()
+        if -7 in items:
+            raise ValueError("boom")
+        return [2 * i for i in items]
+
+    b = DynamicBatcher("t", handler, BatchLimits(max_batch_size=1, max_queue_delay_s=0.0, max_failed_batches=2))
+    await b.start()
+    try:
+        failing = await asyncio.gather(b.submit(-7), b.submit(-7), return_exceptions=True)
+        assert all(isinstance(x, ValueError) for x in failing)
+        assert "2 steps in a row failed" in await asyncio.wait_for(b.wait_faulted(), 10)
+        await b.restart()
+        assert await b.submit(4) == 8
+
+        kill.set()
+        held = asyncio.gather(b.submit(1), b.submit(2), return_exceptions=True)  # one per batch
+        assert "worker thread died" in await asyncio.wait_for(b.wait_faulted(), 10)
+        kill.clear()
+        await b.restart()
+        assert [type(x) for x in await held] == [Unavailable, Unavailable]
+        assert await b.submit(5) == 10
+        assert b.stats()["queue_depth"] == 0
+    finally:
+        await b.stop(1.0)

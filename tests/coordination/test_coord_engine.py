@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 
 import pytest
@@ -97,13 +98,18 @@ async def test_many_clients_share_model_steps(engine, request_factory):
     assert info.services == ("galactic.v1.Coordination", "galactic.v1.Inference")
 
 
-async def test_large_request_uses_the_lp(engine, request_factory):
+async def test_large_request_is_pruned_then_solved_within_capacity(engine, request_factory):
     req = request_factory(3000, seed=5)
     # Not time-critical: 300 urgent targets would fill every slot in the first pass.
     req = dataclasses.replace(req, targets=tuple(dataclasses.replace(t, time_critical=False) for t in req.targets))
     res = await engine.coordinate(req)
-    assert res.solver == "highs_lp"
+    # 3,000 x 13 pairs prune to each site's best candidates (solver.py), small enough for
+    # the Hungarian solver; the LP path is checked against it in test_coord_solver.py.
+    assert res.solver == "linear_sum_assignment"
     assert len(res.assignments) + len(res.unassigned) == 3000
+    per_site = collections.Counter(a.site_id for a in res.assignments)
+    caps = {o.site_id: engine._sites.site[engine._sites.ids.index(o.site_id)].capacity for o in req.observatories}
+    assert per_site and all(n <= caps[s] for s, n in per_site.items())
 
 
 @pytest.mark.parametrize("where,field", [

@@ -24,8 +24,10 @@ from .test_coord_servicer import request_pb
 
 
 @pytest.fixture
-async def coord_daemon(daemon_factory):
-    return await daemon_factory({"coordination": {"batching": {"max_queue_delay_ms": 2.0}}})
+async def coord_daemon(daemon_factory, tmp_path):
+    # Reloads are confined to reload_root; each test's checkpoints live in its tmp_path.
+    return await daemon_factory({"coordination": {"batching": {"max_queue_delay_ms": 2.0},
+                                                  "reload_root": str(tmp_path)}})
 
 
 @pytest.fixture
@@ -115,11 +117,35 @@ async def test_a_bad_checkpoint_is_refused_and_the_old_one_stays(client, tmp_pat
     assert resp.version == before
 
 
+@pytest.mark.parametrize("escape", ["absolute", "dotdot", "symlink"])
+async def test_reload_refuses_paths_outside_the_reload_root(client, tmp_path, tmp_path_factory, escape):
+    outside = copy_checkpoint(tmp_path_factory.mktemp("elsewhere"))  # a valid checkpoint, wrong place
+    if escape == "absolute":
+        path = str(outside)
+    elif escape == "dotdot":
+        path = str(tmp_path / ".." / outside.parent.name / outside.name)
+    else:
+        (tmp_path / "link").symlink_to(outside.parent, target_is_directory=True)
+        path = str(tmp_path / "link" / outside.name)
+    before = (await client.get_model("coordination")).version
+    with pytest.raises(errors.PermissionDenied) as err:
+        await client.reload_model("coordination", path)
+    assert err.value.field == "path" and "outside the reload root" in str(err.value)
+    assert (await client.get_model("coordination")).version == before
+
+
+async def test_a_relative_reload_path_is_taken_from_the_reload_root(client, tmp_path):
+    path = copy_checkpoint(tmp_path, name="v2.safetensors", scale=0.98)
+    info = await client.reload_model("coordination", "v2.safetensors")
+    assert json.loads(info.config_json)["checkpoint"] == str(path.resolve())
+
+
 async def test_reload_needs_an_admin_token(daemon_factory, tmp_path):
     keys, admin = tmp_path / "keys", tmp_path / "admin"
     keys.write_text("user-token\n")
     admin.write_text("ops-token\n")
-    daemon = await daemon_factory({"coordination": {}, "security": {"api_keys_file": str(keys),
+    daemon = await daemon_factory({"coordination": {"reload_root": str(tmp_path)},
+                                   "security": {"api_keys_file": str(keys),
                                                                      "admin_keys_file": str(admin)}})
     path = copy_checkpoint(tmp_path)
     async with AsyncClient(f"127.0.0.1:{daemon.port}", metadata=[("authorization", "Bearer user-token")]) as user:

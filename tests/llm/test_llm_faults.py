@@ -17,6 +17,7 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from engines.llm.runner import ModelRunner
+from fault_injection import Injected, ThreadKill
 from galactic.v1 import generation_pb2 as pb
 from galactic.v1 import generation_pb2_grpc
 
@@ -35,26 +36,6 @@ async def llm_daemon(daemon_factory, tiny_dir, adapters_root, tmp_path):
     }})
 
 
-class Injected:
-    """Replaces ModelRunner.execute: raises `error` for the next `times` steps (None: until
-    `heal()`), then runs the real step."""
-
-    def __init__(self, monkeypatch, error: BaseException, times: int | None = None) -> None:
-        self.error, self.times = error, times
-        real = ModelRunner.execute
-
-        def execute(runner, plan):
-            if self.times is None or self.times > 0:
-                if self.times is not None:
-                    self.times -= 1
-                raise self.error
-            return real(runner, plan)
-        monkeypatch.setattr(ModelRunner, "execute", execute)
-
-    def heal(self) -> None:
-        self.times = 0
-
-
 async def generate(stub, n: int = 3) -> grpc.StatusCode:
     try:
         frames = [f async for f in stub.Generate(pb.GenerateRequest(
@@ -65,30 +46,9 @@ async def generate(stub, n: int = 3) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
-class HealthWatch:
-    """The Health.Watch stream of one service, read into a queue of statuses."""
-
-    def __init__(self, channel) -> None:
-        self.seen: asyncio.Queue = asyncio.Queue()
-        self._call = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=SERVICE))
-        self._task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        async for resp in self._call:
-            self.seen.put_nowait(resp.status)
-
-    async def until(self, status) -> None:
-        while await asyncio.wait_for(self.seen.get(), 60) != status:
-            pass
-
-    def close(self) -> None:
-        self._call.cancel()
-        self._task.cancel()
-
-
 async def test_out_of_memory_fails_that_step_only(llm_daemon, channel_to, monkeypatch):
     stub = generation_pb2_grpc.GenerationStub(channel_to(llm_daemon))
-    Injected(monkeypatch, torch.OutOfMemoryError("CUDA out of memory (injected)"), times=1)
+    Injected(monkeypatch, ModelRunner, "execute", torch.OutOfMemoryError("CUDA out of memory (injected)"))
     assert await generate(stub) == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert await generate(stub) == grpc.StatusCode.OK  # serving continues, same worker
     health = await health_pb2_grpc.HealthStub(channel_to(llm_daemon)).Check(
@@ -98,39 +58,29 @@ async def test_out_of_memory_fails_that_step_only(llm_daemon, channel_to, monkey
     assert engine.running_count == 0 and engine.stats()["reserved_tokens"] == 0
 
 
-async def test_repeatedly_failing_step_restarts_the_worker(llm_daemon, channel_to, monkeypatch):
+async def test_repeatedly_failing_step_restarts_the_worker(llm_daemon, channel_to, watch_health, monkeypatch):
     ch = channel_to(llm_daemon)
     stub = generation_pb2_grpc.GenerationStub(ch)
-    watch = HealthWatch(ch)
-    try:
-        await watch.until(health_pb2.HealthCheckResponse.SERVING)
-        fault = Injected(monkeypatch, RuntimeError("injected step failure"))
-        # max_running = 1: one request per step. Three failing steps in a row give the
-        # worker up; the fourth request is still held then, and gets UNAVAILABLE.
-        codes = await asyncio.gather(*(generate(stub) for _ in range(4)))
-        await watch.until(health_pb2.HealthCheckResponse.NOT_SERVING)
-        assert sorted(c.name for c in codes) == ["INTERNAL", "INTERNAL", "INTERNAL", "UNAVAILABLE"]
-        fault.heal()  # the next restart's canary passes
-        await watch.until(health_pb2.HealthCheckResponse.SERVING)
-        assert await generate(stub) == grpc.StatusCode.OK
-    finally:
-        watch.close()
+    watch = watch_health(ch, SERVICE)
+    await watch.until(health_pb2.HealthCheckResponse.SERVING)
+    fault = Injected(monkeypatch, ModelRunner, "execute", RuntimeError("injected step failure"), repeat=True)
+    # max_running = 1: one request per step. Three failing steps in a row give the
+    # worker up; the fourth request is still held then, and gets UNAVAILABLE.
+    codes = await asyncio.gather(*(generate(stub) for _ in range(4)))
+    await watch.until(health_pb2.HealthCheckResponse.NOT_SERVING)
+    assert sorted(c.name for c in codes) == ["INTERNAL", "INTERNAL", "INTERNAL", "UNAVAILABLE"]
+    fault.heal()  # the next restart's canary passes
+    await watch.until(health_pb2.HealthCheckResponse.SERVING)
+    assert await generate(stub) == grpc.StatusCode.OK
 
 
-class ThreadKill(BaseException):
-    """Not an Exception: nothing in the step catches it, so the worker thread dies."""
-
-
-async def test_dead_worker_thread_is_restarted(llm_daemon, channel_to, monkeypatch):
+async def test_dead_worker_thread_is_restarted(llm_daemon, channel_to, watch_health, monkeypatch):
     ch = channel_to(llm_daemon)
     stub = generation_pb2_grpc.GenerationStub(ch)
-    watch = HealthWatch(ch)
-    try:
-        await watch.until(health_pb2.HealthCheckResponse.SERVING)
-        Injected(monkeypatch, ThreadKill(), times=1)
-        assert await generate(stub) == grpc.StatusCode.UNAVAILABLE  # held by the dead worker
-        await watch.until(health_pb2.HealthCheckResponse.NOT_SERVING)
-        await watch.until(health_pb2.HealthCheckResponse.SERVING)
-        assert await generate(stub) == grpc.StatusCode.OK
-    finally:
-        watch.close()
+    watch = watch_health(ch, SERVICE)
+    await watch.until(health_pb2.HealthCheckResponse.SERVING)
+    Injected(monkeypatch, ModelRunner, "execute", ThreadKill())
+    assert await generate(stub) == grpc.StatusCode.UNAVAILABLE  # held by the dead worker
+    await watch.until(health_pb2.HealthCheckResponse.NOT_SERVING)
+    await watch.until(health_pb2.HealthCheckResponse.SERVING)
+    assert await generate(stub) == grpc.StatusCode.OK
