@@ -135,9 +135,10 @@ class ModelRunner:
     # ---- the contract ----------------------------------------------------------------------
 
     def execute(self, plan: StepPlan) -> StepResult:
-        """Run `plan`: free the dropped requests, one decode forward over the running rows,
-        then the prompt chunks; return every token sampled (one per decode row, one per
-        prompt completed)."""
+        """Run `plan`: free the dropped requests, then one forward over the decode rows and
+        the prompt chunks together (static layout; the padded layout runs a decode forward,
+        then the chunks); return every token sampled (one per decode row, one per prompt
+        completed)."""
         self.free([seq for seq, _ in plan.dropped])
         if self._static is not None:
             return self._execute_packed(plan)
