@@ -24,9 +24,9 @@ class SchedulerConfig:
     # Tokens one step computes while streams are decoding: one per decoding row plus the
     # prompt tokens prefilled with them. Bounds how long arrivals stall running streams
     # (ITL) against how fast a burst is prefilled (TTFT); see engines/llm/README.md.
-    # 0 = 1.5 x max_running (48 at 32 rows): on a CPU, where a step's cost grows with its
-    # tokens, a step then stays within ~1.3x a full decode step. On a GPU a decode step is
-    # bound by memory, not FLOPs: a larger budget (512+) costs running streams little.
+    # 0 = 2 x max_running (64 at 32 rows): on a CPU, where a step's cost grows with its
+    # tokens, a step then stays within ~1.3-1.5x a full decode step. On a GPU a decode step
+    # is bound by memory, not FLOPs: a larger budget (512+) costs running streams little.
     max_step_tokens: int = 0
     priority_aging_s: float = 10.0  # a waiting request gains +1 priority per this many seconds
     max_prompt_tokens: int = 4096  # longer prompts are rejected (InvalidArgument on `prompt`)
@@ -37,9 +37,9 @@ class SchedulerConfig:
         check(self.max_batch_tokens >= 2, "max_batch_tokens", "must be >= 2")
         check(self.max_waiting >= 1, "max_waiting", "must be >= 1 (every request passes through the waiting queue)")
         check(self.prefill_chunk_tokens >= 1, "prefill_chunk_tokens", "must be >= 1")
-        check(self.max_step_tokens >= 0, "max_step_tokens", "must be >= 0 (0 = 1.5 x max_running)")
+        check(self.max_step_tokens >= 0, "max_step_tokens", "must be >= 0 (0 = 2 x max_running)")
         if self.max_step_tokens == 0:
-            object.__setattr__(self, "max_step_tokens", max(self.max_running + 1, self.max_running * 3 // 2))
+            object.__setattr__(self, "max_step_tokens", 2 * self.max_running)
         check(self.max_step_tokens > self.max_running, "max_step_tokens",
               "must exceed max_running, or a full batch would leave no room to prefill arrivals")
         check(self.priority_aging_s > 0, "priority_aging_s", "must be > 0")
@@ -136,7 +136,7 @@ max_running = 32                  # requests in the running batch at once
 max_batch_tokens = 16384          # sum of prompt + max_new_tokens over running requests (reserved on admission)
 max_waiting = 256                 # bounded waiting queue; beyond it requests fail with RESOURCE_EXHAUSTED
 prefill_chunk_tokens = 256        # at most this many prompt tokens prefilled per step (all of a step when none decodes)
-max_step_tokens = 0               # per step while streams decode: their rows + prompt tokens (0 = 1.5 x max_running); lower = smoother ITL, slower burst TTFT (GPU: 512+)
+max_step_tokens = 0               # per step while streams decode: their rows + prompt tokens (0 = 2 x max_running); lower = smoother ITL, slower burst TTFT (GPU: 512+)
 priority_aging_s = 10.0           # a waiting request gains +1 priority per this many seconds waited
 max_prompt_tokens = 4096          # longer prompts are rejected (INVALID_ARGUMENT on `prompt`)
 max_new_tokens_limit = 4096       # largest sampling.max_new_tokens accepted

@@ -252,7 +252,7 @@ def test_a_step_with_no_decoding_row_may_prefill_a_whole_chunk():
     assert len(later.decode) == 3 and later.num_tokens == 8
 
 
-def test_default_step_budget_is_one_and_a_half_rows_per_running_row():
-    assert SchedulerConfig(max_running=32).max_step_tokens == 48
+def test_default_step_budget_is_two_tokens_per_running_row():
+    assert SchedulerConfig(max_running=32).max_step_tokens == 64
     assert SchedulerConfig(max_running=1).max_step_tokens == 2  # must exceed max_running
     assert SchedulerConfig(max_running=32, max_step_tokens=512).max_step_tokens == 512
