@@ -286,8 +286,7 @@ device = "cpu"
 [llm.scheduler]
 max_running = {max_running}
 max_waiting = 256
-prefill_chunk_tokens = 512
-max_step_tokens = {max_step_tokens}
+{f"max_step_tokens = {max_step_tokens}" if max_step_tokens else "# max_step_tokens: the engine's default"}
 [llm.adapters]
 root = "{adapters_dir}"
 max_loaded = 4
@@ -416,7 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller model, fewer tokens, one round (< 5 min)")
     parser.add_argument("--json", type=Path, required=True, help="write results here")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
-    parser.add_argument("--max-step-tokens", type=int, default=256, help="galacticd's scheduler.max_step_tokens")
+    parser.add_argument("--max-step-tokens", type=int, default=0,
+                        help="galacticd's scheduler.max_step_tokens (default: the engine's own default)")
     parser.add_argument("--compare-step-tokens", default="",
                         help="comma-separated other max_step_tokens values, each served by its own galacticd "
                              "(system galacticd@N), interleaved with the rest at concurrency > 1")

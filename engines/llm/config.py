@@ -21,10 +21,13 @@ class SchedulerConfig:
     max_batch_tokens: int = 16384  # sum over running requests of prompt + max_new_tokens (reserved up front)
     max_waiting: int = 256  # bounded waiting queue; beyond it generate() raises ResourceExhausted
     prefill_chunk_tokens: int = 256  # at most this many prompt tokens prefilled per step
-    # Tokens one step computes: one per decoding row plus the prompt tokens prefilled with
-    # them. Bounds how long arrivals stall running streams (ITL) against how fast a burst
-    # is prefilled (TTFT); see engines/llm/README.md.
-    max_step_tokens: int = 256
+    # Tokens one step computes while streams are decoding: one per decoding row plus the
+    # prompt tokens prefilled with them. Bounds how long arrivals stall running streams
+    # (ITL) against how fast a burst is prefilled (TTFT); see engines/llm/README.md.
+    # 0 = 1.5 x max_running (48 at 32 rows): on a CPU, where a step's cost grows with its
+    # tokens, a step then stays within ~1.3x a full decode step. On a GPU a decode step is
+    # bound by memory, not FLOPs: a larger budget (512+) costs running streams little.
+    max_step_tokens: int = 0
     priority_aging_s: float = 10.0  # a waiting request gains +1 priority per this many seconds
     max_prompt_tokens: int = 4096  # longer prompts are rejected (InvalidArgument on `prompt`)
     max_new_tokens_limit: int = 4096  # upper bound accepted for sampling.max_new_tokens
@@ -34,6 +37,9 @@ class SchedulerConfig:
         check(self.max_batch_tokens >= 2, "max_batch_tokens", "must be >= 2")
         check(self.max_waiting >= 1, "max_waiting", "must be >= 1 (every request passes through the waiting queue)")
         check(self.prefill_chunk_tokens >= 1, "prefill_chunk_tokens", "must be >= 1")
+        check(self.max_step_tokens >= 0, "max_step_tokens", "must be >= 0 (0 = 1.5 x max_running)")
+        if self.max_step_tokens == 0:
+            object.__setattr__(self, "max_step_tokens", max(self.max_running + 1, self.max_running * 3 // 2))
         check(self.max_step_tokens > self.max_running, "max_step_tokens",
               "must exceed max_running, or a full batch would leave no room to prefill arrivals")
         check(self.priority_aging_s > 0, "priority_aging_s", "must be > 0")
@@ -82,7 +88,17 @@ class LLMConfig:
     # carries a mask, so eager wins on CUDA. On the CPU sdpa is as fast and matches generate().
     attention: Literal["auto", "sdpa", "eager"] = "auto"
     trust_remote_code: bool = False  # run Python shipped with the model dir; only for dirs you trust
-    compile: bool = False  # torch.compile the forward and warm it before ready (slow start-up)
+    # "decode": decode-only steps run with static shapes (rows padded to batch buckets, the
+    # KV cache allocated once at its maximum) through torch.compile, with CUDA graphs on a
+    # GPU (mode reduce-overhead), warmed at every bucket before ready (slow start-up; needs
+    # kv_cache = "static"). Steps that prefill stay eager. On the CPU keep "off": compiling
+    # did not measurably help there.
+    compile: Literal["off", "decode"] = "off"
+    # KV cache layout: "static" = one slot per request and one forward per step, decode rows
+    # and prompt chunks together (engines/llm/slots.py); "dynamic" = a padded DynamicCache,
+    # a decode forward then separate prefill forwards (batch.py), for models whose attention
+    # does not go through transformers' attention interface.
+    kv_cache: Literal["static", "dynamic"] = "static"
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     adapters: AdapterConfig = field(default_factory=AdapterConfig)
 
@@ -99,6 +115,8 @@ class LLMConfig:
             "quantization",
             f"{self.quantization} (bitsandbytes) needs CUDA; on the CPU choose 'int8-dynamic' or 'none'",
         )
+        check(not (self.compile == "decode" and self.kv_cache != "static"), "compile",
+              "'decode' compiles the static KV layout's decode step; it needs kv_cache = \"static\"")
 
 
 DEFAULT_TOML = """\
@@ -110,14 +128,15 @@ dtype = "auto"                    # auto | float32 | bfloat16 | float16   (auto 
 quantization = "none"             # none | int8 | nf4 (bitsandbytes, CUDA only) | int8-dynamic (CPU only)
 attention = "auto"                # auto | sdpa | eager   (auto => eager on CUDA: SDPA with a padding mask is ~4x slower there)
 trust_remote_code = false         # run Python shipped with the model dir; only for dirs you trust
-compile = false                   # torch.compile the forward and warm it up before ready
+compile = "off"                   # off | decode (torch.compile + CUDA graphs for decode steps, warmed before ready)
+kv_cache = "static"               # static (one forward per step: decode rows + prompt chunks) | dynamic (padded cache)
 
 [llm.scheduler]
 max_running = 32                  # requests in the running batch at once
 max_batch_tokens = 16384          # sum of prompt + max_new_tokens over running requests (reserved on admission)
 max_waiting = 256                 # bounded waiting queue; beyond it requests fail with RESOURCE_EXHAUSTED
-prefill_chunk_tokens = 256        # at most this many prompt tokens prefilled per scheduler step
-max_step_tokens = 256             # per step: decoding rows + prompt tokens; lower = smoother ITL, slower burst TTFT
+prefill_chunk_tokens = 256        # at most this many prompt tokens prefilled per step (all of a step when none decodes)
+max_step_tokens = 0               # per step while streams decode: their rows + prompt tokens (0 = 1.5 x max_running); lower = smoother ITL, slower burst TTFT (GPU: 512+)
 priority_aging_s = 10.0           # a waiting request gains +1 priority per this many seconds waited
 max_prompt_tokens = 4096          # longer prompts are rejected (INVALID_ARGUMENT on `prompt`)
 max_new_tokens_limit = 4096       # largest sampling.max_new_tokens accepted

@@ -156,10 +156,22 @@ class LLMEngine:
         # The served model is the same LightningModule class that training fine-tunes; its
         # forward is the HF model's, so the step pays one extra Python call and no more.
         self.module = CausalLMModule(model)
-        self._runner = ModelRunner(self.module, self._device, bank.ctx)
-        if self.config.compile:
-            progress("compiling the forward pass (torch.compile)")
-            self._runner.compile()
+        if self.config.kv_cache == "static":
+            from engines.llm import slots
+
+            slots.register()
+            model.config._attn_implementation = slots.ATTENTION
+            sched = self.config.scheduler
+            self._runner = ModelRunner(
+                self.module, self._device, bank.ctx, kv_slots=sched.max_running, hf_config=model.config,
+                dtype=model.get_input_embeddings().weight.dtype,
+                decode_graph="compiled" if self.config.compile == "decode" else "off",
+                max_len=min(self._max_positions, sched.max_prompt_tokens + sched.max_new_tokens_limit))
+        else:
+            self._runner = ModelRunner(self.module, self._device, bank.ctx)
+        if self.config.compile == "decode":
+            progress(f"compiling the decode step for batch sizes {self._runner.buckets} (torch.compile)")
+            self._runner.warm_up()
         progress("ready")
 
     async def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -411,7 +423,7 @@ class LLMEngine:
         delivered.wait(_FIRST_TOKEN_HANDOFF_S)
 
     def _step_locked(self) -> bool:
-        """One step; True if it sampled some request's first token."""
+        """One step; True if it sampled a first token and no stream was decoding."""
         with self._lock:
             plan = self._scheduler.schedule(time.monotonic())
             for seq, _ in plan.dropped:
@@ -434,7 +446,9 @@ class LLMEngine:
         self._counters["steps_total"] += 1
         self._m.batch_size.observe(result.decode_rows)
         self._m.step_tokens.observe(plan.num_tokens)
-        return any(s.first for s in result.sampled)
+        # Hand a first token over before the next step only if no stream decoded in this
+        # one: with streams running, the wait would add to every running stream's gap.
+        return result.decode_rows == 0 and any(s.first for s in result.sampled)
 
     def _apply(self, result: StepResult) -> None:
         """Stream every sampled token; end the requests they finished."""

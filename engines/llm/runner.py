@@ -16,18 +16,26 @@ steps is prefilled alone, chunk by chunk, into its own cache. A row joins the ru
 in the step its prompt completes, with its first sampled token as its next input, and
 decodes from the next step on. Greedy output equals solo `generate()` token for token in
 fp32: each row keeps its own positions and a padding mask.
+
+That is the padded layout (`kv_cache = "dynamic"`). The default static layout (`slots.py`)
+runs each step as one forward over decode rows and prompt chunks together. On top of it,
+`decode_graph` gives decode-only steps static shapes (rows padded to a bucket, attention
+over the cache's fixed capacity), which is what CUDA graphs need: "compiled" runs them
+through `torch.compile(mode="reduce-overhead")`, "eager" runs the same padded step
+uncompiled (so the CPU tests check the exact layout the GPU compiles).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import torch
 
 from engines.llm.batch import DecodeBatch
 from engines.llm.sampling import make_generator, sample_batch
 from engines.llm.scheduler import PrefillChunk, Sequence, StepPlan
+from engines.llm.slots import Chunk, PackedStep, SlotCache
 
 
 @dataclass
@@ -49,60 +57,91 @@ class StepResult:
 class _RowState:
     generator: torch.Generator | None
     seen: torch.Tensor | None  # prompt + generated ids, only with a repetition penalty
-    cache: Any = None  # DynamicCache while the prompt is prefilled in chunks
+    cache: Any = None  # DynamicCache while the prompt is prefilled in chunks (padded layout)
+    next_token: int = 0  # the next decode input (static layout)
 
 
 class ModelRunner:
-    def __init__(self, model: Any, device: torch.device, lora_ctx: Any = None) -> None:
+    """`kv_slots=None`: the padded layout (`batch.py`: a decode forward, then prefill
+    forwards). `kv_slots=S`: the static layout (`slots.py`): S cache slots and one forward
+    per step; the model's attention must then be `slots.ATTENTION` (the engine sets it)."""
+
+    def __init__(self, model: Any, device: torch.device, lora_ctx: Any = None, *, kv_slots: int | None = None,
+                 hf_config: Any = None, dtype: torch.dtype = torch.float32,
+                 decode_graph: Literal["off", "eager", "compiled"] = "off", max_len: int | None = None,
+                 decode_math: bool | None = None) -> None:
         self.model = model
         self.device = device
         self._lora_ctx = lora_ctx  # LoRABank.ctx: `.index` selects each row's adapter slot
         self._call: Callable[..., Any] = model
         self.batch: DecodeBatch[Sequence] = DecodeBatch(device)
         self._rows: dict[Sequence, _RowState] = {}
+        self._static = None
+        self._math = device.type == "cuda" if decode_math is None else decode_math  # see PackedStep.math
+        self._graph: Callable[..., Any] | None = None  # the decode-only step with static shapes
+        self.buckets: list[int] = []
+        if kv_slots is not None:
+            if decode_graph == "off":
+                cache = SlotCache(hf_config, kv_slots, device, dtype)
+            else:
+                # One scratch slot more (padding rows write there), and the capacity fixed at
+                # its maximum: a captured graph keeps the buffers' addresses.
+                cache = SlotCache(hf_config, kv_slots + 1, device, dtype, capacity=max_len or 1 << 30, max_capacity=max_len)
+                self.buckets = decode_buckets(kv_slots)
+                self._graph = model
+                if decode_graph == "compiled":
+                    self._graph = self._compile_decode(cache)
+            self._static = _SlotTable(cache, kv_slots)
+        elif decode_graph != "off":
+            raise ValueError("decode_graph needs the static layout (kv_slots)")
 
     # ---- the one place the model is called ----------------------------------------------
 
-    def _forward(self, slots: list[int], **inputs: Any) -> torch.Tensor:
+    def _forward(self, slots: list[int], call: Callable[..., Any] | None = None, **inputs: Any) -> torch.Tensor:
         """One forward pass; returns the last position's logits (B, V)."""
         if self._lora_ctx is not None:
             self._lora_ctx.index = torch.tensor(slots, device=self.device) if any(slots) else None
-        return self._call(**inputs).logits[:, -1]
+        return (self._call if call is None else call)(**inputs).logits[:, -1]
 
-    def compile(self) -> None:
-        """torch.compile the forward and warm it with the exact call signatures a step uses
-        (batched prefill and decode with and without a padding mask, chunked prefill), at
-        sizes that make shapes go dynamic; otherwise the first requests pay the compilation. Adapters loaded later
-        change the module tree and cost one more compilation on first use."""
-        from transformers import DynamicCache
+    def _compile_decode(self, cache: SlotCache) -> Callable[..., Any]:
+        """torch.compile for the decode-only step. The cache buffers are marked static, so
+        CUDA graphs write them in place instead of copying them in and out every step."""
+        import torch._dynamo
 
-        self._call = torch.compile(self.model, dynamic=True)
-        dev = self.device
+        for buf in cache.k + cache.v:
+            torch._dynamo.mark_static_address(buf)
+        # One graph per batch bucket (and per LoRA on/off): more than dynamo's default
+        # recompile limit of 8 would silently fall back to eager.
+        limit = 4 * len(self.buckets) + 8
+        for name in ("recompile_limit", "cache_size_limit"):
+            if hasattr(torch._dynamo.config, name):
+                setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), limit))
+        mode = "reduce-overhead" if self.device.type == "cuda" else None  # CUDA graphs need CUDA
+        return torch.compile(self.model, mode=mode, dynamic=False)
+
+    def warm_up(self) -> None:
+        """Run the decode-only step at every batch bucket (three times: CUDA graphs record on
+        a later call than the first), writing only to the scratch slot; otherwise the first
+        requests to reach each batch size would pay a compilation."""
+        if self._graph is None:
+            return
+        cache = self._static.cache
         with torch.no_grad():
-            for rows, width in ((1, 5), (2, 6), (3, 9)):  # size 1 is specialised by torch: warm it too
-                ids = torch.ones(rows, width, dtype=torch.long, device=dev)
-                for padded in (False, True) if rows > 1 else (False,):
-                    mask = torch.ones_like(ids)
-                    if padded:
-                        mask[0, :2] = 0
-                    pos = (mask.cumsum(1) - 1).clamp(min=0)
-                    cache = DynamicCache()
-                    self._forward([0] * rows, input_ids=ids, attention_mask=mask if padded else None,
-                                  position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1)
-                    for step in range(2):
-                        mask = torch.cat([mask, mask.new_ones(rows, 1)], 1)
-                        self._forward([0] * rows, input_ids=ids[:, :1], attention_mask=mask if padded else None,
-                                      position_ids=pos[:, -1:] + 1 + step, cache=cache, use_cache=True)
-                self._forward([0], input_ids=ids[:1], position_ids=torch.arange(width, device=dev).view(1, -1),
-                              cache=DynamicCache(), use_cache=True, logits_to_keep=1)
+            for rows in self.buckets:
+                for _ in range(3):
+                    self._run_graph([0] * rows, [0] * rows, [cache.slots - 1] * rows, [0] * rows)
+        self._static.clear()
 
     # ---- the contract ----------------------------------------------------------------------
 
     def execute(self, plan: StepPlan) -> StepResult:
-        """Run `plan`: free the dropped requests, one decode forward over the running rows,
-        then the prompt chunks; return every token sampled (one per decode row, one per
-        prompt completed)."""
+        """Run `plan`: free the dropped requests, then one forward over the decode rows and
+        the prompt chunks together (static layout; the padded layout runs a decode forward,
+        then the chunks); return every token sampled (one per decode row, one per prompt
+        completed)."""
         self.free([seq for seq, _ in plan.dropped])
+        if self._static is not None:
+            return self._execute_packed(plan)
         result = StepResult()
         if plan.decode:
             self._sync_rows(plan.decode)
@@ -124,6 +163,8 @@ class ModelRunner:
         gone = set(seqs)
         for seq in gone:
             self._rows.pop(seq, None)
+            if self._static is not None:
+                self._static.release(seq)
         if any(r in gone for r in self.batch.rows):
             self.batch.keep([i for i, r in enumerate(self.batch.rows) if r not in gone])
 
@@ -131,9 +172,13 @@ class ModelRunner:
         """After a failed step: drop all state (the scheduler aborted every admitted request)."""
         self.batch = DecodeBatch(self.device)
         self._rows.clear()
+        if self._static is not None:
+            self._static.clear()
 
     @property
     def kv_tokens(self) -> int:
+        if self._static is not None:
+            return sum(self._static.cache.lengths)
         return len(self.batch) * self.batch.length
 
     # ---- steps -------------------------------------------------------------------------------
@@ -197,6 +242,105 @@ class ModelRunner:
         state.cache = None
         result.sampled.append(Sampled(seq, token, logprob, True))
 
+    # ---- the static layout: one forward per step ---------------------------------------------
+
+    def _execute_packed(self, plan: StepPlan) -> StepResult:
+        """Decode rows (slots 0..B-1, one token each) and prompt chunks as one (N, 1) batch."""
+        table, cache = self._static, self._static.cache
+        table.sync(plan.decode)
+        B = table.decoding
+        if self._graph is not None and B and not plan.prefill:
+            return self._decode_graph_step(B)
+        ids: list[int] = []
+        pos: list[int] = []
+        where: list[int] = []
+        lora: list[int] = []
+        for i in range(B):
+            seq = table.seqs[i]
+            ids.append(self._rows[seq].next_token)
+            pos.append(cache.lengths[i])
+            where.append(i)
+            lora.append(seq.slot)
+        chunks: list[tuple[PrefillChunk, Chunk]] = []
+        for pc in plan.prefill:
+            seq, start, n = pc.seq, pc.start, pc.length
+            self._state(seq)
+            slot = table.assign(seq)
+            c = Chunk(at=len(ids), n=n, slot=slot, start=start)
+            if start:  # earlier chunks are cached: row i of the chunk sees columns <= start + i
+                cols = torch.arange(start + n, device=self.device)
+                c.mask = cols.view(1, -1) <= torch.arange(start, start + n, device=self.device).view(-1, 1)
+            chunks.append((pc, c))
+            ids.extend(seq.prompt_ids[start: start + n])
+            pos.extend(range(start, start + n))
+            where.extend([slot] * n)
+            lora.extend([seq.slot] * n)
+        cache.ensure(max(p + 1 for p in pos))
+        width = max(pos[:B]) + 1 if B else 0
+        mask = None
+        if B and min(pos[:B]) + 1 != width:  # rows of different lengths: hide each row's unused columns
+            lengths = torch.tensor(pos[:B], device=self.device)
+            mask = (torch.arange(width, device=self.device).view(1, -1) <= lengths.view(-1, 1)).view(B, 1, 1, width)
+        dev = self.device
+        pos_t = torch.tensor(pos, dtype=torch.long, device=dev)
+        step = PackedStep(cache, B, width, mask, torch.tensor(where, dtype=torch.long, device=dev), pos_t,
+                          [c for _, c in chunks], math=self._math)
+        logits = self._forward(lora, input_ids=torch.tensor(ids, dtype=torch.long, device=dev).view(-1, 1),
+                               position_ids=pos_t.view(-1, 1), use_cache=False, galactic_step=step)  # (N, V)
+        for i in range(B):
+            cache.lengths[i] += 1
+        result = StepResult(decode_rows=B, prefill_tokens=plan.prefill_tokens)
+        if B:
+            rows = table.seqs[:B]
+            picks = self._sample(rows, logits[:B])
+            for seq, (t, lp) in zip(rows, picks):
+                self._rows[seq].next_token = t
+                result.sampled.append(Sampled(seq, t, lp, False))
+        done = []
+        for pc, c in chunks:
+            cache.lengths[c.slot] = c.start + c.n
+            if pc.last:
+                done.append((pc.seq, c.at + c.n - 1))
+        if done:
+            seqs = [s for s, _ in done]
+            picks = self._sample(seqs, logits[torch.tensor([i for _, i in done], device=logits.device)])
+            for seq, (t, lp) in zip(seqs, picks):
+                self._rows[seq].next_token = t
+                table.start_decoding(seq)
+                result.sampled.append(Sampled(seq, t, lp, True))
+        return result
+
+    def _decode_graph_step(self, B: int) -> StepResult:
+        """A decode-only step with static shapes: B rows padded to a bucket, attention over
+        the whole capacity under a mask. Padding rows read slots B.. (harmless: their
+        outputs are dropped) and write only the scratch slot."""
+        table, cache = self._static, self._static.cache
+        rows = table.seqs[:B]
+        cache.ensure(max(cache.lengths[:B]) + 1)  # raises past the fixed capacity
+        pad = next(b for b in self.buckets if b >= B) - B
+        logits = self._run_graph([self._rows[s].next_token for s in rows] + [0] * pad,
+                                 cache.lengths[:B] + [0] * pad,
+                                 list(range(B)) + [cache.slots - 1] * pad,
+                                 [s.slot for s in rows] + [0] * pad)[:B]
+        for i in range(B):
+            cache.lengths[i] += 1
+        result = StepResult(decode_rows=B)
+        for seq, (t, lp) in zip(rows, self._sample(rows, logits)):
+            self._rows[seq].next_token = t
+            result.sampled.append(Sampled(seq, t, lp, False))
+        return result
+
+    def _run_graph(self, ids: list[int], pos: list[int], where: list[int], lora: list[int]) -> torch.Tensor:
+        cache, dev = self._static.cache, self.device
+        pos_t = torch.tensor(pos, dtype=torch.long, device=dev)
+        cols = torch.arange(cache.capacity, device=dev).view(1, -1)
+        mask = (cols <= pos_t.view(-1, 1)).view(len(ids), 1, 1, -1)
+        step = PackedStep(cache, len(ids), cache.capacity, mask, torch.tensor(where, dtype=torch.long, device=dev),
+                          pos_t, math=self._math)
+        return self._forward(lora, call=self._graph,
+                             input_ids=torch.tensor(ids, dtype=torch.long, device=dev).view(-1, 1),
+                             position_ids=pos_t.view(-1, 1), use_cache=False, galactic_step=step)
+
     def _state(self, seq: Sequence) -> _RowState:
         state = self._rows.get(seq)
         if state is None:
@@ -212,3 +356,76 @@ class ModelRunner:
             if st.seen is not None:
                 st.seen = torch.cat([st.seen, torch.tensor([token])])
         return picks
+
+
+def decode_buckets(max_rows: int) -> list[int]:
+    """Batch sizes the static decode step is padded to: 1, 2, 4, 8, then every 8, and
+    `max_rows` (at most 7 rows of padding, a handful of graphs)."""
+    sizes = {b for b in (1, 2, 4, 8) if b < max_rows} | set(range(8, max_rows, 8)) | {max_rows}
+    return sorted(sizes)
+
+
+class _SlotTable:
+    """Which request holds which cache slot. Decoding rows hold slots 0..decoding-1 (so the
+    decode group reads a view of the cache); prompts being prefilled hold free slots above.
+    Slots past `usable` (the decode graph's scratch slot) are never handed out."""
+
+    def __init__(self, cache: SlotCache, usable: int) -> None:
+        self.cache = cache
+        self.usable = usable
+        self.seqs: list[Sequence | None] = [None] * usable
+        self.slot: dict[Sequence, int] = {}
+        self.decoding = 0
+
+    def assign(self, seq: Sequence) -> int:
+        s = self.slot.get(seq)
+        if s is None:
+            s = next(i for i in range(self.decoding, len(self.seqs)) if self.seqs[i] is None)
+            self.seqs[s], self.slot[seq] = seq, s
+            self.cache.lengths[s] = 0
+        return s
+
+    def start_decoding(self, seq: Sequence) -> None:
+        """`seq`'s prompt is cached: it takes slot `decoding` (moving whoever is there)."""
+        s, d = self.slot[seq], self.decoding
+        if s != d:
+            other = self.seqs[d]
+            if other is None:
+                self.cache.move(s, d)
+            else:
+                self.cache.swap(s, d)
+                self.seqs[s], self.slot[other] = other, s
+            self.seqs[d], self.slot[seq] = seq, d
+            if other is None:
+                self.seqs[s] = None
+        self.decoding += 1
+
+    def release(self, seq: Sequence) -> None:
+        s = self.slot.pop(seq, None)
+        if s is None:
+            return
+        self.seqs[s] = None
+        self.cache.lengths[s] = 0
+        if s < self.decoding:  # keep decoding rows compact: the last one fills the hole
+            last = self.decoding - 1
+            if s != last:
+                moved = self.seqs[last]
+                self.cache.move(last, s)
+                self.seqs[s], self.seqs[last], self.slot[moved] = moved, None, s
+            self.decoding -= 1
+
+    def sync(self, rows: list[Sequence]) -> None:
+        """The decoding slots must hold exactly the plan's decode rows."""
+        live = self.seqs[: self.decoding]
+        if len(live) != len(rows) or set(live) != set(rows):
+            wanted = set(rows)
+            for seq in [s for s in live if s not in wanted]:
+                self.release(seq)
+            if self.decoding != len(rows):
+                raise RuntimeError("decode rows that were never prefilled")
+
+    def clear(self) -> None:
+        self.seqs = [None] * self.usable
+        self.slot.clear()
+        self.decoding = 0
+        self.cache.lengths = [0] * self.cache.slots

@@ -19,7 +19,8 @@ scheduler keeps three sets:
 
 Every step: (a) drop cancelled or expired requests from all three sets (they never reach
 the runner); (b) every running row decodes one token; (c) what is left of the step's token
-budget (`max_step_tokens` minus the decode rows, at most `prefill_chunk_tokens`) goes to
+budget (`max_step_tokens` minus the decode rows, at most `prefill_chunk_tokens`; with no
+row decoding, nobody waits on the step and it may prefill `prefill_chunk_tokens`) goes to
 prompt tokens: first prompts already being prefilled, then newly admitted ones, while
 `max_running` rows and the reserved-token budget (`max_batch_tokens`, prompt +
 max_new_tokens per request, reserved on admission so that a running request can always
@@ -223,8 +224,10 @@ class Scheduler:
         self._drop(now, plan)
         plan.decode = list(self.running)
         cfg = self.config
-        budget = min(cfg.prefill_chunk_tokens, cfg.max_step_tokens - len(plan.decode))
-        budget = max(budget, 1)  # arrivals always progress, even with a full step of rows
+        if plan.decode:  # running streams wait for this step: bound it
+            budget = max(1, min(cfg.prefill_chunk_tokens, cfg.max_step_tokens - len(plan.decode)))
+        else:  # nobody waits on this step: prefill as much as a step may
+            budget = cfg.prefill_chunk_tokens
         for seq in self.prefilling:  # prompts already under way, oldest first
             if budget <= 0:
                 break

@@ -280,7 +280,7 @@ async def test_llm_compiled_engine_matches_eager(tiny_dir, adapters_root, refere
     from engines.llm.engine import LLMEngine
     from llm_helpers import greedy_reference
 
-    eng = LLMEngine(dataclasses.replace(make_config(tiny_dir, adapters_root), compile=True))
+    eng = LLMEngine(dataclasses.replace(make_config(tiny_dir, adapters_root), compile="decode"))
     eng.load(lambda msg: None)
     await eng.start(asyncio.get_running_loop())
     try:

@@ -237,3 +237,22 @@ def test_step_budget_must_leave_room_for_prefill(bad):
 
     with pytest.raises(ConfigError, match="max_step_tokens"):
         config(**bad)
+
+
+def test_a_step_with_no_decoding_row_may_prefill_a_whole_chunk():
+    """Nobody waits on a step without decode rows: it prefills up to prefill_chunk_tokens,
+    beyond max_step_tokens; once rows decode, the step budget applies again."""
+    sched, runner = Scheduler(config(max_running=4, max_step_tokens=8, prefill_chunk_tokens=64)), FakeRunner()
+    for i in range(3):
+        sched.add(seq(f"p{i}", prompt=10, new=50))
+    first = step(sched, runner, 0.0)
+    assert first.prefill_tokens == 30 and not first.decode
+    sched.add(seq("late", prompt=10, new=5))
+    later = step(sched, runner, 1.0)
+    assert len(later.decode) == 3 and later.num_tokens == 8
+
+
+def test_default_step_budget_is_one_and_a_half_rows_per_running_row():
+    assert SchedulerConfig(max_running=32).max_step_tokens == 48
+    assert SchedulerConfig(max_running=1).max_step_tokens == 2  # must exceed max_running
+    assert SchedulerConfig(max_running=32, max_step_tokens=512).max_step_tokens == 512
