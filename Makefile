@@ -12,7 +12,7 @@ PROTO_VENV ?= .venv-protos
 PROTO_PY := $(PROTO_VENV)/bin/python
 PROTO_STAMP := $(PROTO_VENV)/.installed-stamp
 
-.PHONY: serve test test-fast protos check-protos install lock bench clean
+.PHONY: serve test test-fast test-reproduce protos check-protos install lock bench clean
 
 $(STAMP): requirements/lock.txt pyproject.toml clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ serve: $(STAMP)
 
 test: $(STAMP) check-protos
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The shipped coordination checkpoint re-trained from its recipe, weights compared (2-3 min
+# on a quiet 2-core machine; CI runs it after `make test`).
+test-reproduce: $(STAMP)
+	GALACTIC_REPRODUCE_RECIPE=1 $(PY) -m pytest -q tests/coordination/test_coord_training.py -k reproduces
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
