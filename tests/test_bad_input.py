@@ -165,3 +165,25 @@ async def test_bounds_come_from_config_and_name_the_field(daemon_factory, channe
     assert frames[0].request_id == "s"
     assert frames[0].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert errors.from_status(frames[0].error).field == "request.targets"
+
+
+def test_bounds_name_the_offending_entry_deep_in_a_long_list():
+    # 1,000 targets are checked in one pass over their ids; the error still names the entry.
+    from daemon.config import LimitsConfig
+    from daemon.validation import Bounds
+    from engines.errors import InvalidArgument
+    from galactic.v1 import coordination_pb2 as cpb
+
+    bounds = Bounds(LimitsConfig(max_id_chars=16))
+    req = cpb.CoordinateRequest(targets=[cpb.Target(id=f"t{i}") for i in range(1000)],
+                                observatories=[cpb.Observatory(site_id=f"s{j}") for j in range(3)])
+    bounds.check(req, "request")  # all within bounds
+    req.targets[737].id = "x" * 17
+    with pytest.raises(InvalidArgument) as err:
+        bounds.check(req, "request")
+    assert err.value.field == "request.targets[737].id" and "17 characters exceed the limit of 16" in err.value.message
+    req.targets[737].id = "t737"
+    req.observatories[2].site_id = "y" * 20
+    with pytest.raises(InvalidArgument) as err:
+        bounds.check(req)
+    assert err.value.field == "observatories[2].site_id"
