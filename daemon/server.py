@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import time
 from dataclasses import dataclass, field
@@ -131,6 +132,12 @@ class Daemon:
         log.info("listening", port=self.port, services=names, metrics_port=self.metrics_port)
 
         await self._load_engines()
+        # What exists now (modules, the models' Python objects, tokenizers) lives as long as
+        # the process: freeze it out of the collector's reach. Otherwise every full
+        # collection walks ~400k objects, a 200-300 ms pause of every thread (measured with
+        # the coordination model loaded), which becomes every request's p99.
+        gc.collect()
+        gc.freeze()
         self.admission.ready = True
         for name in ["", *names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
