@@ -81,3 +81,16 @@ def test_separation_and_airmass():
     assert sky.separation_deg(0.0, 89.0, 180.0, 89.0) == pytest.approx(2.0)
     x = sky.airmass(np.array([90.0, 30.0, -1.0]))
     assert x[0] == pytest.approx(1.0, abs=1e-3) and x[1] == pytest.approx(1.995, abs=0.01) and np.isinf(x[2])
+
+
+def test_pair_forms_equal_the_elementwise_forms_bit_for_bit():
+    # The engine computes pair altitude and Moon separation from per-target and per-site
+    # trigonometry; training features and served features must stay identical to the bit.
+    rng = np.random.default_rng(11)
+    ra, dec = rng.uniform(0, 360, 300), rng.uniform(-90, 90, 300)
+    lst, lat = rng.uniform(0, 360, 9), rng.uniform(-70, 70, 9)
+    pt, ps = np.repeat(np.arange(300), 9), np.tile(np.arange(9), 300)
+    assert np.array_equal(sky.altitude_pairs_deg(ra, dec, lst, lat, pt, ps),
+                          sky.altaz_deg(ra[pt], dec[pt], lst[ps], lat[ps])[0])
+    assert np.array_equal(sky.separation_pairs_deg(ra, dec, lst, lat, pt, ps),
+                          sky.separation_deg(ra[pt], dec[pt], lst[ps], lat[ps]))
