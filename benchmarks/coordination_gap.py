@@ -27,22 +27,13 @@ import sys
 import time
 from pathlib import Path
 
-import lightning as L
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from engines.coordination.model import CoordNet, CoordNetConfig  # noqa: E402
 from training.coordination import default, evaluate as ev, train  # noqa: E402
 from training.coordination.scenario import DEFAULT_SCENARIO  # noqa: E402
-from training.coordination.sitelog import Logs  # noqa: E402
-
-
-def central(logs: list[Logs], fit: train.FitConfig, **net) -> CoordNet:
-    L.seed_everything(fit.seed, verbose=False)
-    model = CoordNet(CoordNetConfig(n_sites=len(logs), **net))
-    return train.fit(model, Logs.concat(logs), fit.epochs, fit)
 
 
 def main() -> int:
@@ -61,10 +52,10 @@ def main() -> int:
     _, logs_more = default.site_logs(more)
     big = {"hidden": 256, "n_layers": 3}
     models = {
-        "base": central(logs, base.fit),
-        "capacity": central(logs, base.fit, **big),
-        "data": central(logs_more, base.fit),
-        "capacity+data": central(logs_more, base.fit, **big),
+        "base": train.train_central(logs, base.fit),
+        "capacity": train.train_central(logs, base.fit, **big),
+        "data": train.train_central(logs_more, base.fit),
+        "capacity+data": train.train_central(logs_more, base.fit, **big),
     }
     methods = {name: ev.solve_with(ev.model_scorer(m, sim)) for name, m in models.items()}
     eval_seed = args.seed + 1000

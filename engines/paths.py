@@ -12,8 +12,10 @@ from engines.errors import InvalidArgument, PermissionDenied
 
 
 def confine(path: str, root: Path, what: str, field: str = "path") -> Path:
-    """`path` resolved, if it lies inside `root` (already resolved); PermissionDenied naming
-    `field` otherwise, InvalidArgument for a path the OS cannot take (a NUL byte, too long)."""
+    """`path` resolved, if it lies inside `root` (resolved here too: `~` and symlinks in a
+    configured root are fine); PermissionDenied naming `field` otherwise, InvalidArgument
+    for a path the OS cannot take (a NUL byte, too long)."""
+    root = root.expanduser().resolve()
     try:
         p = Path(path).expanduser()
         full = (p if p.is_absolute() else root / p).resolve()

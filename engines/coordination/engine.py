@@ -130,7 +130,7 @@ class CoordinationEngine:
         self._require_ready()
         if not str(path):
             raise InvalidArgument("a checkpoint path is required", field="path")
-        full = confine(str(path), self.config.reload_root.expanduser().resolve(), "reload")
+        full = confine(str(path), self.config.reload_root, "reload")
         async with self._reload_lock:
             new = await asyncio.to_thread(self._read, full, "path")
             self._weights = new  # the next step picks it up; a running step keeps its own

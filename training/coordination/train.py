@@ -87,13 +87,14 @@ def fit(model: CoordNet, logs: Logs, epochs: int, cfg: FitConfig) -> CoordNet:
     return model
 
 
-def new_model(n_sites: int, cfg: FitConfig, prox_mu: float = 0.0) -> CoordNet:
+def new_model(n_sites: int, cfg: FitConfig, prox_mu: float = 0.0, **net) -> CoordNet:
+    """A seeded CoordNet; `net` overrides CoordNetConfig fields (e.g. hidden, n_layers)."""
     L.seed_everything(cfg.seed, verbose=False)
-    return CoordNet(CoordNetConfig(n_sites=n_sites, prox_mu=prox_mu))
+    return CoordNet(CoordNetConfig(n_sites=n_sites, prox_mu=prox_mu, **net))
 
 
-def train_central(site_logs: list[Logs], cfg: FitConfig) -> CoordNet:
-    return fit(new_model(len(site_logs), cfg), Logs.concat(site_logs), cfg.epochs, cfg)
+def train_central(site_logs: list[Logs], cfg: FitConfig, **net) -> CoordNet:
+    return fit(new_model(len(site_logs), cfg, **net), Logs.concat(site_logs), cfg.epochs, cfg)
 
 
 def train_local(site_logs: list[Logs], site: int, cfg: FitConfig) -> CoordNet:
