@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import sys
 
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from galactic_client import AsyncClient
+from loopback import free_port
 
 
 class RecordingCollector(trace_service_pb2_grpc.TraceServiceServicer):
@@ -27,12 +27,6 @@ class RecordingCollector(trace_service_pb2_grpc.TraceServiceServicer):
                 self.spans.extend(scope.spans)
         self.received.set()
         return trace_service_pb2.ExportTraceServiceResponse()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def test_spans_reach_an_otlp_collector(tmp_path):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from engines.llm.loading import EMBEDDED_DIR
+from loopback import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 GALACTIC = [sys.executable, "-m", "galactic_client.cli"]
@@ -33,12 +33,6 @@ FACTS = {
 }
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
