@@ -118,8 +118,11 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
+    parser.add_argument("--new-tokens", type=int, default=32,
+                        help="tokens per request (llm_serving.py's full run uses 64)")
     args = parser.parse_args()
-    global clock
+    global clock, NEW_TOKENS
+    NEW_TOKENS = args.new_tokens
     if args.clock == "cpu":
         if args.threads != 1:
             parser.error("--clock cpu needs --threads 1 (other threads' time is not counted)")

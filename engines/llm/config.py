@@ -99,6 +99,12 @@ class LLMConfig:
     # a decode forward then separate prefill forwards (batch.py), for models whose attention
     # does not go through transformers' attention interface.
     kv_cache: Literal["static", "dynamic"] = "static"
+    # "process": the model, its LoRA bank and the step runner live in a child process and
+    # the daemon's process keeps the scheduler, detokenizer and gRPC (engines/llm/process.py:
+    # in one interpreter, every torch op waited for the GIL behind the event loop, which
+    # cost ~25 % of throughput at 32 streams on a 2-core host). "thread": all in the
+    # daemon's process, on the engine's worker thread (faster start-up; what unit tests use).
+    runner: Literal["process", "thread"] = "process"
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     adapters: AdapterConfig = field(default_factory=AdapterConfig)
 
@@ -130,6 +136,7 @@ attention = "auto"                # auto | sdpa | eager   (auto => eager on CUDA
 trust_remote_code = false         # run Python shipped with the model dir; only for dirs you trust
 compile = "off"                   # off | decode (torch.compile + CUDA graphs for decode steps, warmed before ready)
 kv_cache = "static"               # static (one forward per step: decode rows + prompt chunks) | dynamic (padded cache)
+runner = "process"                # process (the model in a child process, free of the front end's GIL) | thread
 
 [llm.scheduler]
 max_running = 32                  # requests in the running batch at once

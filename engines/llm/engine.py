@@ -44,8 +44,7 @@ from engines.llm import metrics as m
 from engines.llm.adapters import AdapterRegistry
 from engines.llm.config import LLMConfig
 from engines.llm.detok import IncrementalDecoder
-from engines.llm.lora import LoRABank, read_adapter
-from engines.llm.module import CausalLMModule
+from engines.llm.lora import read_adapter
 from engines.llm.output import OutputProcessor, RequestOutput
 from engines.llm.runner import ModelRunner, StepResult
 from engines.llm.scheduler import Scheduler, Sequence, StepPlan
@@ -104,7 +103,10 @@ class LLMEngine:
         self.config = config
         self.name = config.name
         self.state = "loading"
-        self.model: Any = None
+        self.model: Any = None  # the HF model, with runner = "thread" only (else it lives in the model process)
+        self.module: Any = None
+        self._process: Any = None  # the ModelProcess, with runner = "process"
+        self._facts: Any = None  # core.ModelFacts, once loaded
         self.tokenizer: Any = None
         self._decode_tokenizer: Any = None
         self._runner: ModelRunner | None = None  # built in load(), with the model
@@ -119,7 +121,6 @@ class LLMEngine:
         self._worker: SupervisedWorker | None = None  # created in start()
         self._waiters: list[asyncio.Future] = []
         self._max_positions = 1 << 30
-        self._device = torch.device("cpu")
         self._model_dir = ""
         self._counters = {"generated_tokens_total": 0.0, "prompt_tokens_total": 0.0, "steps_total": 0.0,
                           "requests_finished_total": 0.0, "requests_failed_total": 0.0}
@@ -129,53 +130,49 @@ class LLMEngine:
     # ---- lifecycle -------------------------------------------------------------------
 
     def load(self, progress: Callable[[str], None]) -> None:
-        from engines.llm.loading import input_device, load_model_and_tokenizer
-
         try:
-            model, tok, placement, model_dir = load_model_and_tokenizer(self.config, progress)
+            if self.config.runner == "process":
+                tok, model_dir, facts, bank = self._load_process(progress)
+            else:
+                from engines.llm.core import build_core
+
+                core = build_core(self.config, progress)
+                self.model, self.module, self._runner = core.model, core.module, core.runner
+                tok, model_dir, facts, bank = core.tokenizer, core.model_dir, core.facts, core.bank
         except Exception:
             self.state = "failed"
             raise
-        self.model, self.tokenizer, self._model_dir = model, tok, str(model_dir)
+        self.tokenizer, self._model_dir, self._facts = tok, str(model_dir), facts
         # The worker decodes while the event loop encodes; a Rust tokenizer used from two
         # threads at once can fail with "Already borrowed" (encode mutates its padding /
         # truncation state), so the worker gets its own copy.
         self._decode_tokenizer = copy.deepcopy(tok)
-        self._device = input_device(model)
-        eos = model.generation_config.eos_token_id if model.generation_config is not None else None
-        eos = tok.eos_token_id if eos is None else eos
-        self._output.eos = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
-        self._max_positions = int(getattr(model.config, "max_position_embeddings", None) or self._max_positions)
-        bank = LoRABank(model, self.config.adapters.max_loaded, placement.dtype)
+        self._output.eos = set(facts.eos)
+        self._max_positions = facts.max_positions
         self._adapters = AdapterRegistry(self.config.adapters, bank, self._model_lock, self._lock, Path(model_dir))
         for name, path in self.config.adapters.preload.items():
             progress(f"loading adapter {name}")
             full = self._adapters.resolve_dir(path)
             self._adapters.check_base(full)
             self._adapters.install(name, full, read_adapter(full, self.config.adapters.resolved_root()))
-        # The served model is the same LightningModule class that training fine-tunes; its
-        # forward is the HF model's, so the step pays one extra Python call and no more.
-        self.module = CausalLMModule(model)
-        if self.config.kv_cache == "static":
-            from engines.llm import slots
-
-            slots.register()
-            model.config._attn_implementation = slots.ATTENTION
-            sched = self.config.scheduler
-            self._runner = ModelRunner(
-                self.module, self._device, bank.ctx, kv_slots=sched.max_running, hf_config=model.config,
-                dtype=model.get_input_embeddings().weight.dtype,
-                decode_graph="compiled" if self.config.compile == "decode" else "off",
-                max_len=min(self._max_positions, sched.max_prompt_tokens + sched.max_new_tokens_limit))
-        else:
-            self._runner = ModelRunner(self.module, self._device, bank.ctx)
-        if self.config.compile == "decode":
-            progress(f"compiling the decode step for batch sizes {self._runner.buckets} (torch.compile)")
-            self._runner.warm_up()
         progress("ready")
 
+    def _load_process(self, progress: Callable[[str], None]) -> tuple[Any, Path, Any, Any]:
+        """The model in a child process (process.py); here only the tokenizer."""
+        from engines.llm.loading import load_tokenizer, resolve_model_dir, resolve_placement
+        from engines.llm.process import ModelProcess, RemoteBank, RemoteRunner
+
+        resolve_placement(self.config)  # a host that cannot run the config fails here, by name
+        model_dir = resolve_model_dir(self.config, progress)
+        tok = load_tokenizer(self.config, model_dir, progress)
+        progress("starting the model process")
+        self._process = ModelProcess(self.config)
+        facts = self._process.start(progress)
+        self._runner = RemoteRunner(self._process)
+        return tok, model_dir, facts, RemoteBank(self._process, self.config.adapters.max_loaded)
+
     async def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self.model is None:
+        if self._runner is None:
             raise FailedPrecondition("start() before load()")
         self._loop = loop
         self._outbox = Outbox(loop)
@@ -225,6 +222,8 @@ class LLMEngine:
     async def stop(self, grace_s: float) -> None:
         """Refuse new work, let running requests finish for `grace_s`, cancel the rest."""
         if self._worker is None or self.state == "stopped":  # never started (or load failed)
+            if self._process is not None:
+                await asyncio.to_thread(self._process.close)
             self.state = "stopped"
             return
         self.state = "draining"
@@ -241,16 +240,16 @@ class LLMEngine:
         await asyncio.to_thread(self._worker.stop, 30)
         for seq in list(self._live.values()):  # only if the worker died mid-step
             seq.handle.stream.fail(Unavailable("engine stopped"))
+        if self._process is not None:
+            await asyncio.to_thread(self._process.close)
         self.state = "stopped"
 
     def info(self) -> ModelInfo:
-        params = sum(p.numel() for p in self.model.parameters()) if self.model is not None else 0
-        mem = 0
-        if self.model is not None:
-            mem = sum(t.numel() * t.element_size() for t in itertools.chain(self.model.parameters(), self.model.buffers()))
+        facts = self._facts
         return ModelInfo(
             name=self.name, kind="llm", version=Path(self._model_dir).name or self.config.path, state=self.state,
-            device=str(self._device), parameters=params, memory_bytes=mem, config=to_mapping(self.config),
+            device=facts.device if facts else "cpu", parameters=facts.parameters if facts else 0,
+            memory_bytes=facts.memory_bytes if facts else 0, config=to_mapping(self.config),
             services=("galactic.v1.Generation",),
         )
 

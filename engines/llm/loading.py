@@ -76,18 +76,22 @@ def resolve_model_dir(config: LLMConfig, progress: Callable[[str], None]) -> Pat
     return path
 
 
+def load_tokenizer(config: LLMConfig, model_dir: Path, progress: Callable[[str], None]) -> Any:
+    from transformers import AutoTokenizer
+
+    progress(f"loading tokenizer from {model_dir}")
+    return AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=config.trust_remote_code)
+
+
 def load_model_and_tokenizer(
     config: LLMConfig, progress: Callable[[str], None]
 ) -> tuple[Any, Any, Placement, Path]:
     """Return (model in eval mode, tokenizer, placement, model dir)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     placement = resolve_placement(config)
     model_dir = resolve_model_dir(config, progress)
-    progress(f"loading tokenizer from {model_dir}")
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_dir, local_files_only=True, trust_remote_code=config.trust_remote_code
-    )
+    tokenizer = load_tokenizer(config, model_dir, progress)
     kwargs: dict[str, Any] = {
         "local_files_only": True,
         "trust_remote_code": config.trust_remote_code,

@@ -199,10 +199,15 @@ class LoRABank:
     def free_slots(self) -> int:
         return len(self._free)
 
-    def add(self, weights: AdapterWeights) -> int:
-        """Write an adapter into a free slot and return the slot (caller ensured one is free)."""
+    def add(self, weights: AdapterWeights, slot: int | None = None) -> int:
+        """Write an adapter into a free slot (`slot` if given: a respawned model process
+        gets every adapter back where requests expect it) and return the slot; the caller
+        ensured one is free."""
         self.check(weights)
-        slot = self._free.pop()
+        if slot is None:
+            slot = self._free.pop()
+        else:
+            self._free.remove(slot)
         for name in weights.modules:
             self._wrap(name).grow(weights.rank)
         for name, layer in self.layers.items():

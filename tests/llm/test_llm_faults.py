@@ -28,8 +28,10 @@ SERVICE = "galactic.v1.Generation"
 async def llm_daemon(daemon_factory, tiny_dir, adapters_root, tmp_path):
     root = tmp_path / "adapters"
     shutil.copytree(adapters_root, root)
+    # The worker-thread runner: faults are patched into this process's ModelRunner (a
+    # dying model process is test_llm_process.py's).
     return await daemon_factory({"llm": {
-        "name": "tiny", "path": str(tiny_dir), "device": "cpu",
+        "name": "tiny", "path": str(tiny_dir), "device": "cpu", "runner": "thread",
         "scheduler": {"max_running": 1, "max_batch_tokens": 2048, "max_waiting": 16,
                       "prefill_chunk_tokens": 64, "max_prompt_tokens": 256},
         "adapters": {"root": str(root), "max_loaded": 3},

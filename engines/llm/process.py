@@ -1,0 +1,340 @@
+"""The model in a process of its own (`llm.runner = "process"`, the default).
+
+Why: the forward pass and the gRPC front half (the event loop, grpc.aio's poller, the
+detokenizer) shared one interpreter, so every torch op, on returning, queued for the GIL
+behind whatever Python the loop was running. Measured on the 2-core CI host at 32
+streams: the same engine reached 85-95 % of the raw decode loop when driven in-process
+without gRPC, but 60-65 % behind the gRPC server, and a Python thread holding the GIL
+10 % of the time slowed a bare decode loop by ~25 %. vLLM's engine-core process and
+TGI's shard processes exist for the same reason.
+
+Split: the daemon's process keeps everything that is not a tensor (scheduler, output
+handling, adapter policy, streams); the child owns `core.build_core`'s model, LoRA bank
+and runner. Per step the engine's worker thread sends the plan as plain tuples (request
+keys, chunk bounds, and each new request's prompt ids and sampling parameters once) and
+blocks in `recv`, with the GIL released, while the child runs the forward; the reply is
+the sampled tokens. A pipe round trip costs ~0.1 ms against a 40-80 ms step.
+
+Protocol: strictly one request, one reply (the engine's `_model_lock` serializes every
+call). Replies are ("ok", value...) or ("error", kind, message, field); errors keep their
+class (InvalidArgument with its field, out of memory) so the engine maps them as before.
+
+Lifecycle: the child ignores SIGTERM and SIGINT, since systemd signals the whole control
+group on stop and the child must keep serving the drain; it exits when the parent sends
+"close", closes the pipe or dies (EOF). If the child dies, the step in flight fails with
+Unavailable; `reset()` then marks it for a respawn, which the next call performs (model
+load and every resident adapter written back into its slot), so the engine's canary
+proves the new process before health returns to SERVING.
+"""
+
+from __future__ import annotations
+
+import atexit
+import gc
+import logging
+import multiprocessing
+import signal
+import threading
+from typing import Any, Callable
+
+import torch
+
+from engines.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    GalacticError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unavailable,
+)
+from engines.llm.config import LLMConfig
+from engines.llm.core import ModelFacts
+from engines.llm.lora import AdapterWeights
+from engines.llm.runner import Sampled, StepResult
+from engines.llm.scheduler import PrefillChunk, Sequence, StepPlan
+from engines.llm.types import FinishReason, GenerationRequest
+
+log = logging.getLogger(__name__)
+
+_ERRORS = {cls.__name__: cls for cls in (InvalidArgument, NotFound, AlreadyExists, ResourceExhausted,
+                                          FailedPrecondition, DeadlineExceeded, Unavailable, PermissionDenied)}
+
+
+def _encode_error(exc: BaseException) -> tuple[str, str, str, str | None]:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return ("error", "OutOfMemoryError", str(exc), None)
+    if isinstance(exc, GalacticError) and type(exc).__name__ in _ERRORS:
+        return ("error", type(exc).__name__, exc.message, exc.field)
+    return ("error", "RuntimeError", f"{type(exc).__name__}: {exc}", None)
+
+
+def _decode_error(kind: str, message: str, field: str | None) -> Exception:
+    if kind == "OutOfMemoryError":
+        return torch.OutOfMemoryError(message)
+    if kind in _ERRORS:
+        return _ERRORS[kind](message, field=field)
+    return RuntimeError(f"model process: {message}")
+
+
+# ---- the child ---------------------------------------------------------------------------
+
+class _Child:
+    """The child's side of each call; requests are known by the key the parent gives
+    them (`Sequence.order`, unique per engine)."""
+
+    def __init__(self, core: Any) -> None:
+        self.runner = core.runner
+        self.bank = core.bank
+        self.seqs: dict[int, Sequence] = {}
+
+    def execute(self, new: list[tuple], dropped: list[int], decode: list[int],
+                prefill: list[tuple[int, int, int]]) -> tuple:
+        for key, prompt_ids, slot, sampling in new:
+            self.seqs[key] = Sequence(GenerationRequest(str(key), sampling=sampling), prompt_ids, slot=slot, order=key)
+        plan = StepPlan(dropped=[(self.seqs.pop(k), FinishReason.CANCELLED) for k in dropped if k in self.seqs],
+                        decode=[self.seqs[k] for k in decode],
+                        prefill=[PrefillChunk(self.seqs[k], start, n) for k, start, n in prefill])
+        with torch.no_grad():
+            result = self.runner.execute(plan)
+        return ([(s.seq.order, s.token, s.logprob, s.first) for s in result.sampled],
+                result.decode_rows, result.prefill_tokens, self.runner.kv_tokens)
+
+    def free(self, keys: list[int]) -> int:
+        self.runner.free([self.seqs.pop(k) for k in keys if k in self.seqs])
+        return self.runner.kv_tokens
+
+    def reset(self) -> None:
+        self.runner.reset()
+        self.seqs.clear()
+
+    def bank_check(self, weights: AdapterWeights) -> None:
+        self.bank.check(weights)
+
+    def bank_add(self, weights: AdapterWeights, slot: int | None = None) -> int:
+        return self.bank.add(weights, slot)
+
+    def bank_remove(self, slot: int) -> None:
+        self.bank.remove(slot)
+
+
+def _child_main(conn: Any, config: LLMConfig, threads: int) -> None:
+    # systemd's stop signals every process of the unit; the parent decides when we end.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from engines.llm.core import build_core
+
+    torch.set_num_threads(threads)
+    try:
+        core = build_core(config, lambda message: conn.send(("progress", message)))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
+        conn.send(_encode_error(exc))
+        return
+    # As in the daemon: full collections walking the model's objects were the p99 there.
+    gc.collect()
+    gc.freeze()
+    conn.send(("ok", core.facts, core.runner.buckets))
+    child = _Child(core)
+    while True:
+        try:
+            op, *args = conn.recv()
+        except (EOFError, OSError):  # the parent closed the pipe or died
+            return
+        if op == "close":
+            return
+        try:
+            reply = ("ok", getattr(child, op)(*args))
+        except Exception as exc:  # the step's requests fail in the parent; the child lives on
+            reply = _encode_error(exc)
+        conn.send(reply)
+
+
+# ---- the parent --------------------------------------------------------------------------
+
+class ModelProcess:
+    """The parent's handle on the child: spawn, one call at a time, respawn, close."""
+
+    def __init__(self, config: LLMConfig) -> None:
+        self._config = config
+        self._conn: Any = None
+        self._proc: Any = None
+        self._respawn = False
+        self._adapters: dict[int, AdapterWeights] = {}  # slot -> weights, written back after a respawn
+        self._closed = threading.Event()
+        self._atexit = False
+        self.facts: ModelFacts | None = None
+        self.buckets: list[int] = []
+
+    def start(self, progress: Callable[[str], None]) -> ModelFacts:
+        """Blocking: spawn the child and wait until its model is loaded."""
+        ctx = multiprocessing.get_context("spawn")  # fork after torch has started threads is unsafe
+        self._conn, child_conn = ctx.Pipe()
+        self._proc = ctx.Process(target=_child_main, args=(child_conn, self._config, torch.get_num_threads()),
+                                 name=f"galactic-llm-{self._config.name}")
+        self._proc.start()
+        child_conn.close()  # else our copy keeps the pipe open and a dead child is never noticed
+        if not self._atexit:  # a parent that never called close() still ends its child
+            atexit.register(self.close)
+            self._atexit = True
+        while True:
+            reply = self._recv()
+            if reply[0] == "progress":
+                progress(reply[1])
+                continue
+            if reply[0] == "error":
+                self.close()
+                raise _decode_error(*reply[1:])
+            _, self.facts, self.buckets = reply
+            progress(f"model process {self._proc.pid} ready")
+            return self.facts
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.is_alive() and not self._respawn
+
+    def call(self, op: str, *args: Any) -> Any:
+        """One request and its reply; raises what the child raised, or Unavailable if the
+        child is gone."""
+        if self._closed.is_set():
+            raise Unavailable("the model process is closed")
+        if self._respawn:
+            self._restart()
+        try:
+            self._conn.send((op, *args))
+        except (OSError, ValueError):
+            raise self._gone() from None
+        reply = self._recv()
+        if reply[0] == "error":
+            raise _decode_error(*reply[1:])
+        return reply[1]
+
+    def reset(self) -> None:
+        """After a failed step: the child forgets every request, or, if it died, is
+        respawned by the next call."""
+        if self._proc is not None and self._proc.is_alive() and not self._respawn:
+            try:
+                self.call("reset")
+                return
+            except Unavailable:
+                pass
+        self._respawn = True
+
+    def add_adapter(self, weights: AdapterWeights) -> int:
+        slot = self.call("bank_add", weights)
+        self._adapters[slot] = weights
+        return slot
+
+    def remove_adapter(self, slot: int) -> None:
+        self.call("bank_remove", slot)
+        self._adapters.pop(slot, None)
+
+    def close(self, timeout: float = 10.0) -> None:
+        if self._proc is None or self._closed.is_set():
+            return
+        self._closed.set()
+        try:
+            self._conn.send(("close",))
+        except (OSError, ValueError):
+            pass
+        self._proc.join(timeout)
+        if self._proc.is_alive():
+            log.warning("model process %s did not exit in %.0f s; killing it", self._proc.pid, timeout)
+            self._proc.kill()
+            self._proc.join(5)
+        self._conn.close()
+
+    def _recv(self) -> tuple:
+        try:
+            return self._conn.recv()
+        except (EOFError, OSError):
+            raise self._gone() from None
+
+    def _gone(self) -> Unavailable:
+        self._proc.join(1)
+        self._respawn = True
+        return Unavailable(f"the model process exited (exit code {self._proc.exitcode}); it is being restarted")
+
+    def _restart(self) -> None:
+        log.warning("model process %s exited (exit code %s); starting a new one", self._proc.pid, self._proc.exitcode)
+        self._conn.close()
+        if self._proc.is_alive():
+            self._proc.kill()
+        self._proc.join(5)
+        self._respawn = False
+        self.start(lambda message: log.info("model process: %s", message))
+        for slot, weights in sorted(self._adapters.items()):
+            self.call("bank_add", weights, slot)
+
+
+class RemoteRunner:
+    """`ModelRunner`'s contract (execute, free, reset, kv_tokens) over a `ModelProcess`."""
+
+    def __init__(self, proc: ModelProcess) -> None:
+        self._proc = proc
+        self._known: set[int] = set()  # keys the child holds state for
+        self.kv_tokens = 0
+        self.buckets = proc.buckets
+
+    def execute(self, plan: StepPlan) -> StepResult:
+        new = []
+        for c in plan.prefill:
+            seq = c.seq
+            if seq.order not in self._known:
+                self._known.add(seq.order)
+                new.append((seq.order, seq.prompt_ids, seq.slot, seq.request.sampling))
+        dropped = [seq.order for seq, _ in plan.dropped if seq.order in self._known]
+        self._known.difference_update(dropped)
+        sampled, rows, prefill_tokens, self.kv_tokens = self._proc.call(
+            "execute", new, dropped, [s.order for s in plan.decode],
+            [(c.seq.order, c.start, c.length) for c in plan.prefill])
+        by_key = {s.order: s for s in plan.decode}
+        by_key.update((c.seq.order, c.seq) for c in plan.prefill)
+        return StepResult([Sampled(by_key[k], token, logprob, first) for k, token, logprob, first in sampled],
+                          prefill_tokens=prefill_tokens, decode_rows=rows)
+
+    def free(self, seqs: list[Sequence]) -> None:
+        """At once, not with the next step: the slots and the kv_cache_tokens gauge must
+        not wait for a step that may never come."""
+        keys = [seq.order for seq in seqs if seq.order in self._known]
+        if keys:
+            self._known.difference_update(keys)
+            self.kv_tokens = self._proc.call("free", keys)
+
+    def reset(self) -> None:
+        self._known.clear()
+        self.kv_tokens = 0
+        self._proc.reset()
+
+    def warm_up(self) -> None:
+        """The child warms its compiled decode step before it reports ready."""
+
+
+class RemoteBank:
+    """The part of `LoRABank` the adapter registry uses, over a `ModelProcess`."""
+
+    def __init__(self, proc: ModelProcess, capacity: int) -> None:
+        self._proc = proc
+        self._capacity = capacity
+        self._used: set[int] = set()
+
+    def check(self, weights: AdapterWeights) -> None:
+        self._proc.call("bank_check", weights)
+
+    @property
+    def free_slots(self) -> int:
+        return self._capacity - len(self._used)
+
+    def add(self, weights: AdapterWeights) -> int:
+        slot = self._proc.add_adapter(weights)
+        self._used.add(slot)
+        return slot
+
+    def remove(self, slot: int) -> None:
+        self._proc.remove_adapter(slot)
+        self._used.discard(slot)

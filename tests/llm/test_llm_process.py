@@ -1,0 +1,120 @@
+"""The model in its own process (`llm.runner = "process"`, the daemon's default): the same
+tokens as the worker-thread runner, adapters and errors across the boundary, a child that
+dies mid-stream, and a child that outlives neither the engine nor a SIGTERM meant for it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import pytest
+import torch
+
+from engines.errors import InvalidArgument, Unavailable
+from engines.llm.types import GenerationRequest, SamplingParams
+from llm_helpers import PROMPTS, collect, greedy_reference, make_config
+
+REQUESTS = [  # (prompt, adapter, sampling): greedy, per-row LoRA, seeded sampling, penalty
+    (PROMPTS[0], None, SamplingParams(max_new_tokens=8)),
+    (PROMPTS[1], "alpha", SamplingParams(max_new_tokens=8)),
+    (PROMPTS[2], "beta", SamplingParams(max_new_tokens=6, temperature=0.9, top_p=0.9, seed=7)),
+    (PROMPTS[5], None, SamplingParams(max_new_tokens=6, repetition_penalty=1.3)),
+    (PROMPTS[4], "alpha", SamplingParams(max_new_tokens=5, temperature=0.7, top_k=20, seed=3)),
+]
+
+
+async def _engine(tiny_dir, adapters_root, runner: str):
+    from engines.llm.engine import LLMEngine
+
+    eng = LLMEngine(make_config(tiny_dir, adapters_root, runner=runner))
+    await asyncio.to_thread(eng.load, lambda msg: None)
+    await eng.start(asyncio.get_running_loop())
+    for name in ("alpha", "beta"):
+        await eng.load_adapter(name, name)
+    return eng
+
+
+async def _run_all(eng, tag: str) -> list[list[int]]:
+    results = await asyncio.gather(*(collect(eng, GenerationRequest(f"{tag}{i}", prompt=p, adapter=a, sampling=s))
+                                     for i, (p, a, s) in enumerate(REQUESTS)))
+    return [ids for ids, _, _ in results]
+
+
+@pytest.fixture(scope="module")
+async def proc_engine(tiny_dir, adapters_root):
+    eng = await _engine(tiny_dir, adapters_root, "process")
+    yield eng
+    await eng.stop(5)
+
+
+async def test_llm_process_runner_streams_what_the_thread_runner_does(proc_engine, tiny_dir, adapters_root,
+                                                                    reference):
+    thread_engine = await _engine(tiny_dir, adapters_root, "thread")
+    try:
+        expected = await _run_all(thread_engine, "t")
+    finally:
+        await thread_engine.stop(5)
+    got = await _run_all(proc_engine, "p")
+    assert got == expected
+    assert got[0] == greedy_reference(reference, PROMPTS[0], 8)
+    assert got[1] != greedy_reference(reference, PROMPTS[1], 8)  # the adapter really applied, in the child
+    info = proc_engine.info()
+    assert info.parameters == sum(p.numel() for p in reference[0].parameters()) and info.device == "cpu"
+    assert proc_engine.stats()["kv_cache_tokens"] == 0  # every request's slot freed in the child too
+
+
+async def test_llm_process_adapter_errors_keep_their_status_and_field(proc_engine, adapters_root):
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    # Same module names as the served model, other shapes: refused by the child's bank check.
+    other = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2))
+    get_peft_model(other, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(adapters_root / "wrong-shape")
+    with pytest.raises(InvalidArgument) as err:
+        await proc_engine.load_adapter("wrong", "wrong-shape")
+    assert err.value.field == "path" and "do not match" in err.value.message
+    assert {a.name for a in proc_engine.list_adapters()} == {"alpha", "beta"}
+
+
+async def test_llm_process_child_death_fails_the_stream_then_a_new_child_serves(proc_engine):
+    before = await _run_all(proc_engine, "b")
+    pid = proc_engine._process.pid
+    long = asyncio.ensure_future(collect(proc_engine, GenerationRequest(
+        "doomed", prompt=PROMPTS[0], sampling=SamplingParams(max_new_tokens=400, ignore_eos=True))))
+    # Killed once the request is running in the child (its first token is proof).
+    await proc_engine.wait_until(lambda e: e.stats()["generated_tokens_total"] > 0 and e.running_count == 1,
+                                 timeout=60)
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(Unavailable, match="model process exited"):
+        await long
+    # The next step spawns a new child with both adapters back in their slots.
+    after = await _run_all(proc_engine, "a")
+    assert after == before and proc_engine._process.pid != pid
+
+
+async def test_llm_process_child_ignores_sigterm_and_ends_with_the_engine(tiny_dir, adapters_root):
+    eng = await _engine(tiny_dir, adapters_root, "process")
+    proc = eng._process._proc
+    try:
+        # systemd's stop signals every process of the unit: the child must keep serving the drain.
+        os.kill(proc.pid, signal.SIGTERM)
+        ids, _, final = await collect(eng, GenerationRequest("x", prompt=PROMPTS[0],
+                                                             sampling=SamplingParams(max_new_tokens=4)))
+        assert final.completion_tokens == 4 and proc.is_alive()
+    finally:
+        await eng.stop(5)
+    assert not proc.is_alive() and proc.exitcode == 0
+    with pytest.raises(Unavailable):
+        eng.generate(GenerationRequest("late", prompt=PROMPTS[0]))
+
+
+def test_llm_process_errors_rebuilt_with_their_class():
+    from engines.llm.process import _decode_error, _encode_error
+
+    e = _decode_error(*_encode_error(InvalidArgument("bad", field="path"))[1:])
+    assert isinstance(e, InvalidArgument) and e.field == "path" and e.message == "bad"
+    assert isinstance(_decode_error(*_encode_error(torch.OutOfMemoryError("oom"))[1:]), torch.OutOfMemoryError)
+    other = _decode_error(*_encode_error(KeyError("k"))[1:])
+    assert type(other) is RuntimeError and "KeyError" in str(other)
