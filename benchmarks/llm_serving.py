@@ -6,7 +6,7 @@ One locally built model (a Llama of a few tens of millions of parameters, random
 speed does not depend on what it says), the same prompt, greedy, `ignore_eos`. Systems,
 interleaved within each concurrency level so drift hits every system alike:
 
-* limit      - a tight batched decode loop with a KV cache, in this process, no server;
+* limit      - a tight batched decode loop with a KV cache, in a process of its own, no server;
 * baseline   - what a user would write: a gRPC server running `model.generate`, one
                request at a time, each token's text streamed as soon as it decodes
                (`baseline_server.py`);
@@ -209,6 +209,52 @@ def run_limit(model, tok, n: int, new_tokens: int) -> Trace:
     return Trace([ttft] * n, itl, n * new_tokens, time.monotonic() - t0)
 
 
+class LimitProcess:
+    """The limit in a process of its own, like the servers: measured inside the benchmark's
+    own process (its gRPC client, threads and heap after the other systems' runs) its decode
+    step came out 1.5-2x slower in full runs than in runs of the limit alone, which made
+    galacticd look faster than the loop it is measured against."""
+
+    def __init__(self, model_dir: Path, threads: int, log: Path) -> None:
+        self._err = open(log, "w")
+        self.proc = subprocess.Popen([sys.executable, __file__, "--limit-worker", str(model_dir), "--threads",
+                                      str(threads), "--json", os.devnull], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self._err, text=True)
+        self._lock = asyncio.Lock()
+
+    async def run(self, n: int, new_tokens: int) -> Trace:
+        async with self._lock:
+            self.proc.stdin.write(f"{n} {new_tokens}\n")
+            self.proc.stdin.flush()
+            line = await asyncio.to_thread(self.proc.stdout.readline)
+        if not line:
+            raise RuntimeError(f"limit worker exited ({self.proc.poll()})")
+        return Trace(**json.loads(line))
+
+    def stop(self) -> None:
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._err.close()
+
+
+def limit_worker(model_dir: str, threads: int) -> int:
+    """`--limit-worker`: run the limit for each "N NEW_TOKENS" line on stdin, a JSON Trace out."""
+    from dataclasses import asdict
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(threads)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).eval()
+    tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    for line in sys.stdin:
+        n, new_tokens = map(int, line.split())
+        print(json.dumps(asdict(run_limit(model, tok, n, new_tokens))), flush=True)
+    return 0
+
+
 async def run_grpc(port: int, n: int, new_tokens: int, adapters: list[str | None]) -> Trace:
     """n concurrent streaming Generate calls over loopback; times as the client sees them:
     TTFT from the call to the first non-empty text, ITL between frames carrying tokens."""
@@ -343,18 +389,19 @@ def _free_port() -> int:
 
 
 async def main_async(args: argparse.Namespace) -> list[dict]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     setup = QUICK if args.quick else FULL
     if args.concurrency:
         setup = replace(setup, concurrency=tuple(int(c) for c in args.concurrency.split(",")))
     if args.rounds:
         setup = replace(setup, rounds=args.rounds)
-    torch.set_num_threads(args.threads or max(1, os.cpu_count() or 1))
+    threads = args.threads or max(1, os.cpu_count() or 1)
+    torch.set_num_threads(threads)
     root = Path(tempfile.mkdtemp(prefix="galactic-bench-"))
     model_dir, adapters_dir = build(setup, root)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True).eval()
     tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    limit = LimitProcess(model_dir, threads, root / "limit.log")
     names = [f"a{i}" for i in range(4)]
     print(f"prompt: {len(tok(PROMPT)['input_ids'])} tokens", file=sys.stderr)
     baseline = await start_baseline(model_dir, root)
@@ -379,7 +426,7 @@ async def main_async(args: argparse.Namespace) -> list[dict]:
         others[f"galacticd[{label}]"] = await start_galacticd(model_dir, adapters_dir, sub, max(setup.concurrency), [],
                                                              args.max_step_tokens, args.server_threads, env, lines)
     systems = {
-        "limit": (None, lambda n: asyncio.to_thread(run_limit, model, tok, n, setup.new_tokens)),
+        "limit": (limit.proc.pid, lambda n: limit.run(n, setup.new_tokens)),
         "baseline": (baseline.proc.pid, lambda n: run_grpc(baseline.port, n, setup.new_tokens, [None])),
         "baseline-word": (baseline_word.proc.pid, lambda n: run_grpc(baseline_word.port, n, setup.new_tokens, [None])),
         "galacticd": (galacticd.proc.pid, lambda n: run_grpc(galacticd.port, n, setup.new_tokens, [None])),
@@ -415,6 +462,7 @@ async def main_async(args: argparse.Namespace) -> list[dict]:
                     })
                     print(json.dumps(rows[-1]), file=sys.stderr)
     finally:
+        limit.stop()
         baseline.stop()
         baseline_word.stop()
         galacticd.stop()
@@ -480,7 +528,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--systems", default="", help="comma-separated systems to run (default: all)")
     parser.add_argument("--concurrency", default="", help="comma-separated concurrency levels (default: 1,8,32)")
     parser.add_argument("--rounds", type=int, default=0, help="rounds (default: 1 with --quick, else 2)")
+    parser.add_argument("--limit-worker", metavar="MODEL_DIR", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.limit_worker:
+        return limit_worker(args.limit_worker, args.threads or max(1, os.cpu_count() or 1))
     # SIGTERM unwinds like Ctrl-C, so the `finally` that stops the servers runs.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     rows = asyncio.run(main_async(args))  # builds its model under a temp dir it removes
