@@ -102,8 +102,10 @@ async def main() -> None:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
             base_mem = torch.cuda.memory_allocated()
+            # runner "thread": the model in this process, so this process's CUDA allocator
+            # counts its memory and `hf_generate` runs the very model the engine serves.
             engine = LLMEngine(LLMConfig(name=f"llama-1b-{quant}", path=str(model_dir), device="cuda",
-                                         quantization=quant, compile=mode,
+                                         quantization=quant, compile=mode, runner="thread",
                                          scheduler=SchedulerConfig(max_running=args.streams, max_step_tokens=512,
                                                                    max_prompt_tokens=256, max_new_tokens_limit=256)))
             t_load = time.perf_counter()
