@@ -183,8 +183,11 @@ class ModelProcess:
             if reply[0] == "progress":
                 progress(reply[1])
                 continue
-            if reply[0] == "error":
-                self.close()
+            if reply[0] == "error":  # the load failed: end this child; a later call may try again
+                self._proc.join(10)
+                if self._proc.is_alive():
+                    self._proc.kill()
+                self._respawn = True
                 raise _decode_error(*reply[1:])
             _, self.facts, self.buckets = reply
             progress(f"model process {self._proc.pid} ready")
@@ -257,6 +260,9 @@ class ModelProcess:
 
     def _gone(self) -> Unavailable:
         self._proc.join(1)
+        if self._proc.is_alive():  # the pipe broke under a live child: it cannot be trusted
+            self._proc.kill()
+            self._proc.join(5)
         self._respawn = True
         return Unavailable(f"the model process exited (exit code {self._proc.exitcode}); it is being restarted")
 
