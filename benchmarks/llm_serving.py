@@ -335,12 +335,16 @@ async def start_baseline(model_dir: Path, root: Path, streamer: str = "token") -
     return server
 
 
-async def start_galacticd(model_dir: Path, adapters_dir: Path, root: Path, max_running: int, names: list[str],
-                          max_step_tokens: int, server_threads: int = 0,
-                          env: dict[str, str] | None = None, llm_lines: tuple[str, str] = ("", "")) -> Server:
-    """`llm_lines`: extra TOML lines for [llm] and for [llm.scheduler]."""
+async def start_galacticd(model_dir: Path, adapters_dir: Path, root: Path, max_running: int, names: list[str], *,
+                          settings: dict[str, object] | None = None, env: dict[str, str] | None = None,
+                          server_threads: int = 0) -> Server:
+    """`settings`: more [llm] keys as TOML values, "scheduler.KEY" for [llm.scheduler]."""
     from galactic_client import AsyncClient
 
+    settings = settings or {}
+    llm_lines = "\n".join(f"{k} = {v}" for k, v in settings.items() if not k.startswith("scheduler."))
+    sched_lines = "\n".join(f"{k.removeprefix('scheduler.')} = {v}" for k, v in settings.items()
+                             if k.startswith("scheduler."))
     port = _free_port()
     cfg = root / "galactic.toml"
     cfg.write_text(f"""
@@ -354,12 +358,11 @@ log_level = "warning"
 name = "bench"
 path = "{model_dir}"
 device = "cpu"
-{llm_lines[0]}
+{llm_lines}
 [llm.scheduler]
 max_running = {max_running}
 max_waiting = 256
-{llm_lines[1]}
-{f"max_step_tokens = {max_step_tokens}" if max_step_tokens else "# max_step_tokens: the engine's default"}
+{sched_lines}
 [llm.adapters]
 root = "{adapters_dir}"
 max_loaded = 4
@@ -378,6 +381,19 @@ enabled = false
         server.stop()
         raise
     return server
+
+
+def _variants(args: argparse.Namespace, budget: dict[str, object]) -> list[tuple[str, dict, dict, int]]:
+    """(system name, environment, [llm] settings, torch threads) of each galacticd served
+    beside the default one: --compare-step-tokens, --compare-env, --compare-llm."""
+    out = [(f"galacticd@{v}", {}, {"scheduler.max_step_tokens": int(v)}, 0)
+           for v in args.compare_step_tokens.split(",") if v.strip()]
+    for spec, is_env in [(s, True) for s in args.compare_env] + [(s, False) for s in args.compare_llm]:
+        label, _, assignments = spec.partition(":")
+        pairs = dict(a.split("=", 1) for a in assignments.split(",") if a)
+        out.append((f"galacticd[{label}]", pairs if is_env else {}, {**budget, **({} if is_env else pairs)},
+                    args.server_threads))
+    return out
 
 
 def _free_port() -> int:
@@ -406,25 +422,15 @@ async def main_async(args: argparse.Namespace) -> list[dict]:
     print(f"prompt: {len(tok(PROMPT)['input_ids'])} tokens", file=sys.stderr)
     baseline = await start_baseline(model_dir, root)
     baseline_word = await start_baseline(model_dir, root, "word")
-    galacticd = await start_galacticd(model_dir, adapters_dir, root, max(setup.concurrency), names,
-                                      args.max_step_tokens, args.server_threads)
+    budget = {"scheduler.max_step_tokens": args.max_step_tokens} if args.max_step_tokens else {}
+    galacticd = await start_galacticd(model_dir, adapters_dir, root, max(setup.concurrency), names, settings=budget,
+                                      server_threads=args.server_threads)
     others = {}
-    for value in [int(v) for v in args.compare_step_tokens.split(",") if v.strip()]:
-        sub = root / f"step{value}"
+    for name, env, settings, threads in _variants(args, budget):
+        sub = root / name.strip("[]@").replace("[", "-").replace("@", "-")
         sub.mkdir()
-        others[f"galacticd@{value}"] = await start_galacticd(model_dir, adapters_dir, sub, max(setup.concurrency), [],
-                                                            value)
-    for spec in args.compare_env + args.compare_llm:
-        label, _, assignments = spec.partition(":")
-        pairs = [a.split("=", 1) for a in assignments.split(",") if a]
-        env = dict(pairs) if spec in args.compare_env else {}
-        toml = [] if spec in args.compare_env else pairs
-        lines = ("\n".join(f"{k} = {v}" for k, v in toml if not k.startswith("scheduler.")),
-                 "\n".join(f"{k.removeprefix('scheduler.')} = {v}" for k, v in toml if k.startswith("scheduler.")))
-        sub = root / f"variant-{label}"
-        sub.mkdir()
-        others[f"galacticd[{label}]"] = await start_galacticd(model_dir, adapters_dir, sub, max(setup.concurrency), [],
-                                                             args.max_step_tokens, args.server_threads, env, lines)
+        others[name] = await start_galacticd(model_dir, adapters_dir, sub, max(setup.concurrency), [],
+                                             settings=settings, env=env, server_threads=threads)
     systems = {
         "limit": (limit.proc.pid, lambda n: limit.run(n, setup.new_tokens)),
         "baseline": (baseline.proc.pid, lambda n: run_grpc(baseline.port, n, setup.new_tokens, [None])),

@@ -43,6 +43,7 @@ from engines.errors import (
 from engines.llm import metrics as m
 from engines.llm.adapters import AdapterRegistry
 from engines.llm.config import LLMConfig
+from engines.llm.core import ModelFacts
 from engines.llm.detok import IncrementalDecoder
 from engines.llm.lora import read_adapter
 from engines.llm.output import OutputProcessor, RequestOutput
@@ -106,7 +107,7 @@ class LLMEngine:
         self.model: Any = None  # the HF model, with runner = "thread" only (else it lives in the model process)
         self.module: Any = None
         self._process: Any = None  # the ModelProcess, with runner = "process"
-        self._facts: Any = None  # core.ModelFacts, once loaded
+        self._facts = ModelFacts(eos=frozenset(), max_positions=1 << 30, parameters=0, memory_bytes=0, device="cpu")
         self.tokenizer: Any = None
         self._decode_tokenizer: Any = None
         self._runner: ModelRunner | None = None  # built in load(), with the model
@@ -120,7 +121,6 @@ class LLMEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._worker: SupervisedWorker | None = None  # created in start()
         self._waiters: list[asyncio.Future] = []
-        self._max_positions = 1 << 30
         self._model_dir = ""
         self._counters = {"generated_tokens_total": 0.0, "prompt_tokens_total": 0.0, "steps_total": 0.0,
                           "requests_finished_total": 0.0, "requests_failed_total": 0.0}
@@ -148,7 +148,6 @@ class LLMEngine:
         # truncation state), so the worker gets its own copy.
         self._decode_tokenizer = copy.deepcopy(tok)
         self._output.eos = set(facts.eos)
-        self._max_positions = facts.max_positions
         self._adapters = AdapterRegistry(self.config.adapters, bank, self._model_lock, self._lock, Path(model_dir))
         for name, path in self.config.adapters.preload.items():
             progress(f"loading adapter {name}")
@@ -245,11 +244,11 @@ class LLMEngine:
         self.state = "stopped"
 
     def info(self) -> ModelInfo:
-        facts = self._facts
+        facts = self._facts  # zeros until loaded
         return ModelInfo(
             name=self.name, kind="llm", version=Path(self._model_dir).name or self.config.path, state=self.state,
-            device=facts.device if facts else "cpu", parameters=facts.parameters if facts else 0,
-            memory_bytes=facts.memory_bytes if facts else 0, config=to_mapping(self.config),
+            device=facts.device, parameters=facts.parameters, memory_bytes=facts.memory_bytes,
+            config=to_mapping(self.config),
             services=("galactic.v1.Generation",),
         )
 
@@ -315,7 +314,7 @@ class LLMEngine:
     def _enqueue(self, req: GenerationRequest, canary: bool = False) -> Sequence:
         if (self.state != "ready" and not canary) or self._worker is None:
             raise Unavailable(f"model {self.name} is {self.state}")
-        ids = validate_and_tokenize(req, self.tokenizer, self.config.scheduler, self._max_positions)
+        ids = validate_and_tokenize(req, self.tokenizer, self.config.scheduler, self._facts.max_positions)
         with self._lock:
             if req.request_id in self._live:
                 raise AlreadyExists(f"request {req.request_id!r} is already running", field="request_id")

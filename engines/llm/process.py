@@ -220,13 +220,17 @@ class ModelProcess:
     def reset(self) -> None:
         """After a failed step: the child forgets every request, or, if it died, is
         respawned by the next call."""
-        if self._proc is not None and self._proc.is_alive() and not self._respawn:
+        if self.alive:
             try:
                 self.call("reset")
                 return
             except Unavailable:
                 pass
         self._respawn = True
+
+    @property
+    def adapters_loaded(self) -> int:
+        return len(self._adapters)
 
     def add_adapter(self, weights: AdapterWeights) -> int:
         slot = self.call("bank_add", weights)
@@ -327,20 +331,16 @@ class RemoteBank:
     def __init__(self, proc: ModelProcess, capacity: int) -> None:
         self._proc = proc
         self._capacity = capacity
-        self._used: set[int] = set()
 
     def check(self, weights: AdapterWeights) -> None:
         self._proc.call("bank_check", weights)
 
     @property
     def free_slots(self) -> int:
-        return self._capacity - len(self._used)
+        return self._capacity - self._proc.adapters_loaded
 
     def add(self, weights: AdapterWeights) -> int:
-        slot = self._proc.add_adapter(weights)
-        self._used.add(slot)
-        return slot
+        return self._proc.add_adapter(weights)
 
     def remove(self, slot: int) -> None:
         self._proc.remove_adapter(slot)
-        self._used.discard(slot)
