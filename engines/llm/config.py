@@ -105,6 +105,15 @@ class LLMConfig:
     # cost ~25 % of throughput at 32 streams on a 2-core host). "thread": all in the
     # daemon's process, on the engine's worker thread (faster start-up; what unit tests use).
     runner: Literal["process", "thread"] = "process"
+    # With runner = "process": plan and send step k+1 before applying step k's tokens, so
+    # the forward never waits for the daemon's output handling (detokenizing, stop strings,
+    # streams); a request that ends on EOS or a stop string is computed once more for nobody.
+    # auto = on when the model runs on CUDA, where the forward leaves the CPU idle (the
+    # overlap schedulers of TensorRT-LLM and vLLM, on by default there); off on the CPU,
+    # where the forward uses every core: measured on the 2-core host at 32 streams, "on"
+    # lost 4-13 points of the limit's throughput in each of 4 interleaved rounds (README).
+    # The thread runner runs the forward on the engine's own thread: nothing to overlap.
+    overlap_steps: Literal["auto", "on", "off"] = "auto"
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     adapters: AdapterConfig = field(default_factory=AdapterConfig)
 
@@ -137,6 +146,7 @@ trust_remote_code = false         # run Python shipped with the model dir; only 
 compile = "off"                   # off | decode (torch.compile + CUDA graphs for decode steps, warmed before ready)
 kv_cache = "static"               # static (one forward per step: decode rows + prompt chunks) | dynamic (padded cache)
 runner = "process"                # process (the model in a child process, free of the front end's GIL) | thread
+overlap_steps = "auto"            # auto | on | off: process runner sends step k+1 before applying step k (auto => on with CUDA)
 
 [llm.scheduler]
 max_running = 32                  # requests in the running batch at once

@@ -4,7 +4,9 @@ A thin façade over four parts, each testable alone:
 
     generate() --validate, tokenize--> Scheduler (waiting / prefilling / running, budgets)
         StepWorker thread, one step:  plan = scheduler.schedule(now)      (no tensors)
-                                      result = runner.execute(plan)       (all tensors)
+                                      runner.submit(plan)                 (all tensors)
+                                      [the previous step's output, while the model process computes]
+                                      result = runner.collect()
                                       output.emit / finish per request     (text, streams)
         --> ResultStream per request --> the caller's `async for`
 
@@ -121,6 +123,7 @@ class LLMEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._worker: SupervisedWorker | None = None  # created in start()
         self._waiters: list[asyncio.Future] = []
+        self._pending: StepResult | None = None  # a step's tokens not yet applied (overlapping runner)
         self._model_dir = ""
         self._counters = {"generated_tokens_total": 0.0, "prompt_tokens_total": 0.0, "steps_total": 0.0,
                           "requests_finished_total": 0.0, "requests_failed_total": 0.0}
@@ -167,7 +170,9 @@ class LLMEngine:
         progress("starting the model process")
         self._process = ModelProcess(self.config)
         facts = self._process.start(progress)
-        self._runner = RemoteRunner(self._process)
+        overlap = self.config.overlap_steps
+        self._runner = RemoteRunner(self._process, overlaps=overlap == "on" or (
+            overlap == "auto" and facts.device.startswith("cuda")))
         return tok, model_dir, facts, RemoteBank(self._process, self.config.adapters.max_loaded)
 
     async def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -175,7 +180,7 @@ class LLMEngine:
             raise FailedPrecondition("start() before load()")
         self._loop = loop
         self._outbox = Outbox(loop)
-        self._worker = SupervisedWorker(f"llm-{self.name}", self._step, self._scheduler.has_work,
+        self._worker = SupervisedWorker(f"llm-{self.name}", self._step, self._has_work,
                                         max_failures=MAX_FAILED_STEPS)
         self._outbox.thread = self._worker.thread
         self._worker.start(loop)
@@ -201,6 +206,7 @@ class LLMEngine:
 
     def _fail_held(self) -> None:
         """Between the dead worker and its successor: every live request fails Unavailable."""
+        self._pending = None
         with self._lock:
             victims = list(self._live.values())
             for seq in victims:
@@ -403,8 +409,12 @@ class LLMEngine:
             # after which the worker gives up and the daemon restarts it.
             raise failed
 
+    def _has_work(self) -> bool:
+        return self._pending is not None or self._scheduler.has_work()
+
     def _hand_over_first_tokens(self) -> None:
-        """Flush, then wait until the event loop has run the consumers it woke.
+        """Flush, then wait until the event loop has run the consumers it woke (the thread
+        runner only: with the model process, the next forward does not hold our GIL).
 
         A first token is what a waiting user feels most. Started at once, the next step's
         forward holds the GIL in Python code most of the time, and the event loop gets it
@@ -421,7 +431,12 @@ class LLMEngine:
         delivered.wait(_FIRST_TOKEN_HANDOFF_S)
 
     def _step_locked(self) -> bool:
-        """One step; True if it sampled a first token and no stream was decoding."""
+        """One step; True if it sampled a first token and no stream was decoding.
+
+        With an overlapping runner (the model process) the step is sent first and the
+        previous step's tokens are applied and handed to the event loop while the child
+        computes; this step's tokens then wait for the next call. Without one (the thread
+        runner, whose forward runs right here), a step's tokens are applied at once."""
         with self._lock:
             plan = self._scheduler.schedule(time.monotonic())
             for seq, _ in plan.dropped:
@@ -430,29 +445,43 @@ class LLMEngine:
             self._output.admitted(seq.handle, seq.t_admit)
         for seq, reason in plan.dropped:  # never reach the model
             self._output.finish(seq.handle, reason)
+        previous, self._pending = self._pending, None
         if not plan:
-            self._runner.free([seq for seq, _ in plan.dropped])
+            if previous is not None:
+                self._apply(previous)
+            self._runner.free([seq for seq, _ in plan.dropped])  # and any held back while a step ran
             return False
         rows = plan.decode + [c.seq for c in plan.prefill]
         links = [trace.Link(s.handle.span.get_span_context()) for s in rows]
         with tracer.start_as_current_span("llm.step", links=links) as span:
-            result = self._runner.execute(plan)
+            self._runner.submit(plan)
+            if previous is not None:  # the model process computes this step meanwhile
+                self._apply(previous)
+                self._outbox.flush(then=self._state_changed)
+            result = self._runner.collect()
             span.set_attribute("llm.batch_size", result.decode_rows)
             span.set_attribute("llm.prefill_tokens", result.prefill_tokens)
             span.set_attribute("llm.tokens", plan.num_tokens)
-        self._apply(result)
         self._counters["steps_total"] += 1
         self._m.batch_size.observe(result.decode_rows)
         self._m.step_tokens.observe(plan.num_tokens)
+        if self._runner.overlaps:
+            self._pending = result
+            return False
+        self._apply(result)
         # Hand a first token over before the next step only if no stream decoded in this
         # one: with streams running, the wait would add to every running stream's gap.
         return result.decode_rows == 0 and any(s.first for s in result.sampled)
 
     def _apply(self, result: StepResult) -> None:
-        """Stream every sampled token; end the requests they finished."""
+        """Stream every sampled token; end the requests they finished. A request that
+        ended meanwhile (cancelled, expired, or finished by the step before, when steps
+        overlap) gets no more tokens."""
         now = time.monotonic()
         finished: list[tuple[Sequence, FinishReason]] = []
         for s in result.sampled:
+            if s.seq.done:
+                continue
             reason = self._output.emit(s.seq.handle, s.seq.request.sampling, s.token, s.logprob, s.first, now)
             if reason is not None:
                 finished.append((s.seq, reason))
@@ -476,6 +505,7 @@ class LLMEngine:
 
     def _fail_all(self, exc: Exception) -> None:
         """A step raised: fail every admitted request (they shared the forward) and reset."""
+        self._pending = None  # its requests are among the victims
         with self._lock:
             victims = self._scheduler.abort_all()
             for seq in victims:

@@ -15,8 +15,8 @@ keys, chunk bounds, and each new request's prompt ids and sampling parameters on
 blocks in `recv`, with the GIL released, while the child runs the forward; the reply is
 the sampled tokens. A pipe round trip costs ~0.1 ms against a 40-80 ms step.
 
-Protocol: strictly one request, one reply (the engine's `_model_lock` serializes every
-call). Replies are ("ok", value...) or ("error", kind, message, field); errors keep their
+Protocol: strictly one request, one reply, in order (the engine's `_model_lock`
+serializes every call; a step's reply is taken before anything else is sent). Replies are ("ok", value...) or ("error", kind, message, field); errors keep their
 class (InvalidArgument with its field, out of memory) so the engine maps them as before.
 
 Lifecycle: the child ignores SIGTERM and SIGINT, since systemd signals the whole control
@@ -204,6 +204,11 @@ class ModelProcess:
     def call(self, op: str, *args: Any) -> Any:
         """One request and its reply; raises what the child raised, or Unavailable if the
         child is gone."""
+        self.send(op, *args)
+        return self.receive()
+
+    def send(self, op: str, *args: Any) -> None:
+        """A request whose reply the caller takes with `receive()` before any other call."""
         if self._closed.is_set():
             raise Unavailable("the model process is closed")
         if self._respawn:
@@ -212,6 +217,8 @@ class ModelProcess:
             self._conn.send((op, *args))
         except (OSError, ValueError):
             raise self._gone() from None
+
+    def receive(self) -> Any:
         reply = self._recv()
         if reply[0] == "error":
             raise _decode_error(*reply[1:])
@@ -283,15 +290,21 @@ class ModelProcess:
 
 
 class RemoteRunner:
-    """`ModelRunner`'s contract (execute, free, reset, kv_tokens) over a `ModelProcess`."""
+    """`ModelRunner`'s contract (submit / collect, free, reset, kv_tokens) over a
+    `ModelProcess`. It overlaps: between `submit` and `collect` the child computes while
+    the engine applies the step before; frees asked for meanwhile travel with the next
+    step, or at once when no step is in flight."""
 
-    def __init__(self, proc: ModelProcess) -> None:
+    def __init__(self, proc: ModelProcess, overlaps: bool = True) -> None:
         self._proc = proc
+        self.overlaps = overlaps
         self._known: set[int] = set()  # keys the child holds state for
+        self._freed: list[int] = []  # keys to free, held back while a step is in flight
+        self._inflight: dict[int, Sequence] | None = None  # the step sent: key -> request
         self.kv_tokens = 0
         self.buckets = proc.buckets
 
-    def execute(self, plan: StepPlan) -> StepResult:
+    def submit(self, plan: StepPlan) -> None:
         new = []
         for c in plan.prefill:
             seq = c.seq
@@ -300,24 +313,42 @@ class RemoteRunner:
                 new.append((seq.order, seq.prompt_ids, seq.slot, seq.request.sampling))
         dropped = [seq.order for seq, _ in plan.dropped if seq.order in self._known]
         self._known.difference_update(dropped)
-        sampled, rows, prefill_tokens, self.kv_tokens = self._proc.call(
-            "execute", new, dropped, [s.order for s in plan.decode],
-            [(c.seq.order, c.start, c.length) for c in plan.prefill])
+        dropped, self._freed = dropped + self._freed, []
+        self._proc.send("execute", new, dropped, [s.order for s in plan.decode],
+                        [(c.seq.order, c.start, c.length) for c in plan.prefill])
         by_key = {s.order: s for s in plan.decode}
         by_key.update((c.seq.order, c.seq) for c in plan.prefill)
+        self._inflight = by_key
+
+    def collect(self) -> StepResult:
+        by_key, self._inflight = self._inflight, None
+        sampled, rows, prefill_tokens, self.kv_tokens = self._proc.receive()
         return StepResult([Sampled(by_key[k], token, logprob, first) for k, token, logprob, first in sampled],
                           prefill_tokens=prefill_tokens, decode_rows=rows)
 
+    def execute(self, plan: StepPlan) -> StepResult:
+        self.submit(plan)
+        return self.collect()
+
     def free(self, seqs: list[Sequence]) -> None:
-        """At once, not with the next step: the slots and the kv_cache_tokens gauge must
-        not wait for a step that may never come."""
+        """At once when no step is in flight, not with the next step: the slots and the
+        kv_cache_tokens gauge must not wait for a step that may never come."""
         keys = [seq.order for seq in seqs if seq.order in self._known]
-        if keys:
-            self._known.difference_update(keys)
+        self._known.difference_update(keys)
+        self._freed.extend(keys)
+        if self._freed and self._inflight is None:
+            keys, self._freed = self._freed, []
             self.kv_tokens = self._proc.call("free", keys)
 
     def reset(self) -> None:
+        if self._inflight is not None:  # a step failed between submit and collect: take its reply first
+            self._inflight = None
+            try:
+                self._proc.receive()
+            except Exception:  # noqa: BLE001 - the step's requests already failed; reset decides what is left
+                pass
         self._known.clear()
+        self._freed.clear()
         self.kv_tokens = 0
         self._proc.reset()
 

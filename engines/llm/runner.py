@@ -77,6 +77,7 @@ class ModelRunner:
         self.batch: DecodeBatch[Sequence] = DecodeBatch(device)
         self._rows: dict[Sequence, _RowState] = {}
         self._static = None
+        self._submitted: StepPlan | None = None
         self._math = device.type == "cuda" if decode_math is None else decode_math  # see PackedStep.math
         self._graph: Callable[..., Any] | None = None  # the decode-only step with static shapes
         self.buckets: list[int] = []
@@ -133,6 +134,19 @@ class ModelRunner:
         self._static.clear()
 
     # ---- the contract ----------------------------------------------------------------------
+
+    # The engine sends a step with `submit` and takes its result with `collect`. Here the
+    # forward runs on the caller's thread, in `collect`: nothing can overlap it, so the
+    # engine applies each step's tokens before planning the next. The model process's
+    # runner overlaps (process.py).
+    overlaps = False
+
+    def submit(self, plan: StepPlan) -> None:
+        self._submitted = plan
+
+    def collect(self) -> StepResult:
+        plan, self._submitted = self._submitted, None
+        return self.execute(plan)
 
     def execute(self, plan: StepPlan) -> StepResult:
         """Run `plan`: free the dropped requests, then one forward over the decode rows and

@@ -28,6 +28,13 @@ finish and nothing is ever preempted) allow. A prompt longer than what is left i
 prefilled in chunks over several steps. So a burst of arrivals delays running streams by
 at most one budgeted step each step, and is prefilled over as many steps as it needs.
 
+Overlap: with the model in its own process, the engine plans step k+1 and sends it before
+it applies step k's tokens, so the child never waits for the parent's output handling
+(vLLM's async scheduling). A plan is therefore made one step behind the outputs: requests
+that ended in step k on EOS or a stop string are decoded once more for nobody (the engine
+drops that token), and a request's `planned` count keeps a length-limited one from being
+decoded past `max_new_tokens`.
+
 Not thread-safe: the engine serializes calls under its lock (arrivals on the event loop,
 `schedule` on the worker). `cancelled` may be set from any thread; it is acted on at the
 next `schedule`.
@@ -63,6 +70,7 @@ class Sequence:
     status: Status = Status.WAITING
     t_admit: float | None = None
     prefilled: int = 0  # prompt tokens scheduled into the KV cache so far
+    planned: int = 0  # tokens the plans so far sample for it (its prompt's last chunk, then one per decode)
     cancelled: bool = False  # set from any thread; acted on at the next schedule()
     handle: Any = None  # the engine's output-side record of this request; opaque here
 
@@ -222,7 +230,12 @@ class Scheduler:
     def schedule(self, now: float) -> StepPlan:
         plan = StepPlan()
         self._drop(now, plan)
-        plan.decode = list(self.running)
+        # A request whose plans already sample all its max_new_tokens is not decoded again:
+        # with an overlapping runner (see below) it is still running here, its last token
+        # planned but not yet applied; it leaves when that token is.
+        plan.decode = [s for s in self.running if s.planned < s.request.sampling.max_new_tokens]
+        for seq in plan.decode:
+            seq.planned += 1
         cfg = self.config
         if plan.decode:  # running streams wait for this step: bound it
             budget = max(1, min(cfg.prefill_chunk_tokens, cfg.max_step_tokens - len(plan.decode)))
@@ -247,7 +260,7 @@ class Scheduler:
         done = [c.seq for c in plan.prefill if c.last]
         for seq in done:
             self.prefilling.remove(seq)
-            seq.status = Status.RUNNING
+            seq.status, seq.planned = Status.RUNNING, 1
             self.running.append(seq)
         return plan
 

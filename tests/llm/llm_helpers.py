@@ -40,7 +40,7 @@ async def collect(engine, request: GenerationRequest) -> tuple[list[int], str, F
     return ids, text, final
 
 
-def make_config(tiny_dir: Path, adapters_root: Path, runner: str = "thread", **sched):
+def make_config(tiny_dir: Path, adapters_root: Path, runner: str = "thread", llm: dict | None = None, **sched):
     """The engine on its worker thread by default (no child process to spawn per test);
     test_llm_process.py runs the daemon's default, the model in its own process."""
     from engines.config import from_mapping
@@ -51,7 +51,7 @@ def make_config(tiny_dir: Path, adapters_root: Path, runner: str = "thread", **s
     scheduler.update(sched)
     return from_mapping(LLMConfig, {
         "name": "tiny", "path": str(tiny_dir), "device": "cpu", "runner": runner,
-        "scheduler": scheduler, "adapters": {"root": str(adapters_root), "max_loaded": 3},
+        "scheduler": scheduler, "adapters": {"root": str(adapters_root), "max_loaded": 3}, **(llm or {}),
     }, "llm")
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from engines.errors import InvalidArgument, Unavailable
-from engines.llm.types import GenerationRequest, SamplingParams
+from engines.llm.types import GenerationRequest, SamplingParams, TokenChunk
 from llm_helpers import PROMPTS, collect, greedy_reference, make_config
 
 REQUESTS = [  # (prompt, adapter, sampling): greedy, per-row LoRA, seeded sampling, penalty
@@ -24,10 +24,10 @@ REQUESTS = [  # (prompt, adapter, sampling): greedy, per-row LoRA, seeded sampli
 ]
 
 
-async def _engine(tiny_dir, adapters_root, runner: str):
+async def _engine(tiny_dir, adapters_root, runner: str, overlap: str = "on"):
     from engines.llm.engine import LLMEngine
 
-    eng = LLMEngine(make_config(tiny_dir, adapters_root, runner=runner))
+    eng = LLMEngine(make_config(tiny_dir, adapters_root, runner=runner, llm={"overlap_steps": overlap}))
     await asyncio.to_thread(eng.load, lambda msg: None)
     await eng.start(asyncio.get_running_loop())
     for name in ("alpha", "beta"):
@@ -41,9 +41,11 @@ async def _run_all(eng, tag: str) -> list[list[int]]:
     return [ids for ids, _, _ in results]
 
 
-@pytest.fixture(scope="module")
-async def proc_engine(tiny_dir, adapters_root):
-    eng = await _engine(tiny_dir, adapters_root, "process")
+@pytest.fixture(scope="module", params=["on", "off"])
+async def proc_engine(request, tiny_dir, adapters_root):
+    """The model process with steps overlapped (the default with CUDA) and in turn (on the CPU)."""
+    eng = await _engine(tiny_dir, adapters_root, "process", request.param)
+    assert eng._runner.overlaps is (request.param == "on")
     yield eng
     await eng.stop(5)
 
@@ -61,7 +63,9 @@ async def test_llm_process_runner_streams_what_the_thread_runner_does(proc_engin
     assert got[1] != greedy_reference(reference, PROMPTS[1], 8)  # the adapter really applied, in the child
     info = proc_engine.info()
     assert info.parameters == sum(p.numel() for p in reference[0].parameters()) and info.device == "cpu"
-    assert proc_engine.stats()["kv_cache_tokens"] == 0  # every request's slot freed in the child too
+    # Every request's slot freed in the child too (once the last step, which may have
+    # computed a row for a request that ended on EOS, has come back).
+    await proc_engine.wait_until(lambda e: e.stats()["kv_cache_tokens"] == 0, timeout=30)
 
 
 async def test_llm_process_adapter_errors_keep_their_status_and_field(proc_engine, adapters_root):
@@ -108,6 +112,48 @@ async def test_llm_process_child_ignores_sigterm_and_ends_with_the_engine(tiny_d
     assert not proc.is_alive() and proc.exitcode == 0
     with pytest.raises(Unavailable):
         eng.generate(GenerationRequest("late", prompt=PROMPTS[0]))
+
+
+async def test_llm_process_overlapped_steps_end_streams_as_the_thread_runner_does(proc_engine, tiny_dir,
+                                                                              adapters_root):
+    """The engine applies step k's tokens while the child computes step k+1: a request
+    that a stop string ends is computed once more for nobody, and that token must never
+    reach its stream; a cancel mid-stream still ends with CANCELLED and frees its slot."""
+    from engines.llm.types import FinishReason
+
+    def stop_request(stop: tuple[str, ...]) -> GenerationRequest:
+        return GenerationRequest("s", prompt=PROMPTS[3], sampling=SamplingParams(max_new_tokens=16, stop=stop))
+
+    thread_engine = await _engine(tiny_dir, adapters_root, "thread")
+    try:
+        _, text, _ = await collect(thread_engine, stop_request(()))
+        stop = (text[len(text) // 2: len(text) // 2 + 3],)
+        expected = await collect(thread_engine, stop_request(stop))
+    finally:
+        await thread_engine.stop(5)
+    assert expected[2].finish_reason is FinishReason.STOP_SEQUENCE and expected[2].completion_tokens < 16
+    before = proc_engine.stats()
+    got = await collect(proc_engine, stop_request(stop))
+    assert (got[0], got[1], got[2].finish_reason, got[2].completion_tokens) == \
+        (expected[0], expected[1], expected[2].finish_reason, expected[2].completion_tokens)
+    # Idle: the step computed for nobody has come back and the request's slot is free.
+    await proc_engine.wait_until(lambda e: e.stats()["kv_cache_tokens"] == 0, timeout=30)
+    after = proc_engine.stats()  # the extra token was not counted, nor the request finished twice
+    assert after["generated_tokens_total"] - before["generated_tokens_total"] == len(got[0])
+    assert after["requests_finished_total"] - before["requests_finished_total"] == 1
+
+    stream = proc_engine.generate(GenerationRequest("c", prompt=PROMPTS[0],
+                                                    sampling=SamplingParams(max_new_tokens=400, ignore_eos=True)))
+    chunks = 0
+    async for item in stream:
+        if isinstance(item, TokenChunk):
+            chunks += 1
+            if chunks == 3:
+                assert proc_engine.cancel("c")
+        else:
+            final = item
+    assert final.finish_reason is FinishReason.CANCELLED and final.completion_tokens == chunks < 400
+    await proc_engine.wait_until(lambda e: e.running_count == 0 and e.stats()["kv_cache_tokens"] == 0, timeout=30)
 
 
 def test_llm_process_errors_rebuilt_with_their_class():

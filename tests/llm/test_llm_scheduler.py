@@ -231,6 +231,39 @@ def test_every_request_finishes_with_its_token_count_under_random_traffic():
     assert sched.reserved == 0 and sched.running_count == 0
 
 
+def test_overlapped_steps_never_decode_a_request_past_its_length():
+    """The model process's order: step k+1 is planned before step k's tokens are applied.
+    Every request must still be computed exactly max_new_tokens tokens, not one more."""
+    import random
+
+    rng = random.Random(11)
+    sched, runner = Scheduler(config(max_running=6, max_step_tokens=24, prefill_chunk_tokens=16)), FakeRunner()
+    made, t, pending = [], 0.0, []
+
+    def overlapped_step() -> None:
+        nonlocal pending
+        plan = sched.schedule(t)
+        previous, pending = pending, runner.execute(plan)  # sent; the previous step is applied meanwhile
+        for s in previous:
+            if runner.tokens[s.request.request_id] >= s.request.sampling.max_new_tokens:
+                sched.finish(s)
+
+    for _ in range(400):
+        if len(made) < 60 and rng.random() < 0.3:
+            s = seq(f"o{len(made)}", prompt=rng.randint(1, 40), new=rng.randint(1, 12), t=t)
+            if sched.add(s):
+                made.append(s)
+        overlapped_step()
+        t += 0.1
+    while sched.has_work() or pending:
+        overlapped_step()
+        t += 0.1
+    assert all(s.done for s in made)
+    assert {s.request.request_id: runner.tokens[s.request.request_id] for s in made} == \
+        {s.request.request_id: s.request.sampling.max_new_tokens for s in made}
+    assert sched.reserved == 0 and sched.running_count == 0
+
+
 @pytest.mark.parametrize("bad", [dict(max_step_tokens=4, max_running=4), dict(max_step_tokens=2, max_running=8)])
 def test_step_budget_must_leave_room_for_prefill(bad):
     from engines.config import ConfigError
