@@ -20,7 +20,7 @@ class SchedulerConfig:
     max_running: int = 32  # requests decoding (or prefilling) at once: the batch's rows
     max_batch_tokens: int = 16384  # sum over running requests of prompt + max_new_tokens (reserved up front)
     max_waiting: int = 256  # bounded waiting queue; beyond it generate() raises ResourceExhausted
-    prefill_chunk_tokens: int = 256  # at most this many prompt tokens prefilled per step
+    prefill_chunk_tokens: int = 512  # at most this many prompt tokens prefilled per step
     # Tokens one step computes while streams are decoding: one per decoding row plus the
     # prompt tokens prefilled with them. Bounds how long arrivals stall running streams
     # (ITL) against how fast a burst is prefilled (TTFT); see engines/llm/README.md.
@@ -28,6 +28,12 @@ class SchedulerConfig:
     # tokens, a step then stays within ~1.3-1.5x a full decode step. On a GPU a decode step
     # is bound by memory, not FLOPs: a larger budget (512+) costs running streams little.
     max_step_tokens: int = 0
+    # A step with at most this share of max_running decoding (4 rows at 32) may prefill
+    # prefill_chunk_tokens, as one with none does: a burst into a quiet engine then stalls
+    # those few streams for one large step, instead of every stream that joins it over many
+    # budgeted steps (TGI's waiting_served_ratio makes the same trade). 0 = only a step with
+    # no row decoding.
+    burst_stall_fraction: float = 0.125
     priority_aging_s: float = 10.0  # a waiting request gains +1 priority per this many seconds
     max_prompt_tokens: int = 4096  # longer prompts are rejected (InvalidArgument on `prompt`)
     max_new_tokens_limit: int = 4096  # upper bound accepted for sampling.max_new_tokens
@@ -42,6 +48,7 @@ class SchedulerConfig:
             object.__setattr__(self, "max_step_tokens", 2 * self.max_running)
         check(self.max_step_tokens > self.max_running, "max_step_tokens",
               "must exceed max_running, or a full batch would leave no room to prefill arrivals")
+        check(0 <= self.burst_stall_fraction < 1, "burst_stall_fraction", "must be in [0, 1)")
         check(self.priority_aging_s > 0, "priority_aging_s", "must be > 0")
         check(self.max_prompt_tokens >= 1, "max_prompt_tokens", "must be >= 1")
         check(
@@ -152,8 +159,9 @@ overlap_steps = "auto"            # auto | on | off: process runner sends step k
 max_running = 32                  # requests in the running batch at once
 max_batch_tokens = 16384          # sum of prompt + max_new_tokens over running requests (reserved on admission)
 max_waiting = 256                 # bounded waiting queue; beyond it requests fail with RESOURCE_EXHAUSTED
-prefill_chunk_tokens = 256        # at most this many prompt tokens prefilled per step (all of a step when none decodes)
+prefill_chunk_tokens = 512        # at most this many prompt tokens prefilled per step (all of a step when few or none decode)
 max_step_tokens = 0               # per step while streams decode: their rows + prompt tokens (0 = 2 x max_running); lower = smoother ITL, slower burst TTFT (GPU: 512+)
+burst_stall_fraction = 0.125      # with at most this share of max_running decoding, a step may prefill prefill_chunk_tokens (0 = only with none)
 priority_aging_s = 10.0           # a waiting request gains +1 priority per this many seconds waited
 max_prompt_tokens = 4096          # longer prompts are rejected (INVALID_ARGUMENT on `prompt`)
 max_new_tokens_limit = 4096       # largest sampling.max_new_tokens accepted

@@ -131,11 +131,14 @@ def test_prefill_chunk_cap_applies_below_the_step_budget():
 
 
 def test_burst_is_prefilled_fifo_over_budgeted_steps_without_stalling_running_rows():
+    """Eight streams decoding (more than burst_stall_fraction of 32): a burst waits for
+    budgeted steps and never stalls them beyond the step budget."""
     cfg = config(max_running=32, max_step_tokens=48, prefill_chunk_tokens=512, max_batch_tokens=10000)
     sched, runner = Scheduler(cfg), FakeRunner()
-    sched.add(seq("first", prompt=8, new=200))
+    for i in range(8):
+        sched.add(seq(f"first{i}", prompt=8, new=200))
     step(sched, runner, 0.0)
-    burst = [seq(f"b{i:02d}", prompt=8, new=200, t=1.0) for i in range(31)]
+    burst = [seq(f"b{i:02d}", prompt=8, new=200, t=1.0) for i in range(24)]
     for s in burst:
         sched.add(s)
     admitted, t = [], 1.0
@@ -149,7 +152,29 @@ def test_burst_is_prefilled_fifo_over_budgeted_steps_without_stalling_running_ro
     assert ids(admitted) == ids(burst)  # FIFO among equal priorities
     # Each request got its first token (runner count) in order: no one overtaken.
     assert all(runner.tokens[s.request.request_id] >= 1 for s in burst)
-    assert len(runner.plans) < 31  # several prompts per step, not one each
+    assert 5 < len(runner.plans) < 24  # several prompts per step, not one each, not all at once
+
+
+@pytest.mark.parametrize("fraction, one_step", [(0.125, True), (0.0, False)])
+def test_a_burst_into_a_quiet_engine_is_prefilled_in_one_step(fraction, one_step):
+    """One stream decoding (at most burst_stall_fraction of max_running): the whole burst
+    is prefilled in the next step, which stalls that one stream once; with the fraction at
+    0 the burst is spread over budgeted steps instead."""
+    cfg = config(max_running=32, max_step_tokens=48, prefill_chunk_tokens=512, max_batch_tokens=10000,
+                 burst_stall_fraction=fraction)
+    sched, runner = Scheduler(cfg), FakeRunner()
+    sched.add(seq("first", prompt=8, new=200))
+    step(sched, runner, 0.0)
+    burst = [seq(f"b{i:02d}", prompt=8, new=200, t=1.0) for i in range(31)]
+    for s in burst:
+        sched.add(s)
+    plan = step(sched, runner, 1.0)
+    assert ids(plan.decode) == ["first"]  # the running stream still decodes in that step
+    assert (ids(plan.admitted) == ids(burst) and plan.prefill_tokens == 31 * 8) is one_step
+    if not one_step:
+        assert plan.num_tokens <= 48
+    nxt = step(sched, runner, 1.01)
+    assert len(nxt.decode) == (32 if one_step else 1 + sum(c.last for c in plan.prefill))
 
 
 def test_deadline_expiry_in_every_set():
