@@ -38,15 +38,19 @@ class SchedulerConfig:
     max_prompt_tokens: int = 4096  # longer prompts are rejected (InvalidArgument on `prompt`)
     max_new_tokens_limit: int = 4096  # upper bound accepted for sampling.max_new_tokens
 
+    @property
+    def step_tokens(self) -> int:
+        """`max_step_tokens` resolved (0 = 2 x max_running). Derived here, not written back
+        in `__post_init__`, so that `replace(config, max_running=...)` derives it anew."""
+        return self.max_step_tokens or 2 * self.max_running
+
     def __post_init__(self) -> None:
         check(self.max_running >= 1, "max_running", "must be >= 1")
         check(self.max_batch_tokens >= 2, "max_batch_tokens", "must be >= 2")
         check(self.max_waiting >= 1, "max_waiting", "must be >= 1 (every request passes through the waiting queue)")
         check(self.prefill_chunk_tokens >= 1, "prefill_chunk_tokens", "must be >= 1")
         check(self.max_step_tokens >= 0, "max_step_tokens", "must be >= 0 (0 = 2 x max_running)")
-        if self.max_step_tokens == 0:
-            object.__setattr__(self, "max_step_tokens", 2 * self.max_running)
-        check(self.max_step_tokens > self.max_running, "max_step_tokens",
+        check(self.step_tokens > self.max_running, "max_step_tokens",
               "must exceed max_running, or a full batch would leave no room to prefill arrivals")
         check(0 <= self.burst_stall_fraction < 1, "burst_stall_fraction", "must be in [0, 1)")
         check(self.priority_aging_s > 0, "priority_aging_s", "must be > 0")

@@ -244,7 +244,7 @@ class Scheduler:
         if len(plan.decode) <= cfg.burst_stall_fraction * cfg.max_running:
             budget = cfg.prefill_chunk_tokens  # no stream, or a few, wait on this step: prefill all a step may
         else:  # many streams wait for this step: bound it
-            budget = max(1, min(cfg.prefill_chunk_tokens, cfg.max_step_tokens - len(plan.decode)))
+            budget = max(1, min(cfg.prefill_chunk_tokens, cfg.step_tokens - len(plan.decode)))
         for seq in self.prefilling:  # prompts already under way, oldest first
             if budget <= 0:
                 break

@@ -311,6 +311,12 @@ def test_a_step_with_no_decoding_row_may_prefill_a_whole_chunk():
 
 
 def test_default_step_budget_is_two_tokens_per_running_row():
-    assert SchedulerConfig(max_running=32).max_step_tokens == 64
-    assert SchedulerConfig(max_running=1).max_step_tokens == 2  # must exceed max_running
-    assert SchedulerConfig(max_running=32, max_step_tokens=512).max_step_tokens == 512
+    from dataclasses import replace
+
+    assert SchedulerConfig(max_running=32).step_tokens == 64
+    assert SchedulerConfig(max_running=1).step_tokens == 2  # must exceed max_running
+    assert SchedulerConfig(max_running=32, max_step_tokens=512).step_tokens == 512
+    # Derived, not stored: a copy with more rows gets its own default budget, and the
+    # configuration reported (ListModels, /statusz) keeps what the operator wrote.
+    assert replace(SchedulerConfig(max_running=32), max_running=64).step_tokens == 128
+    assert SchedulerConfig(max_running=32).max_step_tokens == 0
