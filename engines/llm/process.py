@@ -16,8 +16,9 @@ blocks in `recv`, with the GIL released, while the child runs the forward; the r
 the sampled tokens. A pipe round trip costs ~0.1 ms against a 40-80 ms step.
 
 Protocol: strictly one request, one reply, in order (the engine's `_model_lock`
-serializes every call; a step's reply is taken before anything else is sent). Replies are ("ok", value...) or ("error", kind, message, field); errors keep their
-class (InvalidArgument with its field, out of memory) so the engine maps them as before.
+serializes every call; a step's reply is taken before anything else is sent). Replies
+are ("ok", value...) or ("error", kind, message, field); errors keep their class
+(InvalidArgument with its field, out of memory) so the engine maps them as before.
 
 Lifecycle: the child ignores SIGTERM and SIGINT, since systemd signals the whole control
 group on stop and the child must keep serving the drain; it exits when the parent sends
@@ -291,9 +292,9 @@ class ModelProcess:
 
 class RemoteRunner:
     """`ModelRunner`'s contract (submit / collect, free, reset, kv_tokens) over a
-    `ModelProcess`. It overlaps: between `submit` and `collect` the child computes while
-    the engine applies the step before; frees asked for meanwhile travel with the next
-    step, or at once when no step is in flight."""
+    `ModelProcess`. Between `submit` and `collect` the child computes; with `overlaps`
+    the engine applies the step before meanwhile, and frees asked for then travel with
+    the next step, or at once when no step is in flight."""
 
     def __init__(self, proc: ModelProcess, overlaps: bool = True) -> None:
         self._proc = proc
@@ -325,10 +326,6 @@ class RemoteRunner:
         sampled, rows, prefill_tokens, self.kv_tokens = self._proc.receive()
         return StepResult([Sampled(by_key[k], token, logprob, first) for k, token, logprob, first in sampled],
                           prefill_tokens=prefill_tokens, decode_rows=rows)
-
-    def execute(self, plan: StepPlan) -> StepResult:
-        self.submit(plan)
-        return self.collect()
 
     def free(self, seqs: list[Sequence]) -> None:
         """At once when no step is in flight, not with the next step: the slots and the

@@ -29,12 +29,13 @@ finish and nothing is ever preempted) allow. A prompt longer than what is left i
 prefilled in chunks over several steps. So a burst of arrivals delays running streams by
 at most one budgeted step each step, and is prefilled over as many steps as it needs; a
 burst into a quiet engine is prefilled in one large step that stalls the few streams
-already running once (measured at 32 streams: the burst then costs what the raw loop's
-batched prefill does, instead of ~25 mixed steps at ~1.4x a decode step each).
+already running once, instead of every stream that joins it over many budgeted steps
+(measured at 32 streams: the burst's TTFT p50 about halved; engines/llm/README.md).
 
-Overlap: with the model in its own process, the engine plans step k+1 and sends it before
-it applies step k's tokens, so the child never waits for the parent's output handling
-(vLLM's async scheduling). A plan is therefore made one step behind the outputs: requests
+Overlap (`overlap_steps`, on with CUDA): with the model in its own process, the engine
+may plan step k+1 and send it before it applies step k's tokens, so the child never waits
+for the parent's output handling (vLLM's async scheduling). A plan is then made one step
+behind the outputs: requests
 that ended in step k on EOS or a stop string are decoded once more for nobody (the engine
 drops that token), and a request's `planned` count keeps a length-limited one from being
 decoded past `max_new_tokens`.
