@@ -123,7 +123,8 @@ class LLMConfig:
     # overlap schedulers of TensorRT-LLM and vLLM, on by default there); off on the CPU,
     # where the forward uses every core: measured on the 2-core host at 32 streams, "on"
     # lost 4-13 points of the limit's throughput in each of 4 interleaved rounds (README).
-    # The thread runner runs the forward on the engine's own thread: nothing to overlap.
+    # The thread runner runs the forward on the engine's own thread: nothing to overlap
+    # ("on" is refused there; "auto" is off).
     overlap_steps: Literal["auto", "on", "off"] = "auto"
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     adapters: AdapterConfig = field(default_factory=AdapterConfig)
@@ -141,6 +142,8 @@ class LLMConfig:
             "quantization",
             f"{self.quantization} (bitsandbytes) needs CUDA; on the CPU choose 'int8-dynamic' or 'none'",
         )
+        check(not (self.overlap_steps == "on" and self.runner != "process"), "overlap_steps",
+              "'on' overlaps the model process's forward with the daemon's output work; it needs runner = \"process\"")
         check(not (self.compile == "decode" and self.kv_cache != "static"), "compile",
               "'decode' compiles the static KV layout's decode step; it needs kv_cache = \"static\"")
 

@@ -213,6 +213,10 @@ def test_llm_config_rejects_bad_values_and_default_toml_parses():
     assert exc.value.key == "llm.scheduler.max_running"
     with pytest.raises(ConfigError):
         from_mapping(LLMConfig, {"scheduler": {"max_runing": 3}}, "llm")
+    with pytest.raises(ConfigError) as exc:  # nothing to overlap on the engine's own thread
+        from_mapping(LLMConfig, {"runner": "thread", "overlap_steps": "on"}, "llm")
+    assert exc.value.key == "llm.overlap_steps" and "runner" in exc.value.reason
+    assert from_mapping(LLMConfig, {"runner": "thread", "overlap_steps": "auto"}, "llm").runner == "thread"
     parsed = from_mapping(LLMConfig, tomllib.loads(DEFAULT_TOML)["llm"], "llm")
     assert parsed == LLMConfig()
 

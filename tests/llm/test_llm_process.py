@@ -27,7 +27,8 @@ REQUESTS = [  # (prompt, adapter, sampling): greedy, per-row LoRA, seeded sampli
 async def _engine(tiny_dir, adapters_root, runner: str, overlap: str = "on"):
     from engines.llm.engine import LLMEngine
 
-    eng = LLMEngine(make_config(tiny_dir, adapters_root, runner=runner, llm={"overlap_steps": overlap}))
+    eng = LLMEngine(make_config(tiny_dir, adapters_root, runner=runner,
+                                llm={"overlap_steps": overlap} if runner == "process" else None))
     await asyncio.to_thread(eng.load, lambda msg: None)
     await eng.start(asyncio.get_running_loop())
     for name in ("alpha", "beta"):
@@ -68,6 +69,7 @@ async def test_llm_process_runner_streams_what_the_thread_runner_does(proc_engin
     await proc_engine.wait_until(lambda e: e.stats()["kv_cache_tokens"] == 0, timeout=30)
 
 
+@pytest.mark.parametrize("proc_engine", ["on"], indirect=True)  # not about overlap: one mode
 async def test_llm_process_adapter_errors_keep_their_status_and_field(proc_engine, adapters_root):
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -82,6 +84,7 @@ async def test_llm_process_adapter_errors_keep_their_status_and_field(proc_engin
     assert {a.name for a in proc_engine.list_adapters()} == {"alpha", "beta"}
 
 
+@pytest.mark.parametrize("proc_engine", ["on"], indirect=True)  # not about overlap: one mode
 async def test_llm_process_child_death_fails_the_stream_then_a_new_child_serves(proc_engine):
     before = await _run_all(proc_engine, "b")
     pid = proc_engine._process.pid
