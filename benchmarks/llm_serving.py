@@ -218,7 +218,7 @@ class LimitProcess:
     def __init__(self, model_dir: Path, threads: int, log: Path) -> None:
         self._err = open(log, "w")
         self.proc = subprocess.Popen([sys.executable, __file__, "--limit-worker", str(model_dir), "--threads",
-                                      str(threads), "--json", os.devnull], stdin=subprocess.PIPE,
+                                      str(threads)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self._err, text=True)
         self._lock = asyncio.Lock()
 
@@ -516,7 +516,7 @@ def summarize(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one round of the full run, without the serial baseline at 32 streams (~4 min)")
-    parser.add_argument("--json", type=Path, required=True, help="write results here")
+    parser.add_argument("--json", type=Path, help="write results here (required, except for --limit-worker)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
     parser.add_argument("--max-step-tokens", type=int, default=0,
                         help="galacticd's scheduler.max_step_tokens (default: the engine's own default)")
@@ -538,6 +538,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.limit_worker:
         return limit_worker(args.limit_worker, args.threads or max(1, os.cpu_count() or 1))
+    if args.json is None:
+        parser.error("the following arguments are required: --json")
     # SIGTERM unwinds like Ctrl-C, so the `finally` that stops the servers runs.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     rows = asyncio.run(main_async(args))  # builds its model under a temp dir it removes

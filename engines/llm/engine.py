@@ -413,8 +413,9 @@ class LLMEngine:
         return self._pending is not None or self._scheduler.has_work()
 
     def _hand_over_first_tokens(self) -> None:
-        """Flush, then wait until the event loop has run the consumers it woke (the thread
-        runner only: with the model process, the next forward does not hold our GIL).
+        """Flush, then wait until the event loop has run the consumers it woke (whenever
+        steps do not overlap; with the model process the next forward does not hold our
+        GIL, so there the wait probably buys nothing, unmeasured).
 
         A first token is what a waiting user feels most. Started at once, the next step's
         forward holds the GIL in Python code most of the time, and the event loop gets it

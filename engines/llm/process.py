@@ -185,9 +185,7 @@ class ModelProcess:
                 progress(reply[1])
                 continue
             if reply[0] == "error":  # the load failed: end this child; a later call may try again
-                self._proc.join(10)
-                if self._proc.is_alive():
-                    self._proc.kill()
+                self._end_child(10)
                 self._respawn = True
                 raise _decode_error(*reply[1:])
             _, self.facts, self.buckets = reply
@@ -257,11 +255,8 @@ class ModelProcess:
             self._conn.send(("close",))
         except (OSError, ValueError):
             pass
-        self._proc.join(timeout)
-        if self._proc.is_alive():
-            log.warning("model process %s did not exit in %.0f s; killing it", self._proc.pid, timeout)
-            self._proc.kill()
-            self._proc.join(5)
+        if not self._end_child(timeout):
+            log.warning("model process %s did not exit in %.0f s; killed it", self._proc.pid, timeout)
         self._conn.close()
 
     def _recv(self) -> tuple:
@@ -270,20 +265,24 @@ class ModelProcess:
         except (EOFError, OSError):
             raise self._gone() from None
 
+    def _end_child(self, wait_s: float) -> bool:
+        """Give the child `wait_s` to exit, then kill it; True if it exited by itself."""
+        self._proc.join(wait_s)
+        if not self._proc.is_alive():
+            return True
+        self._proc.kill()
+        self._proc.join(5)
+        return False
+
     def _gone(self) -> Unavailable:
-        self._proc.join(1)
-        if self._proc.is_alive():  # the pipe broke under a live child: it cannot be trusted
-            self._proc.kill()
-            self._proc.join(5)
+        self._end_child(1)  # if the pipe broke under a live child, it cannot be trusted
         self._respawn = True
         return Unavailable(f"the model process exited (exit code {self._proc.exitcode}); it is being restarted")
 
     def _restart(self) -> None:
         log.warning("model process %s exited (exit code %s); starting a new one", self._proc.pid, self._proc.exitcode)
         self._conn.close()
-        if self._proc.is_alive():
-            self._proc.kill()
-        self._proc.join(5)
+        self._end_child(0)
         self._respawn = False
         self.start(lambda message: log.info("model process: %s", message))
         for slot, weights in sorted(self._adapters.items()):
