@@ -20,7 +20,11 @@ class SchedulerConfig:
     max_running: int = 32  # requests decoding (or prefilling) at once: the batch's rows
     max_batch_tokens: int = 16384  # sum over running requests of prompt + max_new_tokens (reserved up front)
     max_waiting: int = 256  # bounded waiting queue; beyond it generate() raises ResourceExhausted
-    prefill_chunk_tokens: int = 512  # at most this many prompt tokens prefilled per step
+    # At most this many prompt tokens prefilled per step. Steps with streams decoding take
+    # less (max_step_tokens); this bounds the large step of a burst into a quiet engine:
+    # 2048 takes 32 prompts of 64 tokens at once (vLLM's default token budget for online
+    # serving), so the burst's last stream starts with its first, not many steps later.
+    prefill_chunk_tokens: int = 2048
     # Tokens one step computes while streams are decoding: one per decoding row plus the
     # prompt tokens prefilled with them. Bounds how long arrivals stall running streams
     # (ITL) against how fast a burst is prefilled (TTFT); see engines/llm/README.md.
@@ -166,7 +170,7 @@ overlap_steps = "auto"            # auto | on | off: process runner sends step k
 max_running = 32                  # requests in the running batch at once
 max_batch_tokens = 16384          # sum of prompt + max_new_tokens over running requests (reserved on admission)
 max_waiting = 256                 # bounded waiting queue; beyond it requests fail with RESOURCE_EXHAUSTED
-prefill_chunk_tokens = 512        # at most this many prompt tokens prefilled per step (all of a step when few or none decode)
+prefill_chunk_tokens = 2048       # at most this many prompt tokens prefilled per step (all of a step when few or none decode)
 max_step_tokens = 0               # per step while streams decode: their rows + prompt tokens (0 = 2 x max_running); lower = smoother ITL, slower burst TTFT (GPU: 512+)
 burst_stall_fraction = 0.125      # with at most this share of max_running decoding, a step may prefill prefill_chunk_tokens (0 = only with none)
 priority_aging_s = 10.0           # a waiting request gains +1 priority per this many seconds waited

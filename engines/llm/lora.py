@@ -108,6 +108,9 @@ class LoRAContext:
 
     def __init__(self) -> None:
         self.index: torch.Tensor | None = None  # (B,) int64 slot per row; None => no LoRA at all
+        # (B,) bool: the rows whose logits the forward keeps (a boolean `logits_to_keep`);
+        # the LM head then sees only those rows, flattened to (K, in).
+        self.kept: torch.Tensor | None = None
 
 
 class LoRALinear(nn.Module):
@@ -141,17 +144,21 @@ class LoRALinear(nn.Module):
             self.lora_a[slot, :r] = a.to(self.lora_a)
             self.lora_b[slot, :, :r] = b.to(self.lora_b)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, in)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, in), or the LM head's (K, in)
         y = self.base(x)
         idx = self.ctx.index
         if idx is None or self.rank == 0:
             return y
+        flat = x.dim() == 2
+        if flat:  # an adapter on the LM head, which sees only the kept rows
+            idx, x = idx[self.ctx.kept.to(idx.device)], x.unsqueeze(1)
         if idx.device != self.lora_a.device:  # layers spread over GPUs by device_map
             idx = idx.to(self.lora_a.device, non_blocking=True)
         a = self.lora_a.index_select(0, idx)  # (B, r, in)
         b = self.lora_b.index_select(0, idx)  # (B, out, r)
         h = torch.bmm(x.to(a.dtype), a.transpose(1, 2))  # (B, T, r)
-        return y + torch.bmm(h, b.transpose(1, 2)).to(y.dtype)  # (B, T, out)
+        delta = torch.bmm(h, b.transpose(1, 2))  # (B, T, out)
+        return y + (delta.squeeze(1) if flat else delta).to(y.dtype)
 
 
 class LoRABank:

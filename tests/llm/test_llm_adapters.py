@@ -58,6 +58,42 @@ async def test_llm_rslora_adapter_matches_peft(engine, tiny_dir, adapters_root):
         await engine.unload_adapter("delta")
 
 
+async def test_llm_adapter_on_the_lm_head_matches_peft_beside_base_rows(engine, reference, tiny_dir, adapters_root):
+    """The packed step computes logits only for the rows it samples, so an adapter on the LM
+    head sees those rows alone: each must still read its own adapter slot."""
+    import shutil
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(7)
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir, local_files_only=True)
+    head = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "lm_head"],
+                                           init_lora_weights=False, lora_dropout=0.0))
+    with torch.no_grad():
+        for n, p in head.named_parameters():
+            if "lora_B" in n:
+                p.mul_(3.0)
+    # PEFT would also save the whole head (in case the vocabulary was resized), which the
+    # loader refuses as an embedding change; an adapter of LoRA weights alone loads.
+    head.save_pretrained(adapters_root / "head", save_embedding_layers=False)
+    try:
+        await engine.load_adapter("head", "head")
+        n = 12
+        plan = [(None, PROMPTS[0]), ("head", PROMPTS[0]), (None, PROMPTS[3]), ("head", PROMPTS[2])]
+        results = await asyncio.gather(*(
+            collect(engine, GenerationRequest(f"head{i}", prompt=p, adapter=a, sampling=SamplingParams(max_new_tokens=n)))
+            for i, (a, p) in enumerate(plan)))
+        assert results[1][0] != results[0][0], "the adapter should change the output"
+        for (a, p), (ids, _, _) in zip(plan, results):
+            want = greedy_reference(reference, p, n) if a is None else peft_reference(tiny_dir, adapters_root, a, p, n)
+            assert ids == want, (a, p)
+    finally:
+        if "head" in engine.list_adapters():
+            await engine.unload_adapter("head")
+        shutil.rmtree(adapters_root / "head", ignore_errors=True)
+
+
 async def test_llm_adapter_admin_errors_name_the_field(engine, adapters_root, tmp_path):
     with pytest.raises(PermissionDenied) as exc:
         await engine.load_adapter("x", "../outside")

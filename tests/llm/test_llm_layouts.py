@@ -86,6 +86,34 @@ def test_static_layouts_equal_the_dynamic_cache_and_generate(model_pair, layout)
     assert runner.kv_tokens == 0  # every slot was freed
 
 
+def test_a_packed_step_computes_logits_only_for_the_rows_it_samples(model_pair):
+    """Prompt tokens that complete no prompt need no vocab-sized logits row: the LM head
+    sees the decode rows and each completed prompt's last token, nothing else."""
+    ref, static = model_pair
+    work = _workload(ref.config.vocab_size)
+    runner = ModelRunner(static, torch.device("cpu"), kv_slots=4, hf_config=static.config)
+    head_rows: list[int] = []
+    hook = static.lm_head.register_forward_hook(lambda mod, args, out: head_rows.append(args[0].shape[0]))
+    sampled: list[int] = []
+    prefill_tokens: list[int] = []
+    execute = runner.execute
+
+    def counting(plan):
+        result = execute(plan)
+        sampled.append(len(result.sampled))
+        prefill_tokens.append(plan.prefill_tokens)
+        return result
+
+    runner.execute = counting
+    try:
+        got = _serve(runner, work)
+    finally:
+        hook.remove()
+    assert head_rows == sampled
+    assert any(p > 1 for p in prefill_tokens)  # prompt chunks did run, and were not projected
+    assert got == _serve(ModelRunner(ref, torch.device("cpu")), work)
+
+
 def test_generate_on_the_switched_model_still_masks_padding(model_pair):
     """The static layout's attention falls back to SDPA with its masks outside a step."""
     ref, static = model_pair
