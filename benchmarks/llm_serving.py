@@ -394,7 +394,7 @@ enabled = false
 def _variants(args: argparse.Namespace, budget: dict[str, object]) -> list[tuple[str, dict, dict, int]]:
     """(system name, environment, [llm] settings, torch threads) of each galacticd served
     beside the default one: --compare-step-tokens, --compare-env, --compare-llm."""
-    out = [(f"galacticd@{v}", {}, {"scheduler.max_step_tokens": int(v)}, 0)
+    out = [(f"galacticd@{v}", {}, {"scheduler.max_step_tokens": int(v)}, args.server_threads)
            for v in args.compare_step_tokens.split(",") if v.strip()]
     for spec, is_env in [(s, True) for s in args.compare_env] + [(s, False) for s in args.compare_llm]:
         label, _, assignments = spec.partition(":")

@@ -159,6 +159,39 @@ async def test_llm_process_overlapped_steps_end_streams_as_the_thread_runner_doe
     await proc_engine.wait_until(lambda e: e.running_count == 0 and e.stats()["kv_cache_tokens"] == 0, timeout=30)
 
 
+def test_llm_process_start_method_forks_from_a_server_only_where_cuda_cannot_be_used(tiny_dir, adapters_root,
+                                                                                     monkeypatch):
+    """A forked CUDA context is unusable: with CUDA possible the child is spawned; on a CPU
+    it is forked from the fork server, which imported torch and engines.llm once. (No GPU
+    here: "CUDA available" is patched for the `auto` case; the spawn itself is not run.)"""
+    from dataclasses import replace
+
+    from engines.llm import process
+
+    cpu = make_config(tiny_dir, adapters_root, "process")
+    assert process._context(cpu).get_start_method() == "forkserver"
+    assert process._context(replace(cpu, device="cuda")).get_start_method() == "spawn"
+    auto = replace(cpu, device="auto")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert process._context(auto).get_start_method() == "forkserver"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert process._context(auto).get_start_method() == "spawn"
+
+
+async def test_llm_process_children_fork_from_one_server(tiny_dir, adapters_root):
+    """Two engines' children (and a respawn) share one fork server: the imports are paid once."""
+    engines = [await _engine(tiny_dir, adapters_root, "process") for _ in range(2)]
+    try:
+        parents = set()
+        for eng in engines:
+            with open(f"/proc/{eng._process.pid}/stat") as f:
+                parents.add(int(f.read().rsplit(")", 1)[1].split()[2]))  # field 4: ppid
+        assert len(parents) == 1 and os.getpid() not in parents
+    finally:
+        for eng in engines:
+            await eng.stop(5)
+
+
 def test_llm_process_errors_rebuilt_with_their_class():
     from engines.llm.process import _decode_error, _encode_error
 
