@@ -27,11 +27,12 @@ Unavailable; `reset()` then marks it for a respawn, which the next call performs
 load and every resident adapter written back into its slot), so the engine's canary
 proves the new process before health returns to SERVING.
 
-Start method: "spawn" wherever CUDA may be used (a forked CUDA context is unusable), else
+Start method: "spawn" wherever CUDA may be used (`device = "cuda"`, or `"auto"` with a
+CUDA build of torch; a forked CUDA context is unusable), else
 "forkserver": one server process, started with the first child, imports torch,
 transformers and this package once (about 8 s on the 2-core CPU host), and every child is
-forked from it, so a child starts in well under a second instead of importing all of that
-again. That is a respawn after a crash, and each daemon the tests start. PyTorch supports
+forked from it: a child is up, model loaded, in about 1.5 s instead of about 9 s. That is
+every respawn after a crash, and each daemon the tests start. PyTorch supports
 both methods for CUDA children; spawn stays the CUDA default because it is the method
 measured there. The fork server holds no model and no thread pool (it only imports).
 """
@@ -171,7 +172,9 @@ def _context(config: LLMConfig) -> Any:
     """The child's start method (see the module docstring). Never plain "fork": the
     daemon's process runs threads (the event loop, grpc's poller), and a fork copies their
     locks in whatever state they are."""
-    if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()):
+    # `auto` asks whether this torch was built with CUDA, not whether a GPU is present:
+    # `is_available()` would initialise the CUDA driver in the daemon's own process.
+    if config.device == "cuda" or (config.device == "auto" and torch.backends.cuda.is_built()):
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(_PRELOAD)  # takes effect when the server starts, once per process
@@ -179,7 +182,7 @@ def _context(config: LLMConfig) -> Any:
 
 
 class ModelProcess:
-    """The parent's handle on the child: spawn, one call at a time, respawn, close."""
+    """The parent's handle on the child: start, one call at a time, respawn, close."""
 
     def __init__(self, config: LLMConfig) -> None:
         self._config = config
@@ -193,7 +196,7 @@ class ModelProcess:
         self.buckets: list[int] = []
 
     def start(self, progress: Callable[[str], None]) -> ModelFacts:
-        """Blocking: spawn the child and wait until its model is loaded."""
+        """Blocking: start the child (`_context` picks how) and wait until its model is loaded."""
         ctx = _context(self._config)
         self._conn, child_conn = ctx.Pipe()
         self._proc = ctx.Process(target=_child_main, args=(child_conn, self._config, torch.get_num_threads()),

@@ -163,7 +163,7 @@ def test_llm_process_start_method_forks_from_a_server_only_where_cuda_cannot_be_
                                                                                      monkeypatch):
     """A forked CUDA context is unusable: with CUDA possible the child is spawned; on a CPU
     it is forked from the fork server, which imported torch and engines.llm once. (No GPU
-    here: "CUDA available" is patched for the `auto` case; the spawn itself is not run.)"""
+    here: a CUDA build of torch is patched in for the `auto` case; no child is started.)"""
     from dataclasses import replace
 
     from engines.llm import process
@@ -172,14 +172,14 @@ def test_llm_process_start_method_forks_from_a_server_only_where_cuda_cannot_be_
     assert process._context(cpu).get_start_method() == "forkserver"
     assert process._context(replace(cpu, device="cuda")).get_start_method() == "spawn"
     auto = replace(cpu, device="auto")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.cuda, "is_built", lambda: False)
     assert process._context(auto).get_start_method() == "forkserver"
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.cuda, "is_built", lambda: True)
     assert process._context(auto).get_start_method() == "spawn"
 
 
 async def test_llm_process_children_fork_from_one_server(tiny_dir, adapters_root):
-    """Two engines' children (and a respawn) share one fork server: the imports are paid once."""
+    """Two engines' children share one fork server: the imports are paid once per daemon."""
     engines = [await _engine(tiny_dir, adapters_root, "process") for _ in range(2)]
     try:
         parents = set()
