@@ -473,8 +473,9 @@ async def main_async(args: argparse.Namespace) -> list[dict]:
     try:
         for _, run in systems.values():  # warm-up (allocator, first-call paths)
             await run(2)
+        runs = _schedule(setup, list(systems), set(others), args.quick)  # the same every round
         for rnd in range(setup.rounds):
-            for n, rep, name in _schedule(setup, list(systems), set(others), args.quick):
+            for n, rep, name in runs:
                 pid, run = systems[name]
                 with LoadProbe(pid) as probe:
                     # One stream gives one TTFT sample; at concurrency 1 run several
