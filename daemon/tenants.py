@@ -7,8 +7,10 @@ A line of `security.api_keys_file` is a token, then optional limits:
 - `concurrency`: calls in flight at once (streams count until they end);
 - `rps`: calls per second, a token bucket holding one second's worth (bursts up to `rps`);
 - `tokens_per_min`: LLM tokens (prompt + completion) per minute, a token bucket holding
-  one minute's worth; a Generate or Session request is admitted while the bucket is above
-  zero and charged when its Final is sent, so one long request may leave it in debt;
+  one minute's worth; a generation request is admitted while the bucket is above zero, its
+  prompt is charged once the engine has queued it and each completion token as the engine
+  samples it, however the request then ends (finished, cancelled, expired, failed), so one
+  long request may leave the bucket in debt;
 - `tenant`: the name in logs and metrics (default: `tenant-` and the token's hash prefix;
   the token itself is never logged).
 
@@ -19,6 +21,7 @@ A line of `security.api_keys_file` is a token, then optional limits:
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import hashlib
 import math
 import threading
@@ -27,6 +30,7 @@ from dataclasses import dataclass, field
 
 from engines.config import ConfigError
 from engines.errors import ResourceExhausted
+from engines.llm.types import GenerationRequest
 
 # The tenant of the call being handled, set by the interceptor (each call runs in its own
 # task, so this never leaks between calls); servicers charge LLM tokens to it.
@@ -123,17 +127,15 @@ class Tenant:
             self._tokens.charge(tokens)
 
 
-def charge(tokens: int) -> None:
-    """Charge LLM tokens to the current call's tenant, if it has a token budget."""
+def bind(request: GenerationRequest) -> GenerationRequest:
+    """`request` stamped with the current call's tenant: its name (the scheduler's fairness
+    key) and its meter (the engine charges tokens to it as they are used). Every front end
+    hands its requests to the engine through this, so none can skip the budget."""
     tenant = CURRENT.get()
-    if tenant is not None:
-        tenant.charge(tokens)
-
-
-def current_name() -> str:
-    """The current call's tenant name ("" without api keys): the scheduler's fairness key."""
-    tenant = CURRENT.get()
-    return tenant.name if tenant is not None else ""
+    if tenant is None:
+        return request
+    meter = tenant.charge if tenant.limits.tokens_per_min else None
+    return dataclasses.replace(request, tenant=tenant.name, meter=meter)
 
 
 def parse_line(line: str, key: str) -> tuple[str, str, TenantLimits]:

@@ -49,7 +49,6 @@ def to_request(msg: pb.GenerateRequest, request_id: str, deadline: float | None)
         priority=msg.priority,
         deadline=deadline,
         trace_context=otel_context.get_current(),
-        tenant=tenants.current_name(),
     )
 
 
@@ -58,7 +57,6 @@ def to_chunk(out: TokenChunk) -> pb.TokenChunk:
 
 
 def to_final(out: FinalOutput) -> pb.Final:
-    tenants.charge(out.prompt_tokens + out.completion_tokens)  # the tenant's tokens_per_min
     t = out.timings
     return pb.Final(
         finish_reason=pb.FinishReason.Value(out.finish_reason.name),
@@ -73,9 +71,10 @@ _PROTO_FIELDS = {"sampling.max_new_tokens": "stopping.max_new_tokens", "sampling
 
 
 def start(engine, req):
-    """engine.generate(req), its validation errors naming the proto's fields."""
+    """engine.generate(req) for the calling tenant (who is charged for its tokens as the
+    engine uses them), its validation errors naming the proto's fields."""
     try:
-        return engine.generate(req)
+        return engine.generate(tenants.bind(req))
     except GalacticError as exc:
         exc.field = _PROTO_FIELDS.get(exc.field, exc.field)
         raise

@@ -335,11 +335,13 @@ class LLMEngine:
                 stream=ResultStream(self._loop, self._outbox),
                 decoder=IncrementalDecoder(self._decode_tokenizer, ids, req.sampling.stop), adapter=adapter,
                 span=span, queue_span=tracer.start_span("llm.queue", context=trace.set_span_in_context(span)),
-                t_enqueue=now, prompt_tokens=len(ids))
+                t_enqueue=now, prompt_tokens=len(ids), meter=req.meter)
             seq = Sequence(req, ids, slot=adapter.slot if adapter is not None else 0, t_enqueue=now,
                            order=next(self._order), handle=out)
             self._live[req.request_id] = seq
             self._scheduler.add(seq)
+        if req.meter is not None:  # queued: the prompt is owed whatever happens next
+            req.meter(len(ids))
         self._update_gauges()
         self._worker.notify()
         self._state_changed()  # waiting_count changed: wake wait_until() callers now

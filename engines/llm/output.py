@@ -37,6 +37,7 @@ class RequestOutput:
     t_last: float | None = None
     generated: int = 0
     prompt_tokens: int = 0
+    meter: Any = None  # GenerationRequest.meter: charged each sampled token
 
 
 @dataclass
@@ -67,6 +68,8 @@ class OutputProcessor:
             self.metrics.itl.observe(now - out.t_last)
         out.t_last = now
         out.generated += 1
+        if out.meter is not None:
+            out.meter(1)
         self.counters["generated_tokens_total"] += 1
         self.metrics.generated.inc()
         reason = None

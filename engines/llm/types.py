@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Callable
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,11 @@ class GenerationRequest:
     deadline: float | None = None  # absolute time.monotonic() seconds; None = no expiry
     trace_context: object | None = None  # an opentelemetry Context to parent/link spans
     tenant: str = ""  # who asked (the daemon's bearer-token tenant): fair admission across them
+    # Called with a token count as tokens are used: the prompt once the request is queued, then
+    # each sampled token (on the worker thread). The daemon's tenant budget; None = unmetered.
+    # Metering as work happens, not at the end, leaves no way around it: a request that is
+    # cancelled, expires or fails has been charged for every token it cost.
+    meter: Callable[[int], None] | None = None
 
 
 class FinishReason(enum.Enum):

@@ -5,6 +5,7 @@ never touching another tenant."""
 from __future__ import annotations
 
 import shutil
+import time
 
 import grpc
 import pytest
@@ -17,6 +18,7 @@ from galactic_client import errors
 KEYS = """# token, then its limits
 tok-a tenant=team-a concurrency=1 tokens_per_min=20
 tok-b tenant=team-b rps=0.01
+tok-c tenant=team-c tokens_per_min=60
 tok-free
 """
 
@@ -78,3 +80,30 @@ async def test_calls_per_second_per_tenant(llm_daemon, channel_to):
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert errors.from_rpc_error(err.value).retry_after > 10
     await stub.GetStats(admin_pb2.GetStatsRequest(), metadata=auth("tok-free"), timeout=10)
+
+
+async def test_cancelling_does_not_dodge_the_token_budget(llm_daemon, channel_to):
+    """Prompt tokens are charged once queued and each completion token as it is sampled,
+    so streaming one token and cancelling, over and over, spends the budget like any use."""
+    stub = generation_pb2_grpc.GenerationStub(channel_to(llm_daemon))
+    frames = [f async for f in stub.Generate(request(1), metadata=auth("tok-free"), timeout=60)]
+    owed = frames[-1].final.usage.prompt_tokens + 1  # the least each cancelled call below costs
+    budget, refill_per_s = 60.0, 1.0  # tokens_per_min=60
+    t0, admitted = time.monotonic(), 0
+    while True:
+        call = stub.Generate(request(400), metadata=auth("tok-c"), timeout=60)
+        try:
+            first = await call.read()
+        except grpc.aio.AioRpcError as err:
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "team-c" in err.details() and "tokens per minute" in err.details()
+            break
+        assert first.HasField("tokens")  # a token was sampled, so charged, before the cancel
+        call.cancel()
+        admitted += 1
+        # Each call was admitted while the bucket was above zero, and each cost at least
+        # `owed`: past this many, cancelled calls went uncharged.
+        allowed = (budget + refill_per_s * (time.monotonic() - t0)) / owed + 1
+        assert admitted <= allowed, f"{admitted} cancelled calls admitted; the budget allows {allowed:.1f}"
+    assert admitted >= 1
+    await drain(stub.Generate(request(2), metadata=auth("tok-free"), timeout=60))  # others unaffected
