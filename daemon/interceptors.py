@@ -29,10 +29,15 @@ from daemon.validation import Bounds
 log = structlog.get_logger("galacticd.rpc")
 tracer = trace.get_tracer("galacticd")
 
-# Health and reflection answer during drain (health must say NOT_SERVING) and need no token.
-EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
-# Calls whose LLM tokens count against a tenant's tokens_per_min.
-TOKEN_METERED = "/galactic.v1.Generation/"
+# Health and reflection answer during drain (health must say NOT_SERVING) and need no token;
+# so do KServe v2's liveness and readiness probes (ServerReady says false meanwhile).
+EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.", "/inference.GRPCInferenceService/ServerLive",
+                   "/inference.GRPCInferenceService/ServerReady")
+# Calls whose LLM tokens count against a tenant's tokens_per_min. KServe's inference calls
+# serve the LLM and the tensor models alike and are admitted before their model is known:
+# a tenant past its token budget waits for it on either.
+TOKEN_METERED = ("/galactic.v1.Generation/", "/inference.GRPCInferenceService/ModelInfer",
+                 "/inference.GRPCInferenceService/ModelStreamInfer")
 # Calls that change what the daemon serves; with security.admin_keys_file set, only an
 # admin token may make them.
 ADMIN_MUTATIONS = frozenset({"/galactic.v1.Admin/LoadAdapter", "/galactic.v1.Admin/UnloadAdapter",

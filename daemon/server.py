@@ -57,13 +57,22 @@ def _add_coordination(server, engines, admission, bounds):
     coordination_pb2_grpc.add_CoordinationServicer_to_server(CoordinationServicer(engines, bounds), server)
 
 
+def _add_kserve(server, engines, admission, bounds):
+    from inference import grpc_service_pb2_grpc
+    from daemon.servicers.kserve import KServeServicer
+    grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(KServeServicer(engines, admission, bounds), server)
+
+
 # gRPC service -> how to mount it over the engines that back it (ModelInfo.services).
 SERVICES: dict[str, Callable] = {
     "galactic.v1.Generation": _add_generation,
     "galactic.v1.Inference": _add_inference,
     "galactic.v1.Coordination": _add_coordination,
+    "inference.GRPCInferenceService": _add_kserve,
 }
 ADMIN = "galactic.v1.Admin"
+# KServe v2 / Open Inference Protocol: a second front end over the engines of these services.
+KSERVE, KSERVE_OVER = "inference.GRPCInferenceService", ("galactic.v1.Inference", "galactic.v1.Generation")
 
 
 @dataclass
@@ -99,6 +108,8 @@ class Daemon:
         for engine in self.engines.values():
             for service in engine.info().services:
                 self._backing.setdefault(service, {})[engine.name] = engine
+            if set(KSERVE_OVER) & set(engine.info().services):
+                self._backing.setdefault(KSERVE, {})[engine.name] = engine
 
         bounds = Bounds(cfg.limits)
         server = grpc.aio.server(

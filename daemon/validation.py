@@ -58,6 +58,18 @@ RULES: dict[tuple[str, str], str] = {
     ("TargetRetract", "target_ids"): "targets",
     ("ReloadModelRequest", "name"): "name",
     ("ReloadModelRequest", "path"): "path",
+    # KServe v2 / Open Inference Protocol (package inference)
+    ("ModelReadyRequest", "name"): "name",
+    ("ModelMetadataRequest", "name"): "name",
+    ("ModelInferRequest", "model_name"): "name",
+    ("ModelInferRequest", "inputs"): "tensors",
+    ("ModelInferRequest", "outputs"): "tensors",
+    ("ModelInferRequest", "raw_input_contents"): "tensors",
+    ("InferInputTensor", "name"): "name",
+    ("InferInputTensor", "shape"): "dims",
+    ("InferRequestedOutputTensor", "name"): "name",
+    **{("InferTensorContents", f"{kind}_contents"): "elements"
+       for kind in ("bool", "int", "int64", "uint", "uint64", "fp32", "fp64", "bytes")},
 }
 
 
@@ -151,7 +163,7 @@ class Bounds:
     def _count_limit(self, kind: str | None) -> int:
         lim = self.limits
         return {"messages": lim.max_messages, "stop": lim.max_stop_strings, "tensors": lim.max_tensors,
-                "dims": lim.max_tensor_dims, "targets": lim.max_targets,
+                "dims": lim.max_tensor_dims, "elements": lim.max_tensor_elements, "targets": lim.max_targets,
                 "observatories": lim.max_observatories}.get(kind or "", lim.max_repeated)
 
     def _plan(self, desc: Descriptor) -> tuple[_Field, ...]:

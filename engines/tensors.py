@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -53,21 +54,27 @@ class TensorData:
     data: bytes
 
 
-def decode(t: TensorData, max_elements: int = MAX_ELEMENTS) -> torch.Tensor:
-    """Validate and decode; raises InvalidArgument naming the tensor."""
-    field = f"inputs[{t.name}]" if t.name else "inputs"
-    if t.dtype not in DTYPES:
-        raise InvalidArgument(f"unsupported or unset dtype {t.dtype!r}", field=f"{field}.dtype")
-    if any(d < 0 for d in t.shape):
-        raise InvalidArgument(f"negative dimension in shape {list(t.shape)}", field=f"{field}.shape")
-    count = math.prod(t.shape)
+def _checked(name: str, dtype: str, shape: tuple[int, ...], max_elements: int) -> tuple[str, int]:
+    """(field of the tensor, element count) once dtype and shape are valid; raises naming it."""
+    field = f"inputs[{name}]" if name else "inputs"
+    if dtype not in DTYPES:
+        raise InvalidArgument(f"unsupported or unset dtype {dtype!r}", field=f"{field}.dtype")
+    if any(d < 0 for d in shape):
+        raise InvalidArgument(f"negative dimension in shape {list(shape)}", field=f"{field}.shape")
+    count = math.prod(shape)
     if count > max_elements:
         raise InvalidArgument(f"{count} elements exceeds the limit of {max_elements}", field=f"{field}.shape")
+    return field, count
+
+
+def decode(t: TensorData, max_elements: int = MAX_ELEMENTS) -> torch.Tensor:
+    """Validate and decode; raises InvalidArgument naming the tensor."""
+    field, count = _checked(t.name, t.dtype, t.shape, max_elements)
     dtype = DTYPES[t.dtype]
     itemsize = torch.empty((), dtype=dtype).element_size()
     if len(t.data) != count * itemsize:
         raise InvalidArgument(
-            f"raw_data has {len(t.data)} bytes; shape {list(t.shape)} of {t.dtype} needs {count * itemsize}",
+            f"has {len(t.data)} bytes; shape {list(t.shape)} of {t.dtype} needs {count * itemsize}",
             field=f"{field}.raw_data")
     if count == 0:
         return torch.empty(t.shape, dtype=dtype)
@@ -77,6 +84,25 @@ def decode(t: TensorData, max_elements: int = MAX_ELEMENTS) -> torch.Tensor:
     if sys.byteorder == "big" and itemsize > 1:
         flat = flat.view(torch.uint8).view(-1, itemsize).flip(1).reshape(-1).view(dtype)
     return flat.reshape(t.shape)
+
+
+def from_values(name: str, dtype: str, shape: tuple[int, ...], values: Sequence,
+                max_elements: int = MAX_ELEMENTS) -> torch.Tensor:
+    """A tensor from its elements as Python numbers in row-major order (a protocol's typed
+    lists, e.g. KServe v2 `fp32_contents`); raises InvalidArgument naming the tensor, with
+    field `inputs[name].values` for a count or range mismatch."""
+    field, count = _checked(name, dtype, shape, max_elements)
+    if len(values) != count:
+        raise InvalidArgument(f"has {len(values)} values; shape {list(shape)} needs {count}", field=f"{field}.values")
+    try:
+        return torch.tensor(list(values), dtype=DTYPES[dtype]).reshape(shape)
+    except (RuntimeError, OverflowError, TypeError) as exc:  # e.g. 300 into INT8
+        raise InvalidArgument(f"a value does not fit {dtype}: {str(exc)[:120]}", field=f"{field}.values") from None
+
+
+def to_values(tensor: torch.Tensor) -> list:
+    """The elements of `tensor` as Python numbers in row-major order (from_values' inverse)."""
+    return tensor.detach().to("cpu").reshape(-1).tolist()
 
 
 def encode(name: str, tensor: torch.Tensor) -> TensorData:

@@ -1,9 +1,11 @@
-"""Generate the Python stubs for `protos/galactic/v1/*.proto` (the only way they are made).
+"""Generate the Python stubs for `protos/galactic/v1/*.proto` and `protos/inference/*.proto`
+(the only way they are made).
 
-    python protos/generate.py OUT_DIR          # write galactic/v1/*_pb2{,_grpc}.py{,i}
+    python protos/generate.py OUT_DIR          # write galactic/v1/*_pb2{,_grpc}.py{,i}, inference/...
     python protos/generate.py --check OUT_DIR  # exit 1 if OUT_DIR differs from a fresh run
 
-The proto path mirrors the package (`-I protos`, files under `galactic/v1/`) so generated
+The proto path mirrors the package (`-I protos`, files under `galactic/v1/`, and `inference/`
+for the published KServe v2 / Open Inference Protocol package `inference`) so generated
 modules import each other as `galactic.v1.x_pb2`, not as top-level siblings.
 
 It runs in the generator venv (`make protos`: .venv-protos, pinned by requirements/protos.txt),
@@ -25,7 +27,7 @@ import google.rpc
 from grpc_tools import grpc_version, protoc
 
 ROOT = Path(__file__).resolve().parent
-PACKAGE = Path("galactic/v1")
+PACKAGES = (Path("galactic/v1"), Path("inference"))
 PINS = ROOT.parent / "requirements" / "protos.txt"
 
 
@@ -48,7 +50,7 @@ def generate(out: Path) -> None:
     wkt = str(resources.files("grpc_tools") / "_proto")
     # google/rpc/status.proto ships with googleapis-common-protos.
     googleapis = str(Path(google.rpc.__path__[0]).parent.parent)
-    protos = sorted(str(p.relative_to(ROOT)) for p in (ROOT / PACKAGE).glob("*.proto"))
+    protos = sorted(str(p.relative_to(ROOT)) for package in PACKAGES for p in (ROOT / package).glob("*.proto"))
     args = ["protoc", f"-I{ROOT}", f"-I{wkt}", f"-I{googleapis}", f"--python_out={out}",
             f"--pyi_out={out}", f"--grpc_python_out={out}", *protos]
     if protoc.main(args) != 0:
@@ -66,9 +68,10 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         generate(Path(tmp))
-        fresh, committed = Path(tmp) / PACKAGE, args.out / PACKAGE
-        names = {p.name for p in fresh.glob("*_pb2*")} | {p.name for p in committed.glob("*_pb2*")}
-        drift = [n for n in sorted(names) if not (fresh / n).exists() or not (committed / n).exists()
+        fresh, committed = Path(tmp), args.out
+        names = {p.relative_to(root) for package in PACKAGES for root in (fresh, committed)
+                 for p in (root / package).glob("*_pb2*")}
+        drift = [str(n) for n in sorted(names) if not (fresh / n).exists() or not (committed / n).exists()
                  or not filecmp.cmp(fresh / n, committed / n, shallow=False)]
     if drift:
         print(f"generated stubs drift from protos/: {', '.join(drift)}; run `make protos`", file=sys.stderr)

@@ -38,7 +38,9 @@ def test_a_hand_edit_is_reported_as_drift(tmp_path):
 def test_stubs_are_protobuf_6_31_gencode():
     # The oldest runtime a stub accepts is the gencode version stamped in it: 6.31.1 is the
     # client's declared floor (clients/python/pyproject.toml).
-    for stub in (ROOT / "clients/python/galactic/v1").glob("*_pb2.py"):
+    stubs = [*(ROOT / "clients/python/galactic/v1").glob("*_pb2.py"), *(ROOT / "clients/python/inference").glob("*_pb2.py")]
+    assert len(stubs) > 5
+    for stub in stubs:
         assert "Protobuf Python Version: 6.31.1" in stub.read_text(), stub.name
 
 

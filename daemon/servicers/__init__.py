@@ -47,18 +47,34 @@ async def answer_concurrently(
     handle: Callable[[Req], Awaitable[Resp]],
     on_error: Callable[[Req, Exception], Resp],
 ) -> AsyncIterator[Resp]:
-    """The bidi pattern of InferStream and CoordinateStream: every request runs as its own
-    task, so the engine's batcher sees them together; answers leave as they finish; a
-    failing request becomes its own error frame (`on_error`) and the stream lives on.
-    Leaving the generator (the client went away) cancels what is still pending, which
-    drops it from the engine's queue before its step.
+    """The bidi pattern of InferStream and CoordinateStream: one answer per request (see
+    `stream_concurrently`, which this is with a one-item stream per request)."""
+    async def one(req: Req) -> AsyncIterator[Resp]:
+        yield await handle(req)
+
+    async for frame in stream_concurrently(requests, one, on_error):
+        yield frame
+
+
+async def stream_concurrently(
+    requests: AsyncIterator[Req],
+    handle: Callable[[Req], AsyncIterator[Resp]],
+    on_error: Callable[[Req, Exception], Resp],
+) -> AsyncIterator[Resp]:
+    """Every request runs as its own task, so the engine's batcher sees them together; the
+    frames of each (`handle(req)` yields one or more) leave as they are made, interleaved
+    with the others'; a failing request ends with its own error frame (`on_error`) and the
+    stream lives on. Leaving the generator (the client went away) cancels what is still
+    pending, which drops it from the engine's queue before its step.
     """
     out: asyncio.Queue = asyncio.Queue()
     pending: set[asyncio.Task] = set()
 
     async def answer(req: Req) -> None:
         try:
-            out.put_nowait(await handle(req))
+            async with contextlib.aclosing(handle(req)) as frames:
+                async for frame in frames:
+                    out.put_nowait(frame)
         except Exception as exc:  # noqa: BLE001 - a per-request error frame
             out.put_nowait(on_error(req, exc))
 
