@@ -6,6 +6,11 @@ as the rootdir of tests/conftest.py).
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
+from typing import Any, Callable
+
 
 class ThreadKill(BaseException):
     """Not an Exception: nothing in a step catches it, so the worker thread dies."""
@@ -29,3 +34,52 @@ class Injected:
 
     def heal(self) -> None:
         self.pending.clear()
+
+
+class Held:
+    """A barrier in the LLM engine's model step. A step that carries a held request waits
+    before it reaches the model (the runner's `submit`, in a thread or the model process)
+    until every held request in it is cancelled (by the client, a Cancel frame, the drain)
+    or the test calls `release()`; then it runs for real. A held request cannot finish
+    first, however fast the machine is. `reached()` returns once a step is waiting.
+
+    `where(request)` picks the held requests (all by default); with `after_first_token`
+    only their decode steps are held, so each streams its first token first. Patched on
+    the runner classes and restored by monkeypatch; a step held past `bound_s` fails."""
+
+    def __init__(self, monkeypatch, where: Callable[[Any], bool] = lambda request: True,
+                 after_first_token: bool = False, bound_s: float = 120.0) -> None:
+        from engines.llm.process import RemoteRunner
+        from engines.llm.runner import ModelRunner
+
+        self._where, self._after_first, self._bound_s = where, after_first_token, bound_s
+        self._entered, self._open = threading.Event(), threading.Event()
+        for cls in (ModelRunner, RemoteRunner):
+            self._patch(monkeypatch, cls)
+
+    def _patch(self, monkeypatch, cls: type) -> None:
+        real = cls.submit
+
+        def held(runner, plan):
+            rows = list(plan.decode) + ([] if self._after_first else [c.seq for c in plan.prefill])
+            rows = [seq for seq in rows if self._where(seq.request)]
+            if rows and not self._open.is_set():
+                self._entered.set()
+                end = time.monotonic() + self._bound_s
+                # Cancels are flags set from other threads: look at them every 5 ms.
+                while not self._open.wait(0.005) and not all(seq.cancelled for seq in rows):
+                    if time.monotonic() > end:
+                        raise TimeoutError("Held: a held step was neither cancelled nor released")
+            return real(runner, plan)
+        monkeypatch.setattr(cls, "submit", held)
+
+    async def reached(self) -> None:
+        assert await asyncio.to_thread(self._entered.wait, 60), "no step reached the barrier"
+
+    def release(self) -> None:
+        self._open.set()
+
+
+def request_id_ends(suffix: str) -> Callable[[Any], bool]:
+    """`where` for Held: the request with this id (session ids carry a per-session prefix)."""
+    return lambda request: request.request_id.endswith(suffix)

@@ -235,9 +235,10 @@ class LLMEngine:
         try:
             await self.wait_until(lambda e: e.running_count + e.waiting_count == 0, timeout=grace_s)
         except asyncio.TimeoutError:
-            for seq in list(self._live.values()):
-                seq.cancelled = True
-            self._worker.notify()
+            live = list(self._live)
+            log.warning("llm engine %s: grace over; cancelling %d live requests", self.name, len(live))
+            for request_id in live:
+                self.cancel(request_id)
             try:
                 await self.wait_until(lambda e: e.running_count + e.waiting_count == 0, timeout=30)
             except asyncio.TimeoutError:

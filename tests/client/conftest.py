@@ -22,8 +22,8 @@ from grpc_health.v1 import health_pb2
 from galactic.v1 import admin_pb2, coordination_pb2, generation_pb2, inference_pb2
 
 LLM = "galactic-demo"  # the embedded LLM's default name
-# A request that outlives any test: the session tests cancel it. 1,900 decode steps of the
-# demo model take seconds; a cancel takes effect within one step.
+# A request that outlives any test: after its first token it is held (see `long_is_held`)
+# until it is cancelled (a Cancel frame, the call's deadline, the client leaving).
 LONG = 1900
 
 
@@ -54,6 +54,16 @@ async def daemon(session_daemon_factory, adapter_root):
         # (tests/client/test_client_channel.py) run beside this one.
         "telemetry": {"metrics_listen": ""},
     })
+
+
+@pytest.fixture(autouse=True)
+def long_is_held(monkeypatch):
+    """Every LONG request is held after its first token until it is cancelled, so tests
+    that cancel one, or let a deadline pass, find it still running on any machine. A test
+    that wants it running freely from some point calls `release()` on this fixture."""
+    from fault_injection import Held
+
+    return Held(monkeypatch, where=lambda request: request.sampling.max_new_tokens == LONG, after_first_token=True)
 
 
 @pytest.fixture

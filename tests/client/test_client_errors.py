@@ -9,6 +9,8 @@ import galactic_client as gc
 from engines.coordination.features import N_FEATURES
 from galactic_client.errors import from_status
 
+from .conftest import LONG
+
 CODES = {
     grpc.StatusCode.CANCELLED: gc.Cancelled,
     grpc.StatusCode.UNKNOWN: gc.Unknown,
@@ -40,8 +42,9 @@ DAEMON_ERRORS = {
     "adapter-outside-root": (lambda c: c.load_adapter("evil", "../../etc"), gc.PermissionDenied, "path"),
     "missing-tensor": (lambda c: c.infer("coordination", {"features": np.zeros((2, N_FEATURES), np.float32)}),
                        gc.InvalidArgument, "inputs.site"),
-    # 1,900 decode steps cannot fit in 0.2 s (a step of the demo model is a millisecond or more).
-    "deadline": (lambda c: c.generate_text("x", max_new_tokens=1900, ignore_eos=True, timeout=0.2),
+    # A LONG request is held after its first token until cancelled (conftest.long_is_held):
+    # the deadline passes first on any machine.
+    "deadline": (lambda c: c.generate_text("x", max_new_tokens=LONG, ignore_eos=True, timeout=0.2),
                  gc.DeadlineExceeded, None),
 }
 

@@ -49,15 +49,18 @@ async def test_deadline_reaches_the_server(tap, timeout):
     assert remaining[1] is not None and 5 < remaining[1] < 7.5  # health: the client's default
 
 
-async def test_session_multiplexes_interleaved_requests(tapped_client, tap):
+async def test_session_multiplexes_interleaved_requests(tapped_client, tap, long_is_held):
     """Two requests on one session, their frames interleaved by the protocol's order, not by
     timing: the second is submitted after the first has streamed a token, and finishes (3
-    tokens) while the first (LONG tokens) still runs; the first then ends only by its Cancel."""
+    tokens) while the first (LONG tokens) still runs; the first then ends only by its Cancel.
+    The first is held after its first token until the second is queued; from then on the
+    two decode in the same steps, so the second's 3 tokens end long before the first's LONG."""
     async with tapped_client.session() as session:
         first = await session.submit("The quick fox", max_new_tokens=LONG, **GREEDY)
         head = await first.__anext__()
         assert isinstance(head, gc.Chunk) and first.queue_position == 0
         second = await session.submit("Lorem ipsum", request_id="mine", max_new_tokens=3, **GREEDY)
+        long_is_held.release()  # Accepted: the second is queued in the engine
         text2, final2 = await second.text()
         await first.cancel()
         text1, final1 = await first.text()

@@ -13,6 +13,7 @@ import torch
 
 from galactic.v1 import generation_pb2 as pb
 from galactic.v1 import generation_pb2_grpc
+from fault_injection import Held, request_id_ends
 from galactic_client import AsyncClient, errors
 
 
@@ -59,34 +60,48 @@ async def test_symlinked_adapter_directory_outside_the_root_is_refused(llm_daemo
         assert [a.name for a in await client.list_adapters()] == []
 
 
-async def test_a_session_requests_own_timeout(llm_daemon, channel_to):
+async def test_a_session_requests_own_timeout(llm_daemon, channel_to, monkeypatch):
+    """A Submit's timeout_ms (from the daemon's receipt) ends that request alone, DEADLINE."""
     stub = generation_pb2_grpc.GenerationStub(channel_to(llm_daemon))
+    held = Held(monkeypatch, where=request_id_ends("short"))  # "short" cannot finish before its deadline
 
     def submit(rid: str, timeout_ms: int) -> pb.SessionRequest:
         return pb.SessionRequest(submit=pb.Submit(request_id=rid, timeout_ms=timeout_ms, request=pb.GenerateRequest(
             prompt="def add(a, b):", stopping=pb.StoppingParams(max_new_tokens=200, ignore_eos=True))))
 
-    frames = [f async for f in stub.Session(iter([submit("short", 1), submit("free", 0)]), timeout=120)]
+    call = stub.Session(iter([submit("short", 1), submit("free", 0)]), timeout=120)
+    try:
+        await held.reached()
+        await asyncio.sleep(0.01)  # the clock past the 1 ms deadline: what this test is about
+    finally:
+        held.release()
+    frames = [f async for f in call]
     finals = {f.request_id: f.final for f in frames if f.WhichOneof("frame") == "final"}
     assert finals["short"].finish_reason == pb.DEADLINE
     assert finals["free"].finish_reason == pb.LENGTH and finals["free"].usage.completion_tokens == 200
 
 
-async def test_drain_cancels_a_stream_that_outlives_the_grace(llm_daemon, channel_to):
+async def test_drain_cancels_a_stream_that_outlives_the_grace(llm_daemon, channel_to, monkeypatch):
+    """A stream still running when the grace ends is cancelled. Its step is held at a
+    barrier until cancelled, so it cannot finish within the grace on any machine."""
+    engine = llm_daemon.engines["tiny"]
+    held = Held(monkeypatch)  # until the drain cancels it, once the grace is over
+
     stub = generation_pb2_grpc.GenerationStub(channel_to(llm_daemon))
     call = stub.Generate(pb.GenerateRequest(prompt="def add(a, b):", stopping=pb.StoppingParams(
         max_new_tokens=480, ignore_eos=True)), timeout=120)
-    first = await call.read()
-    assert first.HasField("tokens")
-    drain = asyncio.create_task(llm_daemon.drain())
-    frames = []
     try:
-        while (frame := await call.read()) is not grpc.aio.EOF:
-            frames.append(frame)
-        ended = frames[-1].final.finish_reason
-        assert ended == pb.CANCELLED  # the engine cancelled it when the grace ran out
-        assert frames[-1].final.usage.completion_tokens < 480
-    except grpc.aio.AioRpcError as err:  # or the server cancelled the call itself
-        assert err.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
-    await asyncio.wait_for(drain, 60)
-    assert llm_daemon.engines["tiny"].info().state == "stopped"
+        await held.reached()  # its first step is in the model, and stays there
+        drain = asyncio.create_task(llm_daemon.drain())
+        frames = []
+        try:
+            while (frame := await call.read()) is not grpc.aio.EOF:
+                frames.append(frame)
+            assert frames[-1].final.finish_reason == pb.CANCELLED  # the engine cancelled it
+            assert frames[-1].final.usage.completion_tokens <= 1  # the held step's token at most
+        except grpc.aio.AioRpcError as err:  # or the server cancelled the call itself
+            assert err.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+        await asyncio.wait_for(drain, 60)
+    finally:
+        held.release()
+    assert engine.info().state == "stopped"

@@ -15,6 +15,7 @@ from prometheus_client import REGISTRY
 from galactic.v1 import generation_pb2, generation_pb2_grpc
 from galactic_client import AsyncClient, errors
 from galactic_client.generation import Chunk, Final
+from fault_injection import Held, request_id_ends
 from llm_helpers import PROMPTS, greedy_reference
 
 
@@ -91,8 +92,11 @@ async def test_chat_messages_without_template_field(client):
     assert final.completion_tokens >= 1
 
 
-async def test_session_multiplexes_cancels_one_and_reports_errors(client, llm_daemon, reference):
+async def test_session_multiplexes_cancels_one_and_reports_errors(client, llm_daemon, reference, monkeypatch):
     engine = engine_of(llm_daemon)
+    # After its first token, "drop" is held until the Cancel reaches the engine: it is still
+    # running when cancelled, on any machine.
+    Held(monkeypatch, where=request_id_ends("drop"), after_first_token=True)
     async with client.session() as s:
         keep = await s.submit(PROMPTS[0], request_id="keep", max_new_tokens=10)
         drop = await s.submit(PROMPTS[1], request_id="drop", max_new_tokens=200)
@@ -130,34 +134,41 @@ def finished(reason: str) -> float:
     return REGISTRY.get_sample_value("galactic_llm_requests_finished_total", {"model": "tiny", "reason": reason}) or 0.0
 
 
-async def test_deadline_frees_the_slot(client, llm_daemon, channel_to):
+async def test_deadline_frees_the_slot(llm_daemon, channel_to, monkeypatch):
+    """A deadline that passes while the request runs ends it DEADLINE inside the scheduler,
+    frees its reservation and cache, and the slot serves again. The request's step is held
+    until its deadline has passed, so no machine is fast enough to finish it first."""
     engine = engine_of(llm_daemon)
-    ended_before = finished("deadline") + finished("cancelled")
+    ended_before = finished("deadline")
+    held = Held(monkeypatch)
     stub = generation_pb2_grpc.GenerationStub(channel_to(llm_daemon))
-    # 480 tokens cannot be made in 20 ms: the deadline expires inside the scheduler.
-    call = stub.Generate(generation_pb2.GenerateRequest(
-        prompt="galactic", stopping=generation_pb2.StoppingParams(max_new_tokens=480, ignore_eos=True)), timeout=0.02)
-    frames = []
+    # A session's timeout_ms counts from the daemon's receipt of the Submit (a call's gRPC
+    # deadline would count from the client's send, and could pass before it arrives).
+    late = generation_pb2.SessionRequest(submit=generation_pb2.Submit(request_id="late", timeout_ms=50, request=(
+        generation_pb2.GenerateRequest(prompt="galactic", stopping=generation_pb2.StoppingParams(
+            max_new_tokens=480, ignore_eos=True)))))
+    call = stub.Session(iter([late]), timeout=60)
     try:
-        async for frame in call:
-            frames.append(frame)
-    except grpc.aio.AioRpcError as err:  # gRPC's own timer fired first
-        assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    else:  # the scheduler expired it first and said so
-        assert frames[-1].final.finish_reason == generation_pb2.DEADLINE
+        await held.reached()  # received, admitted, and in a step that cannot end yet
+        await asyncio.sleep(0.06)  # the clock past the 50 ms deadline: what this test is about
+    finally:
+        held.release()
+    finals = [f.final for f in [f async for f in call] if f.WhichOneof("frame") == "final"]
+    assert [f.finish_reason for f in finals] == [generation_pb2.DEADLINE]
+    assert finals[0].usage.completion_tokens <= 1  # the held step's token at most
     await engine.wait_until(lambda e: e.running_count + e.waiting_count == 0 and e.stats()["kv_cache_tokens"] == 0,
                             timeout=30)
-    # It ended in the engine as DEADLINE (the scheduler's clock) or CANCELLED (gRPC's timer
-    # cancelled the call), its reservation and cache were freed, and the slot serves again.
-    assert finished("deadline") + finished("cancelled") - ended_before == 1
+    assert finished("deadline") - ended_before == 1
     assert engine.stats()["reserved_tokens"] == 0
-    _, final = await client.generate_text(PROMPTS[0], max_new_tokens=2)
-    assert final.completion_tokens == 2
+    frames = [f async for f in stub.Generate(generation_pb2.GenerateRequest(
+        prompt=PROMPTS[0], stopping=generation_pb2.StoppingParams(max_new_tokens=2, ignore_eos=True)), timeout=60)]
+    assert frames[-1].final.usage.completion_tokens == 2  # the freed slot serves again
 
 
-async def test_client_leaving_early_cancels_on_the_daemon(client, llm_daemon):
+async def test_client_leaving_early_cancels_on_the_daemon(client, llm_daemon, monkeypatch):
     engine = engine_of(llm_daemon)
     cancelled_before = finished("cancelled")
+    Held(monkeypatch, after_first_token=True)  # still running when the cancel arrives, on any machine
     async for item in client.generate(PROMPTS[3], max_new_tokens=400):
         assert isinstance(item, Chunk)  # it was running: a token came out
         break  # the client's generator cancels the call
@@ -167,6 +178,7 @@ async def test_client_leaving_early_cancels_on_the_daemon(client, llm_daemon):
                             timeout=30)
     assert finished("cancelled") - cancelled_before == 1  # ended CANCELLED, not run to length
     assert engine.stats()["reserved_tokens"] == 0
+    monkeypatch.undo()  # the steps of the next request run freely
     _, final = await client.generate_text(PROMPTS[0], max_new_tokens=2)  # the freed slot serves again
     assert final.completion_tokens == 2
 
