@@ -1,7 +1,7 @@
 """The daemon's configuration: one TOML file, `GALACTIC_*` overrides, one frozen object.
 
 Built once in `daemon.main` and passed down; nothing else reads files or the environment.
-Sections: `[server]`, `[telemetry]`, `[security]`, `[limits]`, plus one table per engine kind named in
+Sections: `[server]`, `[openai]`, `[telemetry]`, `[security]`, `[limits]`, plus one table per engine kind named in
 `daemon/registry.py` (`[llm]`, `[coordination]`), each typed by its engine's own config
 class. An engine table with `enabled = false` (or absent) serves nothing.
 
@@ -59,6 +59,29 @@ class ServerConfig:
         check(self.max_concurrent_rpcs >= 0, "max_concurrent_rpcs", "must be >= 0")
         check(self.keepalive_time_s > 0, "keepalive_time_s", "must be > 0")
         check(self.intra_op_threads >= 0, "intra_op_threads", "must be >= 0 (0 = one per core)")
+
+
+@dataclass(frozen=True)
+class OpenAIConfig:
+    """The OpenAI-compatible HTTP listener (daemon/openai/), in the daemon's own process and
+    event loop, in front of the same engines, tokens and tenants as gRPC; TLS comes from
+    `[security]`, the same certificate as gRPC."""
+
+    # Serve /v1/models, /v1/completions and /v1/chat/completions.
+    enabled: bool = True
+    # host:port to listen on; port 0 picks a free port (tests).
+    listen: str = "127.0.0.1:8000"
+    # Largest request body accepted; past it, 413 before the body is read.
+    max_body_bytes: int = 8 * 1024 * 1024
+    # Largest `n` (choices per prompt) times prompts of one request: each is an engine request.
+    max_choices: int = 16
+
+    def __post_init__(self) -> None:
+        host, sep, port = self.listen.rpartition(":")
+        check(bool(sep) and bool(host) and port.isdigit() and int(port) < 65536, "listen",
+              f"expected HOST:PORT, got {self.listen!r}")
+        check(self.max_body_bytes >= 1024, "max_body_bytes", "must be >= 1024")
+        check(self.max_choices >= 1, "max_choices", "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -179,11 +202,16 @@ class LimitsConfig:
 @dataclass(frozen=True)
 class GalacticConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
+    openai: OpenAIConfig = field(default_factory=OpenAIConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     # Engine kind -> that engine's typed, frozen config; only enabled engines appear.
     engines: Mapping[str, Any] = field(default_factory=dict)
+
+
+# The daemon's own sections (beside one per engine kind).
+_SECTIONS = ("server", "openai", "telemetry", "security", "limits")
 
 
 def default_toml() -> str:
@@ -252,9 +280,9 @@ def build(data: Mapping[str, Any]) -> GalacticConfig:
             raise ConfigError(f"{kind}.enabled", f"expected a boolean, got {enabled!r}")
         if enabled:
             engines[kind] = from_mapping(registry.KINDS[kind].config_class(), table, kind)
-    unknown = set(plain) - {"server", "telemetry", "security", "limits"}
+    unknown = set(plain) - set(_SECTIONS)
     if unknown:
-        known = ", ".join(["server", "telemetry", "security", "limits", *registry.KINDS])
+        known = ", ".join([*_SECTIONS, *registry.KINDS])
         raise ConfigError(sorted(unknown)[0], f"unknown section (known: {known})")
     names: dict[str, str] = {}
     for kind, cfg in engines.items():

@@ -32,6 +32,11 @@ class MalformedMessage(errors.InvalidArgument):
     """The bytes of a request did not parse as its protobuf message (INVALID_ARGUMENT)."""
 
 
+class Unauthenticated(errors.GalacticError):
+    """A call without a known bearer token (UNAUTHENTICATED); raised by the daemon's own
+    admission, never by an engine."""
+
+
 CODES: dict[type[BaseException], grpc.StatusCode] = {
     errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     ConfigError: grpc.StatusCode.INVALID_ARGUMENT,
@@ -42,6 +47,7 @@ CODES: dict[type[BaseException], grpc.StatusCode] = {
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
 }
 
 

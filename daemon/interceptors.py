@@ -25,6 +25,7 @@ from daemon import errors, metrics, tenants
 from daemon.tenants import Tenant, TenantLimits
 from daemon.config import LimitsConfig
 from daemon.validation import Bounds
+from engines.errors import PermissionDenied, Unavailable
 
 log = structlog.get_logger("galacticd.rpc")
 tracer = trace.get_tracer("galacticd")
@@ -77,6 +78,27 @@ class Admission:
         metrics.RPC_IN_FLIGHT.dec()
         if self.in_flight == 0:
             self._idle.set()
+
+    def check(self, method: str, authorization: str) -> str:
+        """Drain, readiness and authentication of a call of any protocol (gRPC metadata or
+        an HTTP header: `authorization` is the header's value). Returns the caller's bearer
+        token ("" if none); raises Unavailable, Unauthenticated or PermissionDenied."""
+        if self.draining:
+            raise Unavailable("server is draining; retry on another host")
+        if not self.ready:
+            raise Unavailable("models are still loading; retry shortly")
+        if not (self.api_keys or self.admin_keys):
+            return ""
+        scheme, _, token = authorization.partition(" ")
+        token = token if scheme.lower() == "bearer" else ""
+        is_admin = bool(token) and _matches(token, self.admin_keys)
+        if method in ADMIN_MUTATIONS and self.admin_keys:
+            if not is_admin:  # a data-plane token must not load adapters or cancel others' work
+                raise PermissionDenied(f"{method} needs an admin token")
+            return token
+        if self.api_keys and not (is_admin or (token and _matches(token, self.api_keys))):
+            raise errors.Unauthenticated("missing or unknown bearer token")
+        return token
 
     async def wait_idle(self, timeout: float) -> bool:
         """True if every admitted call finished within `timeout` seconds."""
@@ -242,27 +264,13 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):
                 log.debug("rpc done", code=code.name, ms=round(elapsed * 1e3, 2))
 
     async def _admit(self, method: str, metadata: dict[str, str], context) -> str:
-        """Drain, readiness and authentication; returns the caller's bearer token ("" if none)."""
-        if self._admission.draining:
-            metrics.RPC_ERRORS.labels(method, "UNAVAILABLE").inc()
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is draining; retry on another host")
-        if not self._admission.ready:
-            metrics.RPC_ERRORS.labels(method, "UNAVAILABLE").inc()
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "models are still loading; retry shortly")
-        if not (self._admission.api_keys or self._admission.admin_keys):
-            return ""
-        scheme, _, token = metadata.get("authorization", "").partition(" ")
-        token = token if scheme.lower() == "bearer" else ""
-        is_admin = bool(token) and _matches(token, self._admission.admin_keys)
-        if method in ADMIN_MUTATIONS and self._admission.admin_keys:
-            if not is_admin:  # a data-plane token must not load adapters or cancel others' work
-                metrics.RPC_ERRORS.labels(method, "PERMISSION_DENIED").inc()
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{method} needs an admin token")
-            return token
-        if self._admission.api_keys and not (is_admin or (token and _matches(token, self._admission.api_keys))):
-            metrics.RPC_ERRORS.labels(method, "UNAUTHENTICATED").inc()
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or unknown bearer token")
-        return token
+        """Drain, readiness and authentication (`Admission.check`), as a gRPC status."""
+        try:
+            return self._admission.check(method, metadata.get("authorization", ""))
+        except (errors.Unauthenticated, PermissionDenied, Unavailable) as exc:
+            code = errors.code_for(exc)
+            metrics.RPC_ERRORS.labels(method, code.name).inc()
+            await context.abort(code, errors.message_for(exc))
 
 
 def _matches(token: str, keys: frozenset[str]) -> bool:

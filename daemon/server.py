@@ -1,10 +1,11 @@
 """The daemon's lifecycle: build engines, serve, report health and readiness, drain.
 
-    start():  bind the port (health NOT_SERVING), load every engine on a worker thread while
+    start():  bind the port (health NOT_SERVING) and the OpenAI HTTP port (503 until
+              ready), load every engine on a worker thread while
               systemd's start timeout is extended, start them, mark each service SERVING
               once all engines behind it are ready, then READY=1.
-    drain():  STOPPING=1, health NOT_SERVING, new calls UNAVAILABLE, in-flight calls get
-              the grace period, engines stop, the server stops.
+    drain():  STOPPING=1, health NOT_SERVING, new calls UNAVAILABLE (HTTP 503), in-flight
+              calls and SSE streams get the grace period, engines stop, the servers stop.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class Daemon:
     config: GalacticConfig
     env: Mapping[str, str] = field(default_factory=dict)
     port: int = 0
+    openai_port: int = 0  # the OpenAI HTTP listener's bound port; 0 when [openai] is off
     engines: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -89,6 +91,7 @@ class Daemon:
         self.health = HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._metrics: MetricsEndpoint | None = None
+        self._openai = None  # daemon.openai.app.OpenAIServer, with [openai] enabled
         self._backing: dict[str, dict[str, object]] = {}
         self._stopped = asyncio.Event()
         self._draining = False
@@ -131,16 +134,22 @@ class Daemon:
         for name in ["", *names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.port = self._bind(server)
-        host = cfg.server.listen.rpartition(":")[0]
-        if host not in ("127.0.0.1", "localhost", "::1", "[::1]") and not (cfg.security.tls_cert or self.admission.api_keys):
-            log.warning("listening beyond loopback with neither TLS nor bearer tokens: any peer can load "
-                        "adapters and cancel requests; set security.api_keys_file or tls_cert", listen=cfg.server.listen)
+        for listen in [cfg.server.listen, *([cfg.openai.listen] if cfg.openai.enabled else [])]:
+            host = listen.rpartition(":")[0]
+            if host not in ("127.0.0.1", "localhost", "::1", "[::1]") and not (cfg.security.tls_cert or self.admission.api_keys):
+                log.warning("listening beyond loopback with neither TLS nor bearer tokens: any peer can load "
+                            "adapters and cancel requests; set security.api_keys_file or tls_cert", listen=listen)
         self._server = server
         await server.start()
+        if cfg.openai.enabled:
+            from daemon.openai.app import OpenAIServer
+            self._openai = OpenAIServer(cfg.openai, cfg.security, llms, self.admission, bounds)
+            self.openai_port = await self._openai.start()
         self._metrics = MetricsEndpoint(cfg.telemetry.metrics_listen, lambda: list(self.engines.values()),
                                         asyncio.get_running_loop())
         self.notifier.start_watchdog()
-        log.info("listening", port=self.port, services=names, metrics_port=self.metrics_port)
+        log.info("listening", port=self.port, services=names, metrics_port=self.metrics_port,
+                 openai_port=self.openai_port)
 
         await self._load_engines()
         # What exists now (modules, the models' Python objects, tokenizers) lives as long as
@@ -229,6 +238,8 @@ class Daemon:
             await engine.stop(max(0.0, deadline - time.monotonic()))
         if self._server is not None:
             await self._server.stop(0)
+        if self._openai is not None:
+            await self._openai.close()
         if self._metrics is not None:
             self._metrics.close()
         await self.notifier.stop_watchdog()

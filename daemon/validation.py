@@ -115,6 +115,24 @@ class Bounds:
         except _Bad as bad:
             raise InvalidArgument(bad.message, field=f"{prefix}.{bad.path}" if prefix else bad.path) from None
 
+    def check_value(self, value: Any, kind: str, field: str) -> None:
+        """One value of a request that is not protobuf (the OpenAI JSON front end) against
+        the bound of `kind` ("name", "prompt", "stop", "messages", ...): a string's
+        characters, or a list's entries and each string entry's characters. Raises
+        InvalidArgument naming `field`, with the same limits and messages as `check`."""
+        try:
+            if isinstance(value, str):
+                self._check_string(value, kind, self._string_limit(kind), field)
+            else:
+                limit = self._count_limit(kind)
+                if len(value) > limit:
+                    raise _Bad(f"{len(value)} entries exceed the limit of {limit}", field)
+                for i, item in enumerate(value):
+                    if isinstance(item, str):
+                        self._check_string(item, kind, self._string_limit(kind), f"{field}[{i}]")
+        except _Bad as bad:
+            raise InvalidArgument(bad.message, field=bad.path) from None
+
     def _check(self, msg: Any) -> None:
         for f in self._plan(msg.DESCRIPTOR):
             if f.repeated:

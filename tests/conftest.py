@@ -41,6 +41,7 @@ def merge(base: dict, extra: dict) -> dict:
 # A daemon on an ephemeral port with no engines; tests add the sections they need.
 BASE = {
     "server": {"listen": "127.0.0.1:0", "grace_period_s": 10.0},
+    "openai": {"listen": "127.0.0.1:0"},
     "telemetry": {"metrics_listen": "127.0.0.1:0", "log_level": "warning"},
 }
 

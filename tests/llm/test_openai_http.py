@@ -1,0 +1,155 @@
+"""The OpenAI-compatible API over raw HTTP, for what the SDK never sends: malformed JSON, a
+wrong content type, an oversize body, a client that vanishes mid-stream; and drain, tracing
+and metrics at the HTTP boundary."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+import pytest
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import REGISTRY
+
+from daemon import telemetry
+from daemon.config import TelemetryConfig
+
+MAX_BODY = 4096
+LLM = {"name": "tiny", "device": "cpu", "runner": "thread",
+       "scheduler": {"max_running": 8, "max_batch_tokens": 2048, "max_waiting": 16, "prefill_chunk_tokens": 16,
+                     "max_prompt_tokens": 256}}
+
+
+@pytest.fixture(scope="session")
+async def http_daemon(session_daemon_factory, tiny_dir):
+    # No /metrics endpoint: its registration is process-wide, and this daemon outlives the
+    # tests that start their own (the counters read below are process-wide anyway).
+    return await session_daemon_factory({"llm": {**LLM, "path": str(tiny_dir)},
+                                         "openai": {"max_body_bytes": MAX_BODY},
+                                         "telemetry": {"metrics_listen": ""}})
+
+
+@pytest.fixture
+async def http():
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+def url(daemon, path: str) -> str:
+    return f"http://127.0.0.1:{daemon.openai_port}{path}"
+
+
+def body(**extra) -> dict:
+    return {"model": "tiny", "prompt": "The quick brown fox", "max_tokens": 4, "temperature": 0, **extra}
+
+
+def counter(name: str, **labels) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_malformed_json_is_400(http_daemon, http):
+    async with http.post(url(http_daemon, "/v1/completions"), data=b'{"model": "tiny", "prompt": ',
+                         headers={"Content-Type": "application/json"}) as resp:
+        assert resp.status == 400
+        error = (await resp.json())["error"]
+    assert "not valid JSON" in error["message"] and error["code"] == "invalid_argument"
+    async with http.post(url(http_daemon, "/v1/completions"), json=["a list"]) as resp:
+        assert resp.status == 400 and (await resp.json())["error"]["param"] == "model"
+
+
+async def test_wrong_content_type_is_415(http_daemon, http):
+    async with http.post(url(http_daemon, "/v1/completions"), data=json.dumps(body()),
+                         headers={"Content-Type": "text/plain"}) as resp:
+        assert resp.status == 415
+        assert "application/json" in (await resp.json())["error"]["message"]
+
+
+async def test_oversize_body_is_413_and_others_are_served_on(http_daemon, http):
+    big = json.dumps(body(prompt="x" * MAX_BODY))
+    async with http.post(url(http_daemon, "/v1/completions"), data=big,
+                         headers={"Content-Type": "application/json"}) as resp:
+        assert resp.status == 413
+        assert (await resp.json())["error"]["type"] == "invalid_request_error"
+
+    async def chunks():  # no Content-Length: the bound applies as the body arrives
+        yield big.encode()
+    async with http.post(url(http_daemon, "/v1/completions"), data=chunks(),
+                         headers={"Content-Type": "application/json"}) as resp:
+        assert resp.status == 413
+    async with http.post(url(http_daemon, "/v1/completions"), json=body()) as resp:
+        assert resp.status == 200 and (await resp.json())["usage"]["completion_tokens"] >= 1
+
+
+async def test_unknown_route_and_method_are_json_errors(http_daemon, http):
+    async with http.get(url(http_daemon, "/v1/nothing")) as resp:
+        assert resp.status == 404 and "error" in await resp.json()
+    async with http.get(url(http_daemon, "/v1/completions")) as resp:
+        assert resp.status == 405 and "POST" in resp.headers["Allow"]
+
+
+async def test_sse_wire_format(http_daemon, http):
+    async with http.post(url(http_daemon, "/v1/completions"),
+                         json=body(stream=True, stream_options={"include_usage": True})) as resp:
+        assert resp.status == 200 and resp.content_type == "text/event-stream"
+        events = [line for line in (await resp.text()).split("\n\n") if line]
+    assert all(e.startswith("data: ") for e in events)
+    assert events[-1] == "data: [DONE]"
+    usage = json.loads(events[-2][6:])
+    assert usage["choices"] == [] and usage["usage"]["total_tokens"] == sum(usage["usage"][k] for k in (
+        "prompt_tokens", "completion_tokens"))
+
+
+async def test_disconnect_mid_stream_cancels_the_request(http_daemon, http):
+    engine = http_daemon.engines["tiny"]
+    cancelled = counter("galactic_llm_requests_finished_total", model="tiny", reason="cancelled")
+    errors = counter("galactic_rpc_errors_total", method="POST /v1/completions", code="CANCELLED")
+    resp = await http.post(url(http_daemon, "/v1/completions"),
+                           json=body(max_tokens=400, stream=True, ignore_eos=True))
+    assert resp.status == 200
+    assert (await resp.content.readline()).startswith(b"data: {")  # generating now
+    resp.close()  # the connection goes with it
+    # The scheduler lets go, then the runner: wait for both, re-checked after every step.
+    await engine.wait_until(lambda e: e.running_count + e.waiting_count == 0 and e.stats()["kv_cache_tokens"] == 0,
+                            timeout=60)
+    assert counter("galactic_llm_requests_finished_total", model="tiny", reason="cancelled") == cancelled + 1
+    assert counter("galactic_rpc_errors_total", method="POST /v1/completions", code="CANCELLED") == errors + 1
+
+
+async def test_span_continues_traceparent(http_daemon, http):
+    exporter = InMemorySpanExporter()
+    telemetry.configure_tracing(TelemetryConfig(tracing="none"), SimpleSpanProcessor(exporter))
+    trace_id, parent = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    async with http.post(url(http_daemon, "/v1/completions"), json=body(), headers={
+            "traceparent": f"00-{trace_id}-{parent}-01", "x-request-id": "req-oa"}) as resp:
+        assert resp.status == 200
+    spans = [s for s in exporter.get_finished_spans() if s.name == "POST /v1/completions"]
+    assert spans, [s.name for s in exporter.get_finished_spans()]
+    span = spans[-1]
+    assert format(span.context.trace_id, "032x") == trace_id and format(span.parent.span_id, "016x") == parent
+    assert span.attributes["galactic.request_id"] == "req-oa"
+    assert span.attributes["http.response.status_code"] == 200
+    # The engine's request span is a child of it: one trace from the client to the step.
+    engine_spans = [s for s in exporter.get_finished_spans() if s.name == "llm.request"]
+    assert engine_spans and engine_spans[-1].parent.span_id == span.context.span_id
+
+
+async def test_drain_refuses_new_calls_and_lets_live_streams_finish(daemon_factory, tiny_dir, http):
+    # A second daemon in this process: no /metrics endpoint (its registry is process-wide).
+    d = await daemon_factory({"llm": {**LLM, "path": str(tiny_dir)}, "server": {"grace_period_s": 120.0},
+                              "telemetry": {"metrics_listen": ""}})
+    live = await http.post(url(d, "/v1/completions"), json=body(max_tokens=40, stream=True, ignore_eos=True))
+    assert (await live.content.readline()).startswith(b"data: {")
+    drain = asyncio.create_task(d.drain())
+    await d.admission.drain_started.wait()
+    async with http.post(url(d, "/v1/completions"), json=body()) as resp:
+        assert resp.status == 503
+        assert "draining" in (await resp.json())["error"]["message"]
+    async with http.get(url(d, "/v1/models")) as resp:
+        assert resp.status == 503
+    rest = (await live.text()).split("\n\n")
+    events = [json.loads(e[6:]) for e in rest if e.startswith("data: {")]
+    assert events[-1]["choices"][0]["finish_reason"] == "length"  # finished whole, not cut
+    assert "data: [DONE]" in rest
+    await drain
