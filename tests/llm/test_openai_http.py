@@ -15,6 +15,7 @@ from prometheus_client import REGISTRY
 
 from daemon import telemetry
 from daemon.config import TelemetryConfig
+from fault_injection import Held
 
 MAX_BODY = 4096
 LLM = {"name": "tiny", "device": "cpu", "runner": "thread",
@@ -101,7 +102,8 @@ async def test_sse_wire_format(http_daemon, http):
         "prompt_tokens", "completion_tokens"))
 
 
-async def test_disconnect_mid_stream_cancels_the_request(http_daemon, http):
+async def test_disconnect_mid_stream_cancels_the_request(http_daemon, http, monkeypatch):
+    Held(monkeypatch, after_first_token=True)  # still running when the client leaves, on any machine
     engine = http_daemon.engines["tiny"]
     cancelled = counter("galactic_llm_requests_finished_total", model="tiny", reason="cancelled")
     errors = counter("galactic_rpc_errors_total", method="POST /v1/completions", code="CANCELLED")
@@ -135,10 +137,11 @@ async def test_span_continues_traceparent(http_daemon, http):
     assert engine_spans and engine_spans[-1].parent.span_id == span.context.span_id
 
 
-async def test_drain_refuses_new_calls_and_lets_live_streams_finish(daemon_factory, tiny_dir, http):
+async def test_drain_refuses_new_calls_and_lets_live_streams_finish(daemon_factory, tiny_dir, http, monkeypatch):
     # A second daemon in this process: no /metrics endpoint (its registry is process-wide).
     d = await daemon_factory({"llm": {**LLM, "path": str(tiny_dir)}, "server": {"grace_period_s": 120.0},
                               "telemetry": {"metrics_listen": ""}})
+    held = Held(monkeypatch, after_first_token=True)  # live through the drain, on any machine
     live = await http.post(url(d, "/v1/completions"), json=body(max_tokens=40, stream=True, ignore_eos=True))
     assert (await live.content.readline()).startswith(b"data: {")
     drain = asyncio.create_task(d.drain())
@@ -148,6 +151,8 @@ async def test_drain_refuses_new_calls_and_lets_live_streams_finish(daemon_facto
         assert "draining" in (await resp.json())["error"]["message"]
     async with http.get(url(d, "/v1/models")) as resp:
         assert resp.status == 503
+    assert not drain.done()  # waiting for the live stream
+    held.release()
     rest = (await live.text()).split("\n\n")
     events = [json.loads(e[6:]) for e in rest if e.startswith("data: {")]
     assert events[-1]["choices"][0]["finish_reason"] == "length"  # finished whole, not cut

@@ -10,6 +10,7 @@ import grpc
 import openai
 import pytest
 
+from fault_injection import Held
 from galactic.v1 import generation_pb2 as pb
 from galactic.v1 import generation_pb2_grpc
 
@@ -204,7 +205,8 @@ async def test_errors_arrive_as_the_sdks_exceptions(oa_daemon, aclient):
         await aclient.models.retrieve("no-such-model")
 
 
-async def test_tenant_limit_is_429_with_retry_after(oa_daemon):
+async def test_tenant_limit_is_429_with_retry_after(oa_daemon, monkeypatch):
+    held_step = Held(monkeypatch, where=lambda request: request.tenant == "one", after_first_token=True)
     async with openai.AsyncOpenAI(base_url=base_url(oa_daemon), api_key="tok-one", max_retries=0) as one:
         held = await one.completions.create(model="tiny", prompt=PROMPT, max_tokens=200, stream=True,
                                             extra_body={"ignore_eos": True})
@@ -219,6 +221,7 @@ async def test_tenant_limit_is_429_with_retry_after(oa_daemon):
     engine = oa_daemon.engines["tiny"]
     await engine.wait_until(lambda e: e.running_count + e.waiting_count == 0)
     # The slot is free again once the held stream ended.
+    held_step.release()
     async with openai.AsyncOpenAI(base_url=base_url(oa_daemon), api_key="tok-one", max_retries=0) as one:
         out = await one.completions.create(model="tiny", prompt=PROMPT, max_tokens=2)
     assert out.usage.completion_tokens >= 1
