@@ -30,10 +30,12 @@ from engines.errors import PermissionDenied, Unavailable
 log = structlog.get_logger("galacticd.rpc")
 tracer = trace.get_tracer("galacticd")
 
-# Health and reflection answer during drain (health must say NOT_SERVING) and need no token;
-# so do KServe v2's liveness and readiness probes (ServerReady says false meanwhile).
-EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.", "/inference.GRPCInferenceService/ServerLive",
-                   "/inference.GRPCInferenceService/ServerReady")
+# Health and reflection answer during drain (health must say NOT_SERVING) and need no token.
+EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+# KServe v2's liveness and readiness probes answer while loading and draining too (ServerReady
+# says false meanwhile) and need no token, like health; unlike health they still cross the
+# boundary (a message that does not parse is INVALID_ARGUMENT, the call is traced and counted).
+PROBES = frozenset({"/inference.GRPCInferenceService/ServerLive", "/inference.GRPCInferenceService/ServerReady"})
 # Calls whose LLM tokens count against a tenant's tokens_per_min. KServe's inference calls
 # serve the LLM and the tensor models alike and are admitted before their model is known:
 # a tenant past its token budget waits for it on either.
@@ -265,6 +267,8 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):
 
     async def _admit(self, method: str, metadata: dict[str, str], context) -> str:
         """Drain, readiness and authentication (`Admission.check`), as a gRPC status."""
+        if method in PROBES:
+            return ""
         try:
             return self._admission.check(method, metadata.get("authorization", ""))
         except (errors.Unauthenticated, PermissionDenied, Unavailable) as exc:

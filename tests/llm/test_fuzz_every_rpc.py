@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from galactic.v1 import (admin_pb2, coordination_pb2, generation_pb2, inference_pb2)
+from inference import grpc_service_pb2
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +46,7 @@ KNOWN_STRINGS = ["", "tiny", "coordination", "nope", "alpha", "beta", "features"
                  "../../etc"]
 EXAMPLES = 60  # per RPC
 EXAMPLE = Path(__file__).resolve().parents[2] / "training" / "data" / "example_request.json"
-SERVICES = [admin_pb2, coordination_pb2, generation_pb2, inference_pb2]
+SERVICES = [admin_pb2, coordination_pb2, generation_pb2, inference_pb2, grpc_service_pb2]
 
 
 def _repeated(fd: FieldDescriptor) -> bool:
@@ -141,6 +142,9 @@ def check_frames(responses, where: str) -> None:
     for resp in responses:
         if resp.DESCRIPTOR.fields_by_name.get("error") and resp.HasField("error"):
             assert resp.error.code in DOCUMENTED_VALUES, f"{where}: error frame {resp.error}"
+        # KServe's ModelStreamInfer carries only the text; an INTERNAL error says this.
+        if resp.DESCRIPTOR.fields_by_name.get("error_message"):
+            assert not resp.error_message.startswith("internal error"), f"{where}: {resp.error_message}"
 
 
 def call(channel: grpc.Channel, method, payload) -> None:
