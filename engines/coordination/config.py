@@ -72,6 +72,12 @@ class CoordinationConfig:
     # Above this many candidate (target, slot) cells the HiGHS transportation LP replaces
     # linear_sum_assignment, whose cost grows as targets x slots^2.
     lsa_max_cells: int = 60_000
+    # The decision rule for urgent targets (time-critical, or due within the window): they are
+    # placed before all others only at sites where P(success) >= this floor; elsewhere they
+    # compete by expected value like any target (engines/coordination/solver.py). Without a
+    # floor a calibrated model's P ~ 1e-5 for a hopeless urgent pair outranks an ordinary
+    # target at P ~ 0.9. 0 restores "any chance at all goes first".
+    urgent_min_p_success: float = 0.05
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     streams: StreamsConfig = field(default_factory=StreamsConfig)
     constraints: ConstraintsConfig = field(default_factory=ConstraintsConfig)
@@ -83,6 +89,7 @@ class CoordinationConfig:
         check(self.max_targets >= 1, "max_targets", "must be >= 1")
         check(self.max_observatories >= 1, "max_observatories", "must be >= 1")
         check(self.lsa_max_cells >= 1, "lsa_max_cells", "must be >= 1")
+        check(0.0 <= self.urgent_min_p_success <= 1.0, "urgent_min_p_success", "must be within [0, 1]")
 
 
 DEFAULT_TOML = """\
@@ -102,6 +109,10 @@ snr_required = 10.0          # an observation counts as a success at this SNR
 max_targets = 100000         # per request
 max_observatories = 64       # per request
 lsa_max_cells = 60000        # beyond this, the HiGHS transportation LP replaces the Hungarian solver
+# Urgent targets (time_critical, or due within the window) are placed before all others only
+# at sites where P(success) reaches this floor; elsewhere they compete by value x P like any
+# target, so a hopeless urgent placement never takes an ordinary target's slot.
+urgent_min_p_success = 0.05
 
 [coordination.batching]
 enabled = true

@@ -326,8 +326,7 @@ class CoordinationEngine:
         prob[idx[ti], sj] = p
         esnr[idx[ti], sj] = snr
         pr = item.problem
-        weights = pr.targets.value[:, None] * prob  # (N, S) expected value, 0 where infeasible
-        choice, used = solver.assign(weights, pr.sites.capacity, pr.targets.critical, self.config.lsa_max_cells)
+        choice, used = self._assign(pr, prob)
         return replace(problem.result(pr, ok, prob, esnr, choice, used), version=version), (ok, prob, esnr)
 
     def _solve(self, item: problem.Problem, ok, ti, sj, p, snr) -> CoordinateResult:
@@ -336,9 +335,14 @@ class CoordinationEngine:
         esnr = np.zeros((n, s))
         prob[ti, sj] = p
         esnr[ti, sj] = snr
-        weights = item.targets.value[:, None] * prob  # (N, S) expected value, 0 where infeasible
-        choice, used = solver.assign(weights, item.sites.capacity, item.targets.critical, self.config.lsa_max_cells)
+        choice, used = self._assign(item, prob)
         return problem.result(item, ok, prob, esnr, choice, used)
+
+    def _assign(self, pr: problem.Problem, prob: np.ndarray) -> tuple[np.ndarray, str]:
+        """The decision for one problem's (N, S) P(success) grid (0 where infeasible)."""
+        weights = pr.targets.value[:, None] * prob  # (N, S) expected value
+        first = solver.urgent_pairs(pr.targets.critical, prob, self.config.urgent_min_p_success)
+        return solver.assign(weights, pr.sites.capacity, first, self.config.lsa_max_cells)
 
 
 def _rows(t: features.TargetArrays, idx: np.ndarray) -> features.TargetArrays:

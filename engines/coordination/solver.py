@@ -12,9 +12,18 @@ C is unassigned (at most C are assigned, i among them), and moving site j to it 
 nothing. So the optimum's value is unchanged, and a 10,000-target call with 12 sites of 12
 slots solves over at most 12 x 144 pairs instead of 120,000.
 
-Urgent targets (time-critical, or due within the window) are placed first, in their own
-solve, and only the capacity they leave is offered to the rest. Deterministic for a given
-input: both solvers are deterministic, and nothing here depends on time or hash order.
+The decision rule for urgent targets (time-critical, or due within the window: they have no
+later chance) is `urgent_pairs()`: an urgent target is placed first, in its own solve, but
+only at sites where its P(success) reaches a floor (`urgent_min_p_success`, 0.05 by
+default). Its other pairs, and an urgent target with no site above the floor, compete with
+every other target by expected value in the second solve, over the capacity the first left.
+Without the floor any positive weight earned a first-pass slot, and a calibrated model never
+says exactly 0: urgent targets it rated at P ~ 1e-5 took slots that ordinary targets at
+P ~ 0.9 would have used, while a scorer that rounds hopeless pairs to 0 was spared. The floor
+is on P rather than on value x P so that a client's value scale does not move it.
+
+Deterministic for a given input: both solvers are deterministic, and nothing here depends on
+time or hash order.
 """
 
 from __future__ import annotations
@@ -26,28 +35,46 @@ from scipy.sparse import coo_matrix
 _EPS = 1e-12
 
 
-def assign(weights: np.ndarray, capacity: np.ndarray, urgent: np.ndarray | None = None,
+def urgent_pairs(urgent: np.ndarray, p_success: np.ndarray, min_p_success: float) -> np.ndarray:
+    """(N, S) bool: the pairs solved first. `urgent` (N,) bool, `p_success` (N, S).
+
+    An urgent target's pair qualifies when its P(success) is at least `min_p_success` (and
+    above 0: an infeasible pair never does, even with a floor of 0).
+    """
+    return np.asarray(urgent, dtype=bool)[:, None] & (p_success >= min_p_success) & (p_success > _EPS)
+
+
+def assign(weights: np.ndarray, capacity: np.ndarray, first: np.ndarray | None = None,
            lsa_max_cells: int = 60_000) -> tuple[np.ndarray, str]:
     """Site index per target (-1: unassigned) and the solver(s) used, "+"-joined.
 
-    `weights` (N, S): expected value, <= 0 where infeasible. `capacity` (S,). `urgent` (N,)
-    bool: solved first.
+    `weights` (N, S): expected value, <= 0 where infeasible. `capacity` (S,). `first` (N, S)
+    bool, from `urgent_pairs()`: these pairs are solved first, over the whole capacity; the
+    targets still unassigned then compete with all their pairs for what is left.
     """
     n, s = weights.shape
     out = np.full(n, -1, dtype=np.int64)
     cap = np.asarray(capacity, dtype=np.int64).copy()
     if n == 0 or s == 0:
         return out, "empty"
-    groups = [np.arange(n)] if urgent is None or not urgent.any() else [np.flatnonzero(urgent), np.flatnonzero(~urgent)]
+    if first is not None and first.shape != weights.shape:
+        raise ValueError(f"first has shape {first.shape}, weights {weights.shape}: pass urgent_pairs(...)")
     used: list[str] = []
-    for rows in groups:
+
+    def solve(rows: np.ndarray, w: np.ndarray) -> None:
         if rows.size == 0 or cap.sum() == 0:
-            continue
-        sub, name = _solve(weights[rows], cap, lsa_max_cells)
+            return
+        sub, name = _solve(w, cap, lsa_max_cells)
         if name != "empty" and name not in used:
             used.append(name)
         out[rows] = sub
-        cap -= np.bincount(sub[sub >= 0], minlength=s)
+        cap[:] -= np.bincount(sub[sub >= 0], minlength=s)
+
+    if first is not None and first.any():
+        rows = np.flatnonzero(first.any(axis=1))
+        solve(rows, np.where(first[rows], weights[rows], 0.0))
+    rest = np.flatnonzero(out < 0)
+    solve(rest, weights[rest])
     return out, "+".join(used) or "empty"
 
 

@@ -48,14 +48,63 @@ def test_lp_and_hungarian_agree(n, s):
 
 
 def test_urgent_targets_first_and_deterministic():
-    w = np.array([[0.1, 0.0], [5.0, 0.0], [4.0, 0.0]])
+    # Target 0 is urgent with a fair chance (P 0.5, value 0.2: expected value 0.1); 1 and 2
+    # are ordinary and worth far more. One slot at site 0, two at site 1 (where only 2 fits).
+    p = np.array([[0.5, 0.0], [1.0, 0.0], [0.8, 0.9]])
+    value = np.array([0.2, 5.0, 5.0])
     urgent = np.array([True, False, False])
-    choice, _ = solver.assign(w, np.array([1, 0]), urgent)
-    assert choice.tolist() == [0, -1, -1]  # the critical target takes the only slot
+    first = solver.urgent_pairs(urgent, p, 0.05)
+    assert first.tolist() == [[True, False], [False, False], [False, False]]
+    choice, used = solver.assign(value[:, None] * p, np.array([1, 2]), first)
+    # The urgent target takes site 0's only slot although target 1 would score 50x more there.
+    assert choice.tolist() == [0, -1, 1] and used == "linear_sum_assignment"
+    # Without urgency the value-maximising plan gives that slot to target 1.
+    assert solver.assign(value[:, None] * p, np.array([1, 2]))[0].tolist() == [-1, 0, 1]
+
+    # Deterministic: the same input gives the same plan, call after call, on either solver;
+    # random weights have no exact ties, so the Hungarian and LP optima are the same plan.
     rng = np.random.default_rng(0)
     w = rng.random((200, 6))
-    runs = {tuple(solver.assign(w, np.array([5] * 6), lsa_max_cells=k)[0]) for k in (10**9, 10**9, 1, 1)}
-    assert len(runs) <= 2  # each solver is deterministic (they may break exact ties differently)
+    crit = rng.random(200) < 0.1
+    first = solver.urgent_pairs(crit, w, 0.05)
+    lsa = [solver.assign(w, np.array([5] * 6), first, lsa_max_cells=10**9) for _ in range(3)]
+    lp = [solver.assign(w, np.array([5] * 6), first, lsa_max_cells=1) for _ in range(3)]
+    assert {r[1] for r in lsa} == {"linear_sum_assignment"} and {r[1] for r in lp} == {"highs_lp"}
+    assert all(np.array_equal(r[0], lsa[0][0]) for r in lsa + lp)
+    assert (lsa[0][0] >= 0).sum() == 30  # every slot filled
+
+
+def test_hopeless_urgent_target_never_displaces_a_likely_ordinary_one():
+    # Urgent target 0 can be observed at site 0 only with P 1e-5 (feasible, out of reach):
+    # what a calibrated model outputs where physics or a Monte Carlo rounds to 0. Ordinary
+    # target 1 has P 0.9 there. One slot. Its value is 10x lower, so the old rule (any
+    # positive weight goes first: floor 0) would hand the slot to target 0.
+    p = np.array([[1e-5], [0.9]])
+    value = np.array([10.0, 1.0])
+    urgent = np.array([True, False])
+    for floor, expected in ((0.05, [-1, 0]), (0.0, [0, -1])):
+        first = solver.urgent_pairs(urgent, p, floor)
+        choice, _ = solver.assign(value[:, None] * p, np.array([1]), first)
+        assert choice.tolist() == expected, floor
+
+
+def test_urgent_target_goes_first_where_it_has_a_fair_chance_and_competes_elsewhere():
+    # Urgent target 0: P 0.2 at site 0 (above the floor), 1e-5 at site 1. Ordinary targets
+    # 1 and 2: P 0.9 / 0.8 at both sites. One slot per site.
+    p = np.array([[0.2, 1e-5], [0.9, 0.9], [0.8, 0.8]])
+    value = np.array([1.0, 1.0, 1.0])
+    urgent = np.array([True, False, False])
+    first = solver.urgent_pairs(urgent, p, 0.05)
+    assert first.tolist() == [[True, False], [False, False], [False, False]]
+    choice, used = solver.assign(value[:, None] * p, np.array([1, 1]), first)
+    # Site 0 goes to the urgent target (its 0.2 loses to 0.9 on value alone); site 1 to the
+    # better ordinary target, not to the urgent one's 1e-5.
+    assert choice.tolist() == [0, 1, -1]
+    assert used == "linear_sum_assignment"
+    # Site 0 full of urgent demand: the urgent target is not placed first anywhere else, but
+    # still competes by value at site 1, and a spare slot there is better used than empty.
+    choice, used = solver.assign(value[:, None] * p, np.array([0, 3]), first)
+    assert choice.tolist() == [1, 1, 1] and used == "linear_sum_assignment"
 
 
 def test_empty():

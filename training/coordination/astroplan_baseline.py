@@ -25,22 +25,22 @@ def _offline_astropy() -> None:
     data.conf.allow_internet = False
 
 
-def evaluate_astroplan(sim: Simulator, windows: int, seed: int, max_targets: int = 20, mc: int = 512) -> dict:
+def evaluate_astroplan(sim: Simulator, windows: int, seed: int, max_targets: int = 20) -> dict:
     _offline_astropy()
     with warnings.catch_warnings():
         # astroplan's Moon separations trip astropy's NonRotationTransformationWarning per call.
         warnings.simplefilter("ignore")
-        return _evaluate(sim, windows, seed, max_targets, mc)
+        return _evaluate(sim, windows, seed, max_targets)
 
 
-def _evaluate(sim: Simulator, windows: int, seed: int, max_targets: int, mc: int) -> dict:
+def _evaluate(sim: Simulator, windows: int, seed: int, max_targets: int) -> dict:
     import astropy.units as u
     from astroplan import (AltitudeConstraint, AtNightConstraint, FixedTarget, MoonSeparationConstraint,
                            ObservingBlock, Observer, PriorityScheduler, Schedule, Transitioner)
     from astropy.coordinates import EarthLocation, SkyCoord
     from astropy.time import Time
 
-    from engines.coordination import solver
+    from training.coordination.evaluate import decide
 
     rng = np.random.default_rng([seed, 4242])
     c = sim.constraints
@@ -53,9 +53,8 @@ def _evaluate(sim: Simulator, windows: int, seed: int, max_targets: int, mc: int
     failures = 0
     for _ in range(windows):
         w = sim.window(rng, sim.eval_time(rng), all_sites)
-        p_oracle = sim.success_probability(rng, w, k=mc)  # decides; p_true scores (see evaluate.py)
-        p_true = sim.success_probability(rng, w, k=mc)
-        oracle_choice = solver.assign(w.targets.value[:, None] * p_oracle, w.sites.capacity, w.targets.critical)[0]
+        p_true = sim.exact_probability(w)  # the oracle decides with it and everything is scored with it
+        oracle_choice = decide(w, p_true)
         idx = np.flatnonzero(oracle_choice >= 0)
         oracle += float((w.targets.value[idx] * p_true[idx, oracle_choice[idx]]).sum())
         n_critical += int(w.targets.critical.sum())

@@ -51,6 +51,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=default.Recipe.fit.epochs)
     p.add_argument("--eval-windows", type=int, default=100)
     _fed_args(p)
+    p.add_argument("--urgent-floor", type=float, default=ev.URGENT_FLOOR,
+                   help="the decision rule's urgent floor (coordination.urgent_min_p_success) for the oracle "
+                        "and every solver-based method")
+    p.add_argument("--compare-floor", type=float, nargs="*", default=[], metavar="F",
+                   help="also score federated, central and physics under floor F, on the same windows and "
+                        "models (as federated@F, ...); 0 is the rule before the floor existed")
     p.add_argument("--astroplan-windows", type=int, default=0,
                    help="windows scored with astroplan's PriorityScheduler (slow: ~1 s per site)")
     p.add_argument("--json", type=Path, required=True, help="write the results here")
@@ -167,12 +173,17 @@ def _evaluate_seed(args, recipe: default.Recipe) -> dict:
     central = train.train_central(logs, recipe.fit)
     _progress("federated fit (in-process rounds: the NVFLARE path's arithmetic, without its processes)")
     federated = train.train_federated(logs, recipe.fit, _progress)
+    floor = args.urgent_floor
+    scorers: dict[str, ev.Scorer] = {
+        "federated": ev.model_scorer(federated, sim),
+        "central": ev.model_scorer(central, sim),
+        # Physics at the forecast: the simulator's own weather model without the hidden
+        # effects, integrated like the truth (no sampling noise to handicap it).
+        "physics": lambda w, _rng: sim.exact_probability(w, truth=False),
+    }
     methods: dict[str, ev.Chooser] = {
-        "federated": ev.solve_with(ev.model_scorer(federated, sim)),
-        "central": ev.solve_with(ev.model_scorer(central, sim)),
-        # Physics at the forecast: the simulator's own noise model without the hidden effects,
-        # with enough draws that its sampling noise does not handicap it.
-        "physics": ev.solve_with(lambda w, rng: sim.success_probability(rng, w, k=1024, truth=False)),
+        **{name: ev.solve_with(score, floor) for name, score in scorers.items()},
+        **{f"{name}@{f:g}": ev.solve_with(score, f) for f in args.compare_floor for name, score in scorers.items()},
         "greedy_altitude": ev.greedy(lambda w: w.geometry.altitude),
         "greedy_aperture": ev.greedy(lambda w: np.broadcast_to(w.sites.aperture_m, w.feasible.shape)),
         "random": ev.random_feasible,
@@ -180,10 +191,10 @@ def _evaluate_seed(args, recipe: default.Recipe) -> dict:
     for i, site in enumerate(sim.table.site):
         _progress(f"local-only fit {site.id}")
         local = train.train_local(logs, i, recipe.fit)
-        methods[f"local_only:{site.id}"] = ev.solve_with(ev.model_scorer(local, sim))
+        methods[f"local_only:{site.id}"] = ev.solve_with(ev.model_scorer(local, sim), floor)
     eval_seed = recipe.seed + 1000
     _progress(f"evaluating {args.eval_windows} windows (seed {eval_seed})")
-    result = ev.evaluate(sim, methods, federated, args.eval_windows, eval_seed)
+    result = ev.evaluate(sim, methods, federated, args.eval_windows, eval_seed, floor)
     if args.astroplan_windows > 0:
         _progress(f"astroplan PriorityScheduler on {args.astroplan_windows} windows")
         from training.coordination.astroplan_baseline import evaluate_astroplan

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.special import ndtr, ndtri
 
 from engines.coordination import features, physics
 from engines.coordination.config import ConstraintsConfig
@@ -119,6 +120,33 @@ class Simulator:
         ok = (margin >= 0.0) & open_[:, None, :]
         return ok.mean(axis=0) * w.feasible
 
+    def exact_probability(self, w: Window, truth: bool = True, nodes: int = 256) -> np.ndarray:
+        """(N, S) P(success) integrated over the weather model instead of sampled: what
+        `success_probability` estimates, without its sampling noise, and never rounded to 0
+        where it is merely small (a sample of 512 draws calls P = 1e-5 zero). The oracle and
+        the scoring in `evaluate` use it, so they face the same tiny P a calibrated model does.
+
+        Success needs the site open (humidity below closure, instrument up) and a realized
+        depth margin >= 0; the two are independent. Cloud lowers the margin one for one, so
+        for a given seeing, P(max(cloud, 0) <= margin) is a normal CDF; seeing is integrated
+        at `nodes` quantile midpoints of its lognormal scatter (error <= 1/nodes per pair).
+        """
+        hidden = self._hidden_for(w, truth)
+        s, wm = w.sites, self.sc.weather
+        closure = np.array([wm.nominal_closure_humidity if h.closure_humidity is None else h.closure_humidity
+                            for h in hidden])
+        down = np.array([h.downtime_prob for h in hidden])
+        p_open = (1.0 - down) * _normal_cdf(closure - s.humidity, wm.humidity_sd)  # (S,)
+        z = ndtri((np.arange(nodes) + 0.5) / nodes)  # (K,) standard-normal quantile midpoints
+        seeing = s.seeing * np.array([h.seeing_factor for h in hidden]) * np.exp(wm.seeing_sd_log * z)[:, None]
+        zp = np.array([h.zeropoint_offset_mag for h in hidden])
+        margin = features.depth_margin(w.geometry, w.targets, s, seeing, np.zeros_like(seeing),
+                                       self.sc.scenario.snr_required, zp)  # (K, N, S) with no cloud
+        cloud_mean = s.cloud + np.array([h.cloud_bias_mag for h in hidden])  # (S,)
+        # Realized cloud is max(cloud_mean + noise, 0): a negative margin fails even in clear sky.
+        p_depth = np.where(margin >= 0.0, _normal_cdf(margin - cloud_mean, wm.cloud_sd_mag), 0.0).mean(axis=0)
+        return p_open * p_depth * w.feasible
+
     def realize(self, rng, w: Window) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One realized night: success (N, S) bool, log10 SNR (N, S), open (S,)."""
         hidden = self._hidden_for(w, True)
@@ -176,3 +204,9 @@ class Simulator:
         meta = self.sc.scenario
         day = rng.integers(0, meta.days)
         return meta.start_unix + day * 86400.0 + (meta.utc_hour + rng.uniform(-1, 1) * meta.utc_hour_jitter) * 3600.0
+
+
+def _normal_cdf(x, sd: float):
+    """P(noise <= x) for noise ~ N(0, sd); a step at 0 when sd is 0 (no scatter)."""
+    x = np.asarray(x, dtype=np.float64)
+    return ndtr(x / sd) if sd > 0 else (x >= 0.0).astype(np.float64)
