@@ -28,6 +28,7 @@ def test_embedded_default_is_valid_and_round_trips():
     ({"telemetry": {"tracing": "zipkin"}}, "telemetry.tracing"),
     ({"security": {"tls_cert": "/nonexistent.pem", "tls_key": "/nonexistent.key"}}, "security.tls_cert"),
     ({"servr": {}}, "servr"),
+    ({"coordination": {"urgent_min_p_success": 2}}, "coordination.urgent_min_p_success"),  # a probability
 ])
 def test_errors_name_the_key(doc, key):
     with pytest.raises(ConfigError) as err:
@@ -37,10 +38,12 @@ def test_errors_name_the_key(doc, key):
 
 def test_environment_overrides_typed_values():
     env = {"GALACTIC_SERVER__GRACE_PERIOD_S": "2.5", "GALACTIC_SERVER__REFLECTION": "false",
+           "GALACTIC_COORDINATION__URGENT_MIN_P_SUCCESS": "0.1",
            "GALACTIC_TARGET": "ignored: a client variable, no section separator"}
     cfg = config.load(None, env)
     assert cfg.server.grace_period_s == 2.5
     assert cfg.server.reflection is False
+    assert cfg.engines["coordination"].urgent_min_p_success == 0.1
 
 
 def test_environment_override_with_bad_value_names_the_key():

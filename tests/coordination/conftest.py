@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 
 import numpy as np
@@ -69,9 +70,10 @@ def _engine_config(**batching) -> CoordinationConfig:
 
 @pytest.fixture(scope="session")
 def loaded_engine_factory():
-    """Builds engines with the shipped embedded checkpoint; load() is cheap (25 kB)."""
-    def build(**batching) -> CoordinationEngine:
-        engine = CoordinationEngine(_engine_config(**batching))
+    """Builds engines with the shipped embedded checkpoint; load() is cheap (25 kB).
+    `config` overrides top-level CoordinationConfig fields, the keywords batching ones."""
+    def build(config: dict | None = None, **batching) -> CoordinationEngine:
+        engine = CoordinationEngine(dataclasses.replace(_engine_config(**batching), **(config or {})))
         engine.load(lambda _msg: None)
         return engine
     return build

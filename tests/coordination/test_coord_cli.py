@@ -52,18 +52,21 @@ def test_federated_then_evaluate(tmp_path):
     assert out.exists() and json.loads(checkpoint.config_path(out).read_text())["meta"]["recipe"] == "federated"
     report = tmp_path / "eval.json"
     args = _parser().parse_args(["evaluate", *tiny, "--seeds", "5", "6", "--rounds", "1", "--eval-windows", "2",
-                                 "--json", str(report)])
+                                 "--compare-floor", "0", "--json", str(report)])
     assert args.func(args) == 0
     result = json.loads(report.read_text())
     assert result["seeds"] == [5, 6] and len(result["runs"]) == 2
     summary = result["summary"]
     assert set(summary["share_of_oracle"]["federated"]) == {"mean", "sd", "min", "max"}
     assert "federated_minus_physics" in summary["gaps"]
+    assert set(summary["urgent_waste_slots"]["federated@0"]) == {"mean", "sd", "min", "max"}
     result = result["runs"][0]
     methods = result["methods"]
     for name in ("oracle", "federated", "central", "physics", "greedy_altitude", "greedy_aperture", "random",
-                 "local_only:rubin", "local_only:mcdonald"):
-        assert set(methods[name]) >= {"value", "share_of_oracle", "critical_completed"}
+                 "local_only:rubin", "local_only:mcdonald", "federated@0", "central@0", "physics@0"):
+        assert set(methods[name]) == {"value", "share_of_oracle", "critical_completed", "critical_expected",
+                                      "urgent_waste_slots", "urgent_waste_share"}
+    assert result["urgent_floor"] == 0.05 and result["waste_p"] == 0.05
     assert methods["oracle"]["share_of_oracle"] == 1.0
     assert methods["federated"]["value"] <= methods["oracle"]["value"] + 1e-9  # same solver, true p is optimal
     assert set(result["model"]) == {"log_loss", "brier", "ece"}

@@ -11,8 +11,10 @@ from engines.base import Engine
 from engines.config import ConfigError, from_mapping
 from engines.coordination.config import DEFAULT_TOML, CoordinationConfig
 from engines.coordination.features import N_FEATURES
-from engines.coordination.types import Conditions, Observatory, UnassignedReason
+from engines.coordination.types import Conditions, CoordinateRequest, Observatory, Target, UnassignedReason
 from engines.errors import InvalidArgument
+
+from .conftest import WINDOW_START
 
 
 def test_default_toml_parses():
@@ -22,25 +24,78 @@ def test_default_toml_parses():
     assert cfg == CoordinationConfig()
     with pytest.raises(ConfigError, match="batching.max_batch_size"):
         from_mapping(CoordinationConfig, {"batching": {"max_batch_size": 0}})
+    assert from_mapping(CoordinationConfig, {"urgent_min_p_success": 0.2}).urgent_min_p_success == 0.2
+    with pytest.raises(ConfigError, match="urgent_min_p_success"):  # a probability
+        from_mapping(CoordinationConfig, {"urgent_min_p_success": 1.5})
 
 
-async def test_coordinate_respects_capacity_and_explains_the_rest(engine, sites, request_factory):
+# RA/Dec near the zenith of Cerro Pachon in the conftest window (local sidereal time 187.4 deg
+# at its middle, by astropy), 80 deg from the Moon: every constraint passes at rubin and ctio.
+_ZENITH = (187.4, -30.0)
+
+
+def _zenith_target(tid: str, magnitude: float, value: float, **kw) -> Target:
+    return Target(tid, _ZENITH[0], _ZENITH[1], magnitude, "r", 60.0, value, **kw)
+
+
+def _two_sites(rubin: int, ctio: int) -> tuple[Observatory, ...]:
+    return (Observatory("rubin", Conditions(0.8, 0.0, 30.0), capacity=rubin),
+            Observatory("ctio", Conditions(0.8, 0.0, 30.0), capacity=ctio))
+
+
+async def test_coordinate_respects_capacity_and_explains_the_rest(engine):
     assert isinstance(engine, Engine)
-    req = request_factory(80)
+    # Three slots; five bright targets (P ~ 1 at both sites) ranked by value, and one target
+    # for each other reason: below the horizon everywhere, past its deadline, hopelessly faint.
+    bright = tuple(_zenith_target(f"v{v}", 19.0, float(v)) for v in (5, 4, 3, 2, 1))
+    others = (Target("north", _ZENITH[0], 85.0, 19.0, "r", 60.0, 9.0),  # never rises above 25 deg in Chile
+              _zenith_target("late", 19.0, 9.0, deadline_unix=WINDOW_START - 1.0),
+              _zenith_target("faint", 35.0, 9.0))  # feasible, but a 35th-magnitude target is never detected
+    req = CoordinateRequest(WINDOW_START, _two_sites(2, 1), bright + others, request_id="r")
     res = await engine.coordinate(req)
-    assert res.request_id == "r" and res.assignments
-    ids = [a.target_id for a in res.assignments] + [u.target_id for u in res.unassigned]
-    assert sorted(ids) == sorted(t.id for t in req.targets)
-    caps = {s.id: s.capacity for s in sites.site}
-    for site in {a.site_id for a in res.assignments}:
-        assert sum(a.site_id == site for a in res.assignments) <= caps[site]
+    assert res.request_id == "r"
+    # The three most valuable bright targets fill the three slots, two at rubin, one at ctio.
+    assert sorted(a.target_id for a in res.assignments) == ["v3", "v4", "v5"]
+    assert collections.Counter(a.site_id for a in res.assignments) == {"rubin": 2, "ctio": 1}
+    assert {u.target_id: u.reason for u in res.unassigned} == {
+        "v2": UnassignedReason.CAPACITY, "v1": UnassignedReason.CAPACITY,
+        "north": UnassignedReason.NO_FEASIBLE_SITE, "late": UnassignedReason.EXPIRED,
+        "faint": UnassignedReason.ZERO_PROBABILITY}
+    values = {t.id: t.value for t in req.targets}
     for a in res.assignments:
-        assert 0.0 <= a.p_success <= 1.0 and a.expected_value == pytest.approx(
-            a.p_success * next(t.value for t in req.targets if t.id == a.target_id))
+        assert 0.9 <= a.p_success <= 1.0 and a.expected_value == pytest.approx(a.p_success * values[a.target_id])
     assert res.total_expected_value == pytest.approx(sum(a.expected_value for a in res.assignments))
-    assert {u.reason for u in res.unassigned} <= set(UnassignedReason)
     again = await engine.coordinate(req)
     assert again == res  # deterministic for a given input
+
+
+@pytest.mark.parametrize("floor", [0.05, 0.0])
+async def test_a_hopeless_urgent_target_does_not_take_an_ordinary_targets_slot(loaded_engine_factory, floor):
+    # One slot per site. "fair" is urgent with a real chance (P ~ 0.9 at rubin) but worth
+    # little; "hopeless" is urgent and worth much, but at 24.5 mag in 60 s the model gives it
+    # P ~ 1e-6: feasible, out of reach. "a" and "b" are ordinary, bright, P ~ 1.
+    engine = loaded_engine_factory({"urgent_min_p_success": floor})
+    await engine.start(asyncio.get_running_loop())
+    try:
+        targets = (_zenith_target("fair", 23.0, 0.1, time_critical=True),
+                   _zenith_target("hopeless", 24.5, 10.0, time_critical=True),
+                   _zenith_target("a", 20.0, 1.0), _zenith_target("b", 20.5, 0.9))
+        res = await engine.coordinate(CoordinateRequest(WINDOW_START, _two_sites(1, 1), targets))
+    finally:
+        await engine.stop(1.0)
+    placed = {a.target_id: a.site_id for a in res.assignments}
+    p = {a.target_id: a.p_success for a in res.assignments}
+    reasons = {u.target_id: u.reason for u in res.unassigned}
+    if floor > 0:
+        # The fair urgent target still goes first, to its best site; the other slot goes to
+        # the better ordinary target, not to the hopeless one.
+        assert placed == {"fair": "rubin", "a": "ctio"} and p["fair"] > 0.5
+        assert reasons == {"b": UnassignedReason.CAPACITY, "hopeless": UnassignedReason.CAPACITY}
+    else:
+        # The rule without a floor (any positive P goes first): the hopeless target takes a
+        # slot and both ordinary targets lose theirs. This is what the floor prevents.
+        assert set(placed) == {"fair", "hopeless"} and p["hopeless"] < 1e-3
+        assert reasons == {"a": UnassignedReason.CAPACITY, "b": UnassignedReason.CAPACITY}
 
 
 async def test_closed_site_and_expired_target(engine, request_factory):
