@@ -63,3 +63,32 @@ def test_probability_varies_across_sites(simulator):
     p = simulator.success_probability(rng, w, k=64)
     per_site = [p[w.feasible[:, j], j].mean() for j in range(13) if w.feasible[:, j].sum() > 10]
     assert len(per_site) >= 4 and np.ptp(per_site) > 0.1
+
+
+def _three_site_window(simulator):
+    which = np.array([simulator.table.index()[s] for s in ("rubin", "keck", "paranal")])
+    return simulator.window(np.random.default_rng(11), 1741584600.0, which, n_targets=300)
+
+
+@pytest.mark.parametrize("truth", [True, False])
+def test_exact_probability_is_the_monte_carlo_without_its_noise(simulator, truth):
+    # The evaluation's oracle and scoring use the integrated probability: it must be what the
+    # sampled one estimates (8192 draws: sd <= 0.0055 per pair), with the hidden effects
+    # (truth) or without them (physics).
+    w = _three_site_window(simulator)
+    exact = simulator.exact_probability(w, truth=truth)
+    mc = simulator.success_probability(np.random.default_rng(2), w, k=8192, truth=truth)
+    f = w.feasible
+    assert f.sum() > 200
+    assert np.abs(exact - mc)[f].max() < 0.03
+    assert (exact[~f] == 0).all()
+
+
+def test_exact_probability_keeps_small_chances_a_sample_rounds_to_zero(simulator):
+    # The old oracle decided with 512 draws and called these pairs impossible, sparing itself
+    # the choice a calibrated model faces; they are merely unlikely.
+    w = _three_site_window(simulator)
+    exact = simulator.exact_probability(w)
+    rounded = simulator.success_probability(np.random.default_rng(3), w, k=512)
+    small = w.feasible & (rounded == 0) & (exact > 0)
+    assert small.sum() >= 5 and exact[small].max() < 0.01
