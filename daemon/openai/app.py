@@ -248,9 +248,13 @@ class OpenAIServer:
         except web.HTTPRequestEntityTooLarge:  # a chunked body that grew past the limit
             raise http_errors.BodyTooLarge(f"the body is past the limit of {limit} bytes") from None
         try:
-            return json.loads(raw)
-        except ValueError as exc:  # JSONDecodeError, and UnicodeDecodeError on bad UTF-8
+            body = json.loads(raw)
+            # A lone surrogate ("\ud800") parses, but is no text: refused here as protobuf
+            # refuses invalid UTF-8, before a tokenizer meets it.
+            json.dumps(body, ensure_ascii=False).encode()
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeError, nesting too deep
             raise errors.MalformedMessage(f"the body is not valid JSON: {shorten(str(exc), 200)}") from None
+        return body
 
     # ---- the boundary ----------------------------------------------------------------
 

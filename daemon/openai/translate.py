@@ -19,7 +19,6 @@ errors come back naming OpenAI's parameter through `param_of`.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -122,13 +121,13 @@ def to_call(kind: str, body: Any, adapter: str | None, bounds: Bounds, max_choic
     seed = _get(body, "seed", int)
     if seed is not None and not 0 <= seed < 1 << 64:
         raise InvalidArgument("must be in [0, 2^64)", field="seed")
-    max_tokens = _get(body, max_param, int)
+    max_tokens = _bounded_int(body, max_param, 1 << 32)
     defaults = SamplingParams()
     sampling = SamplingParams(
         max_new_tokens=default_max if max_tokens is None else max_tokens,
         temperature=_number(body, "temperature", OPENAI_TEMPERATURE),
         top_p=_number(body, "top_p", 1.0),
-        top_k=_get(body, "top_k", int) or 0,
+        top_k=_bounded_int(body, "top_k", 1 << 31) or 0,
         repetition_penalty=_number(body, "repetition_penalty", defaults.repetition_penalty),
         seed=seed,
         stop=tuple(stop),
@@ -184,13 +183,26 @@ def _get(body: Mapping[str, Any], key: str, kind: type) -> Any:
 _TYPE_NAMES = {str: "a string", int: "an integer", bool: "a boolean", dict: "an object", float: "a number"}
 
 
+# JSON numbers are unbounded where the native protocol's are not (float, int32, uint32):
+# past what gRPC could carry, a value is refused here, so it cannot reach a tensor as inf
+# or overflow one. The engine checks the meaningful ranges for both protocols.
+_FLOAT_MAX = 3.4028234663852886e38
+
+
 def _number(body: Mapping[str, Any], key: str, default: float) -> float:
     value = body.get(key)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not abs(value) <= _FLOAT_MAX:
         raise InvalidArgument("expected a finite number", field=key)
     return float(value)
+
+
+def _bounded_int(body: Mapping[str, Any], key: str, limit: int) -> int | None:
+    value = _get(body, key, int)
+    if value is not None and abs(value) >= limit:
+        raise InvalidArgument(f"must be below {limit}", field=key)
+    return value
 
 
 def _prompts(body: Mapping[str, Any], bounds: Bounds) -> list[str]:
