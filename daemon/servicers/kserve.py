@@ -65,6 +65,9 @@ FINISH_REASONS = {"LENGTH": "length", "EOS": "stop", "STOP_SEQUENCE": "stop", "C
 SAMPLING = {"max_tokens": ("max_new_tokens", int), "temperature": ("temperature", float),
             "top_p": ("top_p", float), "top_k": ("top_k", int), "seed": ("seed", int),
             "repetition_penalty": ("repetition_penalty", float), "ignore_eos": ("ignore_eos", bool)}
+# Request parameters that Triton itself reads (scheduling, sequences), never sampling ones.
+TRITON_PARAMETERS = frozenset({"sequence_id", "sequence_start", "sequence_end", "priority", "timeout",
+                               "triton_enable_empty_final_response", "binary_data_output"})
 # Accepted only at the value that leaves the answer as galactic makes it.
 NEUTRAL = {"n": 1, "best_of": 1, "presence_penalty": 0.0, "frequency_penalty": 0.0, "min_tokens": 0}
 # Engine field -> how this protocol names it, so an error points at what the client sent.
@@ -272,12 +275,14 @@ class _LLMCall:
             raise InvalidArgument("must be true when streaming", field="inputs[exclude_input_in_output]")
         self.extra = {name for name in ("finish_reason", "num_input_tokens", "num_output_tokens")
                       if one.get(f"return_{name}", False)}
-        params = {}
         if "sampling_parameters" in one:
             try:
                 params = json.loads(one["sampling_parameters"])
             except (UnicodeDecodeError, ValueError):
                 raise InvalidArgument("is not JSON", field="inputs[sampling_parameters]") from None
+        else:  # the vLLM backend's other way: the request's own parameters
+            params = {key: getattr(value, value.WhichOneof("parameter_choice") or "string_param")
+                      for key, value in req.parameters.items() if key not in TRITON_PARAMETERS}
         sampling, adapter = _sampling(params)
         self.prompt = prompt
         self.request = GenerationRequest(request_id=uuid.uuid4().hex, prompt=prompt, adapter=adapter,

@@ -128,6 +128,20 @@ async def test_stream_false_inside_the_stream_answers_once(stub, llm_daemon, cha
     assert frame.infer_response.parameters[FINAL].bool_param
 
 
+async def test_sampling_from_the_request_parameters(stub, llm_daemon, channel_to):
+    # The vLLM backend's other way to send them; Triton's own (priority) are passed over.
+    want = "".join(await native(channel_to(llm_daemon), 10))
+    req = llm_request(exclude=True)
+    req.parameters["max_tokens"].int64_param = 10
+    req.parameters["ignore_eos"].bool_param = True
+    req.parameters["priority"].int64_param = 1
+    assert text_of(await stub.ModelInfer(req, timeout=60)) == want
+    req.parameters["best_of"].int64_param = 2
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.ModelInfer(req, timeout=60)
+    assert from_rpc_error(err.value).field == "sampling_parameters.best_of"
+
+
 def _wrong_datatype():
     req = llm_request(stream=True, sampling=SAMPLING)
     req.inputs[1].datatype = "INT32"
