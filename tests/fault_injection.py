@@ -54,6 +54,8 @@ class Held:
 
         self._where, self._after_first, self._bound_s = where, after_first_token, bound_s
         self._entered, self._open = threading.Event(), threading.Event()
+        self._permits = 0
+        self._lock = threading.Lock()
         for cls in (ModelRunner, RemoteRunner):
             self._patch(monkeypatch, cls)
 
@@ -67,11 +69,23 @@ class Held:
                 self._entered.set()
                 end = time.monotonic() + self._bound_s
                 # Cancels are flags set from other threads: look at them every 5 ms.
-                while not self._open.wait(0.005) and not all(seq.cancelled for seq in rows):
+                while not (self._open.wait(0.005) or all(seq.cancelled for seq in rows) or self._take_permit()):
                     if time.monotonic() > end:
                         raise TimeoutError("Held: a held step was neither cancelled nor released")
             return real(runner, plan)
         monkeypatch.setattr(cls, "submit", held)
+
+    def _take_permit(self) -> bool:
+        with self._lock:
+            if self._permits:
+                self._permits -= 1
+                return True
+            return False
+
+    def permit(self, steps: int = 1) -> None:
+        """Let `steps` held steps run; the ones after them are held again."""
+        with self._lock:
+            self._permits += steps
 
     async def reached(self) -> None:
         assert await asyncio.to_thread(self._entered.wait, 60), "no step reached the barrier"

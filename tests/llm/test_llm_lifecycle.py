@@ -13,9 +13,17 @@ from engines.config import ConfigError, from_mapping
 from engines.errors import AlreadyExists, InvalidArgument, ResourceExhausted, Unavailable
 from engines.llm.config import LLMConfig
 from engines.llm.types import ChatMessage, FinalOutput, FinishReason, GenerationRequest, SamplingParams, TokenChunk
+from fault_injection import Held
 from llm_helpers import PROMPTS, collect, make_config
 
 LONG = SamplingParams(max_new_tokens=400, ignore_eos=True)
+
+
+@pytest.fixture(autouse=True)
+def long_is_held(monkeypatch):
+    """A LONG request is held after its first token until it is cancelled: still running
+    when a test cancels it, stops the engine or queues behind it, on any machine."""
+    return Held(monkeypatch, where=lambda request: request.sampling is LONG, after_first_token=True)
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +71,20 @@ async def test_llm_expired_deadline_is_dropped_before_running(engine):
     assert ids == [] and final.completion_tokens == 0
 
 
-async def test_llm_deadline_passing_in_queue_frees_the_place(one_slot):
+async def test_llm_deadline_passing_in_queue_frees_the_place(one_slot, long_is_held):
     hog = asyncio.create_task(collect(one_slot, GenerationRequest("hog", prompt=PROMPTS[0], sampling=LONG)))
     await one_slot.wait_until(lambda e: e.running_count == 1, timeout=30)
-    _, _, final = await collect(one_slot, GenerationRequest(
-        "impatient", prompt=PROMPTS[1], deadline=time.monotonic() + 0.05, sampling=LONG))
-    assert final.finish_reason is FinishReason.DEADLINE
+    await long_is_held.reached()  # the hog holds the one slot
+    deadline = time.monotonic() + 0.05
+    impatient = asyncio.create_task(collect(one_slot, GenerationRequest(
+        "impatient", prompt=PROMPTS[1], deadline=deadline, sampling=LONG)))
+    await one_slot.wait_until(lambda e: e.waiting_count == 1, timeout=30)
+    await asyncio.sleep(max(0.0, deadline - time.monotonic()) + 0.01)  # the clock past its deadline
+    # The held step was planned before the deadline; the next schedule drops the impatient
+    # request, and a step's outputs reach their streams when that step ends: two steps.
+    long_is_held.permit(2)
+    final = (await impatient)[2]
+    assert final.finish_reason is FinishReason.DEADLINE and final.completion_tokens == 0
     assert one_slot.waiting_count == 0
     one_slot.cancel("hog")
     assert (await hog)[2].finish_reason is FinishReason.CANCELLED
