@@ -1,4 +1,4 @@
-"""`galactic-train simulate-logs | coordination | federated | evaluate`: registered on the trainer's CLI.
+"""`galactic-train simulate-logs | coordination | federated | scenarios | evaluate`: registered on the trainer's CLI.
 
 Training reads site log files (`sitelog.py`'s schema): `--sites LOG...` names them (files,
 or directories of *.csv); without it, the recipe's logs are simulated into files first.
@@ -43,6 +43,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             p.add_argument("--record-dir", type=Path, default=None,
                            help="flare: write each round's sent, received and aggregated weights here")
         p.set_defaults(func=_train_cmd, federated=name == "federated")
+    p = subparsers.add_parser("scenarios", help="write random observatory networks (site table + scenario) for "
+                                                "evaluation, drawn from the documented ranges of generator.py")
+    p.add_argument("--count", type=int, required=True, help="networks to write")
+    p.add_argument("--seed", type=int, required=True, help="network i is drawn from seed [S, i]")
+    p.add_argument("--out", type=Path, required=True, help="a directory net-S-ii/{sites,scenario}.toml per network")
+    p.add_argument("--site-table", type=Path, default=DEFAULT_SITES, help="the table the sites are drawn from")
+    p.set_defaults(func=_scenarios_cmd)
     p = subparsers.add_parser("evaluate", help="compare coordination methods on unseen windows, over training seeds")
     _scenario_args(p)
     p.set_defaults(seed=None)
@@ -148,6 +155,14 @@ def _train_on_files(args, recipe: default.Recipe, engine: str) -> Path:
     model = (train.train_federated(logs, recipe.fit, _progress) if args.federated
              else train.train_central(logs, recipe.fit))
     return train.export(model, table.ids, args.out, {**info, "rows": sum(len(x) for x in logs)})
+
+
+def _scenarios_cmd(args) -> int:
+    from training.coordination import generator
+
+    for d in generator.write(args.count, args.seed, args.out, args.site_table):
+        print(d)
+    return 0
 
 
 def _evaluate_cmd(args) -> int:
