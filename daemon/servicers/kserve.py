@@ -28,6 +28,8 @@ import uuid
 from importlib import metadata
 from typing import AsyncIterator, Mapping
 
+import grpc
+import structlog
 from opentelemetry import context as otel_context
 
 from inference import grpc_service_pb2 as pb
@@ -41,6 +43,7 @@ from engines import tensors
 from engines.errors import GalacticError, InvalidArgument, NotFound, Unavailable
 from engines.llm.types import FinalOutput, GenerationRequest, SamplingParams, TokenChunk
 
+log = structlog.get_logger("galacticd.kserve")
 TENSOR_SERVICE = "galactic.v1.Inference"
 LLM_SERVICE = "galactic.v1.Generation"
 FINAL = "triton_final_response"
@@ -139,7 +142,8 @@ def _decode(req: pb.ModelInferRequest, index: int, t, max_elements: int):
             return tensors.decode(data, max_elements)
         typed = TYPED.get(t.datatype)
         if typed is None and t.datatype in tensors.DTYPES:
-            raise InvalidArgument(f"{t.datatype} travels only in raw_input_contents", field=f"inputs[{t.name}].contents")
+            raise InvalidArgument(f"{t.datatype} travels only in raw_input_contents",
+                                  field=f"inputs[{t.name}].contents")
         values = getattr(t.contents, typed) if typed else ()
         return tensors.from_values(t.name, t.datatype, shape, values, max_elements)
     except InvalidArgument as exc:
@@ -221,9 +225,15 @@ def _sampling(params: object) -> tuple[SamplingParams, str | None]:
                     if not isinstance(value, bool):
                         raise ValueError(value)
                     values[ours] = value
+                elif kind is int:  # 12, 12.0 or "12", as vLLM's int() takes them; not 1.5 or true
+                    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                        raise ValueError(value)
+                    values[ours] = int(value)
+                    if not -2**63 <= values[ours] < 2**63:  # what the native protocol's int64 carries
+                        raise ValueError(value)
                 else:
-                    values[ours] = kind(value)
-            except (TypeError, ValueError):
+                    values[ours] = float(value)
+            except (TypeError, ValueError, OverflowError):
                 raise InvalidArgument(f"must be {kind.__name__}, got {shorten(repr(value))}", field=field) from None
         elif key == "stop":
             stop = [value] if isinstance(value, str) else value
@@ -377,6 +387,8 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 
         def on_error(req: pb.ModelInferRequest, exc: Exception) -> pb.ModelStreamInferResponse:
             status = to_status(exc)
+            if status.code == grpc.StatusCode.INTERNAL.value[0]:  # a bug: its traceback goes to the log
+                log.error("stream request failed", exc_info=exc)
             rid = shorten(req.id, self._bounds.limits.max_id_chars)
             resp = pb.ModelInferResponse(model_name=shorten(req.model_name, self._bounds.limits.max_name_chars),
                                          model_version=shorten(req.model_version), id=rid)

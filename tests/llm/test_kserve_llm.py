@@ -10,8 +10,10 @@ import struct
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from galactic.v1 import generation_pb2, generation_pb2_grpc
+from fault_injection import Held
 from galactic_client.errors import from_rpc_error
 from inference import grpc_service_pb2 as pb
 from inference import grpc_service_pb2_grpc
@@ -84,6 +86,10 @@ async def native(channel, n: int, prompt: str = PROMPT) -> list[str]:
         timeout=60)]
     assert frames[-1].HasField("final")
     return [f.tokens.text for f in frames if f.HasField("tokens")]
+
+
+def finished(reason: str) -> float:
+    return REGISTRY.get_sample_value("galactic_llm_requests_finished_total", {"model": MODEL, "reason": reason}) or 0.0
 
 
 SAMPLING = {"max_tokens": 10, "ignore_eos": True, "temperature": "0"}  # a string, as vLLM clients send
@@ -189,12 +195,35 @@ async def test_a_bad_request_gets_an_error_response_and_the_stream_lives_on(stub
      "sampling_parameters.nope"),
     (llm_request(sampling={"lora_name": "no-such-adapter"}), grpc.StatusCode.NOT_FOUND,
      "sampling_parameters.lora_name"),
-], ids=["stream-needs-streaming", "unknown-parameter", "unknown-adapter"])
+    (llm_request(sampling={"max_tokens": float("inf")}), grpc.StatusCode.INVALID_ARGUMENT,
+     "sampling_parameters.max_tokens"),
+    (llm_request(sampling={"max_tokens": "1.5"}), grpc.StatusCode.INVALID_ARGUMENT, "sampling_parameters.max_tokens"),
+], ids=["stream-needs-streaming", "unknown-parameter", "unknown-adapter", "infinite", "fraction"])
 async def test_model_infer_errors_name_the_field(stub, req, code, field):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.ModelInfer(req, timeout=60)
     error = from_rpc_error(err.value)
     assert (error.code, error.field) == (code, field)
+
+
+async def test_a_client_leaving_the_stream_cancels_its_request(stub, llm_daemon, monkeypatch):
+    engine = llm_daemon.engines[MODEL]
+    cancelled_before = finished("cancelled")
+    Held(monkeypatch, after_first_token=True)  # still running when the client leaves, on any machine
+    call = stub.ModelStreamInfer(iter([llm_request(stream=True, sampling={"max_tokens": 200, "ignore_eos": True})]),
+                                 timeout=60)
+    first = await call.read()
+    assert not first.error_message and not first.infer_response.parameters[FINAL].bool_param
+    call.cancel()
+    # Freed by the scheduler, then by the runner: re-checked after every step; a slot never
+    # freed times out.
+    await engine.wait_until(lambda e: e.running_count + e.waiting_count == 0 and e.stats()["kv_cache_tokens"] == 0,
+                            timeout=30)
+    assert finished("cancelled") - cancelled_before == 1  # ended CANCELLED, not run to its length
+    monkeypatch.undo()
+    whole = await stub.ModelInfer(llm_request(sampling={"max_tokens": 2, "ignore_eos": True}, exclude=True),
+                                  timeout=60)
+    assert text_of(whole)  # the freed slot serves again
 
 
 async def test_tokens_are_charged_to_the_tenant(daemon_factory, tiny_dir, adapters_root, tmp_path, channel_to):
