@@ -5,8 +5,8 @@ success probabilities (`Simulator.exact_probability`: the simulator's weather mo
 the hidden effects, integrated rather than sampled): value = sum over assigned pairs of
 value x P_true, the expected realized value. The oracle decides with those same true
 probabilities under the same decision rule as every solver-based method (`decide`: the
-engine's urgent floor), so it faces the tiny P a calibrated model outputs, and it is the best
-any method following the rule can do with perfect knowledge; a gap to it is what the
+engine's urgent floor), so it faces the tiny P a calibrated model outputs: it is what the
+rule decides when it knows the truth, and a rule-following method's gap to it is what that
 method's probabilities get wrong.
 
 Per method, beside the share of the oracle: `critical_completed`, the expected fraction of
