@@ -23,9 +23,11 @@ from engines.coordination import features, physics
 from engines.coordination.config import ConstraintsConfig
 from engines.coordination.sites import SiteTable
 from training.coordination.scenario import Hidden, Scenario
-from training.coordination.sitelog import Logs, SiteLog, to_logs
+from training.coordination.sitelog import SCHEMA, Logs, SiteLog, to_logs
 
 __all__ = ["Logs", "SiteLog", "Simulator", "Window"]
+
+_MAX_FORECAST_CLOUD_MAG = next(c.hi for c in SCHEMA if c.name == "forecast_cloud_mag")  # the log's bound
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,10 @@ class Simulator:
         k = len(which)
         clear = rng.random(k) < np.array([c.clear_fraction for c in cl])
         cloud = np.where(clear, 0.0, rng.exponential(1.0, k) * np.array([c.cloud_mean_mag for c in cl]))
+        # Overcast is overcast: a forecast beyond the site-log schema's bound (10 mag) would make
+        # the log unreadable; a cloudy climate's exponential tail reaches it in a few of 10^4
+        # nights (the default scenarios never do, so their logs are unchanged).
+        cloud = np.minimum(cloud, _MAX_FORECAST_CLOUD_MAG)
         seeing = np.array([c.seeing_median for c in cl]) * np.exp(rng.normal(0.0, 0.25, k))
         hum = np.clip(rng.normal(np.array([c.humidity_mean for c in cl]), np.array([c.humidity_sd for c in cl])), 2.0, 100.0)
         st = [self.table.site[i] for i in which]
