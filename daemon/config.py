@@ -73,6 +73,9 @@ class OpenAIConfig:
     listen: str = "127.0.0.1:8000"
     # Largest request body accepted; past it, 413 before the body is read.
     max_body_bytes: int = 8 * 1024 * 1024
+    # Seconds a client has to send its whole body once its headers arrived; past it, 408
+    # (a slow or stalled client holds no handler, tenant slot or drain for longer).
+    body_timeout_s: float = 30.0
     # Largest `n` (choices per prompt) times prompts of one request: each is an engine request.
     max_choices: int = 16
 
@@ -81,6 +84,7 @@ class OpenAIConfig:
         check(bool(sep) and bool(host) and port.isdigit() and int(port) < 65536, "listen",
               f"expected HOST:PORT, got {self.listen!r}")
         check(self.max_body_bytes >= 1024, "max_body_bytes", "must be >= 1024")
+        check(self.body_timeout_s > 0, "body_timeout_s", "must be > 0")
         check(self.max_choices >= 1, "max_choices", "must be >= 1")
 
 

@@ -244,9 +244,13 @@ class OpenAIServer:
         if request.content_length is not None and request.content_length > limit:
             raise http_errors.BodyTooLarge(f"the body ({request.content_length} bytes) is past the limit of {limit}")
         try:
-            raw = await request.read()
+            async with asyncio.timeout(self._config.body_timeout_s):
+                raw = await request.read()
         except web.HTTPRequestEntityTooLarge:  # a chunked body that grew past the limit
             raise http_errors.BodyTooLarge(f"the body is past the limit of {limit} bytes") from None
+        except TimeoutError:
+            raise http_errors.BodyTimeout(
+                f"the body did not arrive within {self._config.body_timeout_s:g} s") from None
         try:
             body = json.loads(raw)
             # A lone surrogate ("\ud800") parses, but is no text: refused here as protobuf

@@ -18,7 +18,7 @@ import grpc
 from aiohttp import web
 
 from daemon import errors
-from engines.errors import InvalidArgument
+from engines.errors import DeadlineExceeded, InvalidArgument
 
 # gRPC status code -> (HTTP status, OpenAI error type).
 HTTP: dict[grpc.StatusCode, tuple[int, str]] = {
@@ -45,8 +45,12 @@ class NotJSON(InvalidArgument):
     """The body is not sent as application/json (415)."""
 
 
+class BodyTimeout(DeadlineExceeded):
+    """The body did not arrive within `openai.body_timeout_s` (408)."""
+
+
 # What HTTP has a status of its own for; the rest go by their gRPC code.
-_HTTP_ONLY = {BodyTooLarge: 413, NotJSON: 415}
+_HTTP_ONLY = {BodyTooLarge: 413, NotJSON: 415, BodyTimeout: 408}
 
 
 def error_object(exc: BaseException, param: str | None) -> dict[str, Any]:

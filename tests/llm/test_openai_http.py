@@ -28,7 +28,7 @@ async def http_daemon(session_daemon_factory, tiny_dir):
     # No /metrics endpoint: its registration is process-wide, and this daemon outlives the
     # tests that start their own (the counters read below are process-wide anyway).
     return await session_daemon_factory({"llm": {**LLM, "path": str(tiny_dir)},
-                                         "openai": {"max_body_bytes": MAX_BODY},
+                                         "openai": {"max_body_bytes": MAX_BODY, "body_timeout_s": 1.0},
                                          "telemetry": {"metrics_listen": ""}})
 
 
@@ -81,6 +81,20 @@ async def test_oversize_body_is_413_and_others_are_served_on(http_daemon, http):
         assert resp.status == 413
     async with http.post(url(http_daemon, "/v1/completions"), json=body()) as resp:
         assert resp.status == 200 and (await resp.json())["usage"]["completion_tokens"] >= 1
+
+
+async def test_stalled_body_is_408_and_others_are_served_meanwhile(http_daemon, http):
+    reader, writer = await asyncio.open_connection("127.0.0.1", http_daemon.openai_port)
+    try:
+        writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n{\"model\": ")  # and then nothing more
+        await writer.drain()
+        async with http.post(url(http_daemon, "/v1/completions"), json=body()) as resp:
+            assert resp.status == 200  # the stalled client holds up no one
+        status = await reader.readline()
+        assert status.startswith(b"HTTP/1.1 408"), status
+    finally:
+        writer.close()
 
 
 async def test_unknown_route_and_method_are_json_errors(http_daemon, http):

@@ -208,8 +208,10 @@ async def test_errors_arrive_as_the_sdks_exceptions(oa_daemon, aclient):
 async def test_tenant_limit_is_429_with_retry_after(oa_daemon, monkeypatch):
     held_step = Held(monkeypatch, where=lambda request: request.tenant == "one", after_first_token=True)
     async with openai.AsyncOpenAI(base_url=base_url(oa_daemon), api_key="tok-one", max_retries=0) as one:
+        # Greedy: its first token has text (a sampled one may be half a character, held
+        # back, and no event would come before the held step).
         held = await one.completions.create(model="tiny", prompt=PROMPT, max_tokens=200, stream=True,
-                                            extra_body={"ignore_eos": True})
+                                            temperature=0, extra_body={"ignore_eos": True})
         await held.__anext__()  # the tenant's one call is in flight now
         try:
             with pytest.raises(openai.RateLimitError) as err:

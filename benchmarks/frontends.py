@@ -1,0 +1,176 @@
+"""Front ends over one engine: native gRPC `Generate` against the OpenAI API's SSE streams.
+
+    python benchmarks/frontends.py [--quick] --json OUT
+
+One galacticd (its default config: the model in a process of its own) serving the model of
+`llm_serving.py` (random weights, the same prompt, greedy, `ignore_eos`) on both ports; the
+same load through each front end, interleaved within each round so drift hits both alike:
+
+* native - streaming `Generate` calls over one grpc.aio channel (`llm_serving.run_grpc`);
+* openai - `POST /v1/completions` with `stream: true` over aiohttp keep-alive connections,
+           reading the server-sent events as they arrive.
+
+Both clients connect before the clock starts (a warm-up run opens the connections) and time
+what a user's client sees: TTFT from the call to the first frame or event carrying text;
+tokens/s from the completion tokens each stream reports at its end. At one stream, 8
+requests back to back per row give the TTFT percentiles. The targets of issue 19: TTFT p50
+at 1 stream within 2 ms of native, tokens/s at 32 streams at least 0.95 of native.
+
+stdout gets a table and the targets; OUT a JSON object of rows and summary. Each row
+records the cores used by processes other than this one and the daemon (`other_cores`):
+on a 2-core host a neighbour skews both front ends, and a disturbed row says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from llm_serving import (FULL, PROMPT, SOLO_REPEATS, LoadProbe, Trace, _free_port, _loadavg,  # noqa: E402
+                         _pct, build, merge, run_grpc, start_galacticd)
+
+CONCURRENCY = (1, 32)
+
+
+async def run_openai(session, port: int, n: int, new_tokens: int) -> Trace:
+    """n concurrent streaming completions; times as the client sees them (as run_grpc)."""
+    url = f"http://127.0.0.1:{port}/v1/completions"
+    body = {"model": "bench", "prompt": PROMPT, "max_tokens": new_tokens, "temperature": 0, "ignore_eos": True,
+            "stream": True, "stream_options": {"include_usage": True}}
+    ttft, itl = [], []
+    t0 = time.monotonic()
+
+    async def one() -> int:
+        last, count, seen_text = None, 0, False
+        t_call = time.monotonic()
+        async with session.post(url, json=body) as resp:
+            if resp.status != 200:
+                raise RuntimeError(f"HTTP {resp.status}: {(await resp.text())[:500]}")
+            async for line in resp.content:  # one line per event, then a blank one
+                if not line.startswith(b"data: {"):
+                    continue
+                now = time.monotonic()
+                event = json.loads(line[6:])
+                if event["choices"]:
+                    if event["choices"][0]["text"]:
+                        if not seen_text:
+                            seen_text = True
+                            ttft.append(now - t_call)
+                        if last is not None:
+                            itl.append(now - last)
+                        last = now
+                elif event.get("usage"):
+                    count = event["usage"]["completion_tokens"]
+        return count
+
+    counts = await asyncio.gather(*(one() for _ in range(n)))
+    return Trace(ttft, itl, sum(counts), time.monotonic() - t0)
+
+
+async def main_async(args: argparse.Namespace) -> list[dict]:
+    import aiohttp
+    import torch
+
+    setup = FULL
+    rounds = 1 if args.quick else args.rounds
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    root = Path(tempfile.mkdtemp(prefix="galactic-frontends-"))
+    model_dir, adapters_dir = build(setup, root)
+    openai_port = _free_port()
+    daemon = await start_galacticd(model_dir, adapters_dir, root, max(CONCURRENCY), [],
+                                   env={"GALACTIC_OPENAI__LISTEN": f"127.0.0.1:{openai_port}"})
+    # One keep-alive connection per concurrent stream, as the gRPC channel multiplexes them.
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=600))
+    systems = {
+        "native": lambda n: run_grpc(daemon.port, n, setup.new_tokens, [None]),
+        "openai": lambda n: run_openai(session, openai_port, n, setup.new_tokens),
+    }
+    rows = []
+    try:
+        for run in systems.values():  # warm-up: connections open, first-call paths taken
+            await run(max(CONCURRENCY))
+        for rnd in range(rounds):
+            for n in CONCURRENCY:
+                for name, run in systems.items():
+                    with LoadProbe(daemon.proc.pid) as probe:
+                        tr = merge([await run(n) for _ in range(SOLO_REPEATS if n == 1 else 1)])
+                    rows.append({
+                        "system": name, "concurrency": n, "round": rnd,
+                        "tokens_per_s": round(tr.tokens / tr.wall, 1),
+                        "ttft_p50_ms": round(_pct(tr.ttft, 0.5), 2), "ttft_p99_ms": round(_pct(tr.ttft, 0.99), 2),
+                        "itl_p50_ms": round(_pct(tr.itl, 0.5), 2), "itl_p99_ms": round(_pct(tr.itl, 0.99), 2),
+                        "other_cores": round(probe.other_cores, 2), "disturbed": probe.other_cores > 0.25,
+                        "loadavg": _loadavg(),
+                    })
+                    print(json.dumps(rows[-1]), file=sys.stderr)
+    except BaseException:
+        print(daemon.log_tail(), file=sys.stderr)
+        raise
+    finally:
+        await session.close()
+        daemon.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    return rows
+
+
+def summarize(rows: list[dict]) -> tuple[str, dict]:
+    """The table, then the targets checked on the medians over rounds."""
+    def med(system: str, n: int, key: str) -> float:
+        xs = [r[key] for r in rows if r["system"] == system and r["concurrency"] == n]
+        return statistics.median(xs) if xs else float("nan")
+
+    lines = ["| front end | streams | tok/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | disturbed |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['system']} | {r['concurrency']} | {r['tokens_per_s']} | {r['ttft_p50_ms']} | "
+                     f"{r['ttft_p99_ms']} | {r['itl_p50_ms']} | {r['itl_p99_ms']} | {'yes' if r['disturbed'] else 'no'} |")
+    top = max(CONCURRENCY)
+    summary = {
+        "ttft_p50_ms": {"native": med("native", 1, "ttft_p50_ms"), "openai": med("openai", 1, "ttft_p50_ms")},
+        f"tokens_per_s_{top}": {"native": med("native", top, "tokens_per_s"), "openai": med("openai", top, "tokens_per_s")},
+    }
+    dt = summary["ttft_p50_ms"]["openai"] - summary["ttft_p50_ms"]["native"]
+    ratio = summary[f"tokens_per_s_{top}"]["openai"] / summary[f"tokens_per_s_{top}"]["native"]
+    summary.update(ttft_delta_ms=round(dt, 2), tokens_per_s_ratio=round(ratio, 3),
+                   ttft_met=dt <= 2.0, tokens_per_s_met=ratio >= 0.95,
+                   disturbed_rows=sum(r["disturbed"] for r in rows))
+    lines += ["",
+              f"TTFT p50 at 1 stream: openai {summary['ttft_p50_ms']['openai']:.2f} ms, native "
+              f"{summary['ttft_p50_ms']['native']:.2f} ms: {dt:+.2f} ms (target <= +2 ms: "
+              f"{'met' if summary['ttft_met'] else 'missed'})",
+              f"tokens/s at {top} streams: openai / native = {ratio:.3f} (target >= 0.95: "
+              f"{'met' if summary['tokens_per_s_met'] else 'missed'})",
+              f"loadavg during rows: {', '.join(sorted({r['loadavg'] for r in rows}))}",
+              f"disturbed rows: {summary['disturbed_rows']} of {len(rows)}"]
+    return "\n".join(lines), summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", type=Path, required=True, help="write rows and summary here")
+    parser.add_argument("--quick", action="store_true", help="one round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, each front end once per level (default 3)")
+    args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the `finally` that stops the daemon runs.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    rows = asyncio.run(main_async(args))  # builds its model under a temp dir it removes
+    table, summary = summarize(rows)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"rows": rows, "summary": summary}, indent=2))
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
