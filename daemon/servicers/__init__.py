@@ -60,12 +60,16 @@ async def stream_concurrently(
     requests: AsyncIterator[Req],
     handle: Callable[[Req], AsyncIterator[Resp]],
     on_error: Callable[[Req, Exception], Resp],
+    until: asyncio.Event | None = None,
 ) -> AsyncIterator[Resp]:
     """Every request runs as its own task, so the engine's batcher sees them together; the
     frames of each (`handle(req)` yields one or more) leave as they are made, interleaved
     with the others'; a failing request ends with its own error frame (`on_error`) and the
     stream lives on. Leaving the generator (the client went away) cancels what is still
     pending, which drops it from the engine's queue before its step.
+
+    Once `until` is set (the daemon's drain), the stream ends as soon as no request is left
+    in it, even if the client keeps it open: one idle stream must not hold up shutdown.
     """
     out: asyncio.Queue = asyncio.Queue()
     pending: set[asyncio.Task] = set()
@@ -91,16 +95,26 @@ async def stream_concurrently(
         finally:
             out.put_nowait(None)  # the writer re-checks; a failed read re-raises there
 
+    async def wake_on(event: asyncio.Event) -> None:
+        await event.wait()
+        out.put_nowait(None)
+
     reader = asyncio.create_task(read())
+    watch = asyncio.create_task(wake_on(until)) if until is not None else None
     try:
         while True:
             item = await out.get()
             if item is not None:
                 yield item
-            elif reader.done() and not pending and out.empty():
-                await reader  # re-raises a failure of the incoming stream
-                return
+            elif not pending and out.empty():
+                if reader.done():
+                    await reader  # re-raises a failure of the incoming stream
+                    return
+                if until is not None and until.is_set():
+                    return
     finally:
+        if watch is not None:
+            watch.cancel()
         reader.cancel()
         for task in pending:
             task.cancel()

@@ -395,7 +395,9 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             resp.parameters[FINAL].bool_param = True
             return pb.ModelStreamInferResponse(error_message=status.message, infer_response=resp)
 
-        async for frame in stream_concurrently(request_iterator, handle, on_error):
+        # Draining: requests still arriving are refused, and the stream ends once those it
+        # holds have finished.
+        async for frame in stream_concurrently(request_iterator, handle, on_error, until=self._admission.drain_started):
             yield frame
 
     async def _infer(self, req: pb.ModelInferRequest, deadline: float | None,

@@ -4,6 +4,7 @@ compared with native `Generate`'s greedy stream."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import struct
@@ -224,6 +225,34 @@ async def test_a_client_leaving_the_stream_cancels_its_request(stub, llm_daemon,
     whole = await stub.ModelInfer(llm_request(sampling={"max_tokens": 2, "ignore_eos": True}, exclude=True),
                                   timeout=60)
     assert text_of(whole)  # the freed slot serves again
+
+
+async def test_drain_finishes_the_stream_s_requests_refuses_new_ones_and_ends_it(stub, llm_daemon, monkeypatch):
+    held = Held(monkeypatch, after_first_token=True)  # "running" outlives "late" on any machine
+    requests: asyncio.Queue = asyncio.Queue()
+
+    async def frames():  # the client keeps its stream open: it never half-closes
+        while True:
+            yield await requests.get()
+
+    requests.put_nowait(llm_request(stream=True, sampling={"max_tokens": 30, "ignore_eos": True}, rid="running"))
+    call = stub.ModelStreamInfer(frames(), timeout=120)
+    first = await call.read()
+    assert first.infer_response.id == "running" and not first.error_message
+    drain = asyncio.create_task(llm_daemon.drain())
+    await llm_daemon.admission.drain_started.wait()
+    requests.put_nowait(llm_request(stream=True, sampling=SAMPLING, rid="late"))
+    late = await call.read()  # "running" is held: nothing else can come first
+    assert late.infer_response.id == "late" and "draining" in late.error_message
+    held.release()
+    rest = []
+    while (frame := await call.read()) is not grpc.aio.EOF:
+        rest.append(frame.infer_response)
+    assert all(r.id == "running" for r in rest)
+    assert rest[-1].parameters[FINAL].bool_param and len(rest) == 30  # 29 more chunks, then the final
+    assert await call.code() == grpc.StatusCode.OK
+    # The open stream did not hold the drain for the whole grace period.
+    await asyncio.wait_for(drain, timeout=llm_daemon.config.server.grace_period_s / 2)
 
 
 async def test_tokens_are_charged_to_the_tenant(daemon_factory, tiny_dir, adapters_root, tmp_path, channel_to):
