@@ -55,6 +55,8 @@ CONFIG = """
 [server]
 listen = "127.0.0.1:{port}"
 intra_op_threads = {threads}
+[openai]
+enabled = false
 [telemetry]
 metrics_listen = ""
 log_level = "warning"

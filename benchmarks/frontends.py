@@ -89,7 +89,8 @@ async def main_async(args: argparse.Namespace) -> list[dict]:
     model_dir, adapters_dir = build(setup, root)
     openai_port = _free_port()
     daemon = await start_galacticd(model_dir, adapters_dir, root, max(CONCURRENCY), [],
-                                   env={"GALACTIC_OPENAI__LISTEN": f"127.0.0.1:{openai_port}"})
+                                   env={"GALACTIC_OPENAI__ENABLED": "true",
+                                        "GALACTIC_OPENAI__LISTEN": f"127.0.0.1:{openai_port}"})
     # One keep-alive connection per concurrent stream, as the gRPC channel multiplexes them.
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=600))
     systems = {

@@ -359,6 +359,8 @@ async def start_galacticd(model_dir: Path, adapters_dir: Path, root: Path, max_r
 [server]
 listen = "127.0.0.1:{port}"
 intra_op_threads = {server_threads}
+[openai]
+enabled = false
 [telemetry]
 metrics_listen = ""
 log_level = "warning"

@@ -85,6 +85,8 @@ class Daemon:
 [server]
 listen = "127.0.0.1:{self.port}"
 grace_period_s = 10.0
+[openai]
+enabled = false
 [telemetry]
 log_format = "json"
 log_level = "warning"

@@ -42,6 +42,8 @@ def test_sigterm_drains_and_exits_zero(tmp_path, notify):
         [server]
         listen = "127.0.0.1:{port}"
         grace_period_s = 5.0
+        [openai]
+        listen = "127.0.0.1:0"
         [telemetry]
         metrics_listen = ""
         log_format = "json"
@@ -86,6 +88,8 @@ def test_sigterm_during_start_up_exits_zero(tmp_path, notify):
     cfg.write_text(textwrap.dedent(f"""
         [server]
         listen = "127.0.0.1:{free_port()}"
+        [openai]
+        listen = "127.0.0.1:0"
         [telemetry]
         metrics_listen = ""
         [llm]

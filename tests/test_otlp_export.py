@@ -40,6 +40,8 @@ async def test_spans_reach_an_otlp_collector(tmp_path):
     cfg.write_text(f"""
 [server]
 listen = "127.0.0.1:{port}"
+[openai]
+listen = "127.0.0.1:0"
 [telemetry]
 metrics_listen = ""
 tracing = "otlp"

@@ -41,7 +41,7 @@ def daemon(tmp_path):
     root = tmp_path / "adapters"
     root.mkdir()
     cfg = tmp_path / "galactic.toml"
-    cfg.write_text(f'[server]\nlisten = "127.0.0.1:{port}"\n[telemetry]\nmetrics_listen = ""\nlog_format = "json"\n'
+    cfg.write_text(f'[server]\nlisten = "127.0.0.1:{port}"\n[openai]\nlisten = "127.0.0.1:0"\n[telemetry]\nmetrics_listen = ""\nlog_format = "json"\n'
                    f'[llm]\npath = "embedded"\n[llm.adapters]\nroot = "{root}"\n[coordination]\nenabled = false\n')
     proc = subprocess.Popen([sys.executable, "-m", "daemon.main", "serve", "--config", str(cfg)], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
