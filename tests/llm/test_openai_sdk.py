@@ -227,3 +227,36 @@ async def test_tenant_limit_is_429_with_retry_after(oa_daemon, monkeypatch):
     async with openai.AsyncOpenAI(base_url=base_url(oa_daemon), api_key="tok-one", max_retries=0) as one:
         out = await one.completions.create(model="tiny", prompt=PROMPT, max_tokens=2)
     assert out.usage.completion_tokens >= 1
+
+
+async def test_chat_logprobs_equal_native(aclient, oa_daemon, channel_to):
+    msgs = pb.ChatMessages(messages=[pb.ChatMessage(role=m["role"], content=m["content"]) for m in MESSAGES])
+    ids, _, logprobs, _ = await native(oa_daemon, channel_to, greedy(6, messages=msgs))
+    out = await aclient.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=6, temperature=0,
+                                                logprobs=True, top_logprobs=0, extra_body={"ignore_eos": True})
+    content = out.choices[0].logprobs.content
+    tok = oa_daemon.engines["tiny"].tokenizer
+    assert [c.token for c in content] == [tok.decode([i]) for i in ids]
+    assert [c.logprob for c in content] == pytest.approx(logprobs, abs=1e-4)
+    assert all(c.top_logprobs == [] for c in content)
+
+
+async def test_streamed_choices_each_end_once(aclient):
+    stream = await aclient.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=5, n=2, seed=3,
+                                                   stream=True, extra_body={"ignore_eos": True})
+    ends: dict[int, list[str]] = {0: [], 1: []}
+    roles: dict[int, int] = {0: 0, 1: 0}
+    async for chunk in stream:
+        choice = chunk.choices[0]
+        roles[choice.index] += choice.delta.role == "assistant"
+        if choice.finish_reason:
+            ends[choice.index].append(choice.finish_reason)
+    assert ends == {0: ["length"], 1: ["length"]} and roles == {0: 1, 1: 1}
+
+
+async def test_model_not_serving_is_503(oa_daemon, aclient, monkeypatch):
+    # What an engine that is restarting its worker says (the daemon's health is NOT_SERVING).
+    monkeypatch.setattr(oa_daemon.engines["tiny"], "state", "restarting")
+    with pytest.raises(openai.InternalServerError) as err:
+        await aclient.completions.create(model="tiny", prompt=PROMPT, max_tokens=2)
+    assert err.value.status_code == 503 and err.value.code == "unavailable"
