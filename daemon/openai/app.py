@@ -59,6 +59,15 @@ class _ClientGone(Exception):
         self.response = response
 
 
+class _StreamFailed(Exception):
+    """A stream ended with an error event after its 200: `response` is sent, `error` is
+    what the call is counted and logged as."""
+
+    def __init__(self, response: web.StreamResponse, error: Exception) -> None:
+        super().__init__(str(error))
+        self.response, self.error = response, error
+
+
 class OpenAIServer:
     """Routes and the boundary of the OpenAI-compatible API over the LLM engines."""
 
@@ -230,10 +239,10 @@ class OpenAIServer:
         except (_ClientGone, asyncio.CancelledError):
             raise
         except Exception as exc:  # noqa: BLE001 - after the 200 the error travels as an event
-            if errors.code_for(exc) is grpc.StatusCode.INTERNAL:
-                log.exception("stream failed")
             param = answer.call.param_of(getattr(exc, "field", None))
             await _send(resp, http_errors.error_object(exc, param))
+            await _write(resp, _DONE)
+            raise _StreamFailed(resp, exc) from exc
         await _write(resp, _DONE)
         return resp
 
@@ -300,11 +309,14 @@ class OpenAIServer:
                 code = grpc.StatusCode.CANCELLED
                 return gone.response
             except Exception as exc:  # the one place an exception becomes an HTTP status
-                code = errors.code_for(exc)
+                failed = exc.error if isinstance(exc, _StreamFailed) else exc
+                code = errors.code_for(failed)
                 if code is grpc.StatusCode.INTERNAL:
-                    log.exception("request failed")
+                    log.error("request failed", exc_info=failed)
                 else:
-                    log.info("request rejected", code=code.name, reason=errors.message_for(exc))
+                    log.info("request rejected", code=code.name, reason=errors.message_for(failed))
+                if isinstance(exc, _StreamFailed):  # its error event is sent
+                    return exc.response
                 response = http_errors.response(exc, getattr(exc, "field", None))
                 span.set_attribute("http.response.status_code", response.status)
                 return response

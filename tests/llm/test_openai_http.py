@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 
 from daemon import telemetry
 from daemon.config import TelemetryConfig
-from fault_injection import Held
+from fault_injection import Held, Injected
 
 MAX_BODY = 4096
 LLM = {"name": "tiny", "device": "cpu", "runner": "thread",
@@ -114,6 +114,20 @@ async def test_sse_wire_format(http_daemon, http):
     usage = json.loads(events[-2][6:])
     assert usage["choices"] == [] and usage["usage"]["total_tokens"] == sum(usage["usage"][k] for k in (
         "prompt_tokens", "completion_tokens"))
+
+
+async def test_failure_after_the_200_is_an_error_event_and_counted(http_daemon, http, monkeypatch):
+    from engines.llm.runner import ModelRunner
+
+    Injected(monkeypatch, ModelRunner, "submit", RuntimeError("injected step failure"))
+    errors = counter("galactic_rpc_errors_total", method="POST /v1/completions", code="INTERNAL")
+    async with http.post(url(http_daemon, "/v1/completions"), json=body(stream=True)) as resp:
+        assert resp.status == 200  # sent before the step ran
+        events = [e for e in (await resp.text()).split("\n\n") if e]
+    error = json.loads(events[-2][6:])["error"]
+    assert error["code"] == "internal" and "injected" not in error["message"]  # never leaks the text
+    assert events[-1] == "data: [DONE]"
+    assert counter("galactic_rpc_errors_total", method="POST /v1/completions", code="INTERNAL") == errors + 1
 
 
 async def test_disconnect_mid_stream_cancels_the_request(http_daemon, http, monkeypatch):
