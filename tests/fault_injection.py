@@ -37,11 +37,13 @@ class Injected:
 
 
 class Held:
-    """A barrier in the LLM engine's model step. A step that carries a held request waits
-    before it reaches the model (the runner's `submit`, in a thread or the model process)
-    until every held request in it is cancelled (by the client, a Cancel frame, the drain)
-    or the test calls `release()`; then it runs for real. A held request cannot finish
-    first, however fast the machine is. `reached()` returns once a step is waiting.
+    """A barrier in the LLM engine's model step. A step that serves only held requests
+    waits before it reaches the model (the runner's `submit`, in a thread or the model
+    process) until every one of them is cancelled (by the client, a Cancel frame, the
+    drain) or the test calls `release()` or `permit()`, or another request arrives; then
+    it runs for real. A held request cannot finish first, however fast the machine is; it
+    advances only in steps that also serve others, so it never blocks them.
+    `reached()` returns once a step waits.
 
     `where(request)` picks the held requests (all by default); with `after_first_token`
     only their decode steps are held, so each streams its first token first. Patched on
@@ -51,25 +53,35 @@ class Held:
                  after_first_token: bool = False, bound_s: float = 120.0) -> None:
         from engines.llm.process import RemoteRunner
         from engines.llm.runner import ModelRunner
+        from engines.llm.scheduler import Scheduler
 
         self._where, self._after_first, self._bound_s = where, after_first_token, bound_s
         self._entered, self._open = threading.Event(), threading.Event()
-        self._permits = 0
+        self._permits = self._arrivals = 0
         self._lock = threading.Lock()
         for cls in (ModelRunner, RemoteRunner):
             self._patch(monkeypatch, cls)
+        add = Scheduler.add
+
+        def arrive(scheduler, seq) -> bool:
+            queued = add(scheduler, seq)
+            self._arrivals += queued  # a new request must not wait behind a held one
+            return queued
+        monkeypatch.setattr(Scheduler, "add", arrive)
 
     def _patch(self, monkeypatch, cls: type) -> None:
         real = cls.submit
 
         def held(runner, plan):
-            rows = list(plan.decode) + ([] if self._after_first else [c.seq for c in plan.prefill])
-            rows = [seq for seq in rows if self._where(seq.request)]
-            if rows and not self._open.is_set():
+            rows = list(plan.decode) + [c.seq for c in plan.prefill]
+            holdable = plan.decode if self._after_first else rows
+            held = [seq for seq in holdable if self._where(seq.request)]
+            if held and len(held) == len(rows) and not self._open.is_set():
                 self._entered.set()
-                end = time.monotonic() + self._bound_s
+                end, arrivals = time.monotonic() + self._bound_s, self._arrivals
                 # Cancels are flags set from other threads: look at them every 5 ms.
-                while not (self._open.wait(0.005) or all(seq.cancelled for seq in rows) or self._take_permit()):
+                while not (self._open.wait(0.005) or all(seq.cancelled for seq in held) or self._take_permit()
+                           or self._arrivals != arrivals):
                     if time.monotonic() > end:
                         raise TimeoutError("Held: a held step was neither cancelled nor released")
             return real(runner, plan)

@@ -59,8 +59,7 @@ async def daemon(session_daemon_factory, adapter_root):
 @pytest.fixture(autouse=True)
 def long_is_held(monkeypatch):
     """Every LONG request is held after its first token until it is cancelled, so tests
-    that cancel one, or let a deadline pass, find it still running on any machine. A test
-    that wants it running freely from some point calls `release()` on this fixture."""
+    that cancel one, or let a deadline pass, find it still running on any machine."""
     from fault_injection import Held
 
     return Held(monkeypatch, where=lambda request: request.sampling.max_new_tokens == LONG, after_first_token=True)

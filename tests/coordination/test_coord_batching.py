@@ -28,7 +28,7 @@ class Recorder:
 
     def __call__(self, items):
         self.entered.set()
-        self.gate.wait(5)
+        assert self.gate.wait(120), "the test never opened the gate"  # teardown opens it
         self.batches.append(list(items))
         if self.fail_on & set(items):
             raise ValueError("boom")
@@ -47,10 +47,15 @@ async def batcher():
 
 async def test_concurrent_requests_share_batches_and_get_their_own_results(batcher):
     b, rec = batcher
-    results = await asyncio.gather(*(b.submit(i) for i in range(20)))
-    assert results == [2 * i for i in range(20)]
-    assert sum(len(x) for x in rec.batches) == 20
-    assert max(len(x) for x in rec.batches) == 8 and len(rec.batches) <= 4
+    rec.gate.clear()  # the worker is busy with a first request while 16 more queue
+    blocker = asyncio.ensure_future(b.submit(100))
+    assert await asyncio.to_thread(rec.entered.wait, 30)
+    calls = asyncio.gather(*(b.submit(i) for i in range(16)))
+    await asyncio.sleep(0)  # each submit queues before its first await
+    assert b.stats()["queue_depth"] == 16
+    rec.gate.set()
+    assert await calls == [2 * i for i in range(16)] and await blocker == 200
+    assert rec.batches == [[100], list(range(8)), list(range(8, 16))]  # max_batch_size 8
 
 
 async def test_a_failing_batch_fails_its_requests_only(batcher):
@@ -69,7 +74,7 @@ async def test_full_queue_is_refused(batcher):
     b, rec = batcher
     rec.gate.clear()  # hold the worker so the queue fills
     first = asyncio.ensure_future(b.submit(0))
-    await asyncio.to_thread(rec.entered.wait, 10)  # the first batch is in the (held) worker
+    assert await asyncio.to_thread(rec.entered.wait, 30)  # the first batch is in the (held) worker
     queued = [asyncio.ensure_future(b.submit(i)) for i in range(16)]
     await asyncio.sleep(0)
     with pytest.raises(ResourceExhausted):
@@ -82,7 +87,7 @@ async def test_expired_and_cancelled_requests_never_reach_the_step(batcher):
     b, rec = batcher
     rec.gate.clear()
     blocker = asyncio.ensure_future(b.submit(1))
-    await asyncio.to_thread(rec.entered.wait, 10)  # the worker is busy with `blocker`
+    assert await asyncio.to_thread(rec.entered.wait, 30)  # the worker is busy with `blocker`
     doomed = asyncio.ensure_future(b.submit(100, deadline=time.monotonic() + 0.05))
     cancelled = asyncio.ensure_future(b.submit(200))
     await asyncio.sleep(0)
@@ -117,7 +122,8 @@ async def test_batch_span_links_request_spans():
     old = batching._tracer
     batching._tracer = provider.get_tracer("galactic.batching")
     try:
-        b = DynamicBatcher("linked", lambda items: list(items), BatchLimits(max_batch_size=4, max_queue_delay_s=0.05))
+        # A batch leaves when it is full: the long delay only makes sure all four join it.
+        b = DynamicBatcher("linked", lambda items: list(items), BatchLimits(max_batch_size=4, max_queue_delay_s=30.0))
         await b.start()
 
         async def call(i):
@@ -133,7 +139,8 @@ async def test_batch_span_links_request_spans():
     rpcs = {s.context.span_id for s in spans if s.name.startswith("rpc")}
     assert len(batch) == 1 and batch[0].attributes["batch.size"] == 4
     assert {link.context.span_id for link in batch[0].links} == rpcs
-    assert isinstance(trace.get_current_span(), trace.Span)
+    # The batch's span never leaks into the caller's context.
+    assert not trace.get_current_span().get_span_context().is_valid
 
 
 

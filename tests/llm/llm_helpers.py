@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import torch
@@ -28,8 +29,28 @@ def greedy_reference(reference, prompt: str, n: int) -> list[int]:
 
 
 async def collect(engine, request: GenerationRequest) -> tuple[list[int], str, FinalOutput]:
+    return await _collect(engine.generate(request))
+
+
+async def running(engine, request: GenerationRequest) -> "asyncio.Task[tuple[list[int], str, FinalOutput]]":
+    """Queue `request` and return once its first token is out, so it is running whatever the
+    machine's speed (waiting on `running_count` can miss a short request); the task returns
+    what `collect` would."""
+    stream = engine.generate(request)
+    first = await stream.__anext__()
+    return asyncio.create_task(_collect(stream, [first]))
+
+
+async def _collect(stream, items=()) -> tuple[list[int], str, FinalOutput]:
     ids, text, final = [], "", None
-    async for item in engine.generate(request):
+
+    async def all_items():
+        for item in items:
+            yield item
+        async for item in stream:
+            yield item
+
+    async for item in all_items():
         if isinstance(item, TokenChunk):
             ids.extend(item.token_ids)
             text += item.text

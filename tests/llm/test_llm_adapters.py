@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from engines.errors import AlreadyExists, NotFound, PermissionDenied
+from fault_injection import Held
 from engines.llm.types import FinishReason, GenerationRequest, SamplingParams
-from llm_helpers import PROMPTS, collect, greedy_reference
+from llm_helpers import PROMPTS, collect, greedy_reference, running
 
 
 def peft_reference(tiny_dir, adapters_root, name: str, prompt: str, n: int) -> list[int]:
@@ -130,10 +131,9 @@ async def test_llm_adapter_lru_eviction_keeps_busy_ones(engine):
         await engine.unload_adapter(name)
 
 
-async def test_llm_adapter_hot_load_and_unload_under_traffic(engine, reference, tiny_dir, adapters_root):
-    base_task = asyncio.create_task(collect(engine, GenerationRequest(
-        "traffic", prompt=PROMPTS[2], sampling=SamplingParams(max_new_tokens=40))))
-    await engine.wait_until(lambda e: e.running_count == 1, timeout=30)
+async def test_llm_adapter_hot_load_and_unload_under_traffic(engine, reference, tiny_dir, adapters_root, monkeypatch):
+    base_task = await running(engine, GenerationRequest(
+        "traffic", prompt=PROMPTS[2], sampling=SamplingParams(max_new_tokens=40)))
     await engine.load_adapter("beta", "beta")
     ids, _, _ = await collect(engine, GenerationRequest(
         "hot", prompt=PROMPTS[0], adapter="beta", sampling=SamplingParams(max_new_tokens=10)))
@@ -150,7 +150,8 @@ async def test_llm_adapter_hot_load_and_unload_under_traffic(engine, reference, 
     items = [item async for item in gen]
     assert items[-1].finish_reason is FinishReason.LENGTH and items[-1].completion_tokens == 30
     await unload
-    # Forced unload cancels the request using it.
+    # Forced unload cancels the request using it (held after its first token until then).
+    Held(monkeypatch, where=lambda request: request.request_id == "busy2", after_first_token=True)
     await engine.load_adapter("beta", "beta")
     gen = engine.generate(GenerationRequest("busy2", prompt=PROMPTS[1], adapter="beta",
                                             sampling=SamplingParams(max_new_tokens=200, ignore_eos=True)))

@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY
 
 from galactic.v1 import generation_pb2 as pb
 from galactic.v1 import generation_pb2_grpc
+from fault_injection import Held
 from galactic_client import errors
 
 TRUNCATED = b"\x0a\x05ab"
@@ -82,7 +83,8 @@ def _count(method: str, code: str) -> float:
     return REGISTRY.get_sample_value("galactic_rpc_errors_total", {"method": method, "code": code}) or 0.0
 
 
-async def test_cancelled_streams_are_counted_cancelled_and_log_no_traceback(llm_daemon, channel_to, caplog):
+async def test_cancelled_streams_are_counted_cancelled_and_log_no_traceback(llm_daemon, channel_to, caplog,
+                                                                            monkeypatch):
     """Clients that cancel mid-stream, and ones that drop the stream unread: each call is
     CANCELLED in the metrics, its span ends, and opentelemetry logs no 'Failed to detach
     context' (the old interceptor's async generator was closed in another Context)."""
@@ -91,6 +93,9 @@ async def test_cancelled_streams_are_counted_cancelled_and_log_no_traceback(llm_
     before = _count(method, "CANCELLED")
     request = pb.GenerateRequest(prompt="def add(a, b):", stopping=pb.StoppingParams(max_new_tokens=200,
                                                                                      ignore_eos=True))
+    # Each is held after its first token until cancelled: none can end before its client
+    # cancels, on any machine.
+    Held(monkeypatch, where=lambda r: r.sampling.max_new_tokens == 200, after_first_token=True)
 
     async def cancel_after_first_chunk() -> None:
         call = stub.Generate(request, timeout=60)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from engines.llm.types import FinishReason, GenerationRequest, SamplingParams
-from llm_helpers import PROMPTS, collect, greedy_reference
+from llm_helpers import PROMPTS, collect, greedy_reference, running
 
 async def test_llm_concurrent_greedy_matches_generate(engine, reference):
     n = 24
@@ -21,9 +21,7 @@ async def test_llm_concurrent_greedy_matches_generate(engine, reference):
 
 async def test_llm_arrivals_mid_flight_match_generate(engine, reference):
     """Requests joining a batch that is already decoding still match solo generate()."""
-    first = asyncio.create_task(collect(engine, GenerationRequest(
-        "early", prompt=PROMPTS[2], sampling=SamplingParams(max_new_tokens=40))))
-    await engine.wait_until(lambda e: e.running_count == 1, timeout=30)
+    first = await running(engine, GenerationRequest("early", prompt=PROMPTS[2], sampling=SamplingParams(max_new_tokens=40)))
     late = [asyncio.create_task(collect(engine, GenerationRequest(
         f"late{i}", prompt=p, sampling=SamplingParams(max_new_tokens=12 + 3 * i)))) for i, p in enumerate(PROMPTS[3:])]
     results = await asyncio.gather(first, *late)

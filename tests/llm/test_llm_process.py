@@ -13,7 +13,8 @@ import torch
 
 from engines.errors import InvalidArgument, Unavailable
 from engines.llm.types import GenerationRequest, SamplingParams, TokenChunk
-from llm_helpers import PROMPTS, collect, greedy_reference, make_config
+from fault_injection import Held
+from llm_helpers import PROMPTS, collect, greedy_reference, make_config, running
 
 REQUESTS = [  # (prompt, adapter, sampling): greedy, per-row LoRA, seeded sampling, penalty
     (PROMPTS[0], None, SamplingParams(max_new_tokens=8)),
@@ -85,15 +86,16 @@ async def test_llm_process_adapter_errors_keep_their_status_and_field(proc_engin
 
 
 @pytest.mark.parametrize("proc_engine", ["on"], indirect=True)  # not about overlap: one mode
-async def test_llm_process_child_death_fails_the_stream_then_a_new_child_serves(proc_engine):
+async def test_llm_process_child_death_fails_the_stream_then_a_new_child_serves(proc_engine, monkeypatch):
     before = await _run_all(proc_engine, "b")
     pid = proc_engine._process.pid
-    long = asyncio.ensure_future(collect(proc_engine, GenerationRequest(
-        "doomed", prompt=PROMPTS[0], sampling=SamplingParams(max_new_tokens=400, ignore_eos=True))))
-    # Killed once the request is running in the child (its first token is proof).
-    await proc_engine.wait_until(lambda e: e.stats()["generated_tokens_total"] > 0 and e.running_count == 1,
-                                 timeout=60)
+    held = Held(monkeypatch, after_first_token=True)  # running in the child, and cannot finish
+    held.permit(1)  # with overlapped steps a first token is applied once the next step is sent
+    long = await running(proc_engine, GenerationRequest(
+        "doomed", prompt=PROMPTS[0], sampling=SamplingParams(max_new_tokens=400, ignore_eos=True)))
+    await held.reached()
     os.kill(pid, signal.SIGKILL)
+    held.release()  # its next step meets the dead child
     with pytest.raises(Unavailable, match="model process exited"):
         await long
     # The next step spawns a new child with both adapters back in their slots.
@@ -118,7 +120,7 @@ async def test_llm_process_child_ignores_sigterm_and_ends_with_the_engine(tiny_d
 
 
 async def test_llm_process_overlapped_steps_end_streams_as_the_thread_runner_does(proc_engine, tiny_dir,
-                                                                              adapters_root):
+                                                                              adapters_root, monkeypatch):
     """The engine applies step k's tokens while the child computes step k+1: a request
     that a stop string ends is computed once more for nobody, and that token must never
     reach its stream; a cancel mid-stream still ends with CANCELLED and frees its slot."""
@@ -145,6 +147,10 @@ async def test_llm_process_overlapped_steps_end_streams_as_the_thread_runner_doe
     assert after["generated_tokens_total"] - before["generated_tokens_total"] == len(got[0])
     assert after["requests_finished_total"] - before["requests_finished_total"] == 1
 
+    # Steps run one per token received, so the request is mid-stream when cancelled on any
+    # machine (one permit ahead: with overlap a step's token is applied once the next is sent).
+    held = Held(monkeypatch, after_first_token=True)
+    held.permit(1)
     stream = proc_engine.generate(GenerationRequest("c", prompt=PROMPTS[0],
                                                     sampling=SamplingParams(max_new_tokens=400, ignore_eos=True)))
     chunks = 0
@@ -153,6 +159,8 @@ async def test_llm_process_overlapped_steps_end_streams_as_the_thread_runner_doe
             chunks += 1
             if chunks == 3:
                 assert proc_engine.cancel("c")
+            else:
+                held.permit(1)
         else:
             final = item
     assert final.finish_reason is FinishReason.CANCELLED and final.completion_tokens == chunks < 400

@@ -231,7 +231,14 @@ async def test_drain_lets_inflight_stream_finish_and_refuses_new_calls(llm_daemo
     await drain
 
 
-async def test_drain_ends_sessions_after_their_requests_and_refuses_new_submits(llm_daemon, client):
+async def test_drain_ends_sessions_after_their_requests_and_refuses_new_submits(llm_daemon, client, monkeypatch):
+    idle_in_grace = []  # what the drain's wait for in-flight calls returned
+    wait_idle = llm_daemon.admission.wait_idle
+
+    async def spy(timeout: float) -> bool:
+        idle_in_grace.append(await wait_idle(timeout))
+        return idle_in_grace[-1]
+    monkeypatch.setattr(llm_daemon.admission, "wait_idle", spy)
     async with client.session() as s:
         running = await s.submit(PROMPTS[0], request_id="running", max_new_tokens=30)
         first = await running.__anext__()  # the request is producing
@@ -244,8 +251,9 @@ async def test_drain_ends_sessions_after_their_requests_and_refuses_new_submits(
                 pass
         rest = [item async for item in running]
         assert isinstance(rest[-1], Final) and rest[-1].finish_reason in ("LENGTH", "EOS")
-    # The open (idle) session did not hold the drain for the whole grace period.
-    await asyncio.wait_for(drain, timeout=llm_daemon.config.server.grace_period_s / 2)
+    await drain
+    # The open (idle) session did not hold the drain until the grace ran out.
+    assert idle_in_grace == [True]
 
 
 async def test_oversized_prompt_is_refused_before_tokenizing(client):

@@ -13,6 +13,7 @@ import pytest
 from galactic.v1 import admin_pb2, admin_pb2_grpc
 from galactic.v1 import generation_pb2 as pb
 from galactic.v1 import generation_pb2_grpc
+from fault_injection import Held
 from galactic_client import errors
 
 KEYS = """# token, then its limits
@@ -51,16 +52,18 @@ async def drain(call) -> None:
         pass
 
 
-async def test_concurrency_and_token_budget_per_tenant(llm_daemon, channel_to):
+async def test_concurrency_and_token_budget_per_tenant(llm_daemon, channel_to, monkeypatch):
     stub = generation_pb2_grpc.GenerationStub(channel_to(llm_daemon))
+    barrier = Held(monkeypatch, where=lambda r: r.sampling.max_new_tokens == 100, after_first_token=True)
     held = stub.Generate(request(100), metadata=auth("tok-a"), timeout=60)
-    await held.read()  # in flight now
+    await held.read()  # in flight now, and it stays in flight until released
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await drain(stub.Generate(request(2), metadata=auth("tok-a"), timeout=60))
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "team-a: 1 calls already in flight" in err.value.details()
     assert errors.from_rpc_error(err.value).retry_after > 0
     await drain(stub.Generate(request(2), metadata=auth("tok-free"), timeout=60))  # others unaffected
+    barrier.release()
     await drain(held)  # ~100 tokens charged: far past 20 per minute
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await drain(stub.Generate(request(2), metadata=auth("tok-a"), timeout=60))
