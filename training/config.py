@@ -18,6 +18,7 @@ from typing import Any, Literal, Mapping
 from engines.config import ConfigError, check, from_mapping, replace_path
 
 ENV_PREFIX = "GALACTIC_TRAINING__"
+ALL_LINEAR = "all-linear"
 
 
 @dataclass(frozen=True)
@@ -25,14 +26,17 @@ class LoRASettings:
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.05
-    # Module names (suffixes) that get LoRA; the Llama attention projections by default.
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    # Module names (suffixes) that get LoRA, or "all-linear" alone: every linear layer but the
+    # output head (PEFT's shorthand; the QLoRA paper's default, and on Llama q/k/v/o/gate/up/down).
+    target_modules: tuple[str, ...] = (ALL_LINEAR,)
 
     def __post_init__(self) -> None:
         check(self.rank >= 1, "rank", "must be >= 1")
         check(self.alpha > 0, "alpha", "must be > 0")
         check(0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
         check(len(self.target_modules) >= 1, "target_modules", "name at least one module")
+        check(ALL_LINEAR not in self.target_modules or len(self.target_modules) == 1, "target_modules",
+              f'"{ALL_LINEAR}" stands alone: it already names every linear layer but the output head')
 
 
 @dataclass(frozen=True)
@@ -45,8 +49,10 @@ class TrainingConfig:
     # auto => bf16-mixed on CUDA, 32-true on the CPU.
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = "auto"
     seed: int = 0
-    # How long: stops at whichever comes first; max_steps = -1 means epochs decide.
-    max_steps: int = -1
+    # How long. max_steps > 0: exactly that many optimizer steps (Lightning's global_step, one
+    # per `accumulate_grad_batches` batches), over as many epochs as they need; epochs do not
+    # stop such a run (Hugging Face Trainer's meaning). max_steps = 0: `epochs` passes decide.
+    max_steps: int = 0
     epochs: int = 3
     # Batches: per process; the effective batch is batch_size x accumulate x processes.
     batch_size: int = 8
@@ -69,7 +75,7 @@ class TrainingConfig:
     def __post_init__(self) -> None:
         check(self.devices >= 1, "devices", "must be >= 1")
         check(self.num_nodes >= 1, "num_nodes", "must be >= 1")
-        check(self.max_steps == -1 or self.max_steps >= 1, "max_steps", "must be >= 1, or -1 (epochs decide)")
+        check(self.max_steps >= 0, "max_steps", "must be >= 0 (0: epochs decide the length)")
         check(self.epochs >= 1, "epochs", "must be >= 1")
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
         check(self.accumulate_grad_batches >= 1, "accumulate_grad_batches", "must be >= 1")
@@ -94,8 +100,8 @@ devices = 1                       # processes per node (GPUs, or CPU processes o
 num_nodes = 1                     # nodes; launch one process per node with torchrun or your cluster's launcher
 precision = "auto"                # auto (bf16-mixed on CUDA, 32-true on CPU) | 32-true | bf16-mixed | 16-mixed
 seed = 0
-max_steps = -1                    # optimizer steps; -1 = epochs decide
-epochs = 3
+max_steps = 0                     # optimizer steps to run, however many epochs they take; 0 = epochs decide
+epochs = 3                        # passes over the data, used only when max_steps = 0
 batch_size = 8                    # per process
 accumulate_grad_batches = 1
 gradient_clip_val = 1.0           # 0 disables clipping
@@ -114,7 +120,7 @@ quantize = "none"                 # none | nf4 (QLoRA: 4-bit NF4 base, double qu
 rank = 8
 alpha = 16.0
 dropout = 0.05
-target_modules = ["q_proj", "k_proj", "v_proj", "o_proj"]
+target_modules = ["all-linear"]   # every linear layer but the output head; or names, e.g. ["q_proj", "v_proj"]
 """
 
 

@@ -44,10 +44,21 @@ def write_facts(path: Path, repeats: int = 8) -> Path:
 def training_config(**overrides):
     from training import config as training_config
 
-    base = {"max_steps": 40, "epochs": 100, "batch_size": 8, "lr": 5e-3, "warmup_steps": 2, "val_fraction": 0.15,
-            "lora.rank": 8, "lora.alpha": 16, "lora.dropout": 0.0, "log_every_n_steps": 1,
-            "lora.target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+    base = {"max_steps": 40, "batch_size": 8, "lr": 5e-3, "warmup_steps": 2, "val_fraction": 0.15,
+            "lora.rank": 8, "lora.alpha": 16, "lora.dropout": 0.0, "log_every_n_steps": 1}
     return training_config.load(None, env={}, overrides={**base, **overrides})
+
+
+LLAMA_LINEAR = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+def targeted(adapter: Path) -> list[str]:
+    """The module names PEFT wrote into adapter_config.json (full paths or suffixes)."""
+    return json.loads((adapter / "adapter_config.json").read_text())["target_modules"]
+
+
+def checkpoint_step(ckpt: Path) -> int:
+    return torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]
 
 
 # ---- data ------------------------------------------------------------------------------
@@ -144,6 +155,34 @@ def test_training_config_file_env_and_flags_in_that_order(tmp_path):
     assert exc.value.key == "training.strategy"
 
 
+def test_training_config_defaults_and_refusals_name_the_field():
+    from engines.config import ConfigError
+    from training import config as training_config
+
+    cfg = training_config.load(None, env={})
+    assert (cfg.max_steps, cfg.epochs, cfg.lora.target_modules) == (0, 3, ("all-linear",))
+    for overrides, key in [({"max_steps": -1}, "training.max_steps"),
+                           ({"lora.target_modules": ["all-linear", "q_proj"]}, "training.lora.target_modules")]:
+        with pytest.raises(ConfigError) as exc:
+            training_config.load(None, env={}, overrides=overrides)
+        assert exc.value.key == key
+
+
+@pytest.mark.parametrize("overrides, examples, plan", [
+    # max_steps beyond what the epochs hold: max_steps wins, epochs unbounded.
+    ({"max_steps": 7, "epochs": 1, "batch_size": 4, "accumulate_grad_batches": 2}, 12, (7, None, 3, 2)),
+    # no max_steps: epochs decide; an epoch's remainder batch still steps the optimizer.
+    ({"max_steps": 0, "epochs": 3, "batch_size": 4, "accumulate_grad_batches": 2}, 12, (6, 3, 3, 2)),
+    # two processes split each epoch's rows (the sampler pads to equal shares).
+    ({"max_steps": 0, "epochs": 2, "batch_size": 4, "devices": 2}, 17, (6, 2, 3, 3)),
+])
+def test_plan_counts_optimizer_steps(overrides, examples, plan):
+    from training.llm.lora import plan_run
+
+    got = plan_run(training_config(**overrides), examples)
+    assert (got.steps, got.epochs, got.batches_per_epoch, got.steps_per_epoch) == plan
+
+
 def test_daemon_config_accepts_the_training_section(tmp_path):
     from daemon import config as daemon_config
 
@@ -185,6 +224,27 @@ def test_cli_reports_a_bad_data_line_and_exits_2(tiny_dir, tmp_path):
     assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
 
 
+def test_cli_max_steps_runs_that_many_optimizer_steps_past_the_epochs(tiny_dir, tmp_path):
+    """12 examples in batches of 4, two batches a step: 2 optimizer steps an epoch, so
+    `--epochs 1` alone would stop at 2; `--max-steps 7` runs 7 (3.5 epochs)."""
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Define {w}:", "completion": c}) + "\n"
+                            for w, c in list(FACTS.items()) * 2))
+    out = tmp_path / "out"
+    proc = _cli("lora", "--base", str(tiny_dir), "--data", str(data), "--out", str(out), "--max-steps", "7",
+                "--epochs", "1", "--batch-size", "4", "--accumulate", "2", "--val-fraction", "0",
+                "--targets", "q_proj,v_proj", env={"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    plan = [line for line in proc.stderr.splitlines() if line.startswith("plan: ")]
+    assert plan == ["plan: 7 optimizer steps (max_steps); epochs: as many as max_steps needs (3.5); "
+                    "3 batches per epoch, 2 per optimizer step (2 steps per epoch); 12 training examples, 1 process"]
+    assert "\tsteps=7\t" in proc.stdout
+    # No periodic checkpoint falls within 7 steps, so Lightning writes last.ckpt as training ends.
+    assert checkpoint_step(out / "checkpoints" / "last.ckpt") == 7
+    assert json.loads((out / METADATA_FILE).read_text())["steps"] == 7
+    assert sorted(targeted(out)) == ["q_proj", "v_proj"]  # --targets overrides all-linear
+
+
 # ---- training, export, serving -----------------------------------------------------------
 
 
@@ -196,7 +256,7 @@ def trained(tiny_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lora")
     data = write_facts(tmp / "facts.jsonl")
     root = tmp / "adapters"
-    result = train_lora(tiny_dir, data, root / "facts", training_config(max_steps=60))
+    result = train_lora(tiny_dir, data, root / "facts", training_config(max_steps=60))  # default targets
     return result, root, data
 
 
@@ -216,7 +276,16 @@ def test_lora_training_lowers_the_loss_and_exports_peft_files_and_metadata(train
     assert meta["data_hash"].startswith("sha256:") and meta["steps"] == result.steps == 60
     assert meta["val_loss"] == pytest.approx(result.val_loss) and meta["settings"]["lora"]["rank"] == 8
     assert _logged(out, "val_loss")  # validation ran and was logged
-    assert (out / "checkpoints" / "last.ckpt").is_file()
+    # 60 optimizer steps (result.steps is the Trainer's global_step) although the default
+    # 3 epochs hold 18 (41 examples, batches of 8): max_steps decides.
+    assert meta["settings"]["epochs"] == 3 and meta["settings"]["max_steps"] == 60
+
+
+def test_lora_targets_every_linear_layer_but_the_head_by_default(trained, tiny_dir):
+    _, root, _ = trained
+    names = targeted(root / "facts")
+    layers = json.loads((tiny_dir / "config.json").read_text())["num_hidden_layers"]
+    assert {n.rsplit(".", 1)[-1] for n in names} == LLAMA_LINEAR and len(names) == len(LLAMA_LINEAR) * layers
 
 
 async def test_the_engine_serves_the_trained_adapter_as_peft_computes_it(trained, tiny_dir):
@@ -226,7 +295,7 @@ async def test_the_engine_serves_the_trained_adapter_as_peft_computes_it(trained
     from engines.llm.engine import LLMEngine
     from engines.llm.module import CausalLMModule
 
-    _, root, _ = trained
+    _, root, _ = trained  # an all-linear adapter: every projection of every layer
     tok = AutoTokenizer.from_pretrained(tiny_dir)
     peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dir), root / "facts").eval()
     eng = LLMEngine(make_config(tiny_dir, root))
@@ -242,7 +311,10 @@ async def test_the_engine_serves_the_trained_adapter_as_peft_computes_it(trained
                 ref = peft_model.generate(ids, max_new_tokens=6, do_sample=False)[0, ids.shape[1]:].tolist()
             got, _, _ = await collect(eng, GenerationRequest(word, prompt=prompt, adapter="facts",
                                                              sampling=SamplingParams(max_new_tokens=6)))
+            plain, _, _ = await collect(eng, GenerationRequest(word + "-base", prompt=prompt,
+                                                               sampling=SamplingParams(max_new_tokens=6)))
             assert got == ref[: len(got)] and got
+            assert plain != got  # the adapter changes what the engine says
     finally:
         await eng.stop(1)
 
@@ -302,7 +374,7 @@ def test_resume_after_an_interruption_ends_where_an_uninterrupted_run_does(tiny_
     """Tolerance: final validation loss within 2 % (relative). An interruption mid-epoch
     restarts that epoch's data order, so the two runs see batches in a slightly other order."""
     data = write_facts(tmp_path / "facts.jsonl")
-    common = ["lora", "--base", str(tiny_dir), "--data", str(data), "--max-steps", "30", "--epochs", "100", "--batch-size", "8",
+    common = ["lora", "--base", str(tiny_dir), "--data", str(data), "--max-steps", "30", "--batch-size", "8",
               "--lr", "5e-3", "--warmup-steps", "2", "--rank", "8", "--dropout", "0", "--checkpoint-every", "5"]
     whole = _cli(*common, "--out", str(tmp_path / "whole"))
     assert whole.returncode == 0, whole.stderr[-2000:]
@@ -312,6 +384,7 @@ def test_resume_after_an_interruption_ends_where_an_uninterrupted_run_does(tiny_
     assert not (tmp_path / "split" / "adapter_model.safetensors").exists()  # an interrupted run exports nothing
     second = _cli(*common, "--out", str(tmp_path / "split"), "--resume")
     assert second.returncode == 0, second.stderr[-2000:]
+    assert "plan: 30 optimizer steps (max_steps)" in second.stderr and "; resuming at step 12" in second.stderr
     a = json.loads((tmp_path / "whole" / METADATA_FILE).read_text())
     b = json.loads((tmp_path / "split" / METADATA_FILE).read_text())
     assert a["steps"] == b["steps"] == 30
@@ -323,7 +396,7 @@ def test_ddp_on_two_cpu_processes_trains_and_rank_zero_alone_exports(tiny_dir, t
     data = write_facts(tmp_path / "facts.jsonl")
     out = tmp_path / "ddp"
     proc = _cli("lora", "--base", str(tiny_dir), "--data", str(data), "--out", str(out), "--strategy", "ddp",
-                "--devices", "2", "--accelerator", "cpu", "--max-steps", "30", "--epochs", "100", "--batch-size", "4", "--lr", "5e-3",
+                "--devices", "2", "--accelerator", "cpu", "--max-steps", "30", "--batch-size", "4", "--lr", "5e-3",
                 "--warmup-steps", "2", "--dropout", "0", "--log-every", "2", env={"OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in proc.stderr  # a second process joined

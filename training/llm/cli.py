@@ -32,8 +32,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     lora.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
     lora.add_argument("--stop-after-steps", type=int,
                       help="end after N optimizer steps leaving a resumable checkpoint (preemptible jobs)")
-    lora.add_argument("--max-steps", type=int)
-    lora.add_argument("--epochs", type=int)
+    lora.add_argument("--max-steps", type=int,
+                      help="optimizer steps to run, over as many epochs as they need (epochs do not stop "
+                           "the run); 0 or unset: --epochs decides")
+    lora.add_argument("--epochs", type=int, help="passes over the data when no --max-steps is given (default 3)")
     lora.add_argument("--strategy", choices=["auto", "ddp", "fsdp"])
     lora.add_argument("--devices", type=int, help="processes per node")
     lora.add_argument("--num-nodes", type=int)
@@ -48,7 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     lora.add_argument("--rank", type=int)
     lora.add_argument("--alpha", type=float)
     lora.add_argument("--dropout", type=float)
-    lora.add_argument("--targets", help="comma-separated module names, e.g. q_proj,v_proj")
+    lora.add_argument("--targets", help="comma-separated module names, e.g. q_proj,v_proj; default all-linear "
+                                        "(every linear layer but the output head)")
     lora.add_argument("--max-length", type=int)
     lora.add_argument("--val-fraction", type=float)
     lora.add_argument("--checkpoint-every", type=int, help="optimizer steps between checkpoints")
@@ -79,7 +82,8 @@ def _lora(args: argparse.Namespace) -> int:
     try:
         cfg = training_config.load(args.config, overrides=overrides)
         result = train_lora(args.base, args.data, args.out, cfg, resume=args.resume,
-                            stop_after_steps=args.stop_after_steps)
+                            stop_after_steps=args.stop_after_steps,
+                            progress=lambda msg: print(msg, file=sys.stderr, flush=True))
     except (ConfigError, DataError, TrainingError) as exc:
         print(f"galactic-train lora: {exc}", file=sys.stderr)
         return 2

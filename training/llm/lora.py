@@ -18,7 +18,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import lightning as L
 import torch
@@ -28,7 +28,7 @@ from lightning.pytorch.loggers import CSVLogger
 from engines.config import to_mapping
 from engines.llm.identity import METADATA_FILE, METADATA_FORMAT, model_content_hash
 from engines.llm.module import CausalLMModule, OptimSpec
-from training.config import TrainingConfig
+from training.config import ALL_LINEAR, TrainingConfig
 
 log = logging.getLogger(__name__)
 
@@ -92,29 +92,65 @@ def build_module(model: Any, cfg: TrainingConfig, total_steps: int) -> CausalLMM
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()  # frozen embeddings would otherwise cut the graph
     lora = cfg.lora
+    # PEFT takes the shorthand only as a bare string; it writes the resolved module names
+    # into adapter_config.json, so the engine reads a plain list either way.
+    targets: str | list[str] = ALL_LINEAR if lora.target_modules == (ALL_LINEAR,) else list(lora.target_modules)
     peft_model = get_peft_model(model, LoraConfig(
         r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules), task_type="CAUSAL_LM"))
+        target_modules=targets, task_type="CAUSAL_LM"))
     optim = OptimSpec(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
                       total_steps=total_steps, min_lr_ratio=cfg.min_lr_ratio)
     return CausalLMModule(peft_model, optim)
 
 
-def optimizer_steps(cfg: TrainingConfig, train_examples: int) -> int:
-    """The run's optimizer steps (the cosine's length), known before the Trainer starts."""
-    per_epoch = -(-train_examples // (cfg.batch_size * cfg.devices * cfg.num_nodes))
-    per_epoch = max(1, -(-per_epoch // cfg.accumulate_grad_batches))
-    by_epochs = per_epoch * cfg.epochs
-    return by_epochs if cfg.max_steps == -1 else min(cfg.max_steps, by_epochs)
+@dataclass(frozen=True)
+class Plan:
+    """How long a run is, known before the Trainer starts: the cosine's length, and the line
+    printed before training so that a run's length is never a surprise."""
+
+    steps: int  # optimizer steps the run makes (Lightning's global_step at the end)
+    epochs: int | None  # None: as many as `steps` needs (max_steps set)
+    batches_per_epoch: int  # per process
+    accumulate: int  # batches per optimizer step
+    steps_per_epoch: int
+    train_examples: int
+    processes: int
+
+    def describe(self, resumed_at: int = 0) -> str:
+        if self.epochs is None:
+            length = (f"{self.steps} optimizer steps (max_steps); epochs: as many as max_steps needs "
+                      f"({self.steps / self.steps_per_epoch:.1f})")
+        else:
+            length = f"{self.steps} optimizer steps ({self.epochs} epochs; max_steps unset)"
+        line = (f"plan: {length}; {self.batches_per_epoch} batches per epoch, {self.accumulate} per optimizer "
+                f"step ({self.steps_per_epoch} steps per epoch); {self.train_examples} training examples, "
+                f"{self.processes} process{'es' if self.processes > 1 else ''}")
+        return line + (f"; resuming at step {resumed_at}" if resumed_at else "")
+
+
+def plan_run(cfg: TrainingConfig, train_examples: int) -> Plan:
+    """`max_steps` > 0 runs exactly that many optimizer steps whatever the epochs; else `epochs`.
+
+    Each process sees ceil(examples / processes) rows (the distributed sampler pads), and
+    Lightning steps the optimizer once per `accumulate_grad_batches` batches and once more at
+    an epoch's end for a remainder: ceil(batches / accumulate) steps per epoch.
+    """
+    processes = cfg.devices * cfg.num_nodes
+    batches = max(1, -(-train_examples // (cfg.batch_size * processes)))
+    per_epoch = -(-batches // cfg.accumulate_grad_batches)
+    steps, epochs = (cfg.max_steps, None) if cfg.max_steps > 0 else (per_epoch * cfg.epochs, cfg.epochs)
+    return Plan(steps=steps, epochs=epochs, batches_per_epoch=batches, accumulate=cfg.accumulate_grad_batches,
+                steps_per_epoch=per_epoch, train_examples=train_examples, processes=processes)
 
 
 def train_lora(base: Path, data: Path, out: Path, cfg: TrainingConfig, *, resume: bool = False,
-               stop_after_steps: int | None = None) -> LoRAResult:
+               stop_after_steps: int | None = None, progress: Callable[[str], None] | None = None) -> LoRAResult:
     """Fine-tune a LoRA adapter on `base` and export it to `out` (rank 0 only).
 
     `resume` continues from `out/checkpoints/last.ckpt`. `stop_after_steps` ends the run
     early after that many optimizer steps, leaving a resumable checkpoint: for preemptible
-    jobs and time-sliced queues (and the resume test).
+    jobs and time-sliced queues (and the resume test). `progress` receives the plan line
+    (`Plan.describe`) on global rank 0 as training starts.
     """
     from training.llm.data import SFTDataModule, file_hash
 
@@ -128,7 +164,8 @@ def train_lora(base: Path, data: Path, out: Path, cfg: TrainingConfig, *, resume
     datamodule.prepare()  # data errors surface before any training work, with line numbers
     if datamodule.truncated:
         log.warning("%d examples were truncated to max_length=%d tokens", datamodule.truncated, cfg.max_length)
-    total = optimizer_steps(cfg, len(datamodule.train))
+    plan = plan_run(cfg, len(datamodule.train))
+    total = plan.steps
     module = build_module(model, cfg, total)
 
     out = Path(out)
@@ -137,10 +174,13 @@ def train_lora(base: Path, data: Path, out: Path, cfg: TrainingConfig, *, resume
                                             every_n_train_steps=cfg.checkpoint_every_n_steps)]
     if stop_after_steps is not None:
         callbacks.append(_StopAfter(stop_after_steps, ckpt_dir))
+    if progress is not None:
+        callbacks.append(_AnnouncePlan(plan, progress))
     trainer = L.Trainer(
         accelerator="cuda" if cuda else "cpu", devices=cfg.devices, num_nodes=cfg.num_nodes,
         strategy=cfg.strategy, precision=precision_for(cfg, cuda),
-        max_steps=total, max_epochs=cfg.epochs,
+        # max_epochs=-1 lets max_steps alone end the run; max_steps=-1 lets the epochs alone.
+        max_steps=total if plan.epochs is None else -1, max_epochs=-1 if plan.epochs is None else plan.epochs,
         accumulate_grad_batches=cfg.accumulate_grad_batches,
         gradient_clip_val=cfg.gradient_clip_val or None,
         logger=CSVLogger(out, name="logs", version=""), callbacks=callbacks,
@@ -186,6 +226,17 @@ def _export(module: CausalLMModule, out: Path, base: Path, data: Path, cfg: Trai
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     (out / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+class _AnnouncePlan(Callback):
+    """Reports the plan once the Trainer has restored any checkpoint, before the first batch."""
+
+    def __init__(self, plan: Plan, progress: Callable[[str], None]) -> None:
+        self.plan, self.progress = plan, progress
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.is_global_zero:
+            self.progress(self.plan.describe(resumed_at=trainer.global_step))
 
 
 class _StopAfter(Callback):
