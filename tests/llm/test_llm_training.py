@@ -237,7 +237,7 @@ def test_cli_max_steps_runs_that_many_optimizer_steps_past_the_epochs(tiny_dir, 
     assert proc.returncode == 0, proc.stderr[-3000:]
     plan = [line for line in proc.stderr.splitlines() if line.startswith("plan: ")]
     assert plan == ["plan: 7 optimizer steps (max_steps); epochs: as many as max_steps needs (3.5); "
-                    "3 batches per epoch, 2 per optimizer step (2 steps per epoch); 12 training examples, 1 process"]
+                    "3 batches of 4 per epoch, 2 per optimizer step (2 steps per epoch); 12 training examples, 1 process"]
     assert "\tsteps=7\t" in proc.stdout
     # No periodic checkpoint falls within 7 steps, so Lightning writes last.ckpt as training ends.
     assert checkpoint_step(out / "checkpoints" / "last.ckpt") == 7

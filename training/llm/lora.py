@@ -111,6 +111,7 @@ class Plan:
     steps: int  # optimizer steps the run makes (Lightning's global_step at the end)
     epochs: int | None  # None: as many as `steps` needs (max_steps set)
     batches_per_epoch: int  # per process
+    batch_size: int  # examples per batch, per process
     accumulate: int  # batches per optimizer step
     steps_per_epoch: int
     train_examples: int
@@ -121,11 +122,16 @@ class Plan:
             length = (f"{self.steps} optimizer steps (max_steps); epochs: as many as max_steps needs "
                       f"({self.steps / self.steps_per_epoch:.1f})")
         else:
-            length = f"{self.steps} optimizer steps ({self.epochs} epochs; max_steps unset)"
-        line = (f"plan: {length}; {self.batches_per_epoch} batches per epoch, {self.accumulate} per optimizer "
-                f"step ({self.steps_per_epoch} steps per epoch); {self.train_examples} training examples, "
-                f"{self.processes} process{'es' if self.processes > 1 else ''}")
+            length = f"{self.steps} optimizer steps ({_count(self.epochs, 'epoch', 'epochs')}; max_steps unset)"
+        line = (f"plan: {length}; {_count(self.batches_per_epoch, 'batch', 'batches')} of {self.batch_size} per epoch, "
+                f"{self.accumulate} per optimizer step ({_count(self.steps_per_epoch, 'step', 'steps')} per epoch); "
+                f"{_count(self.train_examples, 'training example', 'training examples')}, "
+                f"{_count(self.processes, 'process', 'processes')}")
         return line + (f"; resuming at step {resumed_at}" if resumed_at else "")
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
 
 
 def plan_run(cfg: TrainingConfig, train_examples: int) -> Plan:
@@ -139,7 +145,8 @@ def plan_run(cfg: TrainingConfig, train_examples: int) -> Plan:
     batches = max(1, -(-train_examples // (cfg.batch_size * processes)))
     per_epoch = -(-batches // cfg.accumulate_grad_batches)
     steps, epochs = (cfg.max_steps, None) if cfg.max_steps > 0 else (per_epoch * cfg.epochs, cfg.epochs)
-    return Plan(steps=steps, epochs=epochs, batches_per_epoch=batches, accumulate=cfg.accumulate_grad_batches,
+    return Plan(steps=steps, epochs=epochs, batches_per_epoch=batches, batch_size=cfg.batch_size,
+                accumulate=cfg.accumulate_grad_batches,
                 steps_per_epoch=per_epoch, train_examples=train_examples, processes=processes)
 
 
