@@ -282,10 +282,15 @@ def test_lora_training_lowers_the_loss_and_exports_peft_files_and_metadata(train
 
 
 def test_lora_targets_every_linear_layer_but_the_head_by_default(trained, tiny_dir):
+    from safetensors import safe_open
+
     _, root, _ = trained
-    names = targeted(root / "facts")
+    # PEFT writes the resolved names (full paths, or suffixes when there are many).
+    assert {n.rsplit(".", 1)[-1] for n in targeted(root / "facts")} == LLAMA_LINEAR
+    with safe_open(root / "facts" / "adapter_model.safetensors", "pt") as fh:
+        modules = {key.split(".lora_")[0] for key in fh.keys()}
     layers = json.loads((tiny_dir / "config.json").read_text())["num_hidden_layers"]
-    assert {n.rsplit(".", 1)[-1] for n in names} == LLAMA_LINEAR and len(names) == len(LLAMA_LINEAR) * layers
+    assert {m.rsplit(".", 1)[-1] for m in modules} == LLAMA_LINEAR and len(modules) == len(LLAMA_LINEAR) * layers
 
 
 async def test_the_engine_serves_the_trained_adapter_as_peft_computes_it(trained, tiny_dir):
