@@ -405,6 +405,7 @@ def test_ddp_on_two_cpu_processes_trains_and_rank_zero_alone_exports(tiny_dir, t
                 "--warmup-steps", "2", "--dropout", "0", "--log-every", "2", env={"OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in proc.stderr  # a second process joined
+    assert proc.stderr.count("plan: 30 optimizer steps (max_steps)") == 1 and "2 processes" in proc.stderr  # rank 0 says it
     meta = json.loads((out / METADATA_FILE).read_text())
     assert meta["settings"]["strategy"] == "ddp" and meta["settings"]["devices"] == 2 and meta["steps"] == 30
     assert sorted(p.name for p in out.glob("adapter_*")) == ["adapter_config.json", "adapter_model.safetensors"]
