@@ -60,19 +60,28 @@ async def test_reload_under_concurrent_load_fails_nothing_and_switches_version(c
         async for resp in stub.Watch(health_pb2.HealthCheckRequest(service="galactic.v1.Coordination")):
             statuses.append(resp.status)
 
+    in_flight, answered, warm = [0], [0], asyncio.Event()
+
     async def load(n_after: int = 5) -> list[str]:
         seen = []
         while len(after) < n_after * 4 or not reloaded.is_set():
             started_after = reloaded.is_set()
+            in_flight[0] += 1
             resp = await client.coordinate(req)  # any failure raises and fails the test
+            in_flight[0] -= 1
             seen.append(resp.version)
+            answered[0] += 1
+            if answered[0] >= 8:
+                warm.set()
             if started_after:
                 after.append(resp.version)
         return seen
 
     watcher = asyncio.create_task(watch_health())
     workers = [asyncio.create_task(load()) for _ in range(4)]
-    await asyncio.sleep(0)  # let the workers put requests in flight first
+    await warm.wait()  # the workers are answered and calling again, on any machine
+    # A worker only ever waits inside its call, so all four have one in flight now.
+    assert in_flight[0] == 4
     info = await client.reload_model("coordination", str(new_path))
     reloaded.set()
     seen = [v for w in await asyncio.gather(*workers) for v in w]

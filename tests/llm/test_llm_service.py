@@ -86,10 +86,17 @@ async def test_bad_input_names_the_field(client, params, code, field):
     assert err.value.field == field
 
 
-async def test_chat_messages_without_template_field(client):
-    # The tiny tokenizer has a chat template: messages are accepted.
-    text, final = await client.generate_text(messages=[{"role": "user", "content": "hi"}], max_new_tokens=3)
-    assert final.completion_tokens >= 1
+async def test_chat_messages_go_through_the_chat_template(client, tiny_dir):
+    """Messages are rendered by the model's chat template: the prompt the engine counts is
+    the template's rendering, not the bare content."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir, local_files_only=True)
+    messages = [{"role": "user", "content": "hi"}]
+    rendered = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"]
+    text, final = await client.generate_text(messages=messages, max_new_tokens=3, ignore_eos=True)
+    assert final.prompt_tokens == len(rendered) > len(tok("hi")["input_ids"])
+    assert final.completion_tokens == 3
 
 
 async def test_session_multiplexes_cancels_one_and_reports_errors(client, llm_daemon, reference, monkeypatch):
