@@ -260,8 +260,9 @@ def _sampling(params: object) -> tuple[SamplingParams, str | None]:
 class _LLMCall:
     """One ModelInferRequest for the LLM, read as the vLLM backend reads it."""
 
-    def __init__(self, req: pb.ModelInferRequest, deadline: float | None, max_prompt_chars: int) -> None:
+    def __init__(self, model: str, req: pb.ModelInferRequest, deadline: float | None, max_prompt_chars: int) -> None:
         self.req = req
+        self.wanted = _selected(req, list(LLM_OUTPUTS), model)  # checked before any work starts
         named = _named_inputs(req)
         for name in named:
             if name not in LLM_INPUTS:
@@ -318,8 +319,7 @@ class _LLMCall:
                 outputs.append(("num_input_tokens", "UINT32", (1,), [final.prompt_tokens]))
         if "num_output_tokens" in self.extra:
             outputs.append(("num_output_tokens", "UINT32", (1,), [completion_tokens]))
-        wanted = _selected(self.req, list(LLM_OUTPUTS), model)
-        resp = _respond(self.req, model, version, [o for o in outputs if o[0] in wanted])
+        resp = _respond(self.req, model, version, [o for o in outputs if o[0] in self.wanted])
         if is_final is not None:
             resp.parameters[FINAL].bool_param = is_final
         return resp
@@ -417,7 +417,7 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def _generate(self, engine, version: str, req: pb.ModelInferRequest, deadline: float | None,
                         streaming: bool) -> AsyncIterator[pb.ModelInferResponse]:
-        call = _LLMCall(req, deadline, self._bounds.limits.max_prompt_chars)
+        call = _LLMCall(engine.name, req, deadline, self._bounds.limits.max_prompt_chars)
         if call.stream and not streaming:
             raise InvalidArgument("streaming needs ModelStreamInfer; ModelInfer answers the whole text",
                                   field="inputs[stream]")

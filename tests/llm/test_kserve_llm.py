@@ -190,6 +190,12 @@ async def test_a_bad_request_gets_an_error_response_and_the_stream_lives_on(stub
     assert good and all(r.id == "good" for r in good) and good[-1].parameters[FINAL].bool_param
 
 
+def _unknown_output() -> pb.ModelInferRequest:
+    req = llm_request(sampling=SAMPLING)
+    req.outputs.add(name="nope")
+    return req
+
+
 @pytest.mark.parametrize("req, code, field", [
     (llm_request(stream=True, sampling=SAMPLING), grpc.StatusCode.INVALID_ARGUMENT, "inputs[stream]"),
     (llm_request(sampling={"nope": 1}), grpc.StatusCode.INVALID_ARGUMENT,
@@ -199,7 +205,8 @@ async def test_a_bad_request_gets_an_error_response_and_the_stream_lives_on(stub
     (llm_request(sampling={"max_tokens": float("inf")}), grpc.StatusCode.INVALID_ARGUMENT,
      "sampling_parameters.max_tokens"),
     (llm_request(sampling={"max_tokens": "1.5"}), grpc.StatusCode.INVALID_ARGUMENT, "sampling_parameters.max_tokens"),
-], ids=["stream-needs-streaming", "unknown-parameter", "unknown-adapter", "infinite", "fraction"])
+    (_unknown_output(), grpc.StatusCode.INVALID_ARGUMENT, "outputs[0].name"),
+], ids=["stream-needs-streaming", "unknown-parameter", "unknown-adapter", "infinite", "fraction", "output"])
 async def test_model_infer_errors_name_the_field(stub, req, code, field):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.ModelInfer(req, timeout=60)
