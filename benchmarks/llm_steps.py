@@ -69,7 +69,8 @@ def run_engine(model, prompts: list[list[int]], layout: str, budget: int) -> dic
 
     from engines.llm import slots
     from engines.llm.config import SchedulerConfig
-    from engines.llm.runner import ModelRunner
+    from engines.llm.layouts import PaddedLayout, SlotLayout
+    from engines.llm.runner import ModelRunner, StepModel
     from engines.llm.scheduler import Scheduler, Sequence
     from engines.llm.types import GenerationRequest, SamplingParams
 
@@ -78,9 +79,11 @@ def run_engine(model, prompts: list[list[int]], layout: str, budget: int) -> dic
         model.config = copy.deepcopy(model.config)
         slots.register()
         model.config._attn_implementation = slots.ATTENTION
-        runner = ModelRunner(model, torch.device("cpu"), kv_slots=STREAMS, hf_config=model.config)
+        step_model = StepModel(model, torch.device("cpu"))
+        runner = ModelRunner(SlotLayout(step_model, model.config, STREAMS), step_model)
     else:
-        runner = ModelRunner(model, torch.device("cpu"))
+        step_model = StepModel(model, torch.device("cpu"))
+        runner = ModelRunner(PaddedLayout(step_model), step_model)
     sched = Scheduler(SchedulerConfig(max_running=STREAMS, max_step_tokens=budget, prefill_chunk_tokens=budget))
     seqs = [Sequence(GenerationRequest(str(i), prompt="x", sampling=SamplingParams(max_new_tokens=NEW_TOKENS,
                                                                                     ignore_eos=True)),

@@ -51,7 +51,7 @@ class Held:
 
     def __init__(self, monkeypatch, where: Callable[[Any], bool] = lambda request: True,
                  after_first_token: bool = False, bound_s: float = 120.0) -> None:
-        from engines.llm.process import RemoteRunner
+        from engines.llm.process import ProcessRunner
         from engines.llm.runner import ModelRunner
         from engines.llm.scheduler import Scheduler
 
@@ -59,7 +59,7 @@ class Held:
         self._entered, self._open = threading.Event(), threading.Event()
         self._permits = self._arrivals = 0
         self._lock = threading.Lock()
-        for cls in (ModelRunner, RemoteRunner):
+        for cls in (ModelRunner, ProcessRunner):  # OverlappedProcessRunner submits through ProcessRunner's
             self._patch(monkeypatch, cls)
         add = Scheduler.add
 

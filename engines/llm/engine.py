@@ -45,11 +45,11 @@ from engines.errors import (
 from engines.llm import metrics as m
 from engines.llm.adapters import AdapterRegistry
 from engines.llm.config import LLMConfig
-from engines.llm.core import ModelFacts
+from engines.llm.core import RUNNERS, ModelFacts, ModelSide, StepRunner
 from engines.llm.detok import IncrementalDecoder
 from engines.llm.lora import read_adapter
 from engines.llm.output import OutputProcessor, RequestOutput
-from engines.llm.runner import ModelRunner, StepResult
+from engines.llm.runner import StepResult
 from engines.llm.scheduler import Scheduler, Sequence, StepPlan
 from engines.llm.types import AdapterInfo, GenerationRequest, FinishReason, FinalOutput, SamplingParams, TokenChunk
 from engines.llm.validation import validate_and_tokenize
@@ -57,7 +57,6 @@ from engines.worker import Outbox, ResultStream, SupervisedWorker
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
-_FIRST_TOKEN_HANDOFF_S = 0.02  # longest the worker waits for the loop to take a first token
 
 # Steps failing in a row (not out of memory) after which the worker gives up: the engine is
 # then broken, not unlucky, and the daemon restarts it (health NOT_SERVING meanwhile).
@@ -106,13 +105,13 @@ class LLMEngine:
         self.config = config
         self.name = config.name
         self.state = "loading"
-        self.model: Any = None  # the HF model, with runner = "thread" only (else it lives in the model process)
+        self.model: Any = None  # the HF model, where it lives in this process (runner = "thread")
         self.module: Any = None
-        self._process: Any = None  # the ModelProcess, with runner = "process"
+        self._side: ModelSide | None = None  # built in load()
         self._facts = ModelFacts(eos=frozenset(), max_positions=1 << 30, parameters=0, memory_bytes=0, device="cpu")
         self.tokenizer: Any = None
         self._decode_tokenizer: Any = None
-        self._runner: ModelRunner | None = None  # built in load(), with the model
+        self._runner: StepRunner | None = None  # built in load(), with the model
         self._outbox: Outbox | None = None  # created with the worker in start()
         self._lock = threading.Lock()
         self._model_lock = threading.Lock()
@@ -123,7 +122,7 @@ class LLMEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._worker: SupervisedWorker | None = None  # created in start()
         self._waiters: list[asyncio.Future] = []
-        self._pending: StepResult | None = None  # a step's tokens not yet applied (overlapping runner)
+        self._runner_holds = False  # the runner held the last step's tokens back (StepRunner.collect)
         self._model_dir = ""
         self._counters = {"generated_tokens_total": 0.0, "prompt_tokens_total": 0.0, "steps_total": 0.0,
                           "requests_finished_total": 0.0, "requests_failed_total": 0.0}
@@ -134,17 +133,12 @@ class LLMEngine:
 
     def load(self, progress: Callable[[str], None]) -> None:
         try:
-            if self.config.runner == "process":
-                tok, model_dir, facts, bank = self._load_process(progress)
-            else:
-                from engines.llm.core import build_core
-
-                core = build_core(self.config, progress)
-                self.model, self.module, self._runner = core.model, core.module, core.runner
-                tok, model_dir, facts, bank = core.tokenizer, core.model_dir, core.facts, core.bank
+            side = self._side = RUNNERS[self.config.runner](self.config, progress)
         except Exception:
             self.state = "failed"
             raise
+        self.model, self.module, self._runner = side.model, side.module, side.runner
+        tok, model_dir, facts, bank = side.tokenizer, side.model_dir, side.facts, side.bank
         self.tokenizer, self._model_dir, self._facts = tok, str(model_dir), facts
         # The worker decodes while the event loop encodes; a Rust tokenizer used from two
         # threads at once can fail with "Already borrowed" (encode mutates its padding /
@@ -159,21 +153,10 @@ class LLMEngine:
             self._adapters.install(name, full, read_adapter(full, self.config.adapters.resolved_root()))
         progress("ready")
 
-    def _load_process(self, progress: Callable[[str], None]) -> tuple[Any, Path, Any, Any]:
-        """The model in a child process (process.py); here only the tokenizer."""
-        from engines.llm.loading import load_tokenizer, resolve_model_dir, resolve_placement
-        from engines.llm.process import ModelProcess, RemoteBank, RemoteRunner
-
-        resolve_placement(self.config)  # a host that cannot run the config fails here, by name
-        model_dir = resolve_model_dir(self.config, progress)
-        tok = load_tokenizer(self.config, model_dir, progress)
-        progress("starting the model process")
-        self._process = ModelProcess(self.config)
-        facts = self._process.start(progress)
-        overlap = self.config.overlap_steps
-        self._runner = RemoteRunner(self._process, overlaps=overlap == "on" or (
-            overlap == "auto" and facts.device.startswith("cuda")))
-        return tok, model_dir, facts, RemoteBank(self._process, self.config.adapters.max_loaded)
+    @property
+    def runner(self) -> StepRunner | None:
+        """The step runner (`core.StepRunner`) built by load(); for tests and tools."""
+        return self._runner
 
     async def start(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._runner is None:
@@ -206,7 +189,7 @@ class LLMEngine:
 
     def _fail_held(self) -> None:
         """Between the dead worker and its successor: every live request fails Unavailable."""
-        self._pending = None
+        self._runner_holds = False  # reset() below drops what the runner held
         with self._lock:
             victims = list(self._live.values())
             for seq in victims:
@@ -227,8 +210,8 @@ class LLMEngine:
     async def stop(self, grace_s: float) -> None:
         """Refuse new work, let running requests finish for `grace_s`, cancel the rest."""
         if self._worker is None or self.state == "stopped":  # never started (or load failed)
-            if self._process is not None:
-                await asyncio.to_thread(self._process.close)
+            if self._side is not None:
+                await asyncio.to_thread(self._side.close)
             self.state = "stopped"
             return
         self.state = "draining"
@@ -246,8 +229,7 @@ class LLMEngine:
         await asyncio.to_thread(self._worker.stop, 30)
         for seq in list(self._live.values()):  # only if the worker died mid-step
             seq.handle.stream.fail(Unavailable("engine stopped"))
-        if self._process is not None:
-            await asyncio.to_thread(self._process.close)
+        await asyncio.to_thread(self._side.close)
         self.state = "stopped"
 
     def info(self) -> ModelInfo:
@@ -392,55 +374,38 @@ class LLMEngine:
     # ---- the step (worker thread) ----------------------------------------------------
 
     def _step(self) -> None:
-        first_tokens = False
         failed: Exception | None = None
         with self._model_lock:
             try:
                 with torch.no_grad():
-                    first_tokens = self._step_locked()
+                    self._step_locked()
             except Exception as exc:  # a failing step fails its requests, not the daemon
                 self._fail_all(exc)
                 failed = exc
         self._update_gauges()
-        # One hand-over per step: every token of the step, then the wait_until() check.
-        if first_tokens:
-            self._hand_over_first_tokens()
-        else:
-            self._outbox.flush(then=self._state_changed)
+        # One hand-over per step: every token of the step, then the wait_until() check. The
+        # worker does not wait for the event loop to deliver them (call_soon_threadsafe
+        # wakes it, and the worker goes on to the next step): a stalled or busy front end
+        # never stalls the model. A first token then reaches its consumer as soon as the
+        # loop holds the GIL: at once with the model process (the worker waits in `recv`
+        # with the GIL released), within a switch interval (5 ms) per hand-off with the
+        # thread runner, whose forward runs Python code here.
+        self._outbox.flush(then=self._state_changed)
         if failed is not None and not isinstance(failed, torch.OutOfMemoryError):
             # Out of memory is load; anything else counts toward MAX_FAILED_STEPS in a row,
             # after which the worker gives up and the daemon restarts it.
             raise failed
 
     def _has_work(self) -> bool:
-        return self._pending is not None or self._scheduler.has_work()
+        return self._runner_holds or self._scheduler.has_work()
 
-    def _hand_over_first_tokens(self) -> None:
-        """Flush, then wait until the event loop has run the consumers it woke (whenever
-        steps do not overlap; with the model process the next forward does not hold our
-        GIL, so there the wait probably buys nothing, unmeasured).
+    def _step_locked(self) -> None:
+        """One step: plan, submit, apply what the runner hands back, collect, apply.
 
-        A first token is what a waiting user feels most. Started at once, the next step's
-        forward holds the GIL in Python code most of the time, and the event loop gets it
-        back only every switch interval (5 ms) at each hand-off on its way to the socket:
-        measured 8 ms p50 between sampling and the consumer seeing the token at one
-        stream. Bounded: a stalled loop must not stall the engine."""
-        delivered = threading.Event()
-
-        def then() -> None:
-            self._state_changed()
-            self._loop.call_soon(delivered.set)  # after the consumers this delivery woke
-
-        self._outbox.flush(then=then)
-        delivered.wait(_FIRST_TOKEN_HANDOFF_S)
-
-    def _step_locked(self) -> bool:
-        """One step; True if it sampled a first token and no stream was decoding.
-
-        With an overlapping runner (the model process) the step is sent first and the
-        previous step's tokens are applied and handed to the event loop while the child
-        computes; this step's tokens then wait for the next call. Without one (the thread
-        runner, whose forward runs right here), a step's tokens are applied at once."""
+        A runner that overlaps steps hands back the previous step's tokens from `submit`,
+        to apply and send to the event loop while it computes this one, and holds this
+        step's back in `collect` (see `core.StepRunner`); otherwise a step's tokens are
+        applied as soon as it is collected."""
         with self._lock:
             plan = self._scheduler.schedule(time.monotonic())
             for seq, _ in plan.dropped:
@@ -449,33 +414,30 @@ class LLMEngine:
             self._output.admitted(seq.handle, seq.t_admit)
         for seq, reason in plan.dropped:  # never reach the model
             self._output.finish(seq.handle, reason)
-        previous, self._pending = self._pending, None
-        if not plan:
+        self._runner_holds = False
+        if not plan:  # nothing to compute: take back what the runner held, free the dropped
+            previous = self._runner.submit(plan)
             if previous is not None:
                 self._apply(previous)
-            self._runner.free([seq for seq, _ in plan.dropped])  # and any held back while a step ran
-            return False
+            return
         rows = plan.decode + [c.seq for c in plan.prefill]
         links = [trace.Link(s.handle.span.get_span_context()) for s in rows]
         with tracer.start_as_current_span("llm.step", links=links) as span:
-            self._runner.submit(plan)
-            if previous is not None:  # the model process computes this step meanwhile
+            previous = self._runner.submit(plan)
+            if previous is not None:  # the model computes this step meanwhile
                 self._apply(previous)
                 self._outbox.flush(then=self._state_changed)
             result = self._runner.collect()
-            span.set_attribute("llm.batch_size", result.decode_rows)
-            span.set_attribute("llm.prefill_tokens", result.prefill_tokens)
+            span.set_attribute("llm.batch_size", len(plan.decode))
+            span.set_attribute("llm.prefill_tokens", plan.prefill_tokens)
             span.set_attribute("llm.tokens", plan.num_tokens)
         self._counters["steps_total"] += 1
-        self._m.batch_size.observe(result.decode_rows)
+        self._m.batch_size.observe(len(plan.decode))
         self._m.step_tokens.observe(plan.num_tokens)
-        if self._runner.overlaps:
-            self._pending = result
-            return False
-        self._apply(result)
-        # Hand a first token over before the next step only if no stream decoded in this
-        # one: with streams running, the wait would add to every running stream's gap.
-        return result.decode_rows == 0 and any(s.first for s in result.sampled)
+        if result is None:
+            self._runner_holds = True
+        else:
+            self._apply(result)
 
     def _apply(self, result: StepResult) -> None:
         """Stream every sampled token; end the requests they finished. A request that
@@ -509,7 +471,7 @@ class LLMEngine:
 
     def _fail_all(self, exc: Exception) -> None:
         """A step raised: fail every admitted request (they shared the forward) and reset."""
-        self._pending = None  # its requests are among the victims
+        self._runner_holds = False  # its requests are among the victims; reset() drops it
         with self._lock:
             victims = self._scheduler.abort_all()
             for seq in victims:

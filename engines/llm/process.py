@@ -109,8 +109,7 @@ class _Child:
                         prefill=[PrefillChunk(self.seqs[k], start, n) for k, start, n in prefill])
         with torch.no_grad():
             result = self.runner.execute(plan)
-        return ([(s.seq.order, s.token, s.logprob, s.first) for s in result.sampled],
-                result.decode_rows, result.prefill_tokens, self.runner.kv_tokens)
+        return ([(s.seq.order, s.token, s.logprob, s.first) for s in result.sampled], self.runner.kv_tokens)
 
     def free(self, keys: list[int]) -> int:
         self.runner.free([self.seqs.pop(k) for k in keys if k in self.seqs])
@@ -145,7 +144,7 @@ def _child_main(conn: Any, config: LLMConfig, threads: int) -> None:
     # As in the daemon: full collections walking the model's objects were the p99 there.
     gc.collect()
     gc.freeze()
-    conn.send(("ok", core.facts, core.runner.buckets))
+    conn.send(("ok", core.facts))
     child = _Child(core)
     while True:
         try:
@@ -193,7 +192,6 @@ class ModelProcess:
         self._closed = threading.Event()
         self._atexit = False
         self.facts: ModelFacts | None = None
-        self.buckets: list[int] = []
 
     def start(self, progress: Callable[[str], None]) -> ModelFacts:
         """Blocking: start the child (`_context` picks how) and wait until its model is loaded."""
@@ -215,7 +213,7 @@ class ModelProcess:
                 self._end_child(10)
                 self._respawn = True
                 raise _decode_error(*reply[1:])
-            _, self.facts, self.buckets = reply
+            _, self.facts = reply
             progress(f"model process {self._proc.pid} ready")
             return self.facts
 
@@ -316,22 +314,21 @@ class ModelProcess:
             self.call("bank_add", weights, slot)
 
 
-class RemoteRunner:
-    """`ModelRunner`'s contract (submit / collect, free, reset, kv_tokens) over a
-    `ModelProcess`. Between `submit` and `collect` the child computes; with `overlaps`
-    the engine applies the step before meanwhile, and frees asked for then travel with
-    the next step, or at once when no step is in flight."""
+class ProcessRunner:
+    """`core.StepRunner` over a `ModelProcess`: `submit` sends the plan, `collect` waits in
+    `recv` (the GIL released while the child computes) and hands the step back at once."""
 
-    def __init__(self, proc: ModelProcess, overlaps: bool = True) -> None:
-        self._proc = proc
-        self.overlaps = overlaps
+    def __init__(self, proc: ModelProcess) -> None:
+        self.process = proc
         self._known: set[int] = set()  # keys the child holds state for
         self._freed: list[int] = []  # keys to free, held back while a step is in flight
         self._inflight: dict[int, Sequence] | None = None  # the step sent: key -> request
         self.kv_tokens = 0
-        self.buckets = proc.buckets
 
-    def submit(self, plan: StepPlan) -> None:
+    def submit(self, plan: StepPlan) -> StepResult | None:
+        if not plan:
+            self.free([seq for seq, _ in plan.dropped])
+            return None
         new = []
         for c in plan.prefill:
             seq = c.seq
@@ -341,42 +338,84 @@ class RemoteRunner:
         dropped = [seq.order for seq, _ in plan.dropped if seq.order in self._known]
         self._known.difference_update(dropped)
         dropped, self._freed = dropped + self._freed, []
-        self._proc.send("execute", new, dropped, [s.order for s in plan.decode],
-                        [(c.seq.order, c.start, c.length) for c in plan.prefill])
+        self.process.send("execute", new, dropped, [s.order for s in plan.decode],
+                          [(c.seq.order, c.start, c.length) for c in plan.prefill])
         by_key = {s.order: s for s in plan.decode}
         by_key.update((c.seq.order, c.seq) for c in plan.prefill)
         self._inflight = by_key
+        return None
 
-    def collect(self) -> StepResult:
+    def collect(self) -> StepResult | None:
         by_key, self._inflight = self._inflight, None
-        sampled, rows, prefill_tokens, self.kv_tokens = self._proc.receive()
-        return StepResult([Sampled(by_key[k], token, logprob, first) for k, token, logprob, first in sampled],
-                          prefill_tokens=prefill_tokens, decode_rows=rows)
+        sampled, self.kv_tokens = self.process.receive()
+        return StepResult([Sampled(by_key[k], token, logprob, first) for k, token, logprob, first in sampled])
 
     def free(self, seqs: list[Sequence]) -> None:
-        """At once when no step is in flight, not with the next step: the slots and the
-        kv_cache_tokens gauge must not wait for a step that may never come."""
+        """At once when no step is in flight; else with the next step."""
         keys = [seq.order for seq in seqs if seq.order in self._known]
         self._known.difference_update(keys)
         self._freed.extend(keys)
         if self._freed and self._inflight is None:
             keys, self._freed = self._freed, []
-            self.kv_tokens = self._proc.call("free", keys)
+            self.kv_tokens = self.process.call("free", keys)
 
     def reset(self) -> None:
         if self._inflight is not None:  # a step failed between submit and collect: take its reply first
             self._inflight = None
             try:
-                self._proc.receive()
+                self.process.receive()
             except Exception:  # noqa: BLE001 - the step's requests already failed; reset decides what is left
                 pass
         self._known.clear()
         self._freed.clear()
         self.kv_tokens = 0
-        self._proc.reset()
+        self.process.reset()
 
-    def warm_up(self) -> None:
-        """The child warms its compiled decode step before it reports ready."""
+
+class OverlappedProcessRunner(ProcessRunner):
+    """Overlapped steps (`llm.overlap_steps`): `collect` keeps step k's tokens and the next
+    `submit` returns them once step k+1 is on its way, so the engine applies them
+    (detokenizing, stop strings, streams) while the child computes: TensorRT-LLM's overlap
+    scheduler, vLLM's asynchronous scheduling. Plans are then made one step behind the
+    outputs (`scheduler.Sequence.planned`); frees asked for while a step is in flight travel
+    with the next step."""
+
+    def __init__(self, proc: ModelProcess) -> None:
+        super().__init__(proc)
+        self._held: StepResult | None = None
+
+    def submit(self, plan: StepPlan) -> StepResult | None:
+        held, self._held = self._held, None
+        super().submit(plan)
+        return held
+
+    def collect(self) -> StepResult | None:
+        self._held = super().collect()
+        return None
+
+    def reset(self) -> None:
+        self._held = None
+        super().reset()
+
+
+def load_in_process(config: LLMConfig, progress: Callable[[str], None]) -> Any:
+    """The model in a child process; here only the tokenizer. Steps overlap with
+    `overlap_steps = "on"`, or `"auto"` where the model runs on CUDA."""
+    from pathlib import Path
+
+    from engines.llm.core import ModelSide
+    from engines.llm.loading import load_tokenizer, resolve_model_dir, resolve_placement
+
+    resolve_placement(config)  # a host that cannot run the config fails here, by name
+    model_dir = resolve_model_dir(config, progress)
+    tok = load_tokenizer(config, model_dir, progress)
+    progress("starting the model process")
+    proc = ModelProcess(config)
+    facts = proc.start(progress)
+    overlap = config.overlap_steps == "on" or (config.overlap_steps == "auto" and facts.device.startswith("cuda"))
+    runner = (OverlappedProcessRunner if overlap else ProcessRunner)(proc)
+    return ModelSide(runner, RemoteBank(proc, config.adapters.max_loaded), tok, Path(model_dir), facts,
+                     close=proc.close)
 
 
 class RemoteBank:

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from engines.llm.config import SchedulerConfig
-from engines.llm.runner import ModelRunner, decode_buckets
+from engines.llm.layouts import DecodeGraphLayout, PaddedLayout, SlotLayout, decode_buckets
+from engines.llm.runner import ModelRunner, StepModel
 from engines.llm.scheduler import Scheduler, Sequence
 from engines.llm.types import GenerationRequest, SamplingParams
 
@@ -23,6 +24,11 @@ from engines.llm.types import GenerationRequest, SamplingParams
 def _workload(vocab: int) -> list[tuple[list[int], int]]:
     rng = random.Random(3)
     return [([rng.randrange(3, vocab) for _ in range(rng.randrange(1, 40))], rng.randrange(1, 24)) for _ in range(11)]
+
+
+def _padded(model) -> ModelRunner:
+    step_model = StepModel(model, torch.device("cpu"))
+    return ModelRunner(PaddedLayout(step_model), step_model)
 
 
 def _serve(runner: ModelRunner, work: list[tuple[list[int], int]]) -> list[list[int]]:
@@ -71,12 +77,15 @@ def test_static_layouts_equal_the_dynamic_cache_and_generate(model_pair, layout)
     """`-math`: the decode group's attention as matmuls (the CUDA default), not SDPA."""
     ref, static = model_pair
     work = _workload(ref.config.vocab_size)
-    cpu = torch.device("cpu")
-    dynamic = _serve(ModelRunner(ref, cpu), work)
-    runner = ModelRunner(static, cpu, kv_slots=4, hf_config=static.config,
-                         decode_graph="off" if layout == "static" else "eager", max_len=128,
-                         decode_math=layout.endswith("-math"))
-    runner.warm_up()
+    dynamic = _serve(_padded(ref), work)
+    step_model = StepModel(static, torch.device("cpu"))
+    math = layout.endswith("-math")
+    if layout == "static":
+        runner = ModelRunner(SlotLayout(step_model, static.config, 4, math=math), step_model)
+    else:  # the step CUDA graphs capture, uncompiled
+        graph = DecodeGraphLayout(step_model, static.config, 4, max_len=128, compiled=False, math=math)
+        graph.warm_up()
+        runner = ModelRunner(graph, step_model)
     got = _serve(runner, work)
     with torch.no_grad():  # generate() stops at EOS, the runner does not: compare up to it
         want = [ref.generate(torch.tensor([p]), max_new_tokens=n, do_sample=False)[0, len(p):].tolist()
@@ -91,7 +100,8 @@ def test_a_packed_step_computes_logits_only_for_the_rows_it_samples(model_pair):
     sees the decode rows and each completed prompt's last token, nothing else."""
     ref, static = model_pair
     work = _workload(ref.config.vocab_size)
-    runner = ModelRunner(static, torch.device("cpu"), kv_slots=4, hf_config=static.config)
+    step_model = StepModel(static, torch.device("cpu"))
+    runner = ModelRunner(SlotLayout(step_model, static.config, 4), step_model)
     head_rows: list[int] = []
     hook = static.lm_head.register_forward_hook(lambda mod, args, out: head_rows.append(args[0].shape[0]))
     sampled: list[int] = []
@@ -111,7 +121,7 @@ def test_a_packed_step_computes_logits_only_for_the_rows_it_samples(model_pair):
         hook.remove()
     assert head_rows == sampled
     assert any(p > 1 for p in prefill_tokens)  # prompt chunks did run, and were not projected
-    assert got == _serve(ModelRunner(ref, torch.device("cpu")), work)
+    assert got == _serve(_padded(ref), work)
 
 
 def test_generate_on_the_switched_model_still_masks_padding(model_pair):

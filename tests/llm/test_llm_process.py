@@ -47,7 +47,9 @@ async def _run_all(eng, tag: str) -> list[list[int]]:
 async def proc_engine(request, tiny_dir, adapters_root):
     """The model process with steps overlapped (the default with CUDA) and in turn (on the CPU)."""
     eng = await _engine(tiny_dir, adapters_root, "process", request.param)
-    assert eng._runner.overlaps is (request.param == "on")
+    from engines.llm.process import OverlappedProcessRunner
+
+    assert isinstance(eng.runner, OverlappedProcessRunner) is (request.param == "on")
     yield eng
     await eng.stop(5)
 
@@ -88,7 +90,7 @@ async def test_llm_process_adapter_errors_keep_their_status_and_field(proc_engin
 @pytest.mark.parametrize("proc_engine", ["on"], indirect=True)  # not about overlap: one mode
 async def test_llm_process_child_death_fails_the_stream_then_a_new_child_serves(proc_engine, monkeypatch):
     before = await _run_all(proc_engine, "b")
-    pid = proc_engine._process.pid
+    pid = proc_engine.runner.process.pid
     held = Held(monkeypatch, after_first_token=True)  # running in the child, and cannot finish
     held.permit(1)  # with overlapped steps a first token is applied once the next step is sent
     long = await running(proc_engine, GenerationRequest(
@@ -100,12 +102,12 @@ async def test_llm_process_child_death_fails_the_stream_then_a_new_child_serves(
         await long
     # The next step spawns a new child with both adapters back in their slots.
     after = await _run_all(proc_engine, "a")
-    assert after == before and proc_engine._process.pid != pid
+    assert after == before and proc_engine.runner.process.pid != pid
 
 
 async def test_llm_process_child_ignores_sigterm_and_ends_with_the_engine(tiny_dir, adapters_root):
     eng = await _engine(tiny_dir, adapters_root, "process")
-    proc = eng._process._proc
+    proc = eng.runner.process._proc
     try:
         # systemd's stop signals every process of the unit: the child must keep serving the drain.
         os.kill(proc.pid, signal.SIGTERM)
@@ -192,7 +194,7 @@ async def test_llm_process_children_fork_from_one_server(tiny_dir, adapters_root
     try:
         parents = set()
         for eng in engines:
-            with open(f"/proc/{eng._process.pid}/stat") as f:
+            with open(f"/proc/{eng.runner.process.pid}/stat") as f:
                 parents.add(int(f.read().rsplit(")", 1)[1].split()[2]))  # field 4: ppid
         assert len(parents) == 1 and os.getpid() not in parents
     finally:
