@@ -97,27 +97,24 @@ class LLMConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto => cuda when available (device_map="auto")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto => bf16 on CUDA, fp32 on CPU
     quantization: Literal["none", "int8", "nf4", "int8-dynamic"] = "none"  # int8/nf4: bitsandbytes, CUDA; int8-dynamic: CPU
-    # Attention kernel: auto = eager on CUDA, sdpa on CPU. Measured on an H200 (torch 2.11,
-    # transformers 5.24, 1.2B Llama, bf16): SDPA given a padding mask took 44 ms per decode
-    # step against 10 ms unmasked and 11 ms for eager with the mask; the running batch always
-    # carries a mask, so eager wins on CUDA. On the CPU sdpa is as fast and matches generate().
+    # Attention kernel: auto = eager on CUDA (SDPA given a padding mask was ~4x slower there,
+    # and the running batch always carries a mask), sdpa on CPU (as fast, matches generate()).
     attention: Literal["auto", "sdpa", "eager"] = "auto"
     trust_remote_code: bool = False  # run Python shipped with the model dir; only for dirs you trust
     # "decode": decode-only steps run with static shapes (rows padded to batch buckets, the
     # KV cache allocated once at its maximum) through torch.compile, with CUDA graphs on a
     # GPU (mode reduce-overhead), warmed at every bucket before ready (slow start-up; needs
-    # kv_cache = "static"). Steps that prefill stay eager. On the CPU keep "off": compiling
-    # did not measurably help there.
+    # kv_cache = "static"; layouts.DecodeGraphLayout). Steps that prefill stay eager. On the
+    # CPU keep "off": compiling does not pay there (benchmarks/results/HISTORY.md).
     compile: Literal["off", "decode"] = "off"
     # KV cache layout: "static" = one slot per request and one forward per step, decode rows
-    # and prompt chunks together (engines/llm/slots.py); "dynamic" = a padded DynamicCache,
-    # a decode forward then separate prefill forwards (batch.py), for models whose attention
-    # does not go through transformers' attention interface.
+    # and prompt chunks together (layouts.SlotLayout); "dynamic" = a padded DynamicCache,
+    # a decode forward then separate prefill forwards (layouts.PaddedLayout), for models whose
+    # attention does not go through transformers' attention interface.
     kv_cache: Literal["static", "dynamic"] = "static"
     # "process": the model, its LoRA bank and the step runner live in a child process and
     # the daemon's process keeps the scheduler, detokenizer and gRPC (engines/llm/process.py:
-    # in one interpreter, every torch op waited for the GIL behind the event loop, which
-    # cost ~25 % of throughput at 32 streams on a 2-core host). "thread": all in the
+    # the forward no longer waits for the GIL behind the event loop). "thread": all in the
     # daemon's process, on the engine's worker thread (faster start-up; what unit tests use).
     runner: Literal["process", "thread"] = "process"
     # With runner = "process": plan and send step k+1 before applying step k's tokens, so
@@ -125,8 +122,7 @@ class LLMConfig:
     # streams); a request that ends on EOS or a stop string is computed once more for nobody.
     # auto = on when the model runs on CUDA, where the forward leaves the CPU idle (the
     # overlap schedulers of TensorRT-LLM and vLLM, on by default there); off on the CPU,
-    # where the forward uses every core: measured on the 2-core host at 32 streams, "on"
-    # lost 4-13 points of the limit's throughput in each of 4 interleaved rounds (README).
+    # where the forward uses every core and overlapping measured a loss (HISTORY.md).
     # The thread runner runs the forward on the engine's own thread: nothing to overlap
     # ("on" is refused there; "auto" is off).
     overlap_steps: Literal["auto", "on", "off"] = "auto"

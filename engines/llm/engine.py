@@ -68,7 +68,7 @@ class RequestStream:
     generator that is never started never runs its `finally`, and the request it queued
     would keep its slot; here `close()` always frees it."""
 
-    def __init__(self, seq: Sequence, wake: Callable[[], None]) -> None:
+    def __init__(self, seq: Sequence[RequestOutput], wake: Callable[[], None]) -> None:
         self._seq = seq
         self._wake = wake
         self._items = seq.handle.stream.__aiter__()
@@ -116,7 +116,7 @@ class LLMEngine:
         self._lock = threading.Lock()
         self._model_lock = threading.Lock()
         self._scheduler = Scheduler(config.scheduler)
-        self._live: dict[str, Sequence] = {}
+        self._live: dict[str, Sequence[RequestOutput]] = {}
         self._order = itertools.count()
         self._adapters: AdapterRegistry | None = None  # built in load(), with the model
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -300,7 +300,7 @@ class LLMEngine:
         self._worker.notify()
         return True
 
-    def _enqueue(self, req: GenerationRequest, canary: bool = False) -> Sequence:
+    def _enqueue(self, req: GenerationRequest, canary: bool = False) -> Sequence[RequestOutput]:
         if (self.state != "ready" and not canary) or self._worker is None:
             raise Unavailable(f"model {self.name} is {self.state}")
         ids = validate_and_tokenize(req, self.tokenizer, self.config.scheduler, self._facts.max_positions)
@@ -444,7 +444,7 @@ class LLMEngine:
         ended meanwhile (cancelled, expired, or finished by the step before, when steps
         overlap) gets no more tokens."""
         now = time.monotonic()
-        finished: list[tuple[Sequence, FinishReason]] = []
+        finished: list[tuple[Sequence[RequestOutput], FinishReason]] = []
         for s in result.sampled:
             if s.seq.done:
                 continue
@@ -463,7 +463,7 @@ class LLMEngine:
         for seq, reason in finished:
             self._output.finish(seq.handle, reason)
 
-    def _retire(self, seq: Sequence) -> None:
+    def _retire(self, seq: Sequence[RequestOutput]) -> None:
         """Under `_lock`: the request leaves the engine's books."""
         self._live.pop(seq.request.request_id, None)
         if seq.handle.adapter is not None:

@@ -1,19 +1,16 @@
 """The model in a process of its own (`llm.runner = "process"`, the default).
 
-Why: the forward pass and the gRPC front half (the event loop, grpc.aio's poller, the
-detokenizer) shared one interpreter, so every torch op, on returning, queued for the GIL
-behind whatever Python the loop was running. Measured on the 2-core CI host at 32
-streams: the same engine reached 85-95 % of the raw decode loop when driven in-process
-without gRPC, but 60-65 % behind the gRPC server, and a Python thread holding the GIL
-10 % of the time slowed a bare decode loop by ~25 %. vLLM's engine-core process and
-TGI's shard processes exist for the same reason.
+Why: in one interpreter every torch op, on returning, queues for the GIL behind whatever
+Python the event loop and grpc.aio are running (vLLM's engine-core process and TGI's shard
+processes exist for the same reason; the measurements are in benchmarks/results/HISTORY.md).
 
 Split: the daemon's process keeps everything that is not a tensor (scheduler, output
 handling, adapter policy, streams); the child owns `core.build_core`'s model, LoRA bank
 and runner. Per step the engine's worker thread sends the plan as plain tuples (request
 keys, chunk bounds, and each new request's prompt ids and sampling parameters once) and
 blocks in `recv`, with the GIL released, while the child runs the forward; the reply is
-the sampled tokens. A pipe round trip costs ~0.1 ms against a 40-80 ms step.
+the sampled tokens. `ProcessRunner` hands each step back at once; `OverlappedProcessRunner`
+applies step k's tokens while step k+1 computes.
 
 Protocol: strictly one request, one reply, in order (the engine's `_model_lock`
 serializes every call; a step's reply is taken before anything else is sent). Replies
@@ -28,13 +25,11 @@ load and every resident adapter written back into its slot), so the engine's can
 proves the new process before health returns to SERVING.
 
 Start method: "spawn" wherever CUDA may be used (`device = "cuda"`, or `"auto"` with a
-CUDA build of torch; a forked CUDA context is unusable), else
-"forkserver": one server process, started with the first child, imports torch,
-transformers and this package once (about 8 s on the 2-core CPU host), and every child is
-forked from it: a child is up, model loaded, in about 1.5 s instead of about 9 s. That is
-every respawn after a crash, and each daemon the tests start. PyTorch supports
-both methods for CUDA children; spawn stays the CUDA default because it is the method
-measured there. The fork server holds no model and no thread pool (it only imports).
+CUDA build of torch; a forked CUDA context is unusable), else "forkserver": one server
+process, started with the first child, imports torch, transformers and this package once,
+and every child (each respawn after a crash, each daemon the tests start) is forked from
+it instead of importing them again. The fork server holds no model and no thread pool (it
+only imports).
 """
 
 from __future__ import annotations
@@ -411,7 +406,11 @@ def load_in_process(config: LLMConfig, progress: Callable[[str], None]) -> Any:
     tok = load_tokenizer(config, model_dir, progress)
     progress("starting the model process")
     proc = ModelProcess(config)
-    facts = proc.start(progress)
+    try:
+        facts = proc.start(progress)
+    except BaseException:
+        proc.close()  # the engine never gets a handle on a child that failed to load
+        raise
     overlap = config.overlap_steps == "on" or (config.overlap_steps == "auto" and facts.device.startswith("cuda"))
     runner = (OverlappedProcessRunner if overlap else ProcessRunner)(proc)
     return ModelSide(runner, RemoteBank(proc, config.adapters.max_loaded), tok, Path(model_dir), facts,

@@ -1,10 +1,5 @@
 """The scheduler: which requests run, and what each step computes. It never touches a tensor.
 
-Why our own iteration-level scheduler rather than transformers' continuous batching
-manager: that manager has no per-request LoRA adapter (a PeftModel serves only its active
-adapter), its `cancel_request` never delivers a final event (the stream would hang), and
-it sizes its paged cache from a share of host RAM.
-
 Contract (vLLM v1's `Scheduler.schedule() -> SchedulerOutput`): each call to
 `schedule(now)` plans exactly one forward step of the model runner and returns a
 `StepPlan`; the runner executes the plan and returns sampled tokens; the engine applies
@@ -29,16 +24,13 @@ finish and nothing is ever preempted) allow. A prompt longer than what is left i
 prefilled in chunks over several steps. So a burst of arrivals delays running streams by
 at most one budgeted step each step, and is prefilled over as many steps as it needs; a
 burst into a quiet engine is prefilled in one large step that stalls the few streams
-already running once, instead of every stream that joins it over many budgeted steps
-(measured at 32 streams: the burst's TTFT p50 about halved; engines/llm/README.md).
+already running once, instead of every stream that joins it over many budgeted steps.
 
-Overlap (`overlap_steps`, on with CUDA): with the model in its own process, the engine
-may plan step k+1 and send it before it applies step k's tokens, so the child never waits
-for the parent's output handling (vLLM's async scheduling). A plan is then made one step
-behind the outputs: requests
-that ended in step k on EOS or a stop string are decoded once more for nobody (the engine
-drops that token), and a request's `planned` count keeps a length-limited one from being
-decoded past `max_new_tokens`.
+Overlapped steps (`process.OverlappedProcessRunner`): the engine may plan step k+1 and
+send it before it applies step k's tokens. A plan is then made one step behind the
+outputs: requests that ended in step k on EOS or a stop string are decoded once more for
+nobody (the engine drops that token), and a request's `planned` count keeps a
+length-limited one from being decoded past `max_new_tokens`.
 
 Not thread-safe: the engine serializes calls under its lock (arrivals on the event loop,
 `schedule` on the worker). `cancelled` may be set from any thread; it is acted on at the
@@ -50,7 +42,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Generic, TypeVar
 
 from engines.llm.config import SchedulerConfig
 from engines.llm.types import FinishReason, GenerationRequest
@@ -63,9 +55,14 @@ class Status(enum.Enum):
     FINISHED = "finished"
 
 
+H = TypeVar("H")
+
+
 @dataclass(eq=False)
-class Sequence:
-    """One request as the scheduler and the runner see it (plain data, no tensors)."""
+class Sequence(Generic[H]):
+    """One request as the scheduler and the runner see it (plain data, no tensors).
+    `handle` is whoever queued it's record of the request (the engine's
+    `output.RequestOutput`: `Sequence[RequestOutput]`); scheduler and runner never read it."""
 
     request: GenerationRequest
     prompt_ids: list[int]
@@ -77,7 +74,7 @@ class Sequence:
     prefilled: int = 0  # prompt tokens scheduled into the KV cache so far
     planned: int = 0  # tokens the plans so far sample for it (its prompt's last chunk, then one per decode)
     cancelled: bool = False  # set from any thread; acted on at the next schedule()
-    handle: Any = None  # the engine's output-side record of this request; opaque here
+    handle: H = None  # type: ignore[assignment]  # None only where nobody reads it (tests, the model process)
 
     @property
     def reserve(self) -> int:
