@@ -141,3 +141,25 @@ def test_decode_buckets_cover_every_batch_size_with_little_padding():
     for rows in range(1, 41):
         b = decode_buckets(40)
         assert next(x for x in b if x >= rows) - rows <= 7
+
+
+def test_every_mode_the_config_accepts_has_its_class():
+    """`llm.runner` and each (`kv_cache`, `compile`) pair the config accepts name one entry
+    of a registry, and the config refuses every pair without one."""
+    import itertools
+    import typing
+
+    from engines.config import ConfigError, from_mapping
+    from engines.llm.config import LLMConfig
+    from engines.llm.core import RUNNERS
+    from engines.llm.layouts import LAYOUTS
+
+    hints = typing.get_type_hints(LLMConfig)
+    assert set(RUNNERS) == set(typing.get_args(hints["runner"]))
+    for pair in itertools.product(typing.get_args(hints["kv_cache"]), typing.get_args(hints["compile"])):
+        try:
+            from_mapping(LLMConfig, {"kv_cache": pair[0], "compile": pair[1]}, "llm")
+        except ConfigError:
+            assert pair not in LAYOUTS
+        else:
+            assert pair in LAYOUTS
