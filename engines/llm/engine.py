@@ -50,7 +50,7 @@ from engines.llm.detok import IncrementalDecoder
 from engines.llm.lora import read_adapter
 from engines.llm.output import OutputProcessor, RequestOutput
 from engines.llm.runner import StepResult
-from engines.llm.scheduler import Scheduler, Sequence, StepPlan
+from engines.llm.scheduler import Scheduler, Sequence
 from engines.llm.types import AdapterInfo, GenerationRequest, FinishReason, FinalOutput, SamplingParams, TokenChunk
 from engines.llm.validation import validate_and_tokenize
 from engines.worker import Outbox, ResultStream, SupervisedWorker

@@ -30,7 +30,7 @@ class Placement:
 
 
 def resolve_attention(config: LLMConfig, device: str) -> str:
-    """auto: eager on CUDA (see LLMConfig.attention for the measurement), sdpa on the CPU."""
+    """auto: eager on CUDA (see LLMConfig.attention; the measurement: benchmarks/results/HISTORY.md), sdpa on the CPU."""
     if config.attention != "auto":
         return config.attention
     return "eager" if device == "cuda" else "sdpa"

@@ -40,7 +40,7 @@ import logging
 import multiprocessing
 import signal
 import threading
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -61,6 +61,9 @@ from engines.llm.lora import AdapterWeights
 from engines.llm.runner import Sampled, StepResult
 from engines.llm.scheduler import PrefillChunk, Sequence, StepPlan
 from engines.llm.types import FinishReason, GenerationRequest
+
+if TYPE_CHECKING:
+    from engines.llm.core import ModelSide
 
 log = logging.getLogger(__name__)
 
@@ -393,7 +396,7 @@ class OverlappedProcessRunner(ProcessRunner):
         super().reset()
 
 
-def load_in_process(config: LLMConfig, progress: Callable[[str], None]) -> Any:
+def load_in_process(config: LLMConfig, progress: Callable[[str], None]) -> "ModelSide":
     """The model in a child process; here only the tokenizer. Steps overlap with
     `overlap_steps = "on"`, or `"auto"` where the model runs on CUDA."""
     from pathlib import Path
