@@ -40,7 +40,7 @@ import logging
 import multiprocessing
 import signal
 import threading
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import torch
 
@@ -56,14 +56,11 @@ from engines.errors import (
     Unavailable,
 )
 from engines.llm.config import LLMConfig
-from engines.llm.core import ModelFacts
+from engines.llm.core import ModelFacts, ModelSide
 from engines.llm.lora import AdapterWeights
 from engines.llm.runner import Sampled, StepResult
 from engines.llm.scheduler import PrefillChunk, Sequence, StepPlan
 from engines.llm.types import FinishReason, GenerationRequest
-
-if TYPE_CHECKING:
-    from engines.llm.core import ModelSide
 
 log = logging.getLogger(__name__)
 
@@ -396,12 +393,11 @@ class OverlappedProcessRunner(ProcessRunner):
         super().reset()
 
 
-def load_in_process(config: LLMConfig, progress: Callable[[str], None]) -> "ModelSide":
+def load_in_process(config: LLMConfig, progress: Callable[[str], None]) -> ModelSide:
     """The model in a child process; here only the tokenizer. Steps overlap with
     `overlap_steps = "on"`, or `"auto"` where the model runs on CUDA."""
     from pathlib import Path
 
-    from engines.llm.core import ModelSide
     from engines.llm.loading import load_tokenizer, resolve_model_dir, resolve_placement
 
     resolve_placement(config)  # a host that cannot run the config fails here, by name
