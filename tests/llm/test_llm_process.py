@@ -210,3 +210,53 @@ def test_llm_process_errors_rebuilt_with_their_class():
     assert isinstance(_decode_error(*_encode_error(torch.OutOfMemoryError("oom"))[1:]), torch.OutOfMemoryError)
     other = _decode_error(*_encode_error(KeyError("k"))[1:])
     assert type(other) is RuntimeError and "KeyError" in str(other)
+
+
+def test_overlapped_runner_hands_each_step_back_from_the_next_submit():
+    """The `StepRunner` contract as the engine relies on it, over a fake pipe: the in-turn
+    runner returns a step from `collect`; the overlapped one holds it and returns it from
+    the next `submit` (after sending that step), or from an empty plan's once idle. Frees
+    asked for while a step is in flight travel with the next step."""
+    from engines.llm.process import OverlappedProcessRunner, ProcessRunner
+    from engines.llm.scheduler import PrefillChunk, Sequence, StepPlan
+
+    class Pipe:
+        def __init__(self) -> None:
+            self.sent: list[str] = []
+            self.replies: list[tuple] = []
+
+        def send(self, op, *args) -> None:
+            self.sent.append(op)
+
+        def receive(self):
+            return self.replies.pop(0)
+
+        def call(self, op, *args):
+            self.sent.append(op)
+            return 0
+
+    a = Sequence(GenerationRequest("a", prompt="x"), [1, 2, 3], order=7)
+
+    def tokens(result) -> list[int]:
+        return [s.token for s in result.sampled]
+
+    pipe = Pipe()
+    in_turn = ProcessRunner(pipe)
+    assert in_turn.submit(StepPlan(prefill=[PrefillChunk(a, 0, 3)])) is None
+    pipe.replies.append(([(7, 11, None, True)], 3))
+    assert tokens(in_turn.collect()) == [11]
+
+    pipe = Pipe()
+    runner = OverlappedProcessRunner(pipe)
+    assert runner.submit(StepPlan(prefill=[PrefillChunk(a, 0, 3)])) is None
+    pipe.replies.append(([(7, 11, None, True)], 3))
+    assert runner.collect() is None  # held for the next submit
+    held = runner.submit(StepPlan(decode=[a]))
+    assert tokens(held) == [11] and pipe.sent == ["execute", "execute"]  # step 2 sent before step 1 is applied
+    runner.free([a])  # step 2 in flight: the free waits for the next message
+    assert pipe.sent == ["execute", "execute"]
+    pipe.replies.append(([(7, 12, None, False)], 4))
+    assert runner.collect() is None
+    held = runner.submit(StepPlan())  # idle: the held step comes back, the free goes at once
+    assert tokens(held) == [12] and pipe.sent == ["execute", "execute", "free"]
+    assert runner.submit(StepPlan()) is None
