@@ -153,18 +153,16 @@ class LoadProbe:
 def build(setup: Setup, root: Path) -> tuple[Path, Path]:
     import pydoc_data.topics
     from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
+    from training.llm.build import llama
     from training.llm.tokenizer import train_tokenizer
 
     model_dir, adapters = root / "model", root / "adapters"
     tok = train_tokenizer(list(pydoc_data.topics.topics.values()), vocab_size=setup.vocab)
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=setup.hidden, intermediate_size=setup.hidden * 3,
-                      num_hidden_layers=setup.layers, num_attention_heads=setup.hidden // 64,
-                      num_key_value_heads=setup.hidden // 64, max_position_embeddings=1024,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    model = LlamaForCausalLM(cfg)
+    model = llama(tok, hidden=setup.hidden, intermediate=setup.hidden * 3, layers=setup.layers,
+                  heads=setup.hidden // 64, max_positions=1024)
     model.save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
     for i in range(4):

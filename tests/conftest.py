@@ -7,7 +7,6 @@ tests/coordination; these build on them through `daemon_factory`.
 from __future__ import annotations
 
 import asyncio
-import copy
 import os
 
 import grpc
@@ -18,6 +17,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from daemon import config  # noqa: E402
 from daemon.server import Daemon  # noqa: E402
+from sections import COORDINATION, merge  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -29,13 +29,6 @@ def daemon_logging():
     from daemon.config import TelemetryConfig
 
     telemetry.configure_logging(TelemetryConfig(log_level="warning"))
-
-
-def merge(base: dict, extra: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in extra.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 # A daemon on an ephemeral port with no engines; tests add the sections they need.
@@ -65,6 +58,12 @@ async def _daemons():
 # daemon that many tests share and leave as they found it).
 daemon_factory = pytest.fixture(_daemons, name="daemon_factory")
 session_daemon_factory = pytest.fixture(_daemons, name="session_daemon_factory", scope="session")
+
+
+@pytest.fixture
+async def coord_daemon(daemon_factory):
+    """A daemon serving the embedded coordination model (tests with other needs override it)."""
+    return await daemon_factory(COORDINATION)
 
 
 @pytest.fixture

@@ -27,11 +27,6 @@ N_FEATURES = 21
 
 
 @pytest.fixture
-async def coord_daemon(daemon_factory):
-    return await daemon_factory({"coordination": {"batching": {"max_queue_delay_ms": 2.0}}})
-
-
-@pytest.fixture
 async def client(coord_daemon):
     c = AsyncClient(f"127.0.0.1:{coord_daemon.port}", timeout=30)
     yield c

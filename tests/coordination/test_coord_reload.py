@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from daemon.shipped import COORDINATION_CHECKPOINT
 from engines.coordination import checkpoint
 from galactic_client import AsyncClient, errors
+from sections import COORDINATION, merge
 
 from .conftest import make_request
 from .test_coord_servicer import request_pb
@@ -26,8 +27,7 @@ from .test_coord_servicer import request_pb
 @pytest.fixture
 async def coord_daemon(daemon_factory, tmp_path):
     # Reloads are confined to reload_root; each test's checkpoints live in its tmp_path.
-    return await daemon_factory({"coordination": {"batching": {"max_queue_delay_ms": 2.0},
-                                                  "reload_root": str(tmp_path)}})
+    return await daemon_factory(merge(COORDINATION, {"coordination": {"reload_root": str(tmp_path)}}))
 
 
 @pytest.fixture

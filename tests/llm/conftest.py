@@ -24,24 +24,17 @@ CORPUS = [
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer Llama (hidden 64) with a byte-level BPE tokenizer, saved as a HF dir."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from training.llm.tokenizer import train_tokenizer
     import pydoc_data.topics
+
+    from training.llm.build import llama
+    from training.llm.tokenizer import train_tokenizer
 
     out = tmp_path_factory.mktemp("tiny-llama")
     tok = train_tokenizer(CORPUS + list(pydoc_data.topics.topics.values())[:40], vocab_size=384)
     torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        initializer_range=0.15,  # peaked logits: greedy ties would make equality tests flaky
-        tie_word_embeddings=False,
-    )
-    model = LlamaForCausalLM(cfg)
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.generation_config.pad_token_id = tok.pad_token_id
+    model = llama(tok, hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2, max_positions=512,
+                  initializer_range=0.15,  # peaked logits: greedy ties would make equality tests flaky
+                  tie_word_embeddings=False)
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
@@ -70,6 +63,30 @@ def adapters_root(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
                     p.mul_(3.0)
         peft_model.save_pretrained(root / name)
     return root
+
+
+@pytest.fixture
+def llm_daemon_with(daemon_factory, tiny_dir, adapters_root, tmp_path):
+    """llm_daemon_with(sections) -> a started daemon serving the tiny model as "tiny" with
+    its own copy of the adapters root (tests load, unload and break adapters in it);
+    `sections` are merged over that."""
+    import shutil
+
+    from sections import TINY_LLM, merge
+
+    async def make(sections: dict | None = None):
+        root = tmp_path / "adapters"
+        if not root.exists():
+            shutil.copytree(adapters_root, root)
+        base = {"llm": merge(TINY_LLM, {"path": str(tiny_dir), "adapters": {"root": str(root)}})}
+        return await daemon_factory(merge(base, sections or {}))
+    return make
+
+
+@pytest.fixture
+async def llm_daemon(llm_daemon_with):
+    """The tiny model's daemon as most LLM tests want it (files with other needs override)."""
+    return await llm_daemon_with()
 
 
 @pytest.fixture(scope="session")

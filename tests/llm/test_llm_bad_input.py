@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 
 import grpc
 import pytest
@@ -21,16 +20,9 @@ TRUNCATED = b"\x0a\x05ab"
 
 
 @pytest.fixture
-async def llm_daemon(daemon_factory, tiny_dir, adapters_root, tmp_path):
-    root = tmp_path / "adapters"
-    shutil.copytree(adapters_root, root)
-    return await daemon_factory({
-        "llm": {"name": "tiny", "path": str(tiny_dir), "device": "cpu",
-                "scheduler": {"max_running": 8, "max_batch_tokens": 2048, "max_waiting": 32,
-                              "prefill_chunk_tokens": 16, "max_prompt_tokens": 256},
-                "adapters": {"root": str(root), "max_loaded": 3}},
-        "limits": {"max_prompt_chars": 200, "max_stop_strings": 2},
-    })
+async def llm_daemon(llm_daemon_with):
+    return await llm_daemon_with({"llm": {"scheduler": {"max_waiting": 32}},
+                                  "limits": {"max_prompt_chars": 200, "max_stop_strings": 2}})
 
 
 def submit(rid: str, prompt: str = "def add(a, b):", n: int = 4, **stopping) -> pb.SessionRequest:

@@ -18,15 +18,8 @@ from galactic_client import AsyncClient, errors
 
 
 @pytest.fixture
-async def llm_daemon(daemon_factory, tiny_dir, adapters_root, tmp_path):
-    root = tmp_path / "adapters"
-    shutil.copytree(adapters_root, root)
-    return await daemon_factory({
-        "server": {"grace_period_s": 0.5},
-        "llm": {"name": "tiny", "path": str(tiny_dir), "device": "cpu",
-                "scheduler": {"max_running": 8, "max_batch_tokens": 2048, "max_waiting": 16,
-                              "prefill_chunk_tokens": 16, "max_prompt_tokens": 256},
-                "adapters": {"root": str(root), "max_loaded": 3}}})
+async def llm_daemon(llm_daemon_with):
+    return await llm_daemon_with({"server": {"grace_period_s": 0.5}})
 
 
 def test_pickled_weights_are_refused(tiny_dir, tmp_path):

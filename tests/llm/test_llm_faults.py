@@ -9,7 +9,6 @@ Faults are injected where a real one would arise, in the model runner's step
 from __future__ import annotations
 
 import asyncio
-import shutil
 
 import grpc
 import pytest
@@ -25,17 +24,11 @@ SERVICE = "galactic.v1.Generation"
 
 
 @pytest.fixture
-async def llm_daemon(daemon_factory, tiny_dir, adapters_root, tmp_path):
-    root = tmp_path / "adapters"
-    shutil.copytree(adapters_root, root)
+async def llm_daemon(llm_daemon_with):
     # The worker-thread runner: faults are patched into this process's ModelRunner (a
     # dying model process is test_llm_process.py's).
-    return await daemon_factory({"llm": {
-        "name": "tiny", "path": str(tiny_dir), "device": "cpu", "runner": "thread",
-        "scheduler": {"max_running": 1, "max_batch_tokens": 2048, "max_waiting": 16,
-                      "prefill_chunk_tokens": 64, "max_prompt_tokens": 256},
-        "adapters": {"root": str(root), "max_loaded": 3},
-    }})
+    return await llm_daemon_with({"llm": {"runner": "thread", "scheduler": {"max_running": 1,
+                                                                           "prefill_chunk_tokens": 64}}})
 
 
 async def generate(stub, n: int = 3) -> grpc.StatusCode:

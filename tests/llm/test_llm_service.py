@@ -4,7 +4,6 @@ LLMEngine on a tiny local Llama. Greedy output is compared with `model.generate`
 from __future__ import annotations
 
 import asyncio
-import shutil
 import urllib.request
 
 import grpc
@@ -17,18 +16,6 @@ from galactic_client import AsyncClient, errors
 from galactic_client.generation import Chunk, Final
 from fault_injection import Held, request_id_ends
 from llm_helpers import PROMPTS, greedy_reference
-
-
-@pytest.fixture
-async def llm_daemon(daemon_factory, tiny_dir, adapters_root, tmp_path):
-    root = tmp_path / "adapters"
-    shutil.copytree(adapters_root, root)
-    return await daemon_factory({"llm": {
-        "name": "tiny", "path": str(tiny_dir), "device": "cpu",
-        "scheduler": {"max_running": 8, "max_batch_tokens": 2048, "max_waiting": 16,
-                      "prefill_chunk_tokens": 16, "max_prompt_tokens": 256},
-        "adapters": {"root": str(root), "max_loaded": 3},
-    }})
 
 
 @pytest.fixture

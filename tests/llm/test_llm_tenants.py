@@ -4,7 +4,6 @@ never touching another tenant."""
 
 from __future__ import annotations
 
-import shutil
 import time
 
 import grpc
@@ -25,18 +24,10 @@ tok-free
 
 
 @pytest.fixture
-async def llm_daemon(daemon_factory, tiny_dir, adapters_root, tmp_path):
-    root = tmp_path / "adapters"
-    shutil.copytree(adapters_root, root)
+async def llm_daemon(llm_daemon_with, tmp_path):
     keys = tmp_path / "keys"
     keys.write_text(KEYS)
-    return await daemon_factory({
-        "llm": {"name": "tiny", "path": str(tiny_dir), "device": "cpu",
-                "scheduler": {"max_running": 8, "max_batch_tokens": 2048, "max_waiting": 16,
-                              "prefill_chunk_tokens": 16, "max_prompt_tokens": 256},
-                "adapters": {"root": str(root), "max_loaded": 3}},
-        "security": {"api_keys_file": str(keys)},
-    })
+    return await llm_daemon_with({"security": {"api_keys_file": str(keys)}})
 
 
 def auth(token: str):

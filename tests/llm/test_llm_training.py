@@ -417,17 +417,15 @@ def test_ddp_on_two_cpu_processes_trains_and_rank_zero_alone_exports(tiny_dir, t
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="QLoRA needs CUDA")
 def test_qlora_nf4_trains_on_cuda_and_reports_peak_memory(tmp_path):
     """A 1B-shaped Llama built from its config, 4-bit NF4 base, LoRA in bf16."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
+    from training.llm.build import llama
     from training.llm.lora import train_lora
     from training.llm.tokenizer import train_tokenizer
 
     base = tmp_path / "llama-1b"
     tok = train_tokenizer([" ".join(FACTS) + " ".join(FACTS.values())] * 50, vocab_size=512)
-    cfg = LlamaConfig(vocab_size=32000, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                      num_attention_heads=32, num_key_value_heads=8, bos_token_id=tok.bos_token_id,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(base)
+    # A 1B shape (a 32k vocabulary's embeddings padded onto the small tokenizer's).
+    llama(tok, hidden=2048, intermediate=8192, layers=16, heads=32, kv_heads=8,
+          vocab_size=32000).to(torch.bfloat16).save_pretrained(base)
     tok.save_pretrained(base)
     torch.cuda.reset_peak_memory_stats()
     result = train_lora(base, write_facts(tmp_path / "facts.jsonl"), tmp_path / "out",

@@ -117,8 +117,7 @@ def train_demo_model(out: Path | None, spec: DemoSpec = DEMO_SPEC,
 
 def _train(out: Path | None, spec: DemoSpec, say: Callable[[str], None], started: float,
            stop_at: int | None) -> dict[str, Any]:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
+    from training.llm.build import llama
     from training.llm.tokenizer import train_tokenizer
 
     texts = demo_texts()
@@ -127,13 +126,8 @@ def _train(out: Path | None, spec: DemoSpec, say: Callable[[str], None], started
     say(f"training the tokenizer on {len(train)} topics")
     tok = train_tokenizer(train, vocab_size=spec.vocab_size)
     L.seed_everything(spec.seed, verbose=False)
-    config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=spec.hidden, intermediate_size=spec.hidden * 4,
-        num_hidden_layers=spec.layers, num_attention_heads=spec.heads, num_key_value_heads=spec.heads,
-        max_position_embeddings=2048, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id, tie_word_embeddings=True,
-    )
-    model = LlamaForCausalLM(config)
+    model = llama(tok, hidden=spec.hidden, layers=spec.layers, heads=spec.heads, max_positions=2048,
+                  tie_word_embeddings=True)
     module = CausalLMModule(model, OptimSpec(lr=spec.lr, weight_decay=0.01, warmup_steps=spec.warmup_steps,
                                              total_steps=spec.steps, min_lr_ratio=0.1))
     data = BlockDataModule(train, val, tok, spec.block, spec.batch_size)
