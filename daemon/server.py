@@ -162,8 +162,7 @@ class Daemon:
         for name in ["", *names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         for engine in self.engines.values():
-            if hasattr(engine, "wait_faulted"):
-                self._supervisors.append(asyncio.create_task(self._supervise(engine)))
+            self._supervisors.append(asyncio.create_task(self._supervise(engine)))
         self.notifier.ready(f"serving {len(self.engines)} model(s) on port {self.port}")
         log.info("ready", models=list(self.engines))
 

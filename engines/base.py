@@ -58,3 +58,11 @@ class Engine(Protocol):
 
     def stats(self) -> dict[str, float]:
         """Counters and gauges for Admin.GetStats (names are stable, units in the name)."""
+
+    async def wait_faulted(self) -> str:
+        """Return (why) once the engine's worker has died or given up after failing steps
+        in a row; the daemon then marks it NOT_SERVING and calls `restart()`."""
+
+    async def restart(self) -> None:
+        """Fail what the dead worker held (Unavailable), start a fresh one and prove it
+        with a canary request; raise if the canary fails (the daemon retries, backing off)."""
