@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-PROTO_FILES := $(wildcard protos/galactic/v1/*.proto)
+PROTO_FILES := $(wildcard protos/galactic/v1/*.proto protos/inference/*.proto)
 GEN_DIR := clients/python
 # The stub generator lives in its own venv, pinned to the protoc generation whose stubs run
 # on every protobuf the client supports (requirements/protos.txt).

@@ -97,7 +97,8 @@ async def run_kserve(port: int, n: int, new_tokens: int) -> Trace:
 
     sampling = json.dumps({"max_tokens": new_tokens, "temperature": 0, "ignore_eos": True})
     parts = [tensor("text_input", "BYTES", text(PROMPT)), tensor("stream", "BOOL", b"\x01"),
-             tensor("sampling_parameters", "BYTES", text(sampling)), tensor("return_num_output_tokens", "BOOL", b"\x01")]
+             tensor("sampling_parameters", "BYTES", text(sampling)),
+             tensor("return_num_output_tokens", "BOOL", b"\x01")]
     request = pb.ModelInferRequest(model_name="bench", inputs=[t for t, _ in parts],
                                    raw_input_contents=[raw for _, raw in parts])
     ttft, itl = [], []

@@ -330,7 +330,7 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 
     def __init__(self, engines: Mapping[str, object], admission, bounds: Bounds) -> None:
         self._engines = dict(engines)
-        self._tensor = {n: e for n, e in engines.items() if TENSOR_SERVICE in e.info().services}
+        # The rest are tensor engines (TENSOR_SERVICE): the daemon mounts this over no others.
         self._llms = {n: e for n, e in engines.items() if LLM_SERVICE in e.info().services}
         self._admission = admission
         self._bounds = bounds
@@ -397,7 +397,8 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 
         # Draining: requests still arriving are refused, and the stream ends once those it
         # holds have finished.
-        async for frame in stream_concurrently(request_iterator, handle, on_error, until=self._admission.drain_started):
+        draining = self._admission.drain_started
+        async for frame in stream_concurrently(request_iterator, handle, on_error, until=draining):
             yield frame
 
     async def _infer(self, req: pb.ModelInferRequest, deadline: float | None,
