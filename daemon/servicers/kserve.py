@@ -439,6 +439,9 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                 else:
                     text = (call.prompt if call.prepend else "") + "".join(parts)
                     yield call.response(engine.name, version, text, out, tokens, final_flag)
+        except GalacticError as exc:  # an adapter's on-demand load fails in the stream
+            exc.field = _LLM_FIELDS.get(exc.field, exc.field)
+            raise
         finally:
             stream.close()
 

@@ -2,10 +2,14 @@
 
 Policy lives here: load paths must lie inside `adapters.root` (symlinks resolved first, so
 `../` or a link cannot escape it); at `max_loaded` the least recently used *idle* adapter
-is evicted, and if every adapter serves requests the load is refused (ResourceExhausted)
-rather than pulling weights from under a running stream. Counting `in_use` covers queued
-requests too, since they resolved their adapter at enqueue. An adapter whose metadata names
-another base model than the one served is refused (FailedPrecondition, both hashes named).
+that nobody pinned is evicted, and if every adapter serves requests the load is refused
+(ResourceExhausted) rather than pulling weights from under a running stream. `LoadAdapter`
+and `preload` pin; adapters loaded on demand (`OnDemandLoads`: a request names
+`root/<name>`) do not, so on-demand traffic never evicts an explicit load; an explicit
+load may still evict an idle pinned one when no unpinned one is idle, as it always could.
+Counting `in_use` covers queued requests too, since they resolved their adapter at
+enqueue. An adapter whose metadata names another base model than the one served is refused
+(FailedPrecondition, both hashes named).
 
 Locks are the engine's: `lock` guards the registry (short sections); `model_lock` is held
 for the whole scheduler step, so bank writes taken under it never race a forward pass.
@@ -13,20 +17,36 @@ for the whole scheduler step, so bank writes taken under it never race a forward
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Awaitable, Callable
 
-from engines.errors import AlreadyExists, InvalidArgument, FailedPrecondition, NotFound, PermissionDenied, ResourceExhausted
+from engines.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    GalacticError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+)
 from engines.llm.config import AdapterConfig
 from engines.paths import confine
 from engines.llm.identity import METADATA_FILE, model_content_hash, read_metadata
-from engines.llm.lora import AdapterWeights, LoRABank
+from engines.llm.lora import AdapterWeights, LoRABank, read_adapter
 from engines.llm.types import AdapterInfo
 
 log = logging.getLogger(__name__)
+
+# A directory under the root is an adapter's name when it follows the rule of every name a
+# request carries (daemon/validation.py NAME_PATTERN): it cannot then be `..`, hold a `/`,
+# or start with a dot (hidden dirs, rsync's partial files, a synced tree's temp dirs).
+DIR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass(eq=False)
@@ -39,9 +59,11 @@ class Adapter:
     last_used: float
     in_use: int = 0
     unloading: bool = False  # new requests naming it get NotFound
+    pinned: bool = False  # loaded by LoadAdapter or preload: on-demand loads never evict it
 
     def info(self) -> AdapterInfo:
-        return AdapterInfo(self.name, self.path, self.rank, self.loaded_at, self.in_use, self.last_used)
+        return AdapterInfo(self.name, self.path, self.rank, self.loaded_at, self.in_use, self.last_used,
+                           self.pinned)
 
 
 class AdapterRegistry:
@@ -54,6 +76,8 @@ class AdapterRegistry:
         self._by_name: dict[str, Adapter] = {}
         self._model_dir = model_dir
         self._base_hash: str | None = None  # hashed on first need: gigabytes for a large base
+        self.evictions = 0
+        self.on_evict: Callable[[str], None] = lambda name: None  # the engine's metric
 
     def base_hash(self) -> str:
         """Blocking: the served model's content hash (computed once)."""
@@ -98,10 +122,49 @@ class AdapterRegistry:
             raise NotFound(f"no adapter dir at {full}", field="path")
         return full
 
-    def check_free_name(self, name: str) -> None:
+    def check_free_name(self, name: str, full: Path | None = None) -> AdapterInfo | None:
+        """Raise AlreadyExists if `name` is taken; except that an adapter loaded on demand
+        from `full` is pinned now (LoadAdapter of what traffic loaded) and returned."""
         with self._lock:
-            if name in self._by_name:
-                raise AlreadyExists(f"adapter {name!r} is already loaded", field="name")
+            adapter = self._by_name.get(name)
+            if adapter is None:
+                return None
+            if full is not None and not adapter.unloading and not adapter.pinned and adapter.path == str(full):
+                adapter.pinned = True
+                return adapter.info()
+            raise AlreadyExists(f"adapter {name!r} is already loaded", field="name")
+
+    def wants_load(self, name: str) -> bool:
+        """Whether a request naming `name` should load it on demand first: on by config, a
+        name a directory under the root may have, and not in the registry (an adapter being
+        unloaded stays there until it is gone: its requests get NotFound meanwhile)."""
+        return self.config.on_demand and DIR_NAME.fullmatch(name) is not None and name not in self._by_name
+
+    def check_dir(self, name: str) -> None:
+        """NotFound (naming `adapter`) unless `root/<name>` is a directory: one stat, cheap
+        enough for the event loop, so that a request naming no adapter fails at once."""
+        if not (self.config.resolved_root() / name).is_dir():
+            raise NotFound(f"adapter {name!r} is not loaded and {self.config.root}/{name} is not a directory",
+                           field="adapter")
+
+    def read(self, path: str) -> tuple[Path, AdapterWeights]:
+        """Blocking (file reads, the base model's hash): the adapter dir at `path`, checked
+        against the served base model, and its weights; raises what LoadAdapter raises."""
+        full = self.resolve_dir(path)
+        self.check_base(full)
+        return full, read_adapter(full, self.config.resolved_root())
+
+    def resolvable(self) -> list[str]:
+        """Blocking (lists the root): adapters that requests could load on demand, i.e.
+        directories under the root with an adapter_config.json that are not loaded."""
+        root = self.config.resolved_root()
+        try:
+            entries = sorted(p for p in root.iterdir() if DIR_NAME.fullmatch(p.name))
+        except OSError:
+            return []
+        with self._lock:
+            loaded = set(self._by_name)
+        return [p.name for p in entries if p.name not in loaded and (p / "adapter_config.json").is_file()]
 
     def acquire(self, name: str) -> Adapter:
         """For a new request; the caller holds `lock`."""
@@ -117,23 +180,29 @@ class AdapterRegistry:
         """When a request ends; the caller holds `lock`."""
         adapter.in_use -= 1
 
-    def install(self, name: str, full: Path, weights: AdapterWeights) -> AdapterInfo:
-        """Blocking (waits for the current step): write the adapter into a bank slot."""
+    def install(self, name: str, full: Path, weights: AdapterWeights, pinned: bool = True) -> AdapterInfo:
+        """Blocking (waits for the current step): write the adapter into a bank slot,
+        evicting the idle unpinned adapter used longest ago if none is free (an idle
+        pinned one too, for a pinned install, when no unpinned one is idle)."""
         with self._model_lock, self._lock:
             if name in self._by_name:
                 raise AlreadyExists(f"adapter {name!r} is already loaded", field="name")
             self.bank.check(weights)
             if self.bank.free_slots == 0:
                 idle = [a for a in self._by_name.values() if a.in_use == 0 and not a.unloading]
-                if not idle:
-                    raise ResourceExhausted(f"all {self.config.max_loaded} adapter slots are in use; retry later")
-                victim = min(idle, key=lambda a: a.last_used)
+                candidates = [a for a in idle if not a.pinned] or (idle if pinned else [])
+                if not candidates:
+                    why = "in use" if not idle else "in use or pinned by LoadAdapter"
+                    raise ResourceExhausted(f"all {self.config.max_loaded} adapter slots are {why}; retry later")
+                victim = min(candidates, key=lambda a: a.last_used)
                 log.info("evicting adapter %s (least recently used)", victim.name)
                 self.bank.remove(victim.slot)
                 del self._by_name[victim.name]
+                self.evictions += 1
+                self.on_evict(victim.name)
             slot = self.bank.add(weights)
             now = time.time()
-            adapter = Adapter(name, str(full), weights.rank, slot, now, now)
+            adapter = Adapter(name, str(full), weights.rank, slot, now, now, pinned=pinned)
             self._by_name[name] = adapter
             return adapter.info()
 
@@ -155,3 +224,74 @@ class AdapterRegistry:
     def infos(self) -> list[AdapterInfo]:
         with self._lock:
             return [a.info() for a in self._by_name.values() if not a.unloading]
+
+
+# Errors of a load that the same files would raise again: these are remembered for
+# `negative_cache_s`. Unavailable (a closing engine) and ResourceExhausted (every slot busy)
+# pass with the moment and are not.
+_LASTING = (NotFound, FailedPrecondition, InvalidArgument, PermissionDenied)
+
+
+class OnDemandLoads:
+    """Loads that requests trigger, one per name at a time (single flight), with a negative
+    cache; used on the event loop only, so its dicts need no lock.
+
+    `start(name)` returns the load in flight (starting one if none is): a future every
+    request naming `name` awaits, so N concurrent first requests cause one load, and each
+    sees its error if it fails. Before a load starts, `precheck(name)` may raise at once
+    (no directory of that name: the caller's field mapping still applies, and a typo costs
+    no task). A load that failed with a lasting error (`_LASTING`) is not tried again for
+    `negative_cache_s`: `start` raises that error at once meanwhile. The load itself runs
+    as its own task: a waiter that goes away does not cancel it.
+    """
+
+    def __init__(self, load: Callable[[str], Awaitable[None]], negative_cache_s: float,
+                 clock: Callable[[], float] = time.monotonic,
+                 precheck: Callable[[str], None] = lambda name: None) -> None:
+        self._load = load
+        self._precheck = precheck
+        self._negative_s = negative_cache_s
+        self._clock = clock
+        self._flights: dict[str, asyncio.Future] = {}
+        self._failed: dict[str, tuple[float, GalacticError]] = {}  # name -> (until, error)
+
+    def start(self, name: str) -> asyncio.Future:
+        failed = self._failed.get(name)
+        if failed is not None:
+            until, exc = failed
+            if self._clock() < until:
+                raise type(exc)(exc.message, field=exc.field)
+            del self._failed[name]
+        flight = self._flights.get(name)
+        if flight is None:
+            try:
+                self._precheck(name)
+            except _LASTING as exc:
+                self._remember(name, exc)
+                raise
+            flight = self._flights[name] = asyncio.ensure_future(self._run(name))
+            # Retrieved here so that a failure nobody awaited any more is not logged as
+            # "never retrieved" (the waiters may all have gone).
+            flight.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return flight
+
+    def forget(self, name: str) -> None:
+        """Drop a remembered failure (LoadAdapter or UnloadAdapter of the name)."""
+        self._failed.pop(name, None)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._flights)
+
+    async def _run(self, name: str) -> None:
+        try:
+            await self._load(name)
+        except _LASTING as exc:
+            self._remember(name, exc)
+            raise
+        finally:
+            del self._flights[name]
+
+    def _remember(self, name: str, exc: GalacticError) -> None:
+        if self._negative_s > 0:
+            self._failed[name] = (self._clock() + self._negative_s, exc)

@@ -70,7 +70,13 @@ class SchedulerConfig:
 @dataclass(frozen=True)
 class AdapterConfig:
     root: Path = Path("~/.local/share/galactic/adapters")  # load_adapter paths must lie inside it
-    max_loaded: int = 8  # adapters resident at once; idle ones are evicted LRU beyond this
+    max_loaded: int = 8  # adapters resident at once; idle unpinned ones are evicted LRU beyond this
+    # A request naming an adapter that is not loaded loads `root/<name>` on first use (one
+    # load however many requests wait on it); LoadAdapter pins, on-demand loads do not.
+    on_demand: bool = True
+    # A failed on-demand load answers requests naming it with its error for this long
+    # before it is tried again (0 = retry on every request).
+    negative_cache_s: float = 10.0
     preload: dict[str, str] = field(default_factory=dict)  # name -> path, loaded at start-up
     # Refuse adapters without galactic_adapter.json (whose base model cannot be checked);
     # off by default so adapters trained elsewhere load, with a warning.
@@ -78,6 +84,7 @@ class AdapterConfig:
 
     def __post_init__(self) -> None:
         check(self.max_loaded >= 1, "max_loaded", "must be >= 1")
+        check(self.negative_cache_s >= 0, "negative_cache_s", "must be >= 0 (0 = no negative cache)")
         check(
             len(self.preload) <= self.max_loaded,
             "preload",
@@ -175,7 +182,9 @@ max_new_tokens_limit = 4096       # largest sampling.max_new_tokens accepted
 
 [llm.adapters]
 root = "~/.local/share/galactic/adapters"  # LoadAdapter paths must be relative to or inside this dir
-max_loaded = 8                    # resident adapters; idle ones are evicted least-recently-used beyond this
+max_loaded = 8                    # resident adapters; idle unpinned ones are evicted least-recently-used beyond this
+on_demand = true                  # a request naming an unloaded adapter loads root/<name> on first use (LoadAdapter pins)
+negative_cache_s = 10.0           # a failed on-demand load answers with its error this long before it is retried
 # preload = { support = "support-v3" }     # name -> path, loaded at start-up
 require_metadata = false          # refuse adapters without galactic_adapter.json (base model unverifiable)
 """

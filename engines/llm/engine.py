@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import torch
 from opentelemetry import trace
@@ -37,17 +37,19 @@ from engines.base import ModelInfo
 from engines.config import to_mapping
 from engines.errors import (
     AlreadyExists,
+    DeadlineExceeded,
     FailedPrecondition,
+    GalacticError,
     InvalidArgument,
+    NotFound,
     ResourceExhausted,
     Unavailable,
 )
 from engines.llm import metrics as m
-from engines.llm.adapters import AdapterRegistry
+from engines.llm.adapters import AdapterRegistry, OnDemandLoads
 from engines.llm.config import LLMConfig
 from engines.llm.core import RUNNERS, ModelFacts, ModelSide, StepRunner
 from engines.llm.detok import IncrementalDecoder
-from engines.llm.lora import read_adapter
 from engines.llm.output import OutputProcessor, RequestOutput
 from engines.llm.runner import StepResult
 from engines.llm.scheduler import Scheduler, Sequence
@@ -66,31 +68,47 @@ MAX_FAILED_STEPS = 3
 class RequestStream:
     """One queued request's outputs (an async iterator). Not a generator on purpose: a
     generator that is never started never runs its `finally`, and the request it queued
-    would keep its slot; here `close()` always frees it."""
+    would keep its slot; here `close()` always frees it.
 
-    def __init__(self, seq: Sequence[RequestOutput], wake: Callable[[], None]) -> None:
+    A request whose adapter is being loaded on demand is not queued yet: `start` awaits
+    the load and queues it (`after_load`), on the first `__anext__`; the load's error, or
+    DeadlineExceeded, is then that call's exception."""
+
+    def __init__(self, seq: Sequence[RequestOutput] | None, wake: Callable[[], None],
+                 start: Callable[[], Awaitable[Sequence[RequestOutput]]] | None = None) -> None:
         self._seq = seq
         self._wake = wake
-        self._items = seq.handle.stream.__aiter__()
+        self._start = start
+        self._closed = False
+        self._items = seq.handle.stream.__aiter__() if seq is not None else None
 
-    @property
-    def request_id(self) -> str:
-        return self._seq.request.request_id
+    @classmethod
+    def after_load(cls, wake: Callable[[], None],
+                   start: Callable[[], Awaitable[Sequence[RequestOutput]]]) -> "RequestStream":
+        return cls(None, wake, start)
 
     def __aiter__(self) -> "RequestStream":
         return self
 
     async def __anext__(self) -> TokenChunk | FinalOutput:
         try:
+            if self._items is None:
+                if self._closed:  # closed while its adapter loaded: never queued
+                    raise StopAsyncIteration
+                self._seq = await self._start()
+                self._items = self._seq.handle.stream.__aiter__()
+                if self._closed:
+                    self.close()
             return await self._items.__anext__()
         except StopAsyncIteration:
             raise
-        except BaseException:  # the consumer was cancelled, or the step failed
+        except BaseException:  # the consumer was cancelled, the step or the load failed
             self.close()
             raise
 
     def close(self) -> None:
-        if not self._seq.done:
+        self._closed = True
+        if self._seq is not None and not self._seq.done:
             self._seq.cancelled = True
             self._wake()
 
@@ -119,13 +137,16 @@ class LLMEngine:
         self._live: dict[str, Sequence[RequestOutput]] = {}
         self._order = itertools.count()
         self._adapters: AdapterRegistry | None = None  # built in load(), with the model
+        self._on_demand = OnDemandLoads(self._load_on_demand, config.adapters.negative_cache_s,
+                                        precheck=self._check_adapter_dir)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._worker: SupervisedWorker | None = None  # created in start()
         self._waiters: list[asyncio.Future] = []
         self._runner_holds = False  # the runner held the last step's tokens back (StepRunner.collect)
         self._model_dir = ""
         self._counters = {"generated_tokens_total": 0.0, "prompt_tokens_total": 0.0, "steps_total": 0.0,
-                          "requests_finished_total": 0.0, "requests_failed_total": 0.0}
+                          "requests_finished_total": 0.0, "requests_failed_total": 0.0,
+                          "adapter_loads_on_demand_total": 0.0, "adapter_load_failures_total": 0.0}
         self._m = m.ModelMetrics(config.name)
         self._output = OutputProcessor(set(), self._m, self._counters)
 
@@ -146,11 +167,10 @@ class LLMEngine:
         self._decode_tokenizer = copy.deepcopy(tok)
         self._output.eos = set(facts.eos)
         self._adapters = AdapterRegistry(self.config.adapters, bank, self._model_lock, self._lock, Path(model_dir))
+        self._adapters.on_evict = lambda name: self._m.adapter_evictions.inc()
         for name, path in self.config.adapters.preload.items():
             progress(f"loading adapter {name}")
-            full = self._adapters.resolve_dir(path)
-            self._adapters.check_base(full)
-            self._adapters.install(name, full, read_adapter(full, self.config.adapters.resolved_root()))
+            self._adapters.install(name, *self._adapters.read(path))
         progress("ready")
 
     @property
@@ -249,6 +269,7 @@ class LLMEngine:
             "kv_cache_tokens": float(self._runner.kv_tokens if self._runner is not None else 0),
             "reserved_tokens": float(self._scheduler.reserved),
             "adapters_loaded": float(len(self._adapters or ())),
+            "adapter_evictions_total": float(self._adapters.evictions if self._adapters is not None else 0),
         }
 
     @property
@@ -288,8 +309,70 @@ class LLMEngine:
         Unavailable, so a caller knows the request is queued before any token (a Session
         sends Accepted then). `close()`/`aclose()`, or cancelling the task awaiting the
         next item, cancels the request; its slot and cache are freed at the next step.
+
+        One exception: a request naming an adapter that is not loaded, with
+        `adapters.on_demand`, starts its load (or joins the one in flight) and is queued once
+        it is loaded; the first item then waits for the load (off the event loop: the batch
+        keeps running), and the load's errors (NotFound, FailedPrecondition, InvalidArgument,
+        ResourceExhausted) or DeadlineExceeded come from it instead. The error of a recent
+        failed load, and NotFound for a name with no directory under the root, are raised
+        at once (`OnDemandLoads`).
         """
+        if request.adapter and self._adapters.wants_load(request.adapter):
+            if self.state != "ready" or self._worker is None:
+                raise Unavailable(f"model {self.name} is {self.state}")
+            ids = validate_and_tokenize(request, self.tokenizer, self.config.scheduler, self._facts.max_positions)
+            flight = self._on_demand.start(request.adapter)
+            return RequestStream.after_load(self._worker.notify, lambda: self._after_load(request, ids, flight))
         return RequestStream(self._enqueue(request), self._worker.notify)
+
+    async def _after_load(self, req: GenerationRequest, ids: list[int],
+                          flight: asyncio.Future) -> Sequence[RequestOutput]:
+        """Wait for the adapter's load (within the request's deadline), then queue it. Should
+        the adapter be evicted again before the request holds it (a burst of other
+        adapters' first requests), it is loaded again, a bounded number of times."""
+        for _ in range(3):
+            timeout = None if req.deadline is None else max(0.0, req.deadline - time.monotonic())
+            try:
+                # Shielded: a waiter that gives up (deadline, cancel) leaves the load to the others.
+                await asyncio.wait_for(asyncio.shield(flight), timeout)
+            except TimeoutError:
+                raise DeadlineExceeded(f"the deadline passed while adapter {req.adapter!r} loaded",
+                                       field="adapter") from None
+            except GalacticError as exc:  # a fresh copy per waiter, not one shared traceback
+                raise type(exc)(exc.message, field=exc.field) from None
+            if not self._adapters.wants_load(req.adapter):
+                return self._enqueue(req, ids=ids)
+            flight = self._on_demand.start(req.adapter)
+        return self._enqueue(req, ids=ids)
+
+    def _check_adapter_dir(self, name: str) -> None:
+        try:
+            self._adapters.check_dir(name)
+        except NotFound:
+            self._counters["adapter_load_failures_total"] += 1
+            self._m.adapter_load_failures.inc()
+            raise
+
+    async def _load_on_demand(self, name: str) -> None:
+        """The load a request triggers: the files read and checked off the event loop and
+        off the model lock, the install under it (as LoadAdapter's), not pinned. Errors
+        name the request's `adapter` field."""
+        try:
+            full, weights = await asyncio.to_thread(self._adapters.read, name)
+            await asyncio.to_thread(self._adapters.install, name, full, weights, False)
+        except AlreadyExists:  # a LoadAdapter of the same name got there first: loaded all the same
+            pass
+        except GalacticError as exc:
+            self._counters["adapter_load_failures_total"] += 1
+            self._m.adapter_load_failures.inc()
+            log.warning("on-demand load of adapter %s failed: %s", name, exc)
+            exc.field = "adapter" if exc.field in ("path", "name") else exc.field
+            raise
+        else:
+            self._counters["adapter_loads_on_demand_total"] += 1
+            self._m.adapter_loads_on_demand.inc()
+        self._update_gauges()
 
     def cancel(self, request_id: str) -> bool:
         """End a live request with FinalOutput(CANCELLED) within one step; False if unknown."""
@@ -300,10 +383,12 @@ class LLMEngine:
         self._worker.notify()
         return True
 
-    def _enqueue(self, req: GenerationRequest, canary: bool = False) -> Sequence[RequestOutput]:
+    def _enqueue(self, req: GenerationRequest, canary: bool = False,
+                 ids: list[int] | None = None) -> Sequence[RequestOutput]:
         if (self.state != "ready" and not canary) or self._worker is None:
             raise Unavailable(f"model {self.name} is {self.state}")
-        ids = validate_and_tokenize(req, self.tokenizer, self.config.scheduler, self._facts.max_positions)
+        if ids is None:
+            ids = validate_and_tokenize(req, self.tokenizer, self.config.scheduler, self._facts.max_positions)
         with self._lock:
             if req.request_id in self._live:
                 raise AlreadyExists(f"request {req.request_id!r} is already running", field="request_id")
@@ -333,15 +418,19 @@ class LLMEngine:
     # ---- adapters --------------------------------------------------------------------
 
     async def load_adapter(self, name: str, path: str) -> AdapterInfo:
-        """Load a PEFT LoRA dir (relative to or inside adapters.root, else PermissionDenied);
-        at max_loaded the least recently used idle adapter is evicted, ResourceExhausted if
-        all are busy. Reading runs off the loop; the install waits for the current step."""
+        """Load a PEFT LoRA dir (relative to or inside adapters.root, else PermissionDenied)
+        and pin it: on-demand loads never evict it. At max_loaded the least recently used
+        idle adapter is evicted (unpinned ones first), ResourceExhausted if all are busy.
+        The same name already loaded on demand from the same dir is pinned, not reloaded.
+        Reading runs off the loop; the install waits for the current step."""
         if not name or not name.strip():
             raise InvalidArgument("adapter name must be non-empty", field="name")
         full = self._adapters.resolve_dir(path)
-        self._adapters.check_free_name(name)
-        await asyncio.to_thread(self._adapters.check_base, full)
-        weights = await asyncio.to_thread(read_adapter, full, self.config.adapters.resolved_root())
+        pinned = self._adapters.check_free_name(name, full)
+        if pinned is not None:
+            return pinned
+        self._on_demand.forget(name)
+        full, weights = await asyncio.to_thread(self._adapters.read, path)
         info = await asyncio.to_thread(self._adapters.install, name, full, weights)
         self._update_gauges()
         return info
@@ -353,6 +442,7 @@ class LLMEngine:
         the old). `force` cancels them instead (each ends with FinalOutput(CANCELLED) within
         one step)."""
         adapter = self._adapters.begin_unload(name)
+        self._on_demand.forget(name)
         if force:
             for seq in [s for s in list(self._live.values()) if s.handle.adapter is adapter]:
                 seq.cancelled = True
@@ -370,6 +460,13 @@ class LLMEngine:
 
     def list_adapters(self) -> list[AdapterInfo]:
         return self._adapters.infos() if self._adapters is not None else []
+
+    async def resolvable_adapters(self) -> list[str]:
+        """Adapters under adapters.root that a request would load on demand (none with
+        `on_demand` off); lists the root off the event loop."""
+        if self._adapters is None or not self.config.adapters.on_demand:
+            return []
+        return await asyncio.to_thread(self._adapters.resolvable)
 
     # ---- the step (worker thread) ----------------------------------------------------
 

@@ -25,6 +25,9 @@ KV_TOKENS = Gauge("galactic_llm_kv_cache_tokens", "Token slots held by the batch
 KV_USAGE = Gauge("galactic_llm_kv_cache_usage_ratio", "Reserved tokens / scheduler.max_batch_tokens.", ["model"])
 ADAPTERS_LOADED = Gauge("galactic_llm_adapters_loaded", "LoRA adapters resident.", ["model"])
 ADAPTERS_ACTIVE = Gauge("galactic_llm_adapters_active", "LoRA adapters used by queued or running requests.", ["model"])
+ADAPTER_LOADS = Counter("galactic_llm_adapter_loads_on_demand", "Adapters loaded because a request named them.", ["model"])
+ADAPTER_LOAD_FAILURES = Counter("galactic_llm_adapter_load_failures", "On-demand adapter loads that failed.", ["model"])
+ADAPTER_EVICTIONS = Counter("galactic_llm_adapter_evictions", "Idle adapters evicted to make room for another.", ["model"])
 GENERATED = Counter("galactic_llm_generated_tokens", "Tokens generated.", ["model"])
 PROMPT = Counter("galactic_llm_prompt_tokens", "Prompt tokens prefilled.", ["model"])
 FINISHED = Counter("galactic_llm_requests_finished", "Requests finished, by reason.", ["model", "reason"])
@@ -42,6 +45,9 @@ class ModelMetrics:
         self.kv_tokens, self.kv_usage = KV_TOKENS.labels(model=model), KV_USAGE.labels(model=model)
         self.adapters_loaded = ADAPTERS_LOADED.labels(model=model)
         self.adapters_active = ADAPTERS_ACTIVE.labels(model=model)
+        self.adapter_loads_on_demand = ADAPTER_LOADS.labels(model=model)
+        self.adapter_load_failures = ADAPTER_LOAD_FAILURES.labels(model=model)
+        self.adapter_evictions = ADAPTER_EVICTIONS.labels(model=model)
         self.generated, self.prompt = GENERATED.labels(model=model), PROMPT.labels(model=model)
 
     def finished(self, reason: str) -> None:

@@ -92,3 +92,4 @@ class AdapterInfo:
     loaded_at: float  # time.time() wall clock
     in_use: int  # requests queued or running with this adapter
     last_used: float  # time.time() wall clock of the last request that named it
+    pinned: bool = False  # loaded by LoadAdapter or preload: never evicted by on-demand loads

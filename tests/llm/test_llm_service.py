@@ -190,8 +190,12 @@ async def test_adapters_hot_load_generate_unload(client, llm_daemon, tmp_path):
     with pytest.raises(errors.NotFound):
         await client.unload_adapter("never-loaded")
     await client.unload_adapter("alpha")
+    assert [a.name for a in await client.list_adapters()] == []
+    # Unloaded, a request naming it loads root/alpha again on demand (adapters.on_demand).
+    again, _ = await client.generate_text(PROMPTS[0], adapter="alpha", max_new_tokens=8)
+    assert again == with_adapter
     with pytest.raises(errors.NotFound):
-        await client.generate_text(PROMPTS[0], adapter="alpha", max_new_tokens=2)
+        await client.generate_text(PROMPTS[0], adapter="not-under-the-root", max_new_tokens=2)
 
 
 async def test_admin_and_metrics_describe_the_model(client, llm_daemon):

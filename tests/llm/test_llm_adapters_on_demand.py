@@ -1,0 +1,200 @@
+"""Adapters loaded on demand: a request naming `root/<name>` loads it once (single flight),
+a failed load answers with its error and is remembered (negative cache), on-demand loads
+evict only unpinned adapters, and a deadline bounds the wait for a load."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+
+import pytest
+
+from engines.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from engines.llm.adapters import OnDemandLoads
+from engines.llm.types import GenerationRequest, SamplingParams
+from llm_helpers import PROMPTS, _collect as collect_stream, collect, make_config
+
+
+@pytest.fixture
+def root(adapters_root, tmp_path):
+    """A per-test copy of the adapters root (tests break adapters in it)."""
+    out = tmp_path / "adapters"
+    shutil.copytree(adapters_root, out)
+    return out
+
+
+@pytest.fixture
+async def make_engine(tiny_dir):
+    from engines.llm.engine import LLMEngine
+
+    engines = []
+
+    async def make(root, **adapters):
+        eng = LLMEngine(make_config(tiny_dir, root, llm={"adapters": {"root": str(root), "max_loaded": 3, **adapters}}))
+        eng.load(lambda msg: None)
+        await eng.start(asyncio.get_running_loop())
+        engines.append(eng)
+        return eng
+
+    yield make
+    for eng in engines:
+        await eng.stop(5)
+
+
+def req(rid: str, adapter: str | None, prompt: str = PROMPTS[0], **kw) -> GenerationRequest:
+    return GenerationRequest(rid, prompt=prompt, adapter=adapter, sampling=SamplingParams(max_new_tokens=8), **kw)
+
+
+def names(engine) -> dict[str, bool]:
+    return {a.name: a.pinned for a in engine.list_adapters()}
+
+
+async def test_concurrent_first_requests_share_one_load(make_engine, root):
+    engine = await make_engine(root)
+    assert await engine.resolvable_adapters() == ["alpha", "beta", "delta", "gamma"]
+    # generate() is synchronous: the six requests have all joined the load before the
+    # event loop can run it, so a second load could only come from a broken single flight.
+    streams = [engine.generate(req(f"r{i}", "alpha")) for i in range(6)]
+    results = await asyncio.gather(*(collect_stream(s) for s in streams))
+    stats = engine.stats()
+    assert stats["adapter_loads_on_demand_total"] == 1
+    assert stats["adapter_load_failures_total"] == 0
+    assert names(engine) == {"alpha": False}
+    assert "alpha" not in await engine.resolvable_adapters()
+    base, _, _ = await collect(engine, req("base", None))
+    assert {tuple(ids) for ids, _, _ in results} != {tuple(base)}, "the adapter should change the output"
+    assert len({tuple(ids) for ids, _, _ in results}) == 1
+    # The same answer as an explicit load of the same dir; LoadAdapter pins what traffic loaded.
+    info = await engine.load_adapter("alpha", "alpha")
+    assert info.pinned and names(engine) == {"alpha": True}
+    await engine.unload_adapter("alpha")
+    await engine.load_adapter("alpha", "alpha")
+    explicit, _, _ = await collect(engine, req("explicit", "alpha"))
+    assert explicit == results[0][0]
+    assert engine.stats()["adapter_loads_on_demand_total"] == 1
+
+
+def break_base(root):
+    (root / "alpha" / "galactic_adapter.json").write_text(json.dumps(
+        {"format": "galactic-adapter/1", "base_model_hash": "sha256:" + "0" * 64}))
+
+
+def break_file(root):
+    (root / "beta" / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
+
+
+@pytest.mark.parametrize("adapter, breaks, error", [
+    ("missing", None, NotFound),
+    ("alpha", break_base, FailedPrecondition),
+    ("beta", break_file, InvalidArgument),
+])
+async def test_a_failed_load_answers_every_waiter_and_is_remembered(make_engine, root, adapters_root,
+                                                                    adapter, breaks, error):
+    if breaks is not None:
+        breaks(root)
+    engine = await make_engine(root, negative_cache_s=3600.0)
+
+    def first_item(rid):  # a name with no directory fails in generate(), a failing load in the stream
+        return engine.generate(req(rid, adapter)).__anext__()
+
+    waiting = [first_item(f"w{i}") for i in range(3)] if error is not NotFound else []
+    for pending in waiting:
+        with pytest.raises(error) as exc:
+            await pending
+        assert exc.value.field == "adapter"
+    with pytest.raises(error) as exc:
+        await first_item("after")  # remembered: raised at once
+    assert exc.value.field == "adapter"
+    assert engine.stats()["adapter_load_failures_total"] == 1  # one load for them all
+    assert engine.list_adapters() == []
+    # Mended on disk, but within negative_cache_s: the error again, at once, no new load.
+    shutil.rmtree(root / adapter, ignore_errors=True)
+    shutil.copytree(adapters_root / ("alpha" if adapter == "missing" else adapter), root / adapter)
+    with pytest.raises(error):
+        engine.generate(req("again", adapter))
+    assert engine.stats()["adapter_load_failures_total"] == 1
+    # An explicit LoadAdapter forgets the failure; the base model still serves meanwhile.
+    await collect(engine, req("base", None))
+    assert (await engine.load_adapter(adapter, adapter)).pinned
+
+
+async def test_negative_cache_expires():
+    """OnDemandLoads on a clock the test moves: a lasting failure is answered from the
+    cache until negative_cache_s has passed, then the load is tried again."""
+    now = [0.0]
+    calls = []
+
+    async def load(name):
+        calls.append(name)
+        if len(calls) == 1:
+            raise NotFound("no adapter dir", field="adapter")
+
+    loads = OnDemandLoads(load, negative_cache_s=10.0, clock=lambda: now[0])
+    with pytest.raises(NotFound):
+        await loads.start("a")
+    now[0] = 9.0
+    with pytest.raises(NotFound):
+        loads.start("a")
+    assert calls == ["a"]
+    now[0] = 10.0
+    await loads.start("a")
+    assert calls == ["a", "a"]
+
+
+async def test_transient_failures_are_not_remembered():
+    calls = []
+
+    async def load(name):
+        calls.append(name)
+        if len(calls) == 1:
+            raise ResourceExhausted("every slot is in use")
+
+    loads = OnDemandLoads(load, negative_cache_s=3600.0, clock=lambda: 0.0)
+    with pytest.raises(ResourceExhausted):
+        await loads.start("a")
+    await loads.start("a")
+    assert calls == ["a", "a"]
+
+
+async def test_on_demand_loads_evict_only_unpinned_adapters(make_engine, root):
+    engine = await make_engine(root)  # max_loaded = 3
+    await engine.load_adapter("alpha", "alpha")  # pinned
+    await collect(engine, req("b", "beta"))
+    await collect(engine, req("g", "gamma"))
+    await collect(engine, req("b2", "beta"))  # gamma is now the unpinned adapter idle longest
+    assert names(engine) == {"alpha": True, "beta": False, "gamma": False}
+    await collect(engine, req("d", "delta"))
+    assert names(engine) == {"alpha": True, "beta": False, "delta": False}
+    assert engine.stats()["adapter_evictions_total"] == 1
+    assert "gamma" in await engine.resolvable_adapters()
+    # Pinned alone: an on-demand load finds no slot it may take, and says so; not remembered.
+    for name in ("beta", "delta"):
+        await engine.unload_adapter(name)
+    await engine.load_adapter("beta", "beta")
+    await engine.load_adapter("delta", "delta")
+    with pytest.raises(ResourceExhausted):
+        await collect(engine, req("g2", "gamma"))
+    assert names(engine) == {"alpha": True, "beta": True, "delta": True}
+    await engine.unload_adapter("delta")
+    await collect(engine, req("g3", "gamma"))
+    assert names(engine) == {"alpha": True, "beta": True, "gamma": False}
+
+
+async def test_the_deadline_bounds_the_wait_for_a_load(make_engine, root):
+    engine = await make_engine(root)
+    late = engine.generate(req("late", "alpha", deadline=time.monotonic() - 1))
+    on_time = engine.generate(req("on-time", "alpha"))
+    with pytest.raises(DeadlineExceeded):
+        await late.__anext__()
+    ids, _, final = await collect_stream(on_time)  # the load went on for the request that waits
+    assert final.completion_tokens == len(ids) > 0
+    assert names(engine) == {"alpha": False}
+
+
+async def test_off_by_config_a_request_needs_a_loaded_adapter(make_engine, root):
+    engine = await make_engine(root, on_demand=False)
+    with pytest.raises(NotFound):
+        engine.generate(req("x", "alpha"))
+    assert await engine.resolvable_adapters() == []
