@@ -1,7 +1,7 @@
 """The one place where exceptions become gRPC status codes.
 
 Engines and validation raise `engines.errors` classes; the interceptor in
-`daemon/interceptors.py` turns them into a status for a whole call, and session-style
+`daemon/interceptors/errors.py` turns them into a status for a whole call, and session-style
 streams use `to_status()` to put the same code and message into a per-request error frame
 (the stream lives on). Anything unexpected is INTERNAL, logged with its traceback, and
 never leaks the exception text to the client.

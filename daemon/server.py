@@ -26,7 +26,7 @@ from grpc_reflection.v1alpha import reflection
 
 from daemon import registry, shipped
 from daemon.config import GalacticConfig
-from daemon.interceptors import Admission, BoundaryInterceptor
+from daemon.interceptors import Admission, chain
 from daemon.metrics import MetricsEndpoint
 from daemon.systemd import Notifier
 from daemon.validation import Bounds
@@ -116,7 +116,7 @@ class Daemon:
 
         bounds = Bounds(cfg.limits)
         server = grpc.aio.server(
-            interceptors=[BoundaryInterceptor(self.admission, bounds)],
+            interceptors=chain(self.admission, bounds),
             options=self._channel_options(),
             maximum_concurrent_rpcs=cfg.server.max_concurrent_rpcs or None,
         )

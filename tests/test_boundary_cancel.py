@@ -22,7 +22,7 @@ from prometheus_client import REGISTRY
 
 from daemon import telemetry
 from daemon.config import TelemetryConfig
-from daemon.interceptors import Admission, BoundaryInterceptor
+from daemon.interceptors import Admission, chain
 from galactic.v1 import generation_pb2 as pb
 from galactic.v1 import generation_pb2_grpc
 
@@ -39,7 +39,7 @@ class Flood(generation_pb2_grpc.GenerationServicer):
 async def flood_server():
     admission = Admission()
     admission.ready = True
-    server = grpc.aio.server(interceptors=[BoundaryInterceptor(admission)])
+    server = grpc.aio.server(interceptors=chain(admission))
     generation_pb2_grpc.add_GenerationServicer_to_server(Flood(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

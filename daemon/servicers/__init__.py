@@ -3,7 +3,7 @@
 Each servicer looks up the engine a request names, translates the message into the engine's
 dataclasses, and translates results back. Validation that needs the model (token limits,
 adapters) is the engine's; errors are raised as `engines.errors` and mapped to status codes
-by the interceptor (`daemon/interceptors.py`).
+by the interceptors (`daemon/interceptors/`).
 """
 
 from __future__ import annotations

@@ -63,7 +63,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         return pb.ListAdaptersResponse(adapters=[to_adapter_info(engine.name, a) for a in engine.list_adapters()])
 
     async def ReloadModel(self, request, context) -> pb.ModelInfo:
-        # Admin-only (daemon/interceptors.py ADMIN_MUTATIONS). The engine validates the
+        # Admin-only (daemon/interceptors/admission.py ADMIN_MUTATIONS). The engine validates the
         # checkpoint before it swaps: a bad one raises, naming `path`, and the old one stays.
         reloadable = {name: e for name, e in self._engines.items() if hasattr(e, "reload")}
         if request.name and request.name in self._engines and request.name not in reloadable:

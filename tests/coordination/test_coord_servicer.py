@@ -8,7 +8,7 @@ from galactic.v1 import coordination_pb2 as pb
 from galactic.v1 import coordination_pb2_grpc
 
 from daemon.servicers.coordination import CoordinationServicer, build_coordinate_request, to_pb
-from daemon.interceptors import Admission, BoundaryInterceptor
+from daemon.interceptors import Admission, chain
 
 BAND = {"g": pb.BAND_G, "r": pb.BAND_R, "i": pb.BAND_I}
 
@@ -28,7 +28,7 @@ def request_pb(req) -> pb.CoordinateRequest:
 async def stub(engine):
     admission = Admission()
     admission.ready = True
-    server = grpc.aio.server(interceptors=[BoundaryInterceptor(admission)])  # the daemon's own boundary
+    server = grpc.aio.server(interceptors=chain(admission))  # the daemon's own boundary
     coordination_pb2_grpc.add_CoordinationServicer_to_server(CoordinationServicer(engine), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
