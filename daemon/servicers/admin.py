@@ -32,7 +32,7 @@ def to_model_info(engine) -> pb.ModelInfo:
 
 def to_adapter_info(model: str, a) -> pb.AdapterInfo:
     return pb.AdapterInfo(name=a.name, path=str(a.path), rank=a.rank, in_use=a.in_use,
-                          loaded_at=a.loaded_at, last_used=a.last_used, model=model)
+                          loaded_at=a.loaded_at, last_used=a.last_used, model=model, pinned=a.pinned)
 
 
 class AdminServicer(admin_pb2_grpc.AdminServicer):
@@ -60,7 +60,8 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
 
     async def ListAdapters(self, request, context) -> pb.ListAdaptersResponse:
         engine = pick(self._llms, request.model)
-        return pb.ListAdaptersResponse(adapters=[to_adapter_info(engine.name, a) for a in engine.list_adapters()])
+        return pb.ListAdaptersResponse(adapters=[to_adapter_info(engine.name, a) for a in engine.list_adapters()],
+                                       resolvable=await engine.resolvable_adapters(), model=engine.name)
 
     async def ReloadModel(self, request, context) -> pb.ModelInfo:
         # Admin-only (daemon/interceptors/admission.py ADMIN_MUTATIONS). The engine validates the

@@ -63,9 +63,13 @@ async def test_admin_commands(target, capsys):
     code, out, _ = await galactic(capsys, *t, "adapters", "load", "fr", "fr")
     assert code == 0 and "loaded fr (rank 8)" in out
     code, out, _ = await galactic(capsys, *t, "adapters", "list")
-    assert code == 0 and out.splitlines()[0].split() == ["NAME", "MODEL", "RANK", "IN_USE", "PATH"] and "fr" in out
+    header, *rows = out.splitlines()
+    assert code == 0 and header.split() == ["NAME", "MODEL", "STATE", "RANK", "IN_USE", "PATH"]
+    assert [row.split()[:4] for row in rows] == [["fr", LLM, "pinned", "8"]]
     code, out, _ = await galactic(capsys, *t, "adapters", "unload", "fr", "--force")
     assert code == 0 and "unloaded fr" in out
+    code, out, _ = await galactic(capsys, *t, "adapters", "list")  # under the root: a request may name it
+    assert code == 0 and [row.split() for row in out.splitlines()[1:]] == [["fr", LLM, "resolvable"]]
     code, out, _ = await galactic(capsys, *t, "models")
     assert code == 0 and LLM in out and "coordination" in out and "READY" in out
     code, out, _ = await galactic(capsys, *t, "stats")

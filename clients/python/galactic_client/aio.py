@@ -368,8 +368,13 @@ class AsyncClient:
         await self._unary(self._admin.UnloadAdapter, request, timeout)
 
     async def list_adapters(self, *, model: str = "", timeout: float | None = None) -> list[admin_pb2.AdapterInfo]:
-        response = await self._unary(self._admin.ListAdapters, admin_pb2.ListAdaptersRequest(model=model), timeout)
-        return list(response.adapters)
+        """The adapters loaded on `model` (`pinned` = by LoadAdapter, else on demand)."""
+        return list((await self.adapter_listing(model=model, timeout=timeout)).adapters)
+
+    async def adapter_listing(self, *, model: str = "", timeout: float | None = None) -> admin_pb2.ListAdaptersResponse:
+        """ListAdapters whole: the loaded adapters (`adapters`) and the names a request may
+        use without LoadAdapter, loaded on first use (`resolvable`)."""
+        return await self._unary(self._admin.ListAdapters, admin_pb2.ListAdaptersRequest(model=model), timeout)
 
     async def reload_model(self, name: str, path: str, *, timeout: float | None = None) -> admin_pb2.ModelInfo:
         """Admin.ReloadModel: swap in the checkpoint at `path` (on the daemon's host) without a

@@ -164,8 +164,13 @@ def _table(rows: list[list[str]], header: list[str]) -> None:
 
 
 def _adapters_list(client: Client, args) -> int:
-    rows = [[a.name, a.model, str(a.rank), str(a.in_use), a.path] for a in client.list_adapters(model=args.model)]
-    _table(rows, ["NAME", "MODEL", "RANK", "IN_USE", "PATH"])
+    """Loaded adapters (STATE pinned: by LoadAdapter; loaded: on demand, evictable), then
+    those a request would load on demand (resolvable)."""
+    listing = client.adapter_listing(model=args.model)
+    rows = [[a.name, a.model, "pinned" if a.pinned else "loaded", str(a.rank), str(a.in_use), a.path]
+            for a in listing.adapters]
+    rows += [[name, listing.model, "resolvable", "", "", ""] for name in listing.resolvable]
+    _table(rows, ["NAME", "MODEL", "STATE", "RANK", "IN_USE", "PATH"])
     return 0
 
 

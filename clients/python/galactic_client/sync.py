@@ -150,6 +150,7 @@ class Client:
     load_adapter = _bridged("load_adapter")
     unload_adapter = _bridged("unload_adapter")
     list_adapters = _bridged("list_adapters")
+    adapter_listing = _bridged("adapter_listing")
     stats = _bridged("stats")
     health = _bridged("health")
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from galactic.v1 import tensor_pb2 as galactic_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17galactic/v1/admin.proto\x12\x0bgalactic.v1\x1a\x18galactic/v1/tensor.proto\"0\n\x12ReloadModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.galactic.v1.ModelInfo\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x94\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12&\n\x05state\x18\x04 \x01(\x0e\x32\x17.galactic.v1.ModelState\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x12\n\nparameters\x18\x06 \x01(\x04\x12\x14\n\x0cmemory_bytes\x18\x07 \x01(\x04\x12\x13\n\x0b\x63onfig_json\x18\x08 \x01(\t\x12\x10\n\x08services\x18\t \x03(\t\x12\'\n\x06inputs\x18\n \x03(\x0b\x32\x17.galactic.v1.TensorSpec\x12(\n\x07outputs\x18\x0b \x03(\x0b\x32\x17.galactic.v1.TensorSpec\"?\n\x12LoadAdapterRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\"|\n\x0b\x41\x64\x61pterInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04rank\x18\x03 \x01(\r\x12\x0e\n\x06in_use\x18\x04 \x01(\r\x12\x11\n\tloaded_at\x18\x05 \x01(\x01\x12\x11\n\tlast_used\x18\x06 \x01(\x01\x12\r\n\x05model\x18\x07 \x01(\t\"B\n\x14UnloadAdapterRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\"\x17\n\x15UnloadAdapterResponse\"$\n\x13ListAdaptersRequest\x12\r\n\x05model\x18\x01 \x01(\t\"B\n\x14ListAdaptersResponse\x12*\n\x08\x61\x64\x61pters\x18\x01 \x03(\x0b\x32\x18.galactic.v1.AdapterInfo\"\x11\n\x0fGetStatsRequest\"\xba\x01\n\x10GetStatsResponse\x12\x10\n\x08uptime_s\x18\x01 \x01(\x01\x12\x11\n\tin_flight\x18\x02 \x01(\r\x12\x39\n\x06models\x18\x03 \x03(\x0b\x32).galactic.v1.GetStatsResponse.ModelsEntry\x1a\x46\n\x0bModelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.galactic.v1.ModelStats:\x02\x38\x01\"p\n\nModelStats\x12\x33\n\x06values\x18\x01 \x03(\x0b\x32#.galactic.v1.ModelStats.ValuesEntry\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*h\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07LOADING\x10\x01\x12\t\n\x05READY\x10\x02\x12\x0c\n\x08\x44RAINING\x10\x03\x12\x0b\n\x07STOPPED\x10\x04\x12\n\n\x06\x46\x41ILED\x10\x05\x32\xa0\x04\n\x05\x41\x64min\x12M\n\nListModels\x12\x1e.galactic.v1.ListModelsRequest\x1a\x1f.galactic.v1.ListModelsResponse\x12@\n\x08GetModel\x12\x1c.galactic.v1.GetModelRequest\x1a\x16.galactic.v1.ModelInfo\x12H\n\x0bLoadAdapter\x12\x1f.galactic.v1.LoadAdapterRequest\x1a\x18.galactic.v1.AdapterInfo\x12V\n\rUnloadAdapter\x12!.galactic.v1.UnloadAdapterRequest\x1a\".galactic.v1.UnloadAdapterResponse\x12S\n\x0cListAdapters\x12 .galactic.v1.ListAdaptersRequest\x1a!.galactic.v1.ListAdaptersResponse\x12G\n\x08GetStats\x12\x1c.galactic.v1.GetStatsRequest\x1a\x1d.galactic.v1.GetStatsResponse\x12\x46\n\x0bReloadModel\x12\x1f.galactic.v1.ReloadModelRequest\x1a\x16.galactic.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17galactic/v1/admin.proto\x12\x0bgalactic.v1\x1a\x18galactic/v1/tensor.proto\"0\n\x12ReloadModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\"\x13\n\x11ListModelsRequest\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.galactic.v1.ModelInfo\"\x1f\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x94\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12&\n\x05state\x18\x04 \x01(\x0e\x32\x17.galactic.v1.ModelState\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x12\n\nparameters\x18\x06 \x01(\x04\x12\x14\n\x0cmemory_bytes\x18\x07 \x01(\x04\x12\x13\n\x0b\x63onfig_json\x18\x08 \x01(\t\x12\x10\n\x08services\x18\t \x03(\t\x12\'\n\x06inputs\x18\n \x03(\x0b\x32\x17.galactic.v1.TensorSpec\x12(\n\x07outputs\x18\x0b \x03(\x0b\x32\x17.galactic.v1.TensorSpec\"?\n\x12LoadAdapterRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\"\x8c\x01\n\x0b\x41\x64\x61pterInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0c\n\x04rank\x18\x03 \x01(\r\x12\x0e\n\x06in_use\x18\x04 \x01(\r\x12\x11\n\tloaded_at\x18\x05 \x01(\x01\x12\x11\n\tlast_used\x18\x06 \x01(\x01\x12\r\n\x05model\x18\x07 \x01(\t\x12\x0e\n\x06pinned\x18\x08 \x01(\x08\"B\n\x14UnloadAdapterRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\"\x17\n\x15UnloadAdapterResponse\"$\n\x13ListAdaptersRequest\x12\r\n\x05model\x18\x01 \x01(\t\"e\n\x14ListAdaptersResponse\x12*\n\x08\x61\x64\x61pters\x18\x01 \x03(\x0b\x32\x18.galactic.v1.AdapterInfo\x12\x12\n\nresolvable\x18\x02 \x03(\t\x12\r\n\x05model\x18\x03 \x01(\t\"\x11\n\x0fGetStatsRequest\"\xba\x01\n\x10GetStatsResponse\x12\x10\n\x08uptime_s\x18\x01 \x01(\x01\x12\x11\n\tin_flight\x18\x02 \x01(\r\x12\x39\n\x06models\x18\x03 \x03(\x0b\x32).galactic.v1.GetStatsResponse.ModelsEntry\x1a\x46\n\x0bModelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.galactic.v1.ModelStats:\x02\x38\x01\"p\n\nModelStats\x12\x33\n\x06values\x18\x01 \x03(\x0b\x32#.galactic.v1.ModelStats.ValuesEntry\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*h\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07LOADING\x10\x01\x12\t\n\x05READY\x10\x02\x12\x0c\n\x08\x44RAINING\x10\x03\x12\x0b\n\x07STOPPED\x10\x04\x12\n\n\x06\x46\x41ILED\x10\x05\x32\xa0\x04\n\x05\x41\x64min\x12M\n\nListModels\x12\x1e.galactic.v1.ListModelsRequest\x1a\x1f.galactic.v1.ListModelsResponse\x12@\n\x08GetModel\x12\x1c.galactic.v1.GetModelRequest\x1a\x16.galactic.v1.ModelInfo\x12H\n\x0bLoadAdapter\x12\x1f.galactic.v1.LoadAdapterRequest\x1a\x18.galactic.v1.AdapterInfo\x12V\n\rUnloadAdapter\x12!.galactic.v1.UnloadAdapterRequest\x1a\".galactic.v1.UnloadAdapterResponse\x12S\n\x0cListAdapters\x12 .galactic.v1.ListAdaptersRequest\x1a!.galactic.v1.ListAdaptersResponse\x12G\n\x08GetStats\x12\x1c.galactic.v1.GetStatsRequest\x1a\x1d.galactic.v1.GetStatsResponse\x12\x46\n\x0bReloadModel\x12\x1f.galactic.v1.ReloadModelRequest\x1a\x16.galactic.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,8 +36,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSTATSRESPONSE_MODELSENTRY']._serialized_options = b'8\001'
   _globals['_MODELSTATS_VALUESENTRY']._loaded_options = None
   _globals['_MODELSTATS_VALUESENTRY']._serialized_options = b'8\001'
-  _globals['_MODELSTATE']._serialized_start=1223
-  _globals['_MODELSTATE']._serialized_end=1327
+  _globals['_MODELSTATE']._serialized_start=1275
+  _globals['_MODELSTATE']._serialized_end=1379
   _globals['_RELOADMODELREQUEST']._serialized_start=66
   _globals['_RELOADMODELREQUEST']._serialized_end=114
   _globals['_LISTMODELSREQUEST']._serialized_start=116
@@ -50,26 +50,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELINFO']._serialized_end=509
   _globals['_LOADADAPTERREQUEST']._serialized_start=511
   _globals['_LOADADAPTERREQUEST']._serialized_end=574
-  _globals['_ADAPTERINFO']._serialized_start=576
-  _globals['_ADAPTERINFO']._serialized_end=700
-  _globals['_UNLOADADAPTERREQUEST']._serialized_start=702
-  _globals['_UNLOADADAPTERREQUEST']._serialized_end=768
-  _globals['_UNLOADADAPTERRESPONSE']._serialized_start=770
-  _globals['_UNLOADADAPTERRESPONSE']._serialized_end=793
-  _globals['_LISTADAPTERSREQUEST']._serialized_start=795
-  _globals['_LISTADAPTERSREQUEST']._serialized_end=831
-  _globals['_LISTADAPTERSRESPONSE']._serialized_start=833
-  _globals['_LISTADAPTERSRESPONSE']._serialized_end=899
-  _globals['_GETSTATSREQUEST']._serialized_start=901
-  _globals['_GETSTATSREQUEST']._serialized_end=918
-  _globals['_GETSTATSRESPONSE']._serialized_start=921
-  _globals['_GETSTATSRESPONSE']._serialized_end=1107
-  _globals['_GETSTATSRESPONSE_MODELSENTRY']._serialized_start=1037
-  _globals['_GETSTATSRESPONSE_MODELSENTRY']._serialized_end=1107
-  _globals['_MODELSTATS']._serialized_start=1109
-  _globals['_MODELSTATS']._serialized_end=1221
-  _globals['_MODELSTATS_VALUESENTRY']._serialized_start=1176
-  _globals['_MODELSTATS_VALUESENTRY']._serialized_end=1221
-  _globals['_ADMIN']._serialized_start=1330
-  _globals['_ADMIN']._serialized_end=1874
+  _globals['_ADAPTERINFO']._serialized_start=577
+  _globals['_ADAPTERINFO']._serialized_end=717
+  _globals['_UNLOADADAPTERREQUEST']._serialized_start=719
+  _globals['_UNLOADADAPTERREQUEST']._serialized_end=785
+  _globals['_UNLOADADAPTERRESPONSE']._serialized_start=787
+  _globals['_UNLOADADAPTERRESPONSE']._serialized_end=810
+  _globals['_LISTADAPTERSREQUEST']._serialized_start=812
+  _globals['_LISTADAPTERSREQUEST']._serialized_end=848
+  _globals['_LISTADAPTERSRESPONSE']._serialized_start=850
+  _globals['_LISTADAPTERSRESPONSE']._serialized_end=951
+  _globals['_GETSTATSREQUEST']._serialized_start=953
+  _globals['_GETSTATSREQUEST']._serialized_end=970
+  _globals['_GETSTATSRESPONSE']._serialized_start=973
+  _globals['_GETSTATSRESPONSE']._serialized_end=1159
+  _globals['_GETSTATSRESPONSE_MODELSENTRY']._serialized_start=1089
+  _globals['_GETSTATSRESPONSE_MODELSENTRY']._serialized_end=1159
+  _globals['_MODELSTATS']._serialized_start=1161
+  _globals['_MODELSTATS']._serialized_end=1273
+  _globals['_MODELSTATS_VALUESENTRY']._serialized_start=1228
+  _globals['_MODELSTATS_VALUESENTRY']._serialized_end=1273
+  _globals['_ADMIN']._serialized_start=1382
+  _globals['_ADMIN']._serialized_end=1926
 # @@protoc_insertion_point(module_scope)

@@ -84,7 +84,7 @@ class LoadAdapterRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., name: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
 
 class AdapterInfo(_message.Message):
-    __slots__ = ("name", "path", "rank", "in_use", "loaded_at", "last_used", "model")
+    __slots__ = ("name", "path", "rank", "in_use", "loaded_at", "last_used", "model", "pinned")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +92,7 @@ class AdapterInfo(_message.Message):
     LOADED_AT_FIELD_NUMBER: _ClassVar[int]
     LAST_USED_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    PINNED_FIELD_NUMBER: _ClassVar[int]
     name: str
     path: str
     rank: int
@@ -99,7 +100,8 @@ class AdapterInfo(_message.Message):
     loaded_at: float
     last_used: float
     model: str
-    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., rank: _Optional[int] = ..., in_use: _Optional[int] = ..., loaded_at: _Optional[float] = ..., last_used: _Optional[float] = ..., model: _Optional[str] = ...) -> None: ...
+    pinned: bool
+    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ..., rank: _Optional[int] = ..., in_use: _Optional[int] = ..., loaded_at: _Optional[float] = ..., last_used: _Optional[float] = ..., model: _Optional[str] = ..., pinned: bool = ...) -> None: ...
 
 class UnloadAdapterRequest(_message.Message):
     __slots__ = ("model", "name", "force")
@@ -122,10 +124,14 @@ class ListAdaptersRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ...) -> None: ...
 
 class ListAdaptersResponse(_message.Message):
-    __slots__ = ("adapters",)
+    __slots__ = ("adapters", "resolvable", "model")
     ADAPTERS_FIELD_NUMBER: _ClassVar[int]
+    RESOLVABLE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     adapters: _containers.RepeatedCompositeFieldContainer[AdapterInfo]
-    def __init__(self, adapters: _Optional[_Iterable[_Union[AdapterInfo, _Mapping]]] = ...) -> None: ...
+    resolvable: _containers.RepeatedScalarFieldContainer[str]
+    model: str
+    def __init__(self, adapters: _Optional[_Iterable[_Union[AdapterInfo, _Mapping]]] = ..., resolvable: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ...) -> None: ...
 
 class GetStatsRequest(_message.Message):
     __slots__ = ()

@@ -89,7 +89,8 @@ class AdminServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def LoadAdapter(self, request, context):
-        """Hot-load a LoRA adapter from a directory under the configured adapter root.
+        """Hot-load a LoRA adapter from a directory under the configured adapter root, pinned (an
+        adapter loaded on demand never evicts it); pins the same adapter a request loaded on demand.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -98,13 +99,14 @@ class AdminServicer(object):
     def UnloadAdapter(self, request, context):
         """Unload an adapter: new requests naming it get NOT_FOUND at once; requests already
         using it finish, and the call returns after the last one (or cancels them if forced).
+        Once it is gone, a request naming a directory under the root loads it again on demand.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListAdapters(self, request, context):
-        """Adapters loaded on a model.
+        """Adapters loaded on a model, and those it would load on demand.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
