@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any, AsyncContextManager, Callable
+from typing import Any, AsyncContextManager, Callable, Iterator
 
 import grpc
 
@@ -68,6 +68,19 @@ class Around(grpc.aio.ServerInterceptor):
                         await context.write(response)
                 return None
         return call
+
+
+@contextlib.contextmanager
+def on_end(context: grpc.aio.ServicerContext, then: Callable[[grpc.StatusCode], None]) -> Iterator[None]:
+    """Run the block, then `then(code)` with the status the call ended with, however it ended."""
+    failure: BaseException | None = None
+    try:
+        yield
+    except BaseException as exc:
+        failure = exc
+        raise
+    finally:
+        then(ended_with(failure, context))
 
 
 def ended_with(exc: BaseException | None, context: grpc.aio.ServicerContext) -> grpc.StatusCode:

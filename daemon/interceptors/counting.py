@@ -11,7 +11,7 @@ import structlog
 
 from daemon import metrics
 from daemon.interceptors.admission import Admission
-from daemon.interceptors.base import Around, ended_with
+from daemon.interceptors.base import Around, on_end
 
 log = structlog.get_logger("galacticd.rpc")
 
@@ -26,17 +26,13 @@ class CountingInterceptor(Around):
         start = time.perf_counter()
         self._admission.enter()
         metrics.RPC_REQUESTS.labels(method).inc()
-        failure: BaseException | None = None
-        try:
-            yield
-        except BaseException as exc:
-            failure = exc
-            raise
-        finally:
+
+        def ended(code: grpc.StatusCode) -> None:
             elapsed = time.perf_counter() - start
             self._admission.leave()
             metrics.RPC_LATENCY.labels(method).observe(elapsed)
-            code = ended_with(failure, context)
             if code is not grpc.StatusCode.OK:
                 metrics.RPC_ERRORS.labels(method, code.name).inc()
             log.debug("rpc done", code=code.name, ms=round(elapsed * 1e3, 2))
+        with on_end(context, ended):
+            yield

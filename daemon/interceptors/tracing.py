@@ -11,7 +11,7 @@ import structlog
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from daemon.interceptors.base import Around, ended_with
+from daemon.interceptors.base import Around, on_end
 
 tracer = trace.get_tracer("galacticd")
 
@@ -31,14 +31,11 @@ class TracingInterceptor(Around):
                 structlog.contextvars.bound_contextvars(request_id=request_id, method=method, **_trace_ids(span)):
             span.set_attribute("rpc.system", "grpc")
             span.set_attribute("galactic.request_id", request_id)
-            failure: BaseException | None = None
-            try:
+            with on_end(context, lambda code: _record(span, code)):
                 yield
-            except BaseException as exc:
-                failure = exc
-                raise
-            finally:
-                code = ended_with(failure, context)
-                if code is not grpc.StatusCode.OK:
-                    span.set_status(Status(StatusCode.ERROR, code.name))
-                span.set_attribute("rpc.grpc.status_code", code.value[0])
+
+
+def _record(span, code: grpc.StatusCode) -> None:
+    if code is not grpc.StatusCode.OK:
+        span.set_status(Status(StatusCode.ERROR, code.name))
+    span.set_attribute("rpc.grpc.status_code", code.value[0])
