@@ -52,8 +52,14 @@ def names(engine) -> dict[str, bool]:
 
 
 async def test_concurrent_first_requests_share_one_load(make_engine, root):
+    from prometheus_client import REGISTRY
+
+    def loads_metric() -> float:  # every engine of the tests is "tiny": compare before and after
+        return REGISTRY.get_sample_value("galactic_llm_adapter_loads_on_demand_total", {"model": "tiny"}) or 0.0
+
     engine = await make_engine(root)
     assert await engine.resolvable_adapters() == ["alpha", "beta", "delta", "gamma"]
+    metric_before = loads_metric()
     # generate() is synchronous: the six requests have all joined the load before the
     # event loop can run it, so a second load could only come from a broken single flight.
     streams = [engine.generate(req(f"r{i}", "alpha")) for i in range(6)]
@@ -61,6 +67,7 @@ async def test_concurrent_first_requests_share_one_load(make_engine, root):
     stats = engine.stats()
     assert stats["adapter_loads_on_demand_total"] == 1
     assert stats["adapter_load_failures_total"] == 0
+    assert loads_metric() - metric_before == 1
     assert names(engine) == {"alpha": False}
     assert "alpha" not in await engine.resolvable_adapters()
     base, _, _ = await collect(engine, req("base", None))
