@@ -115,10 +115,6 @@ class SlotCache:
             buf[b, :, :n] = tmp
         self.lengths[a], self.lengths[b] = self.lengths[b], self.lengths[a]
 
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.k + self.v)
-
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float | None,
           causal: bool = False) -> torch.Tensor:
