@@ -19,11 +19,6 @@ MODEL = "coordination"
 
 
 @pytest.fixture
-async def coord_daemon(daemon_factory):
-    return await daemon_factory({"coordination": {"batching": {"max_queue_delay_ms": 2.0}}})
-
-
-@pytest.fixture
 def stub(coord_daemon, channel_to):
     return grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel_to(coord_daemon))
 

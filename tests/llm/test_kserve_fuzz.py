@@ -100,12 +100,9 @@ def requests(draw):
 
 
 @pytest.fixture
-async def both_daemon(daemon_factory, tiny_dir, adapters_root):
-    return await daemon_factory({
-        "llm": {"name": "tiny", "path": str(tiny_dir), "device": "cpu",
-                "scheduler": {"max_running": 8, "max_batch_tokens": 2048, "max_waiting": 64,
-                              "prefill_chunk_tokens": 16, "max_prompt_tokens": 128, "max_new_tokens_limit": 8},
-                "adapters": {"root": str(adapters_root), "max_loaded": 3}},
+async def both_daemon(llm_daemon_with):
+    return await llm_daemon_with({
+        "llm": {"scheduler": {"max_waiting": 64, "max_prompt_tokens": 128, "max_new_tokens_limit": 8}},
         "coordination": {"batching": {"max_queue_delay_ms": 1.0}},
     })
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import struct
 
 import grpc
@@ -22,16 +21,6 @@ from inference import grpc_service_pb2_grpc
 MODEL = "tiny"
 PROMPT = "The quick brown fox"
 FINAL = "triton_final_response"
-
-
-@pytest.fixture
-async def llm_daemon(daemon_factory, tiny_dir, adapters_root):
-    return await daemon_factory({"llm": {
-        "name": MODEL, "path": str(tiny_dir), "device": "cpu",
-        "scheduler": {"max_running": 8, "max_batch_tokens": 2048, "max_waiting": 16,
-                      "prefill_chunk_tokens": 16, "max_prompt_tokens": 256},
-        "adapters": {"root": str(adapters_root), "max_loaded": 3},
-    }})
 
 
 @pytest.fixture
@@ -262,19 +251,12 @@ async def test_drain_finishes_the_stream_s_requests_refuses_new_ones_and_ends_it
     await asyncio.wait_for(drain, timeout=llm_daemon.config.server.grace_period_s / 2)
 
 
-async def test_tokens_are_charged_to_the_tenant(daemon_factory, tiny_dir, adapters_root, tmp_path, channel_to):
+async def test_tokens_are_charged_to_the_tenant(llm_daemon_with, tmp_path, channel_to):
     # One KServe generation of 200 tokens puts a 20-tokens-a-minute tenant in debt for
     # minutes: its next calls, on either protocol, are refused; another tenant's are not.
     keys = tmp_path / "keys"
     keys.write_text("tok-a tenant=team-a tokens_per_min=20\ntok-free\n")
-    shutil.copytree(adapters_root, tmp_path / "adapters")
-    daemon = await daemon_factory({
-        "llm": {"name": MODEL, "path": str(tiny_dir), "device": "cpu",
-                "scheduler": {"max_running": 8, "max_batch_tokens": 2048, "max_waiting": 16,
-                              "prefill_chunk_tokens": 16, "max_prompt_tokens": 256},
-                "adapters": {"root": str(tmp_path / "adapters"), "max_loaded": 3}},
-        "security": {"api_keys_file": str(keys)},
-    })
+    daemon = await llm_daemon_with({"security": {"api_keys_file": str(keys)}})
     channel = channel_to(daemon)
     stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
     a = [("authorization", "Bearer tok-a")]

@@ -122,14 +122,10 @@ def triton_python(tmp_path_factory):
 
 
 @pytest.fixture
-async def both_daemon(daemon_factory, tiny_dir, adapters_root):
-    return await daemon_factory({
-        "llm": {"name": "tiny", "path": str(tiny_dir), "device": "cpu",
-                "scheduler": {"max_running": 8, "max_batch_tokens": 2048, "max_waiting": 16,
-                              "prefill_chunk_tokens": 16, "max_prompt_tokens": 256},
-                "adapters": {"root": str(adapters_root), "max_loaded": 3}},
-        "coordination": {"batching": {"max_queue_delay_ms": 2.0}},
-    })
+async def both_daemon(llm_daemon_with):
+    from sections import COORDINATION
+
+    return await llm_daemon_with(COORDINATION)
 
 
 async def run_client(py, daemon, *args: str) -> dict:
