@@ -53,7 +53,15 @@ from engines.llm.detok import IncrementalDecoder
 from engines.llm.output import OutputProcessor, RequestOutput
 from engines.llm.runner import StepResult
 from engines.llm.scheduler import Scheduler, Sequence
-from engines.llm.types import AdapterInfo, GenerationRequest, FinishReason, FinalOutput, SamplingParams, TokenChunk
+from engines.llm.types import (
+    AdapterInfo,
+    FinalOutput,
+    FinishReason,
+    GenerationRequest,
+    SamplingParams,
+    Timings,
+    TokenChunk,
+)
 from engines.llm.validation import validate_and_tokenize
 from engines.worker import Outbox, ResultStream, SupervisedWorker
 
@@ -63,6 +71,11 @@ tracer = trace.get_tracer(__name__)
 # Steps failing in a row (not out of memory) after which the worker gives up: the engine is
 # then broken, not unlucky, and the daemon restarts it (health NOT_SERVING meanwhile).
 MAX_FAILED_STEPS = 3
+
+
+async def _ended():
+    return
+    yield
 
 
 class RequestStream:
@@ -75,17 +88,19 @@ class RequestStream:
     DeadlineExceeded, is then that call's exception."""
 
     def __init__(self, seq: Sequence[RequestOutput] | None, wake: Callable[[], None],
-                 start: Callable[[], Awaitable[Sequence[RequestOutput]]] | None = None) -> None:
+                 start: Callable[[], Awaitable[Sequence[RequestOutput]]] | None = None,
+                 forget: Callable[[], object] = lambda: None) -> None:
         self._seq = seq
         self._wake = wake
         self._start = start
+        self._forget = forget  # closed before it was queued: the engine forgets the request
         self._closed = False
         self._items = seq.handle.stream.__aiter__() if seq is not None else None
 
     @classmethod
-    def after_load(cls, wake: Callable[[], None],
-                   start: Callable[[], Awaitable[Sequence[RequestOutput]]]) -> "RequestStream":
-        return cls(None, wake, start)
+    def after_load(cls, wake: Callable[[], None], start: Callable[[], Awaitable[Sequence[RequestOutput]]],
+                   forget: Callable[[], object]) -> "RequestStream":
+        return cls(None, wake, start, forget)
 
     def __aiter__(self) -> "RequestStream":
         return self
@@ -93,8 +108,9 @@ class RequestStream:
     async def __anext__(self) -> TokenChunk | FinalOutput:
         try:
             if self._items is None:
-                if self._closed:  # closed while its adapter loaded: never queued
-                    raise StopAsyncIteration
+                if self._closed:  # cancelled before it was queued: its one FinalOutput, then the end
+                    self._items = _ended()
+                    return FinalOutput(FinishReason.CANCELLED, 0, 0, Timings(0.0, 0.0, 0.0))
                 self._seq = await self._start()
                 self._items = self._seq.handle.stream.__aiter__()
                 if self._closed:
@@ -108,6 +124,8 @@ class RequestStream:
 
     def close(self) -> None:
         self._closed = True
+        if self._seq is None:
+            self._forget()
         if self._seq is not None and not self._seq.done:
             self._seq.cancelled = True
             self._wake()
@@ -137,6 +155,7 @@ class LLMEngine:
         self._live: dict[str, Sequence[RequestOutput]] = {}
         self._order = itertools.count()
         self._adapters: AdapterRegistry | None = None  # built in load(), with the model
+        self._loading: dict[str, RequestStream] = {}  # request id -> a request waiting for its adapter
         self._on_demand = OnDemandLoads(self._load_on_demand, config.adapters.negative_cache_s,
                                         precheck=self._check_adapter_dir)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -322,8 +341,14 @@ class LLMEngine:
             if self.state != "ready" or self._worker is None:
                 raise Unavailable(f"model {self.name} is {self.state}")
             ids = validate_and_tokenize(request, self.tokenizer, self.config.scheduler, self._facts.max_positions)
+            rid = request.request_id
+            if rid in self._live or rid in self._loading:
+                raise AlreadyExists(f"request {rid!r} is already running", field="request_id")
             flight = self._on_demand.start(request.adapter)
-            return RequestStream.after_load(self._worker.notify, lambda: self._after_load(request, ids, flight))
+            stream = RequestStream.after_load(self._worker.notify, lambda: self._after_load(request, ids, flight),
+                                              forget=lambda: self._loading.pop(rid, None))
+            self._loading[rid] = stream
+            return stream
         return RequestStream(self._enqueue(request), self._worker.notify)
 
     async def _after_load(self, req: GenerationRequest, ids: list[int],
@@ -331,6 +356,13 @@ class LLMEngine:
         """Wait for the adapter's load (within the request's deadline), then queue it. Should
         the adapter be evicted again before the request holds it (a burst of other
         adapters' first requests), it is loaded again, a bounded number of times."""
+        try:
+            return await self._load_then_enqueue(req, ids, flight)
+        finally:
+            self._loading.pop(req.request_id, None)
+
+    async def _load_then_enqueue(self, req: GenerationRequest, ids: list[int],
+                                 flight: asyncio.Future) -> Sequence[RequestOutput]:
         for _ in range(3):
             timeout = None if req.deadline is None else max(0.0, req.deadline - time.monotonic())
             try:
@@ -375,7 +407,12 @@ class LLMEngine:
         self._update_gauges()
 
     def cancel(self, request_id: str) -> bool:
-        """End a live request with FinalOutput(CANCELLED) within one step; False if unknown."""
+        """End a live request with FinalOutput(CANCELLED) within one step (one waiting for
+        its adapter's load: once the load ends); False if unknown."""
+        loading = self._loading.get(request_id)
+        if loading is not None:
+            loading.close()
+            return True
         seq = self._live.get(request_id)
         if seq is None or seq.done:
             return False

@@ -205,3 +205,21 @@ async def test_off_by_config_a_request_needs_a_loaded_adapter(make_engine, root)
     with pytest.raises(NotFound):
         engine.generate(req("x", "alpha"))
     assert await engine.resolvable_adapters() == []
+
+
+async def test_a_request_waiting_for_its_adapter_can_be_cancelled(make_engine, root):
+    from engines.errors import AlreadyExists
+    from engines.llm.types import FinishReason
+
+    engine = await make_engine(root)
+    waiting = engine.generate(req("c", "alpha"))
+    with pytest.raises(AlreadyExists):  # its id is taken while it waits, as once queued
+        engine.generate(req("c", "alpha"))
+    other = engine.generate(req("d", "alpha"))
+    assert engine.cancel("c")
+    ids, _, final = await collect_stream(waiting)
+    assert (ids, final.finish_reason, final.completion_tokens) == ([], FinishReason.CANCELLED, 0)
+    assert not engine.cancel("c")
+    ids, _, final = await collect_stream(other)  # the load went on for the other request
+    assert final.finish_reason is not FinishReason.CANCELLED and len(ids) == final.completion_tokens > 0
+    assert names(engine) == {"alpha": False}
