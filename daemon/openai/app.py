@@ -169,6 +169,9 @@ class OpenAIServer:
         for engine in self._llms.values():
             if any(a.name == name for a in engine.list_adapters()):
                 return engine, name
+        for engine in self._llms.values():  # not loaded: one that would load it on demand
+            if engine.resolves_adapter(name):
+                return engine, name
         raise self._unknown(name)
 
     # ---- generation ------------------------------------------------------------------

@@ -498,6 +498,17 @@ class LLMEngine:
     def list_adapters(self) -> list[AdapterInfo]:
         return self._adapters.infos() if self._adapters is not None else []
 
+    def resolves_adapter(self, name: str) -> bool:
+        """Whether a request naming `name` would load it on demand (one stat of root/<name>):
+        front ends that look a name up before generate() (OpenAI's `model`) accept it."""
+        if self._adapters is None or not self._adapters.wants_load(name):
+            return False
+        try:
+            self._adapters.check_dir(name)
+        except NotFound:
+            return False
+        return True
+
     async def resolvable_adapters(self) -> list[str]:
         """Adapters under adapters.root that a request would load on demand (none with
         `on_demand` off); lists the root off the event loop."""

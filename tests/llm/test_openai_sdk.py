@@ -260,3 +260,22 @@ async def test_model_not_serving_is_503(oa_daemon, aclient, monkeypatch):
     with pytest.raises(openai.InternalServerError) as err:
         await aclient.completions.create(model="tiny", prompt=PROMPT, max_tokens=2)
     assert err.value.status_code == 503 and err.value.code == "unavailable"
+
+
+async def test_an_adapter_not_loaded_is_loaded_on_demand_by_name(aclient, oa_daemon, channel_to):
+    """`model` naming a directory under the adapters root: loaded by the call itself."""
+    from galactic.v1 import admin_pb2, admin_pb2_grpc
+
+    admin = admin_pb2_grpc.AdminStub(channel_to(oa_daemon))
+    auth = [("authorization", "Bearer tok-free")]
+    listed = await admin.ListAdapters(admin_pb2.ListAdaptersRequest(), metadata=auth, timeout=60)
+    assert "gamma" in listed.resolvable and "gamma" not in [a.name for a in listed.adapters]
+    out = await aclient.completions.create(model="gamma", prompt=PROMPT, max_tokens=12, temperature=0,
+                                           extra_body={"ignore_eos": True})
+    try:
+        _, text, _, _ = await native(oa_daemon, channel_to, greedy(12, prompt=PROMPT, adapter="gamma"))
+        assert out.choices[0].text == text and out.model == "gamma"
+        listed = await admin.ListAdapters(admin_pb2.ListAdaptersRequest(), metadata=auth, timeout=60)
+        assert {a.name: a.pinned for a in listed.adapters} == {"alpha": True, "gamma": False}
+    finally:  # the daemon is the session's: leave it as found
+        await admin.UnloadAdapter(admin_pb2.UnloadAdapterRequest(name="gamma"), metadata=auth, timeout=60)
