@@ -60,6 +60,12 @@ class Adapter:
     in_use: int = 0
     unloading: bool = False  # new requests naming it get NotFound
     pinned: bool = False  # loaded by LoadAdapter or preload: on-demand loads never evict it
+    generation: int = 0  # which load of the name this is: a replaced adapter's cached prefixes never match
+
+    @property
+    def cache_key(self) -> str:
+        """What its requests' prompts are cached under (`prefix_cache.py`)."""
+        return f"{self.name}@{self.generation}"
 
     def info(self) -> AdapterInfo:
         return AdapterInfo(self.name, self.path, self.rank, self.loaded_at, self.in_use, self.last_used,
@@ -78,6 +84,10 @@ class AdapterRegistry:
         self._base_hash: str | None = None  # hashed on first need: gigabytes for a large base
         self.evictions = 0
         self.on_evict: Callable[[str], None] = lambda name: None  # the engine's metric
+        # Called under `lock` when an adapter leaves (evicted or unloaded): the engine drops
+        # its cached prefixes.
+        self.on_remove: Callable[[Adapter], None] = lambda adapter: None
+        self._loads = 0  # adapters installed so far: the next one's generation
 
     def base_hash(self) -> str:
         """Blocking: the served model's content hash (computed once)."""
@@ -200,9 +210,11 @@ class AdapterRegistry:
                 del self._by_name[victim.name]
                 self.evictions += 1
                 self.on_evict(victim.name)
+                self.on_remove(victim)
             slot = self.bank.add(weights)
             now = time.time()
-            adapter = Adapter(name, str(full), weights.rank, slot, now, now, pinned=pinned)
+            self._loads += 1
+            adapter = Adapter(name, str(full), weights.rank, slot, now, now, pinned=pinned, generation=self._loads)
             self._by_name[name] = adapter
             return adapter.info()
 
@@ -220,6 +232,7 @@ class AdapterRegistry:
         with self._model_lock, self._lock:
             self.bank.remove(adapter.slot)
             self._by_name.pop(adapter.name, None)
+            self.on_remove(adapter)
 
     def infos(self) -> list[AdapterInfo]:
         with self._lock:

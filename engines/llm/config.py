@@ -98,6 +98,24 @@ class AdapterConfig:
 
 
 @dataclass(frozen=True)
+class PrefixCacheConfig:
+    """Prompt KV reused across requests with the same adapter (`prefix_cache.py`)."""
+
+    enabled: bool = True
+    # Tokens of prompt KV kept for reuse, beyond the running requests' own cache; the least
+    # recently used blocks go first. Per token: 2 x layers x kv_heads x head_dim x dtype
+    # bytes (32 KiB for the 30M demo model in fp32: 8192 tokens = 256 MiB).
+    max_tokens: int = 8192
+    # Prompts are cached in full blocks of this many tokens (a prefix ending mid-block
+    # reuses the blocks before it and computes the rest).
+    block_tokens: int = 16
+
+    def __post_init__(self) -> None:
+        check(self.block_tokens >= 1, "block_tokens", "must be >= 1")
+        check(self.max_tokens >= 0, "max_tokens", "must be >= 0")
+
+
+@dataclass(frozen=True)
 class LLMConfig:
     name: str = "galactic-demo"  # model name clients address
     path: str = "embedded"  # a local Hugging Face causal-LM dir, or "embedded" for the shipped demo model
@@ -135,6 +153,15 @@ class LLMConfig:
     overlap_steps: Literal["auto", "on", "off"] = "auto"
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     adapters: AdapterConfig = field(default_factory=AdapterConfig)
+    # Used by the static KV layouts (kv_cache = "static", with or without compile); the
+    # padded layout has no per-request slot to copy a prefix into: there it is off.
+    prefix_cache: PrefixCacheConfig = field(default_factory=PrefixCacheConfig)
+
+    @property
+    def prefix_caching(self) -> bool:
+        """Whether prompts are looked up in and added to the prefix cache."""
+        pc = self.prefix_cache
+        return pc.enabled and self.kv_cache == "static" and pc.max_tokens >= pc.block_tokens
 
     def __post_init__(self) -> None:
         check(bool(self.name.strip()), "name", "must be non-empty")
@@ -187,4 +214,9 @@ on_demand = true                  # a request naming an unloaded adapter loads r
 negative_cache_s = 10.0           # a failed on-demand load answers with its error this long before it is retried
 # preload = { support = "support-v3" }     # name -> path, loaded at start-up
 require_metadata = false          # refuse adapters without galactic_adapter.json (base model unverifiable)
+
+[llm.prefix_cache]
+enabled = true                    # reuse prompt KV across requests with the same adapter (kv_cache = "static" only)
+max_tokens = 8192                 # prompt tokens kept for reuse; least recently used blocks are evicted beyond it
+block_tokens = 16                 # prompts are cached in full blocks of this many tokens
 """

@@ -51,6 +51,7 @@ from engines.llm.config import LLMConfig
 from engines.llm.core import RUNNERS, ModelFacts, ModelSide, StepRunner
 from engines.llm.detok import IncrementalDecoder
 from engines.llm.output import OutputProcessor, RequestOutput
+from engines.llm.prefix_cache import PrefixIndex
 from engines.llm.runner import StepResult
 from engines.llm.scheduler import Scheduler, Sequence
 from engines.llm.types import (
@@ -151,7 +152,9 @@ class LLMEngine:
         self._outbox: Outbox | None = None  # created with the worker in start()
         self._lock = threading.Lock()
         self._model_lock = threading.Lock()
-        self._scheduler = Scheduler(config.scheduler)
+        pc = config.prefix_cache
+        self._prefix = PrefixIndex(pc.max_tokens, pc.block_tokens) if config.prefix_caching else None
+        self._scheduler = Scheduler(config.scheduler, self._prefix)
         self._live: dict[str, Sequence[RequestOutput]] = {}
         self._order = itertools.count()
         self._adapters: AdapterRegistry | None = None  # built in load(), with the model
@@ -165,6 +168,7 @@ class LLMEngine:
         self._model_dir = ""
         self._counters = {"generated_tokens_total": 0.0, "prompt_tokens_total": 0.0, "steps_total": 0.0,
                           "requests_finished_total": 0.0, "requests_failed_total": 0.0,
+                          "prefix_cache_queried_tokens_total": 0.0, "prefix_cache_hit_tokens_total": 0.0,
                           "adapter_loads_on_demand_total": 0.0, "adapter_load_failures_total": 0.0}
         self._m = m.ModelMetrics(config.name)
         self._output = OutputProcessor(set(), self._m, self._counters)
@@ -187,6 +191,8 @@ class LLMEngine:
         self._output.eos = set(facts.eos)
         self._adapters = AdapterRegistry(self.config.adapters, bank, self._model_lock, self._lock, Path(model_dir))
         self._adapters.on_evict = lambda name: self._m.adapter_evictions.inc()
+        if self._prefix is not None:  # under `_lock`, as every use of the index
+            self._adapters.on_remove = lambda adapter: self._prefix.drop(adapter.cache_key)
         for name, path in self.config.adapters.preload.items():
             progress(f"loading adapter {name}")
             self._adapters.install(name, *self._adapters.read(path))
@@ -235,6 +241,8 @@ class LLMEngine:
                 self._scheduler.finish(seq)
                 self._retire(seq)
         self._runner.reset()
+        with self._lock:
+            self._scheduler.forget_cache()  # the runner's reset emptied the cached blocks
         for seq in victims:
             self._output.fail(seq.handle, Unavailable(f"model {self.name} restarted its worker; retry"))
 
@@ -289,6 +297,9 @@ class LLMEngine:
             "reserved_tokens": float(self._scheduler.reserved),
             "adapters_loaded": float(len(self._adapters or ())),
             "adapter_evictions_total": float(self._adapters.evictions if self._adapters is not None else 0),
+            "prefix_cache_tokens": float(self._prefix.tokens if self._prefix is not None else 0),
+            "prefix_cache_hit_rate": (self._counters["prefix_cache_hit_tokens_total"]
+                                      / max(1.0, self._counters["prefix_cache_queried_tokens_total"])),
         }
 
     @property
@@ -442,7 +453,8 @@ class LLMEngine:
                 span=span, queue_span=tracer.start_span("llm.queue", context=trace.set_span_in_context(span)),
                 t_enqueue=now, prompt_tokens=len(ids), meter=req.meter)
             seq = Sequence(req, ids, slot=adapter.slot if adapter is not None else 0, t_enqueue=now,
-                           order=next(self._order), handle=out)
+                           order=next(self._order), handle=out,
+                           cache_key=adapter.cache_key if adapter is not None else "")
             self._live[req.request_id] = seq
             self._scheduler.add(seq)
         if req.meter is not None:  # queued: the prompt is owed whatever happens next
@@ -556,7 +568,12 @@ class LLMEngine:
             for seq, _ in plan.dropped:
                 self._retire(seq)
         for seq in plan.admitted:
-            self._output.admitted(seq.handle, seq.t_admit)
+            self._output.admitted(seq.handle, seq.t_admit, seq.cached)
+            if self._prefix is not None:
+                self._counters["prefix_cache_queried_tokens_total"] += len(seq.prompt_ids)
+                self._counters["prefix_cache_hit_tokens_total"] += seq.cached
+                self._m.prefix_queried.inc(len(seq.prompt_ids))
+                self._m.prefix_hit.inc(seq.cached)
         for seq, reason in plan.dropped:  # never reach the model
             self._output.finish(seq.handle, reason)
         self._runner_holds = False
@@ -635,6 +652,8 @@ class LLMEngine:
         self._m.waiting.set(self.waiting_count)
         self._m.kv_tokens.set(self._runner.kv_tokens if self._runner is not None else 0)
         self._m.kv_usage.set(self._scheduler.reserved / self.config.scheduler.max_batch_tokens)
+        if self._prefix is not None:
+            self._m.prefix_tokens.set(self._prefix.tokens)
         if self._adapters is not None:
             self._m.adapters_loaded.set(len(self._adapters))
             self._m.adapters_active.set(self._adapters.active)

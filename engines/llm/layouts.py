@@ -22,6 +22,7 @@ import torch
 
 from engines.llm.batch import DecodeBatch
 from engines.llm.config import LLMConfig
+from engines.llm.prefix_cache import BlockStore
 from engines.llm.runner import KVLayout, Sampled, StepModel, StepResult
 from engines.llm.scheduler import PrefillChunk, Sequence, StepPlan
 from engines.llm.slots import Chunk, PackedStep, SlotCache
@@ -141,8 +142,9 @@ class SlotLayout:
     default on CUDA)."""
 
     def __init__(self, model: StepModel, hf_config: Any, slots: int, dtype: torch.dtype = torch.float32,
-                 math: bool | None = None, cache: SlotCache | None = None) -> None:
+                 math: bool | None = None, cache: SlotCache | None = None, store: BlockStore | None = None) -> None:
         self.model = model
+        self.store = store  # the prefix cache's blocks (`prefix_cache.py`); None when off
         self.device = model.device
         self._math = self.device.type == "cuda" if math is None else math
         cache = cache or SlotCache(hf_config, slots, self.device, dtype)
@@ -152,7 +154,8 @@ class SlotLayout:
     @classmethod
     def build(cls, model: StepModel, hf_model: Any, config: LLMConfig, max_positions: int,
               progress: Callable[[str], None]) -> "SlotLayout":
-        return cls(model, _use_slot_attention(hf_model), config.scheduler.max_running, _dtype(hf_model))
+        return cls(model, _use_slot_attention(hf_model), config.scheduler.max_running, _dtype(hf_model),
+                   store=_block_store(config))
 
     def execute(self, plan: StepPlan) -> StepResult:
         table, cache = self.table, self.table.cache
@@ -172,7 +175,10 @@ class SlotLayout:
         dev = self.device
         for pc in plan.prefill:
             seq, start, n = pc.seq, pc.start, pc.length
+            hit = seq.cached and seq not in table.slot  # its first chunk: copy the cached prefix in
             slot = table.assign(seq)
+            if hit:
+                self.store.load(cache, slot, seq.block_hashes[: seq.cached // self.store.block])
             c = Chunk(at=len(ids), n=n, slot=slot, start=start)
             if start:  # earlier chunks are cached: row i of the chunk sees columns <= start + i
                 cols = torch.arange(start + n, device=dev)
@@ -212,7 +218,11 @@ class SlotLayout:
             seqs = [s for s, _ in done]
             self._sample_rows(seqs, logits[B:], True, result)
             for seq in seqs:
+                if self.store is not None and seq.block_hashes:
+                    self.store.save(cache, table.slot[seq], seq.block_hashes)
                 table.start_decoding(seq)
+        if self.store is not None:
+            self.store.evict(plan.evicted)
         return result
 
     def free(self, seqs: list[Sequence]) -> None:
@@ -223,6 +233,8 @@ class SlotLayout:
     def clear(self) -> None:
         self._next.clear()
         self.table.clear()
+        if self.store is not None:  # the scheduler's index is cleared with it
+            self.store.clear()
 
     @property
     def kv_tokens(self) -> int:
@@ -243,10 +255,11 @@ class DecodeGraphLayout(SlotLayout):
     the CPU tests check the exact layout the GPU compiles). Steps that prefill stay eager."""
 
     def __init__(self, model: StepModel, hf_config: Any, slots: int, max_len: int,
-                 dtype: torch.dtype = torch.float32, compiled: bool = True, math: bool | None = None) -> None:
+                 dtype: torch.dtype = torch.float32, compiled: bool = True, math: bool | None = None,
+                 store: BlockStore | None = None) -> None:
         # A captured graph keeps the buffers' addresses: the capacity is fixed at its maximum.
         cache = SlotCache(hf_config, slots + 1, model.device, dtype, capacity=max_len, max_capacity=max_len)
-        super().__init__(model, hf_config, slots, dtype, math, cache)
+        super().__init__(model, hf_config, slots, dtype, math, cache, store)
         self.buckets = decode_buckets(slots)
         self._graph: Callable[..., Any] = self._compile(cache) if compiled else model.model
 
@@ -255,7 +268,8 @@ class DecodeGraphLayout(SlotLayout):
               progress: Callable[[str], None]) -> "DecodeGraphLayout":
         sched = config.scheduler
         layout = cls(model, _use_slot_attention(hf_model), sched.max_running,
-                     min(max_positions, sched.max_prompt_tokens + sched.max_new_tokens_limit), _dtype(hf_model))
+                     min(max_positions, sched.max_prompt_tokens + sched.max_new_tokens_limit), _dtype(hf_model),
+                     store=_block_store(config))
         progress(f"compiling the decode step for batch sizes {layout.buckets} (torch.compile)")
         layout.warm_up()
         return layout
@@ -279,6 +293,8 @@ class DecodeGraphLayout(SlotLayout):
             cache.lengths[i] += 1
         result = StepResult()
         self._sample_rows(rows, logits, False, result)
+        if self.store is not None:
+            self.store.evict(plan.evicted)
         return result
 
     def warm_up(self) -> None:
@@ -337,6 +353,10 @@ def _use_slot_attention(hf_model: Any) -> Any:
     slots.register()
     hf_model.config._attn_implementation = slots.ATTENTION
     return hf_model.config
+
+
+def _block_store(config: LLMConfig) -> BlockStore | None:
+    return BlockStore(config.prefix_cache.block_tokens) if config.prefix_caching else None
 
 
 def _dtype(hf_model: Any) -> torch.dtype:

@@ -28,6 +28,10 @@ ADAPTERS_ACTIVE = Gauge("galactic_llm_adapters_active", "LoRA adapters used by q
 ADAPTER_LOADS = Counter("galactic_llm_adapter_loads_on_demand", "Adapters loaded because a request named them.", ["model"])
 ADAPTER_LOAD_FAILURES = Counter("galactic_llm_adapter_load_failures", "On-demand adapter loads that failed.", ["model"])
 ADAPTER_EVICTIONS = Counter("galactic_llm_adapter_evictions", "Idle adapters evicted to make room for another.", ["model"])
+PREFIX_QUERIED = Counter("galactic_llm_prefix_cache_queried_tokens",
+                         "Prompt tokens looked up in the prefix cache (hit rate = hit / queried).", ["model"])
+PREFIX_HIT = Counter("galactic_llm_prefix_cache_hit_tokens", "Prompt tokens reused from the prefix cache.", ["model"])
+PREFIX_TOKENS = Gauge("galactic_llm_prefix_cache_tokens", "Prompt tokens the prefix cache holds.", ["model"])
 GENERATED = Counter("galactic_llm_generated_tokens", "Tokens generated.", ["model"])
 PROMPT = Counter("galactic_llm_prompt_tokens", "Prompt tokens prefilled.", ["model"])
 FINISHED = Counter("galactic_llm_requests_finished", "Requests finished, by reason.", ["model", "reason"])
@@ -49,6 +53,8 @@ class ModelMetrics:
         self.adapter_load_failures = ADAPTER_LOAD_FAILURES.labels(model=model)
         self.adapter_evictions = ADAPTER_EVICTIONS.labels(model=model)
         self.generated, self.prompt = GENERATED.labels(model=model), PROMPT.labels(model=model)
+        self.prefix_queried, self.prefix_hit = PREFIX_QUERIED.labels(model=model), PREFIX_HIT.labels(model=model)
+        self.prefix_tokens = PREFIX_TOKENS.labels(model=model)
 
     def finished(self, reason: str) -> None:
         FINISHED.labels(model=self.model, reason=reason).inc()

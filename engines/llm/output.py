@@ -37,6 +37,7 @@ class RequestOutput:
     t_last: float | None = None
     generated: int = 0
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens found in the prefix cache on admission
     meter: Any = None  # GenerationRequest.meter: charged each sampled token
 
 
@@ -46,8 +47,9 @@ class OutputProcessor:
     metrics: m.ModelMetrics
     counters: dict[str, float] = field(default_factory=dict)
 
-    def admitted(self, out: RequestOutput, now: float) -> None:
+    def admitted(self, out: RequestOutput, now: float, cached: int = 0) -> None:
         out.t_admit = now
+        out.cached_tokens = cached
         out.queue_span.end()
         self.metrics.queue.observe(now - out.t_enqueue)
         out.prefill_span = tracer.start_span("llm.prefill", context=trace.set_span_in_context(out.span))
@@ -119,4 +121,5 @@ class OutputProcessor:
             return 0.0 if t is None else (t - out.t_enqueue) * 1000.0
 
         return FinalOutput(reason, out.prompt_tokens, out.generated,
-                           Timings(queue_ms=ms(out.t_admit), ttft_ms=ms(out.t_first), total_ms=ms(now)))
+                           Timings(queue_ms=ms(out.t_admit), ttft_ms=ms(out.t_first), total_ms=ms(now)),
+                           cached_prompt_tokens=out.cached_tokens)

@@ -96,12 +96,14 @@ class _Child:
         self.seqs: dict[int, Sequence] = {}
 
     def execute(self, new: list[tuple], dropped: list[int], decode: list[int],
-                prefill: list[tuple[int, int, int]]) -> tuple:
-        for key, prompt_ids, slot, sampling in new:
-            self.seqs[key] = Sequence(GenerationRequest(str(key), sampling=sampling), prompt_ids, slot=slot, order=key)
+                prefill: list[tuple[int, int, int]], evicted: list[bytes]) -> tuple:
+        for key, prompt_ids, slot, sampling, cached, hashes in new:
+            self.seqs[key] = Sequence(GenerationRequest(str(key), sampling=sampling), prompt_ids, slot=slot, order=key,
+                                      cached=cached, block_hashes=hashes)
         plan = StepPlan(dropped=[(self.seqs.pop(k), FinishReason.CANCELLED) for k in dropped if k in self.seqs],
                         decode=[self.seqs[k] for k in decode],
-                        prefill=[PrefillChunk(self.seqs[k], start, n) for k, start, n in prefill])
+                        prefill=[PrefillChunk(self.seqs[k], start, n) for k, start, n in prefill],
+                        evicted=evicted)
         with torch.no_grad():
             result = self.runner.execute(plan)
         return ([(s.seq.order, s.token, s.logprob, s.first) for s in result.sampled], self.runner.kv_tokens)
@@ -329,12 +331,12 @@ class ProcessRunner:
             seq = c.seq
             if seq.order not in self._known:
                 self._known.add(seq.order)
-                new.append((seq.order, seq.prompt_ids, seq.slot, seq.request.sampling))
+                new.append((seq.order, seq.prompt_ids, seq.slot, seq.request.sampling, seq.cached, seq.block_hashes))
         dropped = [seq.order for seq, _ in plan.dropped if seq.order in self._known]
         self._known.difference_update(dropped)
         dropped, self._freed = dropped + self._freed, []
         self.process.send("execute", new, dropped, [s.order for s in plan.decode],
-                          [(c.seq.order, c.start, c.length) for c in plan.prefill])
+                          [(c.seq.order, c.start, c.length) for c in plan.prefill], plan.evicted)
         by_key = {s.order: s for s in plan.decode}
         by_key.update((c.seq.order, c.seq) for c in plan.prefill)
         self._inflight = by_key

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from engines.llm.config import SchedulerConfig
+from engines.llm.prefix_cache import PrefixIndex
 from engines.llm.types import FinishReason, GenerationRequest
 
 
@@ -71,7 +72,14 @@ class Sequence(Generic[H]):
     order: int = 0  # arrival order, FIFO tie-break
     status: Status = Status.WAITING
     t_admit: float | None = None
-    prefilled: int = 0  # prompt tokens scheduled into the KV cache so far
+    prefilled: int = 0  # prompt tokens scheduled into the KV cache so far (from `cached` on)
+    # Prefix caching (`prefix_cache.py`): the key its prompt is cached under (the adapter's
+    # name and load generation, "" for the base model; None = not cached), its full blocks'
+    # hashes (set on admission) and the leading prompt tokens found cached then, which the
+    # runner copies into its slot instead of computing them.
+    cache_key: str | None = None
+    block_hashes: tuple[bytes, ...] = ()
+    cached: int = 0
     planned: int = 0  # tokens the plans so far sample for it (its prompt's last chunk, then one per decode)
     cancelled: bool = False  # set from any thread; acted on at the next schedule()
     handle: H = None  # type: ignore[assignment]  # None only where nobody reads it (tests, the model process)
@@ -115,6 +123,8 @@ class StepPlan:
     admitted: list[Sequence] = field(default_factory=list)
     prefill: list[PrefillChunk] = field(default_factory=list)
     decode: list[Sequence] = field(default_factory=list)
+    # Prefix-cache blocks to forget, after this step's hits were copied and its prompts saved.
+    evicted: list[bytes] = field(default_factory=list)
 
     @property
     def prefill_tokens(self) -> int:
@@ -175,8 +185,9 @@ class WaitingQueue:
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig) -> None:
+    def __init__(self, config: SchedulerConfig, prefix: PrefixIndex | None = None) -> None:
         self.config = config
+        self.prefix = prefix  # None: no prefix caching
         self.waiting = WaitingQueue(config.max_waiting, config.priority_aging_s)
         self.prefilling: list[Sequence] = []
         self.running: list[Sequence] = []
@@ -227,7 +238,13 @@ class Scheduler:
             self._release(seq)
             seq.status = Status.FINISHED
         self.prefilling, self.running = [], []
+        self.forget_cache()
         return victims
+
+    def forget_cache(self) -> None:
+        """The runner was reset (its prefix cache emptied): forget what the index held."""
+        if self.prefix is not None:
+            self.prefix.clear()
 
     def schedule(self, now: float) -> StepPlan:
         plan = StepPlan()
@@ -255,6 +272,9 @@ class Scheduler:
             self.reserved += seq.reserve
             self._admitted += 1
             seq.status, seq.t_admit = Status.PREFILLING, now
+            if self.prefix is not None and seq.cache_key is not None:
+                seq.block_hashes = self.prefix.hashes(seq.cache_key, seq.prompt_ids)
+                seq.cached = seq.prefilled = self.prefix.match(seq.block_hashes, len(seq.prompt_ids))
             self.prefilling.append(seq)
             plan.admitted.append(seq)
             budget -= self._chunk(seq, budget, plan)
@@ -264,6 +284,10 @@ class Scheduler:
             self.prefilling.remove(seq)
             seq.status, seq.planned = Status.RUNNING, 1
             self.running.append(seq)
+            if self.prefix is not None and seq.cache_key is not None:
+                self.prefix.insert(seq.cache_key, seq.block_hashes)  # the runner saves them this step
+        if self.prefix is not None and plan:
+            plan.evicted = self.prefix.take_evicted()
         return plan
 
     def _chunk(self, seq: Sequence, budget: int, plan: StepPlan) -> int:

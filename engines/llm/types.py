@@ -82,6 +82,7 @@ class FinalOutput:
     prompt_tokens: int
     completion_tokens: int
     timings: Timings
+    cached_prompt_tokens: int = 0  # of prompt_tokens, how many were reused from the prefix cache
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,166 @@
+"""Prefix caching: answers with the cache equal answers without it (and `generate()`), the
+cache is hit where it should be and never across adapters, and stays within its size."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from engines.llm.types import GenerationRequest, SamplingParams
+from llm_helpers import collect, greedy_reference
+from test_llm_adapters import peft_reference
+
+SYSTEM = ("You are a helpful assistant for galactic, which serves models over gRPC with streaming "
+          "tokens, LoRA adapters and continuous batching. Answer briefly. ")
+QUESTIONS = ["What is a token?", "def add(a, b):", "The quick brown fox", "Lorem ipsum dolor"]
+
+
+async def _engine(tiny_dir, adapters_root, runner="thread", **prefix):
+    from engines.llm.engine import LLMEngine
+    from llm_helpers import make_config
+
+    eng = LLMEngine(make_config(tiny_dir, adapters_root, runner=runner, llm={"prefix_cache": prefix}))
+    eng.load(lambda msg: None)
+    await eng.start(asyncio.get_running_loop())
+    return eng
+
+
+@pytest.fixture
+async def make_engine(tiny_dir, adapters_root):
+    made = []
+
+    async def make(**kw):
+        eng = await _engine(tiny_dir, adapters_root, **kw)
+        made.append(eng)
+        return eng
+
+    yield make
+    for eng in made:
+        await eng.stop(5)
+
+
+def req(rid: str, prompt: str, n: int = 8, adapter: str | None = None, **sampling) -> GenerationRequest:
+    return GenerationRequest(rid, prompt=prompt, adapter=adapter, sampling=SamplingParams(max_new_tokens=n, **sampling))
+
+
+def _blocks(engine, prompt: str) -> int:
+    """Tokens of `prompt` a later request sharing all of it can reuse: full blocks, short of the last token."""
+    return (len(engine.tokenizer(prompt)["input_ids"]) - 1) // 16 * 16
+
+
+async def test_shared_prefix_greedy_matches_generate_and_hits(make_engine, reference):
+    eng = await make_engine()
+    first = await collect(eng, req("p0", SYSTEM + QUESTIONS[0]))
+    assert first[2].cached_prompt_tokens == 0
+    assert first[0] == greedy_reference(reference, SYSTEM + QUESTIONS[0], 8)
+    # Sequentially (across batches), then together (within one batch).
+    for i, q in enumerate(QUESTIONS[1:]):
+        ids, _, final = await collect(eng, req(f"s{i}", SYSTEM + q))
+        assert ids == greedy_reference(reference, SYSTEM + q, 8)
+        assert final.cached_prompt_tokens >= 32, final
+    results = await asyncio.gather(*(collect(eng, req(f"b{i}", SYSTEM + q)) for i, q in enumerate(QUESTIONS)))
+    for q, (ids, _, final) in zip(QUESTIONS, results):
+        assert ids == greedy_reference(reference, SYSTEM + q, 8)
+        assert final.cached_prompt_tokens >= 32
+    stats = eng.stats()
+    assert stats["prefix_cache_hit_tokens_total"] > 0
+    assert 0 < stats["prefix_cache_hit_rate"] < 1
+    assert stats["prefix_cache_tokens"] > 0
+
+
+async def test_prompt_entirely_cached_still_computes_its_last_token(make_engine, reference):
+    eng = await make_engine()
+    prompt = SYSTEM + QUESTIONS[1]
+    want = greedy_reference(reference, prompt, 10)
+    for i in range(3):
+        ids, _, final = await collect(eng, req(f"e{i}", prompt, 10))
+        assert ids == want
+        assert final.cached_prompt_tokens == (0 if i == 0 else _blocks(eng, prompt))
+        assert final.cached_prompt_tokens < final.prompt_tokens
+
+
+async def test_prefix_ending_mid_block_reuses_the_blocks_before_it(make_engine, reference):
+    eng = await make_engine()
+    tok = eng.tokenizer
+    base = tok(SYSTEM)["input_ids"]
+    cut = 16 * 2 + 7  # two full blocks, then 7 tokens of a third
+    prefix = tok.decode(base[:cut])
+    a, b = prefix + " one more question", prefix + " and something else entirely"
+    assert tok(a)["input_ids"][:cut] == tok(b)["input_ids"][:cut] == base[:cut]
+    assert tok(a)["input_ids"][cut:cut + 1] != tok(b)["input_ids"][cut:cut + 1]
+    await collect(eng, req("m0", a))
+    ids, _, final = await collect(eng, req("m1", b))
+    assert ids == greedy_reference(reference, b, 8)
+    assert final.cached_prompt_tokens == 32
+
+
+async def test_seeded_sampling_equal_with_and_without_the_cache(make_engine):
+    on, off = await make_engine(), await make_engine(enabled=False)
+    sampling = dict(temperature=0.9, top_p=0.95, seed=7)
+    got = {}
+    for name, eng in (("on", on), ("off", off)):
+        got[name] = [await collect(eng, req(f"{name}{i}", SYSTEM + q, 12, **sampling)) for i, q in enumerate(QUESTIONS)]
+    assert [ids for ids, _, _ in got["on"]] == [ids for ids, _, _ in got["off"]]
+    assert any(f.cached_prompt_tokens for _, _, f in got["on"][1:])
+    assert all(f.cached_prompt_tokens == 0 for _, _, f in got["off"])
+
+
+async def test_adapters_reuse_their_own_prefixes_only(make_engine, tiny_dir, adapters_root, reference):
+    eng = await make_engine()
+    await eng.load_adapter("alpha", "alpha")
+    await eng.load_adapter("beta", "beta")
+    prompt = SYSTEM + QUESTIONS[2]
+    ids, _, final = await collect(eng, req("a0", prompt, adapter="alpha"))
+    want_alpha = peft_reference(tiny_dir, adapters_root, "alpha", prompt, 8)
+    assert ids == want_alpha and final.cached_prompt_tokens == 0
+    # Neither another adapter nor the base model reuses alpha's KV.
+    ids, _, final = await collect(eng, req("b0", prompt, adapter="beta"))
+    assert ids == peft_reference(tiny_dir, adapters_root, "beta", prompt, 8)
+    assert final.cached_prompt_tokens == 0
+    ids, _, final = await collect(eng, req("n0", prompt))
+    assert ids == greedy_reference(reference, prompt, 8)
+    assert final.cached_prompt_tokens == 0
+    # alpha's own next request does.
+    ids, _, final = await collect(eng, req("a1", prompt, adapter="alpha"))
+    assert ids == want_alpha and final.cached_prompt_tokens == _blocks(eng, prompt)
+
+
+async def test_unloaded_or_replaced_adapter_entries_are_dropped(make_engine, tiny_dir, adapters_root):
+    eng = await make_engine()
+    await eng.load_adapter("alpha", "alpha")
+    prompt = SYSTEM + QUESTIONS[3]
+    await collect(eng, req("u0", prompt, adapter="alpha"))
+    held = eng.stats()["prefix_cache_tokens"]
+    assert held >= _blocks(eng, prompt)
+    await eng.unload_adapter("alpha")
+    assert eng.stats()["prefix_cache_tokens"] == 0
+    # The same name loaded again is a new adapter: nothing of the old one matches.
+    await eng.load_adapter("alpha", "gamma")
+    ids, _, final = await collect(eng, req("u1", prompt, adapter="alpha"))
+    assert final.cached_prompt_tokens == 0
+    assert ids == peft_reference(tiny_dir, adapters_root, "gamma", prompt, 8)
+
+
+async def test_eviction_under_pressure_keeps_answers_exact(make_engine, reference):
+    eng = await make_engine(max_tokens=48)  # three blocks: every prompt evicts others
+    prompts = [SYSTEM + q for q in QUESTIONS] + [q + " " + SYSTEM for q in QUESTIONS]
+    for rnd in range(2):
+        results = await asyncio.gather(*(collect(eng, req(f"v{rnd}-{i}", p, 6)) for i, p in enumerate(prompts)))
+        for p, (ids, _, _) in zip(prompts, results):
+            assert ids == greedy_reference(reference, p, 6)
+        assert eng.stats()["prefix_cache_tokens"] <= 48
+    # The last prompt cached keeps its leading blocks (a block is useless without those
+    # before it), and is served from them.
+    ids, _, final = await collect(eng, req("v-last", prompts[-1], 6))
+    assert ids == greedy_reference(reference, prompts[-1], 6)
+    assert final.cached_prompt_tokens == 48
+
+
+async def test_process_runner_reuses_prefixes(make_engine, reference):
+    eng = await make_engine(runner="process")
+    for i, q in enumerate(QUESTIONS[:3]):
+        ids, _, final = await collect(eng, req(f"p{i}", SYSTEM + q))
+        assert ids == greedy_reference(reference, SYSTEM + q, 8)
+        assert (final.cached_prompt_tokens > 0) == (i > 0)
+
