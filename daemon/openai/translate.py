@@ -297,12 +297,14 @@ class Answer:
             out["usage"] = None
         return out
 
-    def usage(self, finals: Mapping[int, FinalOutput]) -> dict[str, int]:
-        """OpenAI's usage: each prompt counted once, however many choices it has."""
-        prompt = {self.call.prompt_of[i]: f.prompt_tokens for i, f in finals.items()}
+    def usage(self, finals: Mapping[int, FinalOutput]) -> dict[str, Any]:
+        """OpenAI's usage: each prompt counted once, however many choices it has; its
+        cached tokens (the prefix cache) as the same choice reported them."""
+        prompt = {self.call.prompt_of[i]: (f.prompt_tokens, f.cached_prompt_tokens) for i, f in finals.items()}
         completion = sum(f.completion_tokens for f in finals.values())
-        total = sum(prompt.values())
-        return {"prompt_tokens": total, "completion_tokens": completion, "total_tokens": total + completion}
+        total = sum(p for p, _ in prompt.values())
+        return {"prompt_tokens": total, "completion_tokens": completion, "total_tokens": total + completion,
+                "prompt_tokens_details": {"cached_tokens": sum(c for _, c in prompt.values())}}
 
     def usage_chunk(self, finals: Mapping[int, FinalOutput]) -> dict[str, Any]:
         out = self._head("chat.completion.chunk" if self.call.kind == "chat" else "text_completion")

@@ -60,7 +60,8 @@ def to_final(out: FinalOutput) -> pb.Final:
     t = out.timings
     return pb.Final(
         finish_reason=pb.FinishReason.Value(out.finish_reason.name),
-        usage=pb.Usage(prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens),
+        usage=pb.Usage(prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens,
+                       cached_prompt_tokens=out.cached_prompt_tokens),
         timings=pb.Timings(queue_ms=t.queue_ms, time_to_first_token_ms=t.ttft_ms, total_ms=t.total_ms),
     )
 

@@ -164,3 +164,30 @@ async def test_process_runner_reuses_prefixes(make_engine, reference):
         assert ids == greedy_reference(reference, SYSTEM + q, 8)
         assert (final.cached_prompt_tokens > 0) == (i > 0)
 
+
+async def test_front_ends_report_cached_prompt_tokens(llm_daemon):
+    """The daemon's default (the model process): gRPC's Usage and OpenAI's usage both show
+    the prompt tokens reused."""
+    import aiohttp
+
+    from galactic_client import AsyncClient
+    from galactic_client.generation import Final
+
+    client = AsyncClient(f"127.0.0.1:{llm_daemon.port}", timeout=60)
+    try:
+        finals = []
+        for q in QUESTIONS[:2]:
+            finals += [item async for item in client.generate(SYSTEM + q, max_new_tokens=4) if isinstance(item, Final)]
+    finally:
+        await client.close()
+    assert finals[0].cached_prompt_tokens == 0
+    assert 32 <= finals[1].cached_prompt_tokens < finals[1].prompt_tokens
+    usages = []
+    async with aiohttp.ClientSession() as http:
+        for q in QUESTIONS[2:]:
+            async with http.post(f"http://127.0.0.1:{llm_daemon.openai_port}/v1/completions",
+                                 json={"model": "tiny", "prompt": SYSTEM + q, "max_tokens": 4}) as resp:
+                assert resp.status == 200
+                usages.append((await resp.json())["usage"])
+    for usage in usages:
+        assert 32 <= usage["prompt_tokens_details"]["cached_tokens"] < usage["prompt_tokens"]

@@ -34,6 +34,7 @@ class Final:
     queue_ms: float
     ttft_ms: float
     total_ms: float
+    cached_prompt_tokens: int = 0  # of prompt_tokens, reused from the daemon's prefix cache
 
 
 def chunk_from_pb(pb: generation_pb2.TokenChunk) -> Chunk:
@@ -48,6 +49,7 @@ def final_from_pb(pb: generation_pb2.Final) -> Final:
         queue_ms=pb.timings.queue_ms,
         ttft_ms=pb.timings.time_to_first_token_ms,
         total_ms=pb.timings.total_ms,
+        cached_prompt_tokens=pb.usage.cached_prompt_tokens,
     )
 
 
