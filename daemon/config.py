@@ -190,9 +190,7 @@ class LimitsConfig:
     max_tensors: int = 64
     max_tensor_dims: int = 8
     max_tensor_elements: int = 1 << 28
-    # Targets and observatories in one coordination request.
-    max_targets: int = 100_000
-    max_observatories: int = 1024
+    # (Targets and observatories per coordination request are the [coordination] table's.)
     # Any other repeated field.
     max_repeated: int = 4096
     # What an error message or a log line quotes from a request is cut to this length.

@@ -114,7 +114,9 @@ class Daemon:
             if set(KSERVE_OVER) & set(engine.info().services):
                 self._backing.setdefault(KSERVE, {})[engine.name] = engine
 
-        bounds = Bounds(cfg.limits)
+        coordination = cfg.engines.get("coordination")
+        bounds = Bounds(cfg.limits, {} if coordination is None else {
+            "targets": coordination.max_targets, "observatories": coordination.max_observatories})
         server = grpc.aio.server(
             interceptors=chain(self.admission, bounds),
             options=self._channel_options(),

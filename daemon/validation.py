@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
@@ -99,8 +99,11 @@ class _Bad(Exception):
 class Bounds:
     """Checks protobuf requests against `LimitsConfig`; raises InvalidArgument naming the field."""
 
-    def __init__(self, limits: LimitsConfig) -> None:
+    def __init__(self, limits: LimitsConfig, counts: Mapping[str, int] | None = None) -> None:
         self.limits = limits
+        # Bounds on repeated fields that an engine's own config sets (the coordination
+        # engine's targets and observatories per request): one source for each bound.
+        self._counts = dict(counts or {})
         self._plans: dict[str, tuple[_Field, ...]] = {}
         self._building: set[str] = set()
 
@@ -181,8 +184,8 @@ class Bounds:
     def _count_limit(self, kind: str | None) -> int:
         lim = self.limits
         return {"messages": lim.max_messages, "stop": lim.max_stop_strings, "tensors": lim.max_tensors,
-                "dims": lim.max_tensor_dims, "elements": lim.max_tensor_elements, "targets": lim.max_targets,
-                "observatories": lim.max_observatories}.get(kind or "", lim.max_repeated)
+                "dims": lim.max_tensor_dims, "elements": lim.max_tensor_elements,
+                **self._counts}.get(kind or "", lim.max_repeated)
 
     def _plan(self, desc: Descriptor) -> tuple[_Field, ...]:
         """What to check in a message type, in field order; fields that can break no bound

@@ -136,8 +136,7 @@ async def test_tensor_errors_carry_their_field_to_the_client(client, coord_daemo
 
 
 async def test_bounds_come_from_config_and_name_the_field(daemon_factory, channel_to):
-    daemon = await daemon_factory({"coordination": {}, "limits": {"max_targets": 3, "max_tensors": 1,
-                                                                   "max_id_chars": 8}})
+    daemon = await daemon_factory({"coordination": {"max_targets": 3}, "limits": {"max_tensors": 1, "max_id_chars": 8}})
     async with AsyncClient(f"127.0.0.1:{daemon.port}", timeout=30) as client:
         cases = [
             (coordination_pb2.CoordinateRequest(targets=[coordination_pb2.Target(id=str(i)) for i in range(4)]),

@@ -56,7 +56,7 @@ class ConstraintsConfig:
 @dataclass(frozen=True)
 class CoordinationConfig:
     name: str = "coordination"
-    enabled: bool = True
+    # (`enabled` in the [coordination] table is the daemon's switch: it never reaches here.)
     # A .safetensors path with its .json config beside it. "embedded" (the model shipped in
     # training/data, reproduced by `galactic-train coordination`) is resolved to its path by
     # the daemon (daemon/shipped.py) before the engine sees it: engines never import training.
@@ -65,8 +65,8 @@ class CoordinationConfig:
     # it): a stolen admin token cannot make the daemon open arbitrary files.
     reload_root: Path = Path("~/.local/share/galactic/coordination")
     sites_file: Path | None = None  # None: the shipped training/data/sites.toml
-    cache_dir: Path | None = None  # unused since the engine stopped training a fallback; kept so configs load
     snr_required: float = 10.0
+    # Per request; the daemon refuses a request past them before translating it.
     max_targets: int = 100_000
     max_observatories: int = 64
     # Above this many candidate (target, slot) cells the HiGHS transportation LP replaces

@@ -20,7 +20,9 @@ from .conftest import WINDOW_START
 def test_default_toml_parses():
     import tomllib
 
-    cfg = from_mapping(CoordinationConfig, tomllib.loads(DEFAULT_TOML)["coordination"])
+    table = tomllib.loads(DEFAULT_TOML)["coordination"]
+    assert table.pop("enabled") is True  # the daemon's switch, taken out before the engine's config
+    cfg = from_mapping(CoordinationConfig, table)
     assert cfg == CoordinationConfig()
     with pytest.raises(ConfigError, match="batching.max_batch_size"):
         from_mapping(CoordinationConfig, {"batching": {"max_batch_size": 0}})
