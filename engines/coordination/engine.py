@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, fields, replace
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -294,23 +295,17 @@ class CoordinationEngine:
         p_all, snr_all = weights.model.predict(torch.cat(xs), torch.cat(ss))  # one forward: (sum P,), (sum P,)
         p_np, snr_np = p_all.numpy(), snr_all.numpy()
         results: dict[int, object] = {}
+        # Each problem, then each plan, has its rows in `pairs` in that order.
+        solves = [(item, partial(self._solve, item, version=weights.version)) for item in problems]
+        solves += [(item, partial(self._solve_plan, item, idx, version=weights.version))
+                   for item, idx in zip(plans, rescore)]
         start = 0
-        for k, item in enumerate(problems):
+        for k, (item, solve) in enumerate(solves):
             n = int(pairs.counts[k])
             try:
-                results[id(item)] = replace(
-                    self._solve(item, pairs.feasible[k], pairs.ti[k], pairs.sj[k], p_np[start:start + n],
-                                snr_np[start:start + n]), version=weights.version)
-            except Exception as exc:  # one request's failure stays with that request
-                results[id(item)] = exc
-            start += n
-        for j, (item, idx) in enumerate(zip(plans, rescore)):
-            k = len(problems) + j
-            n = int(pairs.counts[k])
-            try:
-                results[id(item)] = self._solve_plan(item, idx, pairs.feasible[k], pairs.ti[k], pairs.sj[k],
-                                                     p_np[start:start + n], snr_np[start:start + n], weights.version)
-            except Exception as exc:  # noqa: BLE001 - this plan alone fails
+                results[id(item)] = solve(pairs.feasible[k], pairs.ti[k], pairs.sj[k], p_np[start:start + n],
+                                          snr_np[start:start + n])
+            except Exception as exc:  # noqa: BLE001 - one request's failure stays with that request
                 results[id(item)] = exc
             start += n
         for item in raw:
@@ -325,18 +320,17 @@ class CoordinationEngine:
         ok[idx], prob[idx], esnr[idx] = ok_sub, 0.0, 0.0
         prob[idx[ti], sj] = p
         esnr[idx[ti], sj] = snr
-        pr = item.problem
-        choice, used = self._assign(pr, prob)
-        return replace(problem.result(pr, ok, prob, esnr, choice, used), version=version), (ok, prob, esnr)
+        return self._decide(item.problem, ok, prob, esnr, version), (ok, prob, esnr)
 
-    def _solve(self, item: problem.Problem, ok, ti, sj, p, snr) -> CoordinateResult:
-        n, s = ok.shape
-        prob = np.zeros((n, s))
-        esnr = np.zeros((n, s))
+    def _solve(self, item: problem.Problem, ok, ti, sj, p, snr, version: str) -> CoordinateResult:
+        prob, esnr = np.zeros(ok.shape), np.zeros(ok.shape)  # (N, S); 0 where infeasible
         prob[ti, sj] = p
         esnr[ti, sj] = snr
-        choice, used = self._assign(item, prob)
-        return problem.result(item, ok, prob, esnr, choice, used)
+        return self._decide(item, ok, prob, esnr, version)
+
+    def _decide(self, pr: problem.Problem, ok, prob, esnr, version: str) -> CoordinateResult:
+        choice, used = self._assign(pr, prob)
+        return replace(problem.result(pr, ok, prob, esnr, choice, used), version=version)
 
     def _assign(self, pr: problem.Problem, prob: np.ndarray) -> tuple[np.ndarray, str]:
         """The decision for one problem's (N, S) P(success) grid (0 where infeasible)."""
