@@ -29,12 +29,13 @@ from collections import OrderedDict
 from typing import Any
 
 
-def block_hashes(key: str, prompt_ids: list[int], block: int) -> tuple[bytes, ...]:
-    """Chained hashes of the prompt's full blocks under `key` (blake2b: a collision would
-    hand one prompt another's KV, so not Python's 64-bit `hash`)."""
+def block_hashes(key: str, prompt_ids: list[int], block: int, limit: int | None = None) -> tuple[bytes, ...]:
+    """Chained hashes of the prompt's first `limit` full blocks under `key` (blake2b: a
+    collision would hand one prompt another's KV, so not Python's 64-bit `hash`)."""
     out: list[bytes] = []
     parent = hashlib.blake2b(key.encode(), digest_size=16).digest()
-    for i in range(len(prompt_ids) // block):
+    n = len(prompt_ids) // block
+    for i in range(n if limit is None else min(n, limit)):
         h = hashlib.blake2b(parent, digest_size=16)
         h.update(b"".join(t.to_bytes(4, "little", signed=True) for t in prompt_ids[i * block: (i + 1) * block]))
         parent = h.digest()
@@ -56,7 +57,9 @@ class PrefixIndex:
         return len(self._blocks) * self.block
 
     def hashes(self, key: str, prompt_ids: list[int]) -> tuple[bytes, ...]:
-        return block_hashes(key, prompt_ids, self.block)
+        """The prompt's leading blocks that the cache could hold: the layout saves exactly
+        these, so the store never holds a block the index does not know."""
+        return block_hashes(key, prompt_ids, self.block, self.capacity)
 
     def match(self, hashes: tuple[bytes, ...], prompt_len: int) -> int:
         """Prompt tokens cached as leading blocks, leaving at least the last token to compute."""
@@ -70,8 +73,7 @@ class PrefixIndex:
     def insert(self, key: str, hashes: tuple[bytes, ...]) -> None:
         """The prompt with these block hashes is cached once its step has run: register its
         blocks (most recently used), evicting the least recently used beyond capacity. Only
-        the leading blocks that fit are kept: a block is useless without those before it."""
-        hashes = hashes[: self.capacity]
+        the leading blocks that fit are kept (`hashes`): a block is useless without those before it."""
         for h in hashes:
             self._blocks.setdefault(h, key)
         self._touch(hashes)

@@ -16,6 +16,7 @@ import torch
 
 from engines.llm.config import SchedulerConfig
 from engines.llm.layouts import DecodeGraphLayout, PaddedLayout, SlotLayout, decode_buckets
+from engines.llm.prefix_cache import BlockStore, PrefixIndex
 from engines.llm.runner import ModelRunner, StepModel
 from engines.llm.scheduler import Scheduler, Sequence
 from engines.llm.types import GenerationRequest, SamplingParams
@@ -31,12 +32,12 @@ def _padded(model) -> ModelRunner:
     return ModelRunner(PaddedLayout(step_model), step_model)
 
 
-def _serve(runner: ModelRunner, work: list[tuple[list[int], int]]) -> list[list[int]]:
+def _serve(runner: ModelRunner, work: list[tuple[list[int], int]], prefix: PrefixIndex | None = None) -> list[list[int]]:
     """Arrivals every other step; each request ends after its token count."""
     sched = Scheduler(SchedulerConfig(max_running=4, max_step_tokens=9, prefill_chunk_tokens=7,
-                                      max_batch_tokens=4000, max_prompt_tokens=100))
+                                      max_batch_tokens=4000, max_prompt_tokens=100), prefix)
     seqs = [Sequence(GenerationRequest(f"r{i}", prompt="x", sampling=SamplingParams(max_new_tokens=n, ignore_eos=True)),
-                     prompt, order=i) for i, (prompt, n) in enumerate(work)]
+                     prompt, order=i, cache_key="") for i, (prompt, n) in enumerate(work)]
     out: dict[Sequence, list[int]] = {s: [] for s in seqs}
     pending, t = list(seqs), 0
     with torch.no_grad():
@@ -93,6 +94,43 @@ def test_static_layouts_equal_the_dynamic_cache_and_generate(model_pair, layout)
     assert [d[: len(w)] for d, w in zip(dynamic, want)] == want
     assert got == dynamic
     assert runner.kv_tokens == 0  # every slot was freed
+
+
+class _CountingIndex(PrefixIndex):
+    hits = 0
+
+    def match(self, hashes, prompt_len):
+        n = super().match(hashes, prompt_len)
+        self.hits += n
+        return n
+
+
+@pytest.mark.parametrize("layout", ["static", "static-decode-graph"])
+@pytest.mark.parametrize("max_tokens", [400, 12])  # room for every prompt; three blocks (evicting)
+def test_prefix_cache_in_the_static_layouts_equals_the_dynamic_cache(model_pair, layout, max_tokens):
+    """Prompts sharing prefixes of every length (mid-block, a whole prompt again), served
+    with the prefix cache (4-token blocks) while others decode: the tokens of the padded
+    layout with no cache, and blocks were reused."""
+    ref, static = model_pair
+    rng = random.Random(5)
+    shared = [rng.randrange(3, ref.config.vocab_size) for _ in range(30)]
+    work = [(shared[: rng.randrange(1, 31)] + [rng.randrange(3, ref.config.vocab_size) for _ in range(rng.randrange(0, 9))],
+             rng.randrange(1, 12)) for _ in range(10)]
+    work += [work[3], work[7]]  # prompts seen whole before
+    dynamic = _serve(_padded(ref), work)
+    step_model = StepModel(static, torch.device("cpu"))
+    store = BlockStore(4)
+    if layout == "static":
+        runner = ModelRunner(SlotLayout(step_model, static.config, 4, store=store), step_model)
+    else:
+        graph = DecodeGraphLayout(step_model, static.config, 4, max_len=128, compiled=False, store=store)
+        graph.warm_up()
+        runner = ModelRunner(graph, step_model)
+    index = _CountingIndex(max_tokens, 4)
+    assert _serve(runner, work, index) == dynamic
+    assert index.hits > 0
+    assert len(store) == index.tokens // 4 <= max_tokens // 4  # the store holds what the index says
+    assert runner.kv_tokens == 0
 
 
 def test_a_packed_step_computes_logits_only_for_the_rows_it_samples(model_pair):

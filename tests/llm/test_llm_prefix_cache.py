@@ -44,6 +44,11 @@ def req(rid: str, prompt: str, n: int = 8, adapter: str | None = None, **samplin
     return GenerationRequest(rid, prompt=prompt, adapter=adapter, sampling=SamplingParams(max_new_tokens=n, **sampling))
 
 
+def _stored_tokens(engine) -> int:
+    """What the layout's block store holds (the thread runner: the layout is in this process)."""
+    return len(engine.runner.layout.store) * 16
+
+
 def _blocks(engine, prompt: str) -> int:
     """Tokens of `prompt` a later request sharing all of it can reuse: full blocks, short of the last token."""
     return (len(engine.tokenizer(prompt)["input_ids"]) - 1) // 16 * 16
@@ -135,11 +140,13 @@ async def test_unloaded_or_replaced_adapter_entries_are_dropped(make_engine, tin
     assert held >= _blocks(eng, prompt)
     await eng.unload_adapter("alpha")
     assert eng.stats()["prefix_cache_tokens"] == 0
+    assert _stored_tokens(eng) == held  # the store forgets them with the next step
     # The same name loaded again is a new adapter: nothing of the old one matches.
     await eng.load_adapter("alpha", "gamma")
     ids, _, final = await collect(eng, req("u1", prompt, adapter="alpha"))
     assert final.cached_prompt_tokens == 0
     assert ids == peft_reference(tiny_dir, adapters_root, "gamma", prompt, 8)
+    assert _stored_tokens(eng) == eng.stats()["prefix_cache_tokens"] == held
 
 
 async def test_eviction_under_pressure_keeps_answers_exact(make_engine, reference):
@@ -149,7 +156,7 @@ async def test_eviction_under_pressure_keeps_answers_exact(make_engine, referenc
         results = await asyncio.gather(*(collect(eng, req(f"v{rnd}-{i}", p, 6)) for i, p in enumerate(prompts)))
         for p, (ids, _, _) in zip(prompts, results):
             assert ids == greedy_reference(reference, p, 6)
-        assert eng.stats()["prefix_cache_tokens"] <= 48
+        assert eng.stats()["prefix_cache_tokens"] == _stored_tokens(eng) == 48
     # The last prompt cached keeps its leading blocks (a block is useless without those
     # before it), and is served from them.
     ids, _, final = await collect(eng, req("v-last", prompts[-1], 6))
