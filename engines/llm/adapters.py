@@ -28,6 +28,7 @@ from typing import Awaitable, Callable
 
 from engines.errors import (
     AlreadyExists,
+    DeadlineExceeded,
     FailedPrecondition,
     GalacticError,
     InvalidArgument,
@@ -39,6 +40,7 @@ from engines.llm.config import AdapterConfig
 from engines.paths import confine
 from engines.llm.identity import METADATA_FILE, model_content_hash, read_metadata
 from engines.llm.lora import AdapterWeights, LoRABank, read_adapter
+from engines.llm.metrics import ModelMetrics
 from engines.llm.types import AdapterInfo
 
 log = logging.getLogger(__name__)
@@ -164,6 +166,15 @@ class AdapterRegistry:
         self.check_base(full)
         return full, read_adapter(full, self.config.resolved_root())
 
+    def load_unpinned(self, name: str) -> None:
+        """Blocking: the on-demand load of `root/<name>`: read and checked off the model
+        lock, installed unpinned under it. Loaded meanwhile by LoadAdapter is loaded too."""
+        full, weights = self.read(name)
+        try:
+            self.install(name, full, weights, pinned=False)
+        except AlreadyExists:
+            pass
+
     def resolvable(self) -> list[str]:
         """Blocking (lists the root): adapters that requests could load on demand, i.e.
         directories under the root with an adapter_config.json that are not loaded."""
@@ -250,23 +261,30 @@ class OnDemandLoads:
     cache; used on the event loop only, so its dicts need no lock.
 
     `start(name)` returns the load in flight (starting one if none is): a future every
-    request naming `name` awaits, so N concurrent first requests cause one load, and each
-    sees its error if it fails. Before a load starts, `precheck(name)` may raise at once
-    (no directory of that name: the caller's field mapping still applies, and a typo costs
-    no task). A load that failed with a lasting error (`_LASTING`) is not tried again for
-    `negative_cache_s`: `start` raises that error at once meanwhile. The load itself runs
-    as its own task: a waiter that goes away does not cancel it.
+    request naming `name` awaits (`wait`), so N concurrent first requests cause one load,
+    and each sees its error if it fails. Before a load starts, `precheck(name)` may raise
+    at once (no directory of that name: the caller's field mapping still applies, and a
+    typo costs no task). A load that failed with a lasting error (`_LASTING`) is not tried
+    again for `negative_cache_s`: `start` raises that error at once meanwhile. The load
+    itself runs as its own task: a waiter that goes away does not cancel it. Errors name
+    the request's `adapter` field.
     """
 
     def __init__(self, load: Callable[[str], Awaitable[None]], negative_cache_s: float,
                  clock: Callable[[], float] = time.monotonic,
-                 precheck: Callable[[str], None] = lambda name: None) -> None:
+                 precheck: Callable[[str], None] = lambda name: None,
+                 needed: Callable[[str], bool] = lambda name: True,
+                 metrics: ModelMetrics | None = None) -> None:
         self._load = load
         self._precheck = precheck
+        self._needed = needed  # False once the adapter is loaded
         self._negative_s = negative_cache_s
         self._clock = clock
+        self._metrics = metrics
         self._flights: dict[str, asyncio.Future] = {}
         self._failed: dict[str, tuple[float, GalacticError]] = {}  # name -> (until, error)
+        self.loads = 0  # loads that succeeded
+        self.failures = 0  # loads (and prechecks) that failed
 
     def start(self, name: str) -> asyncio.Future:
         failed = self._failed.get(name)
@@ -280,7 +298,7 @@ class OnDemandLoads:
             try:
                 self._precheck(name)
             except _LASTING as exc:
-                self._remember(name, exc)
+                self._failed_with(name, exc)
                 raise
             flight = self._flights[name] = asyncio.ensure_future(self._run(name))
             # Retrieved here so that a failure nobody awaited any more is not logged as
@@ -288,23 +306,46 @@ class OnDemandLoads:
             flight.add_done_callback(lambda f: f.cancelled() or f.exception())
         return flight
 
+    async def wait(self, name: str, deadline: float | None) -> None:
+        """Return once `name` is loaded, loading it if needed; raises the load's error, or
+        DeadlineExceeded past `deadline` (time.monotonic). Should the adapter be evicted
+        again before the caller holds it (a burst of other adapters' first requests), it
+        is loaded again, a bounded number of times."""
+        for _ in range(3):
+            if not self._needed(name):
+                return
+            flight = self.start(name)
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                # Shielded: a waiter that gives up (deadline, cancel) leaves the load to the others.
+                await asyncio.wait_for(asyncio.shield(flight), timeout)
+            except TimeoutError:
+                raise DeadlineExceeded(f"the deadline passed while adapter {name!r} loaded", field="adapter") from None
+            except GalacticError as exc:  # a fresh copy per waiter, not one shared traceback
+                raise type(exc)(exc.message, field=exc.field) from None
+
     def forget(self, name: str) -> None:
         """Drop a remembered failure (LoadAdapter or UnloadAdapter of the name)."""
         self._failed.pop(name, None)
 
-    @property
-    def in_flight(self) -> int:
-        return len(self._flights)
-
     async def _run(self, name: str) -> None:
         try:
             await self._load(name)
-        except _LASTING as exc:
-            self._remember(name, exc)
+        except GalacticError as exc:
+            exc.field = "adapter" if exc.field in ("path", "name") else exc.field
+            log.warning("on-demand load of adapter %s failed: %s", name, exc)
+            self._failed_with(name, exc)
             raise
+        else:
+            self.loads += 1
+            if self._metrics is not None:
+                self._metrics.adapter_loads_on_demand.inc()
         finally:
             del self._flights[name]
 
-    def _remember(self, name: str, exc: GalacticError) -> None:
-        if self._negative_s > 0:
+    def _failed_with(self, name: str, exc: GalacticError) -> None:
+        self.failures += 1
+        if self._metrics is not None:
+            self._metrics.adapter_load_failures.inc()
+        if isinstance(exc, _LASTING) and self._negative_s > 0:
             self._failed[name] = (self._clock() + self._negative_s, exc)

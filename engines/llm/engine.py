@@ -37,9 +37,7 @@ from engines.base import ModelInfo
 from engines.config import to_mapping
 from engines.errors import (
     AlreadyExists,
-    DeadlineExceeded,
     FailedPrecondition,
-    GalacticError,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
@@ -159,8 +157,6 @@ class LLMEngine:
         self._order = itertools.count()
         self._adapters: AdapterRegistry | None = None  # built in load(), with the model
         self._loading: dict[str, RequestStream] = {}  # request id -> a request waiting for its adapter
-        self._on_demand = OnDemandLoads(self._load_on_demand, config.adapters.negative_cache_s,
-                                        precheck=self._check_adapter_dir)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._worker: SupervisedWorker | None = None  # created in start()
         self._waiters: list[asyncio.Future] = []
@@ -168,10 +164,13 @@ class LLMEngine:
         self._model_dir = ""
         self._counters = {"generated_tokens_total": 0.0, "prompt_tokens_total": 0.0, "steps_total": 0.0,
                           "requests_finished_total": 0.0, "requests_failed_total": 0.0,
-                          "prefix_cache_queried_tokens_total": 0.0, "prefix_cache_hit_tokens_total": 0.0,
-                          "adapter_loads_on_demand_total": 0.0, "adapter_load_failures_total": 0.0}
+                          "prefix_cache_queried_tokens_total": 0.0, "prefix_cache_hit_tokens_total": 0.0}
         self._m = m.ModelMetrics(config.name)
         self._output = OutputProcessor(set(), self._m, self._counters)
+        self._on_demand = OnDemandLoads(
+            lambda name: asyncio.to_thread(self._adapters.load_unpinned, name), config.adapters.negative_cache_s,
+            precheck=lambda name: self._adapters.check_dir(name), needed=lambda name: self._adapters.wants_load(name),
+            metrics=self._m)
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -296,6 +295,8 @@ class LLMEngine:
             "kv_cache_tokens": float(self._runner.kv_tokens if self._runner is not None else 0),
             "reserved_tokens": float(self._scheduler.reserved),
             "adapters_loaded": float(len(self._adapters or ())),
+            "adapter_loads_on_demand_total": float(self._on_demand.loads),
+            "adapter_load_failures_total": float(self._on_demand.failures),
             "adapter_evictions_total": float(self._adapters.evictions if self._adapters is not None else 0),
             "prefix_cache_tokens": float(self._prefix.tokens if self._prefix is not None else 0),
             "prefix_cache_hit_rate": (self._counters["prefix_cache_hit_tokens_total"]
@@ -355,67 +356,19 @@ class LLMEngine:
             rid = request.request_id
             if rid in self._live or rid in self._loading:
                 raise AlreadyExists(f"request {rid!r} is already running", field="request_id")
-            flight = self._on_demand.start(request.adapter)
-            stream = RequestStream.after_load(self._worker.notify, lambda: self._after_load(request, ids, flight),
+            self._on_demand.start(request.adapter)  # now: concurrent first requests share its load
+            stream = RequestStream.after_load(self._worker.notify, lambda: self._after_load(request, ids),
                                               forget=lambda: self._loading.pop(rid, None))
             self._loading[rid] = stream
             return stream
         return RequestStream(self._enqueue(request), self._worker.notify)
 
-    async def _after_load(self, req: GenerationRequest, ids: list[int],
-                          flight: asyncio.Future) -> Sequence[RequestOutput]:
-        """Wait for the adapter's load (within the request's deadline), then queue it. Should
-        the adapter be evicted again before the request holds it (a burst of other
-        adapters' first requests), it is loaded again, a bounded number of times."""
+    async def _after_load(self, req: GenerationRequest, ids: list[int]) -> Sequence[RequestOutput]:
         try:
-            return await self._load_then_enqueue(req, ids, flight)
+            await self._on_demand.wait(req.adapter, req.deadline)
+            return self._enqueue(req, ids=ids)
         finally:
             self._loading.pop(req.request_id, None)
-
-    async def _load_then_enqueue(self, req: GenerationRequest, ids: list[int],
-                                 flight: asyncio.Future) -> Sequence[RequestOutput]:
-        for _ in range(3):
-            timeout = None if req.deadline is None else max(0.0, req.deadline - time.monotonic())
-            try:
-                # Shielded: a waiter that gives up (deadline, cancel) leaves the load to the others.
-                await asyncio.wait_for(asyncio.shield(flight), timeout)
-            except TimeoutError:
-                raise DeadlineExceeded(f"the deadline passed while adapter {req.adapter!r} loaded",
-                                       field="adapter") from None
-            except GalacticError as exc:  # a fresh copy per waiter, not one shared traceback
-                raise type(exc)(exc.message, field=exc.field) from None
-            if not self._adapters.wants_load(req.adapter):
-                return self._enqueue(req, ids=ids)
-            flight = self._on_demand.start(req.adapter)
-        return self._enqueue(req, ids=ids)
-
-    def _check_adapter_dir(self, name: str) -> None:
-        try:
-            self._adapters.check_dir(name)
-        except NotFound:
-            self._counters["adapter_load_failures_total"] += 1
-            self._m.adapter_load_failures.inc()
-            raise
-
-    async def _load_on_demand(self, name: str) -> None:
-        """The load a request triggers: the files read and checked off the event loop and
-        off the model lock, the install under it (as LoadAdapter's), not pinned. Errors
-        name the request's `adapter` field."""
-        try:
-            full, weights = await asyncio.to_thread(self._adapters.read, name)
-            await asyncio.to_thread(self._adapters.install, name, full, weights, False)
-        except AlreadyExists:  # a LoadAdapter of the same name got there first: loaded all the same
-            pass
-        except GalacticError as exc:
-            self._counters["adapter_load_failures_total"] += 1
-            self._m.adapter_load_failures.inc()
-            log.warning("on-demand load of adapter %s failed: %s", name, exc)
-            exc.field = "adapter" if exc.field in ("path", "name") else exc.field
-            raise
-        else:
-            self._counters["adapter_loads_on_demand_total"] += 1
-            self._m.adapter_loads_on_demand.inc()
-        self._update_gauges()
 
     def cancel(self, request_id: str) -> bool:
         """End a live request with FinalOutput(CANCELLED) within one step (one waiting for

@@ -30,13 +30,13 @@ async def test_unset_parameters_stay_unset(tapped_client, tap):
                                       stop=["\n"], max_new_tokens=2)
     async with tapped_client.session() as session:
         with pytest.raises(gc.NotFound, match="adapter"):  # the daemon got the adapter's name
-            await (await session.submit("x", top_p=0.9, adapter="fr", max_new_tokens=2)).text()
+            await (await session.submit("x", top_p=0.9, adapter="nope", max_new_tokens=2)).text()
     (generate,) = tap.requests("Generate")
     assert generate.sampling.HasField("temperature") and not generate.sampling.HasField("top_p")
     assert list(generate.stopping.stop) == ["\n"] and not generate.HasField("adapter")
     request = tap.requests("Session")[0].submit.request
     assert request.sampling.HasField("top_p") and not request.sampling.HasField("temperature")
-    assert request.adapter == "fr" and request.stopping.max_new_tokens == 2
+    assert request.adapter == "nope" and request.stopping.max_new_tokens == 2
 
 
 @pytest.mark.parametrize("timeout", [None, 2.5])

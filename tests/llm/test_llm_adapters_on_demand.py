@@ -223,3 +223,34 @@ async def test_a_request_waiting_for_its_adapter_can_be_cancelled(make_engine, r
     ids, _, final = await collect_stream(other)  # the load went on for the other request
     assert final.finish_reason is not FinishReason.CANCELLED and len(ids) == final.completion_tokens > 0
     assert names(engine) == {"alpha": False}
+
+
+async def test_a_load_in_progress_does_not_stall_the_running_batch(make_engine, root, monkeypatch):
+    """The adapter's files are read off the event loop and off the model lock: a request on
+    the base model runs to its end while the load is held inside its read."""
+    import threading
+
+    from engines.llm import adapters
+
+    reading, release = threading.Event(), threading.Event()
+    read = adapters.read_adapter
+
+    def held_read(path, root=None):
+        reading.set()
+        release.wait(120)
+        return read(path, root)
+
+    monkeypatch.setattr(adapters, "read_adapter", held_read)
+    engine = await make_engine(root)
+    waiting = engine.generate(req("w", "alpha"))
+    first = asyncio.create_task(waiting.__anext__())
+    try:
+        await asyncio.to_thread(reading.wait, 120)
+        ids, _, final = await collect(engine, GenerationRequest(
+            "base", prompt=PROMPTS[1], sampling=SamplingParams(max_new_tokens=16, ignore_eos=True)))
+        assert final.completion_tokens == len(ids) == 16
+        assert not first.done()  # still waiting for its adapter
+    finally:
+        release.set()
+    ids, _, final = await collect_stream(waiting, [await first])
+    assert final.completion_tokens == len(ids) > 0 and names(engine) == {"alpha": False}
