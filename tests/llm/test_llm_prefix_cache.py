@@ -198,3 +198,60 @@ async def test_front_ends_report_cached_prompt_tokens(llm_daemon):
                 usages.append((await resp.json())["usage"])
     for usage in usages:
         assert 32 <= usage["prompt_tokens_details"]["cached_tokens"] < usage["prompt_tokens"]
+
+
+async def test_adapter_evicted_for_another_drops_its_entries(make_engine, tiny_dir, adapters_root):
+    """max_loaded = 3: a fourth adapter loaded on demand evicts the idle one used longest
+    ago; its blocks go with it, and the same name loaded again never matches them."""
+    eng = await make_engine()
+    prompt = SYSTEM + QUESTIONS[0]
+    for name in ("alpha", "beta", "gamma"):
+        await collect(eng, req(name, prompt, 4, adapter=name))
+    per_adapter = len(eng.tokenizer(prompt)["input_ids"]) // 16 * 16  # the prompt's full blocks
+    assert eng.stats()["prefix_cache_tokens"] == 3 * per_adapter
+    await collect(eng, req("delta", prompt, 4, adapter="delta"))  # evicts alpha
+    assert {a.name for a in eng.list_adapters()} == {"beta", "gamma", "delta"}
+    assert eng.stats()["prefix_cache_tokens"] == 3 * per_adapter
+    ids, _, final = await collect(eng, req("alpha-again", prompt, 4, adapter="alpha"))  # evicts beta
+    assert final.cached_prompt_tokens == 0
+    assert ids == peft_reference(tiny_dir, adapters_root, "alpha", prompt, 4)
+    _, _, final = await collect(eng, req("gamma-again", prompt, 4, adapter="gamma"))
+    assert final.cached_prompt_tokens == _blocks(eng, prompt)
+
+
+async def test_a_failed_step_empties_the_cache_and_answers_stay_exact(make_engine, reference, monkeypatch):
+    from engines.errors import GalacticError
+    from engines.llm.runner import ModelRunner
+    from fault_injection import Injected
+
+    eng = await make_engine()
+    prompt = SYSTEM + QUESTIONS[1]
+    await collect(eng, req("f0", prompt))
+    assert eng.stats()["prefix_cache_tokens"] > 0
+    Injected(monkeypatch, ModelRunner, "execute", RuntimeError("injected step failure"))
+    with pytest.raises((RuntimeError, GalacticError)):
+        await collect(eng, req("f1", prompt))
+    assert eng.stats()["prefix_cache_tokens"] == _stored_tokens(eng) == 0
+    ids, _, final = await collect(eng, req("f2", prompt))
+    assert ids == greedy_reference(reference, prompt, 8)
+    assert final.cached_prompt_tokens == 0
+
+
+def test_index_evicts_least_recently_used_tails_first_and_drops_by_key():
+    from engines.llm.prefix_cache import PrefixIndex
+
+    index = PrefixIndex(max_tokens=8, block_tokens=2)  # four blocks
+    a = index.hashes("", [1, 2, 3, 4, 5, 6])
+    assert len(a) == 3
+    assert index.hashes("x@1", [1, 2, 3, 4, 5, 6]) != a != index.hashes("", [1, 2, 3, 4, 5, 7])
+    assert index.hashes("", [1, 2, 3, 4, 9, 9])[:2] == a[:2]  # chained: equal prefixes, equal hashes
+    assert index.hashes("", list(range(20))) == index.hashes("", list(range(8)))  # at most what fits
+    index.insert("", a)
+    assert index.match(a, 7) == 6 and index.match(a, 6) == 4  # the last token is always computed
+    b = index.hashes("k@1", [7, 7, 8, 8])
+    index.insert("k@1", b)  # five blocks: a's tail goes first
+    assert index.take_evicted() == [a[2]]
+    assert index.match(a, 7) == 4 and index.tokens == 8
+    index.drop("k@1")
+    assert set(index.take_evicted()) == set(b) and index.tokens == 4
+    assert index.match(b, 5) == 0
