@@ -261,15 +261,17 @@ class LLMEngine:
             self.state = "stopped"
             return
         self.state = "draining"
+        # Requests waiting for their adapter's on-demand load were accepted: they are served too.
+        idle = lambda e: e.running_count + e.waiting_count + len(e._loading) == 0  # noqa: E731
         try:
-            await self.wait_until(lambda e: e.running_count + e.waiting_count == 0, timeout=grace_s)
+            await self.wait_until(idle, timeout=grace_s)
         except asyncio.TimeoutError:
-            live = list(self._live)
+            live = [*self._live, *self._loading]
             log.warning("llm engine %s: grace over; cancelling %d live requests", self.name, len(live))
             for request_id in live:
                 self.cancel(request_id)
             try:
-                await self.wait_until(lambda e: e.running_count + e.waiting_count == 0, timeout=30)
+                await self.wait_until(idle, timeout=30)
             except asyncio.TimeoutError:
                 log.warning("llm engine %s: requests still live after cancel; failing them", self.name)
         await asyncio.to_thread(self._worker.stop, 30)
@@ -366,9 +368,10 @@ class LLMEngine:
     async def _after_load(self, req: GenerationRequest, ids: list[int]) -> Sequence[RequestOutput]:
         try:
             await self._on_demand.wait(req.adapter, req.deadline)
-            return self._enqueue(req, ids=ids)
+            return self._enqueue(req, ids=ids, accepted=True)
         finally:
             self._loading.pop(req.request_id, None)
+            self._state_changed()  # a drain waits for requests waiting for a load, too
 
     def cancel(self, request_id: str) -> bool:
         """End a live request with FinalOutput(CANCELLED) within one step (one waiting for
@@ -384,9 +387,12 @@ class LLMEngine:
         self._worker.notify()
         return True
 
-    def _enqueue(self, req: GenerationRequest, canary: bool = False,
-                 ids: list[int] | None = None) -> Sequence[RequestOutput]:
-        if (self.state != "ready" and not canary) or self._worker is None:
+    def _enqueue(self, req: GenerationRequest, canary: bool = False, ids: list[int] | None = None,
+                 accepted: bool = False) -> Sequence[RequestOutput]:
+        """Queue a request; `accepted`: generate() took it before a drain began (it waited
+        for its adapter's load), so a draining engine still serves it."""
+        open_to_it = self.state == "ready" or canary or (accepted and self.state == "draining")
+        if not open_to_it or self._worker is None:
             raise Unavailable(f"model {self.name} is {self.state}")
         if ids is None:
             ids = validate_and_tokenize(req, self.tokenizer, self.config.scheduler, self._facts.max_positions)

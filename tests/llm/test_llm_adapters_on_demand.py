@@ -254,3 +254,35 @@ async def test_a_load_in_progress_does_not_stall_the_running_batch(make_engine, 
         release.set()
     ids, _, final = await collect_stream(waiting, [await first])
     assert final.completion_tokens == len(ids) > 0 and names(engine) == {"alpha": False}
+
+
+async def test_a_drain_serves_a_request_that_waits_for_its_adapter(make_engine, root, monkeypatch):
+    import threading
+
+    from engines.llm import adapters
+    from engines.llm.types import FinishReason
+
+    reading, release = threading.Event(), threading.Event()
+    read = adapters.read_adapter
+
+    def held_read(path, root=None):
+        reading.set()
+        release.wait(120)
+        return read(path, root)
+
+    monkeypatch.setattr(adapters, "read_adapter", held_read)
+    engine = await make_engine(root)
+    waiting = engine.generate(GenerationRequest("w", prompt=PROMPTS[0], adapter="alpha",
+                                                sampling=SamplingParams(max_new_tokens=6, ignore_eos=True)))
+    first = asyncio.create_task(waiting.__anext__())
+    try:
+        await asyncio.to_thread(reading.wait, 120)
+        stop = asyncio.create_task(engine.stop(120))
+        await asyncio.sleep(0)  # one turn of the loop: stop() has begun the drain
+        assert engine.state == "draining" and not stop.done()
+    finally:
+        release.set()
+    ids, _, final = await collect_stream(waiting, [await first])
+    assert (final.finish_reason, final.completion_tokens, len(ids)) == (FinishReason.LENGTH, 6, 6)
+    await stop
+    assert engine.state == "stopped"
