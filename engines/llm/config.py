@@ -116,6 +116,25 @@ class PrefixCacheConfig:
 
 
 @dataclass(frozen=True)
+class ConstraintConfig:
+    """Structured output (`constraints.py`): bounds on what a request may ask for."""
+
+    max_bytes: int = 65536  # longest constraint text (JSON schema, regex, grammar) accepted
+    cache_size: int = 128  # compiled grammars kept, least recently used dropped beyond this
+    # llguidance's parser fuel per grammar build and per mask step: a pathological grammar
+    # fails (INVALID_ARGUMENT at admission, or its request at the step) instead of stalling
+    # the batch. Its defaults: 1_000_000 and 200_000 (~20 ms and ~14 ms of work).
+    initial_lexer_fuel: int = 1_000_000
+    step_lexer_fuel: int = 200_000
+
+    def __post_init__(self) -> None:
+        check(self.max_bytes >= 1, "max_bytes", "must be >= 1")
+        check(self.cache_size >= 1, "cache_size", "must be >= 1")
+        check(self.initial_lexer_fuel >= 1, "initial_lexer_fuel", "must be >= 1")
+        check(self.step_lexer_fuel >= 1, "step_lexer_fuel", "must be >= 1")
+
+
+@dataclass(frozen=True)
 class LLMConfig:
     name: str = "galactic-demo"  # model name clients address
     path: str = "embedded"  # a local Hugging Face causal-LM dir, or "embedded" for the shipped demo model
@@ -156,6 +175,7 @@ class LLMConfig:
     # Used by the static KV layouts (kv_cache = "static", with or without compile); the
     # padded layout has no per-request slot to copy a prefix into: there it is off.
     prefix_cache: PrefixCacheConfig = field(default_factory=PrefixCacheConfig)
+    constraints: ConstraintConfig = field(default_factory=ConstraintConfig)
 
     @property
     def prefix_caching(self) -> bool:
@@ -219,4 +239,10 @@ require_metadata = false          # refuse adapters without galactic_adapter.jso
 enabled = true                    # reuse prompt KV across requests with the same adapter (kv_cache = "static" only)
 max_tokens = 8192                 # prompt tokens kept for reuse; least recently used blocks are evicted beyond it
 block_tokens = 16                 # prompts are cached in full blocks of this many tokens
+
+[llm.constraints]
+max_bytes = 65536                 # longest constraint (JSON schema, regex, grammar) a request may send
+cache_size = 128                  # compiled grammars kept (LRU by the constraint's hash)
+initial_lexer_fuel = 1000000      # llguidance fuel to build a grammar's lexer (bounds compile time)
+step_lexer_fuel = 200000          # llguidance fuel per mask step (bounds a step's mask time)
 """

@@ -16,6 +16,7 @@ Inside either, the KV layout is a class too (`layouts.LAYOUTS`), chosen by `buil
 
 from __future__ import annotations
 
+import copy
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +109,7 @@ class ModelCore:
 def build_core(config: LLMConfig, progress: Callable[[str], None]) -> ModelCore:
     """Load the model (local files only), wrap it for per-row LoRA and build its runner with
     the configured KV layout (warming a compiled decode step here, before ready)."""
+    from engines.llm.constraints import Grammars
     from engines.llm.layouts import LAYOUTS
     from engines.llm.loading import input_device, load_model_and_tokenizer
     from engines.llm.lora import LoRABank
@@ -128,7 +130,10 @@ def build_core(config: LLMConfig, progress: Callable[[str], None]) -> ModelCore:
     # The served model is the same LightningModule class that training fine-tunes; its
     # forward is the HF model's, so the step pays one extra Python call and no more.
     module = CausalLMModule(model)
-    step_model = StepModel(module, device, bank.ctx)
+    # Its own tokenizer copy: llguidance reads it on the worker thread while the engine's
+    # copy encodes on the event loop (a Rust tokenizer shared across threads can fail).
+    grammars = Grammars(copy.deepcopy(tok), eos_ids, config.constraints)
+    step_model = StepModel(module, device, bank.ctx, grammars)
     layout = LAYOUTS[(config.kv_cache, config.compile)](step_model, model, config, max_positions, progress)
     return ModelCore(model, module, tok, Path(model_dir), ModelRunner(layout, step_model), bank, facts)
 

@@ -46,6 +46,7 @@ from engines.errors import (
 from engines.llm import metrics as m
 from engines.llm.adapters import AdapterRegistry, OnDemandLoads
 from engines.llm.config import LLMConfig
+from engines.llm.constraints import Grammars
 from engines.llm.core import RUNNERS, ModelFacts, ModelSide, StepRunner
 from engines.llm.detok import IncrementalDecoder
 from engines.llm.output import OutputProcessor, RequestOutput
@@ -162,6 +163,7 @@ class LLMEngine:
         self._waiters: list[asyncio.Future] = []
         self._runner_holds = False  # the runner held the last step's tokens back (StepRunner.collect)
         self._model_dir = ""
+        self._grammars: Grammars | None = None  # admission's compiled constraints; built in load()
         self._counters = {"generated_tokens_total": 0.0, "prompt_tokens_total": 0.0, "steps_total": 0.0,
                           "requests_finished_total": 0.0, "requests_failed_total": 0.0,
                           "prefix_cache_queried_tokens_total": 0.0, "prefix_cache_hit_tokens_total": 0.0}
@@ -188,6 +190,7 @@ class LLMEngine:
         # truncation state), so the worker gets its own copy.
         self._decode_tokenizer = copy.deepcopy(tok)
         self._output.eos = set(facts.eos)
+        self._grammars = Grammars(tok, facts.eos, self.config.constraints)
         self._adapters = AdapterRegistry(self.config.adapters, bank, self._model_lock, self._lock, Path(model_dir))
         self._adapters.on_evict = lambda name: self._m.adapter_evictions.inc()
         if self._prefix is not None:  # under `_lock`, as every use of the index
@@ -354,7 +357,7 @@ class LLMEngine:
         if request.adapter and self._adapters.wants_load(request.adapter):
             if self.state != "ready" or self._worker is None:
                 raise Unavailable(f"model {self.name} is {self.state}")
-            ids = validate_and_tokenize(request, self.tokenizer, self.config.scheduler, self._facts.max_positions)
+            ids = self._validate(request)
             rid = request.request_id
             if rid in self._live or rid in self._loading:
                 raise AlreadyExists(f"request {rid!r} is already running", field="request_id")
@@ -387,6 +390,18 @@ class LLMEngine:
         self._worker.notify()
         return True
 
+    def _validate(self, req: GenerationRequest) -> list[int]:
+        """Check the request (its constraint compiled, or found in the grammar cache) and
+        tokenize its prompt; on the event loop, before any model work."""
+        g = self._grammars
+        hits, misses = (g.hits, g.misses) if g is not None else (0, 0)
+        try:
+            return validate_and_tokenize(req, self.tokenizer, self.config.scheduler, self._facts.max_positions, g)
+        finally:
+            if g is not None:
+                self._m.grammar_hits.inc(g.hits - hits)
+                self._m.grammar_misses.inc(g.misses - misses)
+
     def _enqueue(self, req: GenerationRequest, canary: bool = False, ids: list[int] | None = None,
                  accepted: bool = False) -> Sequence[RequestOutput]:
         """Queue a request; `accepted`: generate() took it before a drain began (it waited
@@ -395,7 +410,7 @@ class LLMEngine:
         if not open_to_it or self._worker is None:
             raise Unavailable(f"model {self.name} is {self.state}")
         if ids is None:
-            ids = validate_and_tokenize(req, self.tokenizer, self.config.scheduler, self._facts.max_positions)
+            ids = self._validate(req)
         with self._lock:
             if req.request_id in self._live:
                 raise AlreadyExists(f"request {req.request_id!r} is already running", field="request_id")
@@ -416,6 +431,8 @@ class LLMEngine:
                            cache_key=adapter.cache_key if adapter is not None else "")
             self._live[req.request_id] = seq
             self._scheduler.add(seq)
+        if req.sampling.constraint is not None:
+            self._m.constrained.inc()
         if req.meter is not None:  # queued: the prompt is owed whatever happens next
             req.meter(len(ids))
         self._update_gauges()
@@ -565,6 +582,8 @@ class LLMEngine:
         ended meanwhile (cancelled, expired, or finished by the step before, when steps
         overlap) gets no more tokens."""
         now = time.monotonic()
+        if result.mask_s:
+            self._m.mask.observe(result.mask_s)
         finished: list[tuple[Sequence[RequestOutput], FinishReason]] = []
         for s in result.sampled:
             if s.seq.done:

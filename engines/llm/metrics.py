@@ -34,6 +34,11 @@ PREFIX_HIT = Counter("galactic_llm_prefix_cache_hit_tokens", "Prompt tokens reus
 PREFIX_TOKENS = Gauge("galactic_llm_prefix_cache_tokens", "Prompt tokens the prefix cache holds.", ["model"])
 GENERATED = Counter("galactic_llm_generated_tokens", "Tokens generated.", ["model"])
 PROMPT = Counter("galactic_llm_prompt_tokens", "Prompt tokens prefilled.", ["model"])
+CONSTRAINED = Counter("galactic_llm_constrained_requests", "Requests queued with a structured-output constraint.", ["model"])
+GRAMMAR_CACHE_HITS = Counter("galactic_llm_grammar_cache_hits", "Constraints found compiled in the grammar cache at admission.", ["model"])
+GRAMMAR_CACHE_MISSES = Counter("galactic_llm_grammar_cache_misses", "Constraints compiled at admission (not cached).", ["model"])
+MASK_SECONDS = Histogram("galactic_llm_mask_seconds", "Per step with constrained rows: time computing their token masks and advancing their matchers.",
+                         ["model"], buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1))
 FINISHED = Counter("galactic_llm_requests_finished", "Requests finished, by reason.", ["model", "reason"])
 
 
@@ -55,6 +60,9 @@ class ModelMetrics:
         self.generated, self.prompt = GENERATED.labels(model=model), PROMPT.labels(model=model)
         self.prefix_queried, self.prefix_hit = PREFIX_QUERIED.labels(model=model), PREFIX_HIT.labels(model=model)
         self.prefix_tokens = PREFIX_TOKENS.labels(model=model)
+        self.constrained, self.mask = CONSTRAINED.labels(model=model), MASK_SECONDS.labels(model=model)
+        self.grammar_hits = GRAMMAR_CACHE_HITS.labels(model=model)
+        self.grammar_misses = GRAMMAR_CACHE_MISSES.labels(model=model)
 
     def finished(self, reason: str) -> None:
         FINISHED.labels(model=self.model, reason=reason).inc()

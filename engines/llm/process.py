@@ -106,7 +106,8 @@ class _Child:
                         evicted=evicted)
         with torch.no_grad():
             result = self.runner.execute(plan)
-        return ([(s.seq.order, s.token, s.logprob, s.first) for s in result.sampled], self.runner.kv_tokens)
+        return ([(s.seq.order, s.token, s.logprob, s.first) for s in result.sampled], self.runner.kv_tokens,
+                result.mask_s)
 
     def free(self, keys: list[int]) -> int:
         self.runner.free([self.seqs.pop(k) for k in keys if k in self.seqs])
@@ -344,8 +345,8 @@ class ProcessRunner:
 
     def collect(self) -> StepResult | None:
         by_key, self._inflight = self._inflight, None
-        sampled, self.kv_tokens = self.process.receive()
-        return StepResult([Sampled(by_key[k], token, logprob, first) for k, token, logprob, first in sampled])
+        sampled, self.kv_tokens, mask_s = self.process.receive()
+        return StepResult([Sampled(by_key[k], token, logprob, first) for k, token, logprob, first in sampled], mask_s)
 
     def free(self, seqs: list[Sequence]) -> None:
         """At once when no step is in flight; else with the next step."""

@@ -15,6 +15,7 @@ It never calls back up: the scheduler decides what runs, the engine applies the 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -35,6 +36,7 @@ class Sampled:
 @dataclass
 class StepResult:
     sampled: list[Sampled] = field(default_factory=list)  # decode rows first, then completed prompts
+    mask_s: float = 0.0  # time spent on constrained rows' masks (compute + advance) this step
 
 
 class KVLayout(Protocol):
@@ -67,17 +69,22 @@ class KVLayout(Protocol):
 class _RowState:
     generator: torch.Generator | None
     seen: torch.Tensor | None  # prompt + generated ids, only with a repetition penalty
+    matcher: Any = None  # a constrained request's llguidance matcher (constraints.Grammars)
 
 
 class StepModel:
     """The served model as the layouts use it: `forward` (the one place the model is
-    called) and `sample` (per-row sampling state kept per request until `forget`)."""
+    called) and `sample` (per-row sampling state kept per request until `forget`).
+    Constrained rows (structured output) are masked here, where sampling happens: their
+    matcher gives the allowed tokens, and advances with the token sampled."""
 
-    def __init__(self, model: Any, device: torch.device, lora_ctx: Any = None) -> None:
+    def __init__(self, model: Any, device: torch.device, lora_ctx: Any = None, grammars: Any = None) -> None:
         self.model = model
         self.device = device
         self._lora_ctx = lora_ctx  # LoRABank.ctx: `.index` selects each row's adapter slot
         self._rows: dict[Sequence, _RowState] = {}
+        self.grammars = grammars  # constraints.Grammars over this model's tokenizer; None = refuse
+        self.mask_s = 0.0  # mask time since the runner last reset it (one step)
 
     def forward(self, slots: list[int], call: Callable[..., Any] | None = None, **inputs: Any) -> torch.Tensor:
         """One forward pass (`call`, default the model) with row i reading LoRA bank slot
@@ -93,10 +100,21 @@ class StepModel:
     def sample(self, seqs: list[Sequence], logits: torch.Tensor) -> list[tuple[int, float | None]]:
         """One token per row of `logits` (B, V) for `seqs` (B), under each request's sampling."""
         states = [self._state(s) for s in seqs]
-        picks = sample_batch(logits, [(s.request.sampling, st.seen, st.generator) for s, st in zip(seqs, states)])
+        constrained = any(st.matcher is not None for st in states)
+        t0 = time.perf_counter() if constrained else 0.0
+        masks = [None if st.matcher is None else self.grammars.allowed(st.matcher) for st in states]
+        if constrained:
+            self.mask_s += time.perf_counter() - t0
+        picks = sample_batch(logits, [(s.request.sampling, st.seen, st.generator, mask)
+                                      for s, st, mask in zip(seqs, states, masks)])
+        t0 = time.perf_counter() if constrained else 0.0
         for st, (token, _) in zip(states, picks):
             if st.seen is not None:
                 st.seen = torch.cat([st.seen, torch.tensor([token])])
+            if st.matcher is not None:
+                self.grammars.advance(st.matcher, token)
+        if constrained:
+            self.mask_s += time.perf_counter() - t0
         return picks
 
     def forget(self, seqs: list[Sequence]) -> None:
@@ -111,7 +129,8 @@ class StepModel:
         if state is None:
             params = seq.request.sampling
             seen = torch.tensor(seq.prompt_ids, dtype=torch.long) if params.repetition_penalty != 1.0 else None
-            state = self._rows[seq] = _RowState(make_generator(params), seen)
+            matcher = None if params.constraint is None else self.grammars.matcher(params.constraint)
+            state = self._rows[seq] = _RowState(make_generator(params), seen, matcher)
         return state
 
 
@@ -140,7 +159,10 @@ class ModelRunner:
     def execute(self, plan: StepPlan) -> StepResult:
         """Free the plan's dropped requests, then run it (`KVLayout.execute`)."""
         self.free([seq for seq, _ in plan.dropped])
-        return self.layout.execute(plan)
+        self.model.mask_s = 0.0
+        result = self.layout.execute(plan)
+        result.mask_s = self.model.mask_s
+        return result
 
     def free(self, seqs: list[Sequence]) -> None:
         """Forget finished or dropped requests: their cache rows and sampling state."""

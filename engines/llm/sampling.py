@@ -29,6 +29,7 @@ def sample_row(
     params: SamplingParams,
     seen: torch.Tensor | None,  # (n,) int64 prompt + generated ids, for repetition penalty
     gen: torch.Generator | None,
+    allowed: torch.Tensor | None = None,  # (V',) bool, a constrained row's mask (constraints.py)
 ) -> tuple[int, float | None]:
     """Choose the next token for one row; return it and its log-probability if asked."""
     raw = logits
@@ -37,6 +38,8 @@ def sample_row(
         picked = logits[seen]
         picked = torch.where(picked < 0, picked * params.repetition_penalty, picked / params.repetition_penalty)
         logits[seen] = picked
+    if allowed is not None:
+        logits = apply_mask(logits, allowed)
     if params.temperature <= 0 or gen is None:
         token = int(torch.argmax(logits))
     else:
@@ -57,18 +60,29 @@ def sample_row(
     return token, logprob
 
 
+def apply_mask(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """`logits` (V,) with every token `allowed` (V',) refuses at -inf. The model's vocabulary
+    may be padded past the tokenizer's (V > V'): that tail is refused too."""
+    n = min(allowed.numel(), logits.numel())
+    keep = torch.zeros(logits.numel(), dtype=torch.bool)
+    keep[:n] = allowed[:n]
+    return logits.masked_fill(~keep, float("-inf"))
+
+
 def sample_batch(
     logits: torch.Tensor,  # (B, V) on the model's device
-    rows: list[tuple[SamplingParams, torch.Tensor | None, torch.Generator | None]],  # (params, seen, gen) per row
+    # (params, seen, gen, allowed) per row: allowed is a constrained row's (V',) bool mask, else None
+    rows: list[tuple[SamplingParams, torch.Tensor | None, torch.Generator | None, torch.Tensor | None]],
 ) -> list[tuple[int, float | None]]:
     """Next token (and logprob) per row.
 
     Plain greedy rows take one batched argmax where the logits are, so only B ints cross
-    to the host; rows that sample, penalise or want logprobs get their logits row copied
-    to the host and go through `sample_row` with their own generator."""
+    to the host; rows that sample, penalise, want logprobs or are constrained get their
+    logits row copied to the host and go through `sample_row` with their own generator
+    (a row's mask touches only that row: the others sample exactly as without it)."""
     picks: list[tuple[int, float | None]] = [(0, None)] * len(rows)
-    plain = [i for i, (p, _, _) in enumerate(rows)
-             if p.temperature <= 0 and p.repetition_penalty == 1.0 and not p.logprobs]
+    plain = [i for i, (p, _, _, allowed) in enumerate(rows)
+             if p.temperature <= 0 and p.repetition_penalty == 1.0 and not p.logprobs and allowed is None]
     if plain:
         for i, token in zip(plain, logits[plain].argmax(-1).tolist()):
             picks[i] = (token, None)
@@ -77,6 +91,6 @@ def sample_batch(
     if rest:
         host = logits[rest].float().cpu()  # one device->host copy for these rows
         for j, i in enumerate(rest):
-            params, seen, gen = rows[i]
-            picks[i] = sample_row(host[j], params, seen, gen)
+            params, seen, gen, allowed = rows[i]
+            picks[i] = sample_row(host[j], params, seen, gen, allowed)
     return picks

@@ -17,6 +17,17 @@ class ChatMessage:
 
 
 @dataclass(frozen=True)
+class Constraint:
+    """What the answer must match (structured output, `constraints.py`). Sampling is masked
+    to tokens that keep the text a prefix of a match; when the match is complete only EOS is
+    allowed, so the request ends with `FinishReason.EOS`. At `max_new_tokens` first it ends
+    with LENGTH and the text is incomplete (not valid JSON, not a full match)."""
+
+    kind: str  # "json_schema" | "json_object" | "regex" | "grammar" (llguidance's Lark dialect)
+    text: str = ""  # the schema (JSON text), regex or grammar; "" for json_object
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     max_new_tokens: int = 64
     temperature: float = 0.0  # 0 => greedy (argmax), other knobs then only affect logprobs
@@ -27,6 +38,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()  # text is cut before the first stop string found
     logprobs: bool = False  # per-token log-probabilities under the model (raw logits)
     ignore_eos: bool = False  # keep going past EOS until max_new_tokens / stop
+    constraint: Constraint | None = None  # structured output; None = free text
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,10 @@ from engines.llm.config import SchedulerConfig
 from engines.llm.types import GenerationRequest
 
 
-def validate_and_tokenize(req: GenerationRequest, tokenizer: Any, sched: SchedulerConfig, max_positions: int) -> list[int]:
-    """Check a request field by field (errors name the proto field) and return its prompt ids."""
+def validate_and_tokenize(req: GenerationRequest, tokenizer: Any, sched: SchedulerConfig, max_positions: int,
+                          grammars: Any = None) -> list[int]:
+    """Check a request field by field (errors name the proto field) and return its prompt ids.
+    A constraint is compiled here (`grammars`, a `constraints.Grammars`), before any model work."""
     s = req.sampling
     if not req.request_id:
         raise InvalidArgument("request_id must be set", field="request_id")
@@ -31,6 +33,13 @@ def validate_and_tokenize(req: GenerationRequest, tokenizer: Any, sched: Schedul
         raise InvalidArgument("must be > 0 (1 = off)", field="sampling.repetition_penalty")
     if any(not stop for stop in s.stop):
         raise InvalidArgument("stop strings must be non-empty", field="sampling.stop")
+    if s.constraint is not None:
+        if s.ignore_eos:
+            raise InvalidArgument("a constrained request ends with EOS when its grammar completes; "
+                                  "ignore_eos cannot be set with a constraint", field="sampling.ignore_eos")
+        if grammars is None:
+            raise InvalidArgument("this model does not take constraints", field="constraint")
+        grammars.check(s.constraint)
     if (req.prompt is None) == (not req.messages):
         raise InvalidArgument("set exactly one of prompt or messages", field="prompt")
     # Tokenizing runs on the event loop: bound the text first, so a 64 MiB prompt is refused
