@@ -184,6 +184,8 @@ class LimitsConfig:
     # Stop strings per request, and characters in each.
     max_stop_strings: int = 16
     max_stop_chars: int = 256
+    # A structured-output constraint's text (Constraint.json_schema, .regex, .grammar).
+    max_constraint_chars: int = 65536
     # Adapter directory paths (LoadAdapter.path).
     max_path_chars: int = 1024
     # Tensors in one Infer request, dimensions of one, elements of one.

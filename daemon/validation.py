@@ -37,6 +37,9 @@ RULES: dict[tuple[str, str], str] = {
     ("ChatMessage", "content"): "prompt",
     ("ChatMessages", "messages"): "messages",
     ("StoppingParams", "stop"): "stop",
+    ("Constraint", "json_schema"): "constraint",
+    ("Constraint", "regex"): "constraint",
+    ("Constraint", "grammar"): "constraint",
     ("InferRequest", "model"): "name",
     ("InferRequest", "inputs"): "tensors",
     ("Tensor", "name"): "name",
@@ -179,6 +182,7 @@ class Bounds:
     def _string_limit(self, kind: str | None) -> int:
         lim = self.limits
         return {"name": lim.max_name_chars, "prompt": lim.max_prompt_chars, "stop": lim.max_stop_chars,
+                "constraint": lim.max_constraint_chars,
                 "path": lim.max_path_chars}.get(kind or "", lim.max_id_chars)
 
     def _count_limit(self, kind: str | None) -> int:

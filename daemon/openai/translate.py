@@ -19,6 +19,7 @@ errors come back naming OpenAI's parameter through `param_of`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 import uuid
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from typing import Any, Mapping
 
 from daemon.validation import Bounds
 from engines.errors import InvalidArgument
-from engines.llm.types import ChatMessage, FinalOutput, FinishReason, GenerationRequest, SamplingParams, TokenChunk
+from engines.llm.types import ChatMessage, Constraint, FinalOutput, FinishReason, GenerationRequest, SamplingParams, TokenChunk
 
 # Parameters that cannot change the answer: accepted, ignored (README lists them).
 # parallel_tool_calls: tools themselves are refused, so it has nothing to act on.
@@ -39,7 +40,7 @@ AT_DEFAULT_ONLY: dict[str, Mapping[str, Any]] = {
                     "best_of": 1, "logit_bias": {}},
     "chat": {"presence_penalty": 0, "frequency_penalty": 0, "top_logprobs": 0, "logit_bias": {},
              "tools": [], "functions": [], "tool_choice": "none", "function_call": "none",
-             "response_format": {"type": "text"}, "modalities": ["text"]},
+             "modalities": ["text"]},
 }
 # Parameters translated into the engine's request. top_k, repetition_penalty and
 # ignore_eos are not OpenAI's: vLLM accepts them in the body, and so do we.
@@ -49,7 +50,7 @@ TRANSLATED = {
                               "ignore_eos"}),
     "chat": frozenset({"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p",
                        "stop", "seed", "n", "stream", "stream_options", "logprobs", "top_k",
-                       "repetition_penalty", "ignore_eos"}),
+                       "repetition_penalty", "ignore_eos", "response_format"}),
 }
 # OpenAI's defaults where they differ from the engine's: sampling at temperature 1, and
 # 16 tokens for a legacy completion (chat has no fixed default: the engine's applies).
@@ -58,7 +59,8 @@ COMPLETIONS_MAX_TOKENS = 16
 # Engine field -> OpenAI parameter (the max-tokens one is whichever the client sent).
 _PARAMS = {"sampling.temperature": "temperature", "sampling.top_p": "top_p", "sampling.top_k": "top_k",
            "sampling.repetition_penalty": "repetition_penalty", "sampling.stop": "stop", "adapter": "model",
-           "request_id": None}
+           "request_id": None, "constraint": "response_format", "constraint.json_schema": "response_format",
+           "constraint.json_object": "response_format", "sampling.ignore_eos": "ignore_eos"}
 _FINISH = {FinishReason.EOS: "stop", FinishReason.STOP_SEQUENCE: "stop", FinishReason.LENGTH: "length"}
 
 
@@ -133,6 +135,7 @@ def to_call(kind: str, body: Any, adapter: str | None, bounds: Bounds, max_choic
         stop=tuple(stop),
         logprobs=logprobs,
         ignore_eos=bool(_get(body, "ignore_eos", bool)),
+        constraint=_response_format(body) if kind == "chat" else None,
     )
     options = _get(body, "stream_options", dict) or {}
     stream = bool(_get(body, "stream", bool))
@@ -155,6 +158,27 @@ def to_call(kind: str, body: Any, adapter: str | None, bounds: Bounds, max_choic
             prompt_of.append(p)
     return Call(kind=kind, model=model, requests=tuple(requests), prompt_of=tuple(prompt_of), stream=stream,
                 include_usage=include_usage, logprobs=logprobs, max_tokens_param=max_param)
+
+
+def _response_format(body: Mapping[str, Any]) -> Constraint | None:
+    """OpenAI's response_format -> the engine's constraint: "text" is none, "json_object"
+    any JSON object, "json_schema" its `json_schema.schema`. The schema is always enforced
+    (`strict` true or false alike: decoding is constrained either way)."""
+    fmt = _get(body, "response_format", dict)
+    kind = None if fmt is None else fmt.get("type")
+    if fmt is None or kind == "text":
+        return None
+    if kind == "json_object":
+        return Constraint("json_object")
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise InvalidArgument("json_schema.schema must be a JSON Schema object", field="response_format")
+        if not isinstance(spec.get("strict", False), (bool, type(None))):
+            raise InvalidArgument("json_schema.strict must be a boolean", field="response_format")
+        return Constraint("json_schema", json.dumps(schema))
+    raise InvalidArgument("type must be one of text, json_object, json_schema", field="response_format")
 
 
 def _refuse_unknown(kind: str, body: dict) -> None:

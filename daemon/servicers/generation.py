@@ -19,7 +19,15 @@ from daemon.errors import shorten, to_status
 from daemon.servicers import deadline_of, pick
 from daemon.validation import Bounds
 from engines.errors import AlreadyExists, GalacticError, InvalidArgument, NotFound, Unavailable
-from engines.llm.types import ChatMessage, FinalOutput, GenerationRequest, SamplingParams, TokenChunk
+from engines.llm.types import ChatMessage, Constraint, FinalOutput, GenerationRequest, SamplingParams, TokenChunk
+
+
+def to_constraint(msg: pb.Constraint) -> Constraint | None:
+    """The proto's oneof -> the engine's Constraint (the engine compiles and checks it)."""
+    kind = msg.WhichOneof("kind")
+    if kind is None or (kind == "json_object" and not msg.json_object):
+        return None
+    return Constraint(kind, "" if kind == "json_object" else getattr(msg, kind))
 
 
 def to_request(msg: pb.GenerateRequest, request_id: str, deadline: float | None) -> GenerationRequest:
@@ -39,6 +47,7 @@ def to_request(msg: pb.GenerateRequest, request_id: str, deadline: float | None)
         stop=tuple(st.stop),
         logprobs=msg.logprobs,
         ignore_eos=st.ignore_eos,
+        constraint=to_constraint(msg.constraint) if msg.HasField("constraint") else None,
     )
     return GenerationRequest(
         request_id=request_id,

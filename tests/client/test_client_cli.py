@@ -108,3 +108,17 @@ async def test_coordinate_from_json_file(target, capsys, tmp_path, table):
     request.write_text('{"no_such_field": 1}')
     code, _, err = await galactic(capsys, "--target", target, "coordinate", str(request))
     assert code == 1 and "no_such_field" in err
+
+
+async def test_generate_json_schema_file(tap, capsys, tmp_path):
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+              "additionalProperties": False}
+    path = tmp_path / "schema.json"
+    path.write_text(json.dumps(schema))
+    code, out, err = await galactic(capsys, "--target", tap.target, "generate", "Answer:", "--json-schema", str(path),
+                                    "--max-new-tokens", "32", "--temperature", "1.0", "--seed", "1")
+    assert code == 0
+    (request,) = tap.requests("Generate")
+    assert json.loads(request.constraint.json_schema) == schema
+    if err.startswith("[EOS]"):  # the grammar completed: the whole answer is the schema's JSON
+        assert json.loads(out) in ({"ok": True}, {"ok": False})

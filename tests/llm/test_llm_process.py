@@ -243,19 +243,19 @@ def test_overlapped_runner_hands_each_step_back_from_the_next_submit():
     pipe = Pipe()
     in_turn = ProcessRunner(pipe)
     assert in_turn.submit(StepPlan(prefill=[PrefillChunk(a, 0, 3)])) is None
-    pipe.replies.append(([(7, 11, None, True)], 3))
+    pipe.replies.append(([(7, 11, None, True)], 3, 0.0))
     assert tokens(in_turn.collect()) == [11]
 
     pipe = Pipe()
     runner = OverlappedProcessRunner(pipe)
     assert runner.submit(StepPlan(prefill=[PrefillChunk(a, 0, 3)])) is None
-    pipe.replies.append(([(7, 11, None, True)], 3))
+    pipe.replies.append(([(7, 11, None, True)], 3, 0.0))
     assert runner.collect() is None  # held for the next submit
     held = runner.submit(StepPlan(decode=[a]))
     assert tokens(held) == [11] and pipe.sent == ["execute", "execute"]  # step 2 sent before step 1 is applied
     runner.free([a])  # step 2 in flight: the free waits for the next message
     assert pipe.sent == ["execute", "execute"]
-    pipe.replies.append(([(7, 12, None, False)], 4))
+    pipe.replies.append(([(7, 12, None, False)], 4, 0.0))
     assert runner.collect() is None
     held = runner.submit(StepPlan())  # idle: the held step comes back, the free goes at once
     assert tokens(held) == [12] and pipe.sent == ["execute", "execute", "free"]

@@ -16,7 +16,7 @@ import pytest
 
 from engines.errors import InvalidArgument
 from engines.llm.types import Constraint, FinishReason, GenerationRequest, SamplingParams
-from llm_helpers import collect
+from llm_helpers import collect, make_config
 
 SCHEMAS = {
     "flat": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "boolean"}},
@@ -149,3 +149,43 @@ async def test_ignore_eos_with_a_constraint_is_refused(engine):
     with pytest.raises(InvalidArgument) as err:
         engine.generate(req)
     assert err.value.field == "sampling.ignore_eos"
+
+
+async def test_process_runner_masks_in_the_model_process(tiny_dir, adapters_root):
+    """runner = "process": the constraint travels with the plan and the child masks."""
+    from engines.llm.engine import LLMEngine
+
+    eng = LLMEngine(make_config(tiny_dir, adapters_root, runner="process"))
+    eng.load(lambda msg: None)
+    await eng.start(asyncio.get_running_loop())
+    try:
+        schema = SCHEMAS["classification"]
+        results = await asyncio.gather(
+            *(collect(eng, _request(f"p-{i}", Constraint("json_schema", json.dumps(schema)), seed=i)) for i in range(RUNS)),
+            collect(eng, _request("p-rx", Constraint("regex", REGEXES[2]), seed=9)))
+        for _, text, final in results[:-1]:
+            if final.finish_reason is FinishReason.EOS:
+                jsonschema.validate(json.loads(text), schema)
+        _, text, final = results[-1]
+        assert final.finish_reason is FinishReason.EOS and re.fullmatch(REGEXES[2], text)
+        assert eng.stats()["requests_finished_total"] == RUNS + 1
+    finally:
+        await eng.stop(5)
+
+
+async def test_through_grpc_client_and_errors_name_the_field(llm_daemon):
+    from galactic_client import AsyncClient, errors
+
+    schema = SCHEMAS["ref"]
+    async with AsyncClient(f"127.0.0.1:{llm_daemon.port}", timeout=60) as client:
+        for seed in range(RUNS):
+            text, final = await client.generate_text("Answer in JSON:", json_schema=schema, temperature=1.0,
+                                                     seed=seed, max_new_tokens=MAX_NEW)
+            assert final.finish_reason in ("EOS", "LENGTH")
+            if final.finish_reason == "EOS":
+                jsonschema.validate(json.loads(text), schema)
+        text, final = await client.generate_text("x", regex=REGEXES[1], max_new_tokens=16)
+        assert final.finish_reason == "EOS" and re.fullmatch(REGEXES[1], text)
+        with pytest.raises(errors.InvalidArgument) as err:
+            await client.generate_text("x", json_schema='{"type": "frobnicate"}')
+        assert err.value.field == "constraint.json_schema" and "frobnicate" in str(err.value)

@@ -174,7 +174,9 @@ async def test_completion_bad_parameter_is_400_naming_it(aclient, kwargs, param)
     ({"max_completion_tokens": 100000}, "max_completion_tokens"),
     ({"top_logprobs": 3, "logprobs": True}, "top_logprobs"),
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"response_format": {"type": "xml"}}, "response_format"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "frobnicate"}}}},
+     "response_format"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
      "messages[0].content[0]"),
     ({"messages": []}, "messages"),
@@ -279,3 +281,23 @@ async def test_an_adapter_not_loaded_is_loaded_on_demand_by_name(aclient, oa_dae
         assert {a.name: a.pinned for a in listed.adapters} == {"alpha": True, "gamma": False}
     finally:  # the daemon is the session's: leave it as found
         await admin.UnloadAdapter(admin_pb2.UnloadAdapterRequest(name="gamma"), metadata=auth, timeout=60)
+
+
+async def test_chat_response_format_json_schema_validates(aclient):
+    """response_format maps onto the engine's constraint: an answer that stopped is the schema's JSON."""
+    import json
+
+    import jsonschema
+
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer", "minimum": 0,
+                                                                              "maximum": 9}},
+              "required": ["ok", "n"], "additionalProperties": False}
+    for fmt, check in [({"type": "json_schema", "json_schema": {"name": "r", "schema": schema, "strict": True}},
+                        lambda v: jsonschema.validate(v, schema)),
+                       ({"type": "json_object"}, lambda v: isinstance(v, dict) or pytest.fail(repr(v)))]:
+        out = await aclient.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=120, seed=3,
+                                                    response_format=fmt)
+        choice = out.choices[0]
+        assert choice.finish_reason in ("stop", "length")
+        if choice.finish_reason == "stop":
+            check(json.loads(choice.message.content))

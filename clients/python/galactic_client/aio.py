@@ -217,7 +217,8 @@ class AsyncClient:
 
         `params` are those of `build_generate_request` (messages, model, adapter,
         max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, stop,
-        logprobs, priority, ignore_eos). Leaving the loop early cancels the call, which frees the
+        logprobs, priority, ignore_eos, and one constraint of json_schema, json_object, regex,
+        grammar). Leaving the loop early cancels the call, which frees the
         request's batch slot on the daemon.
         """
         request = build_generate_request(prompt, **params)

@@ -53,6 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--top-p", type=float)
     generate.add_argument("--seed", type=int)
     generate.add_argument("--stop", action="append", default=[], help="stop sequence (repeatable)")
+    shape = generate.add_mutually_exclusive_group()
+    shape.add_argument("--json-schema", metavar="FILE", help="the answer is JSON valid under this JSON Schema file")
+    shape.add_argument("--json-object", action="store_true", help="the answer is a JSON object")
+    shape.add_argument("--regex", help="the answer matches this regular expression in full")
     generate.set_defaults(run=_generate)
 
     infer = commands.add_parser("infer", help="run a tensor model on .npy inputs")
@@ -119,6 +123,9 @@ def _generate(client: Client, args) -> int:
         top_p=args.top_p,
         seed=args.seed,
         stop=args.stop,
+        json_schema=Path(args.json_schema).read_text() if args.json_schema else None,
+        json_object=args.json_object,
+        regex=args.regex,
     ):
         if isinstance(item, Chunk):
             sys.stdout.write(item.text)

@@ -7,8 +7,11 @@ common path; `build_generate_request` is the one place that maps keyword paramet
 
 from __future__ import annotations
 
+import json
+
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from galactic.v1 import generation_pb2
 
@@ -69,8 +72,16 @@ def build_generate_request(
     logprobs: bool = False,
     priority: int = 0,
     ignore_eos: bool = False,
+    json_schema: str | Mapping[str, Any] | None = None,
+    json_object: bool = False,
+    regex: str | None = None,
+    grammar: str | None = None,
 ) -> generation_pb2.GenerateRequest:
-    """A GenerateRequest; parameters left None stay unset so the daemon's defaults apply."""
+    """A GenerateRequest; parameters left None stay unset so the daemon's defaults apply.
+
+    Structured output: at most one of `json_schema` (a schema as a dict or JSON text),
+    `json_object`, `regex`, `grammar` (llguidance's Lark dialect). The text then matches it
+    when the Final's finish_reason is "EOS"; at "LENGTH" it is incomplete."""
     if (prompt is None) == (messages is None):
         raise ValueError("pass exactly one of prompt or messages")
     request = generation_pb2.GenerateRequest(model=model, logprobs=logprobs, priority=priority)
@@ -101,4 +112,12 @@ def build_generate_request(
     request.stopping.stop.extend(stop)
     if ignore_eos:  # run to max_new_tokens even past end-of-sequence (benchmarks, load tests)
         request.stopping.ignore_eos = True
+    constraints = {"json_schema": json_schema, "json_object": json_object or None, "regex": regex, "grammar": grammar}
+    given = {k: v for k, v in constraints.items() if v is not None}
+    if len(given) > 1:
+        raise ValueError(f"pass at most one constraint, got {', '.join(given)}")
+    for kind, value in given.items():
+        if kind == "json_schema" and not isinstance(value, str):
+            value = json.dumps(value)
+        setattr(request.constraint, kind, value)
     return request

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cgalactic/v1/generation.proto\x12\x0bgalactic.v1\x1a\x17google/rpc/status.proto\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xca\x01\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x04\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x08\n\x06_top_pB\x15\n\x13_repetition_penaltyB\x07\n\x05_seed\"b\n\x0eStoppingParams\x12\x1b\n\x0emax_new_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x02 \x03(\t\x12\x12\n\nignore_eos\x18\x03 \x01(\x08\x42\x11\n\x0f_max_new_tokens\"\x8e\x02\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12-\n\x08messages\x18\x03 \x01(\x0b\x32\x19.galactic.v1.ChatMessagesH\x00\x12\x14\n\x07\x61\x64\x61pter\x18\x04 \x01(\tH\x01\x88\x01\x01\x12-\n\x08sampling\x18\x05 \x01(\x0b\x32\x1b.galactic.v1.SamplingParams\x12-\n\x08stopping\x18\x06 \x01(\x0b\x32\x1b.galactic.v1.StoppingParams\x12\x10\n\x08logprobs\x18\x07 \x01(\x08\x12\x10\n\x08priority\x18\x08 \x01(\x05\x42\x07\n\x05inputB\n\n\x08_adapter\":\n\x0c\x43hatMessages\x12*\n\x08messages\x18\x01 \x03(\x0b\x32\x18.galactic.v1.ChatMessage\"?\n\nTokenChunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\x03\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x10\n\x08logprobs\x18\x03 \x03(\x02\"W\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x03 \x01(\r\"M\n\x07Timings\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x1e\n\x16time_to_first_token_ms\x18\x02 \x01(\x01\x12\x10\n\x08total_ms\x18\x03 \x01(\x01\"\x83\x01\n\x05\x46inal\x12\x30\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x19.galactic.v1.FinishReason\x12!\n\x05usage\x18\x02 \x01(\x0b\x32\x12.galactic.v1.Usage\x12%\n\x07timings\x18\x03 \x01(\x0b\x32\x14.galactic.v1.Timings\"k\n\x10GenerateResponse\x12)\n\x06tokens\x18\x01 \x01(\x0b\x32\x17.galactic.v1.TokenChunkH\x00\x12#\n\x05\x66inal\x18\x02 \x01(\x0b\x32\x12.galactic.v1.FinalH\x00\x42\x07\n\x05\x66rame\"g\n\x0eSessionRequest\x12%\n\x06submit\x18\x01 \x01(\x0b\x32\x13.galactic.v1.SubmitH\x00\x12%\n\x06\x63\x61ncel\x18\x02 \x01(\x0b\x32\x13.galactic.v1.CancelH\x00\x42\x07\n\x05\x66rame\"_\n\x06Submit\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12-\n\x07request\x18\x02 \x01(\x0b\x32\x1c.galactic.v1.GenerateRequest\x12\x12\n\ntimeout_ms\x18\x03 \x01(\r\"\x1c\n\x06\x43\x61ncel\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\xce\x01\n\x0fSessionResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x0b\x32\x15.galactic.v1.AcceptedH\x00\x12)\n\x06tokens\x18\x03 \x01(\x0b\x32\x17.galactic.v1.TokenChunkH\x00\x12#\n\x05\x66inal\x18\x04 \x01(\x0b\x32\x12.galactic.v1.FinalH\x00\x12#\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x07\n\x05\x66rame\"\"\n\x08\x41\x63\x63\x65pted\x12\x16\n\x0equeue_position\x18\x01 \x01(\r*r\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\n\n\x06LENGTH\x10\x01\x12\x07\n\x03\x45OS\x10\x02\x12\x11\n\rSTOP_SEQUENCE\x10\x03\x12\r\n\tCANCELLED\x10\x04\x12\x0c\n\x08\x44\x45\x41\x44LINE\x10\x05\x32\xa1\x01\n\nGeneration\x12I\n\x08Generate\x12\x1c.galactic.v1.GenerateRequest\x1a\x1d.galactic.v1.GenerateResponse0\x01\x12H\n\x07Session\x12\x1b.galactic.v1.SessionRequest\x1a\x1c.galactic.v1.SessionResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cgalactic/v1/generation.proto\x12\x0bgalactic.v1\x1a\x17google/rpc/status.proto\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xca\x01\n\x0eSamplingParams\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x11\n\x04seed\x18\x05 \x01(\x04H\x04\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x08\n\x06_top_pB\x15\n\x13_repetition_penaltyB\x07\n\x05_seed\"b\n\x0eStoppingParams\x12\x1b\n\x0emax_new_tokens\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\x0c\n\x04stop\x18\x02 \x03(\t\x12\x12\n\nignore_eos\x18\x03 \x01(\x08\x42\x11\n\x0f_max_new_tokens\"\xbb\x02\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12-\n\x08messages\x18\x03 \x01(\x0b\x32\x19.galactic.v1.ChatMessagesH\x00\x12\x14\n\x07\x61\x64\x61pter\x18\x04 \x01(\tH\x01\x88\x01\x01\x12-\n\x08sampling\x18\x05 \x01(\x0b\x32\x1b.galactic.v1.SamplingParams\x12-\n\x08stopping\x18\x06 \x01(\x0b\x32\x1b.galactic.v1.StoppingParams\x12\x10\n\x08logprobs\x18\x07 \x01(\x08\x12\x10\n\x08priority\x18\x08 \x01(\x05\x12+\n\nconstraint\x18\t \x01(\x0b\x32\x17.galactic.v1.ConstraintB\x07\n\x05inputB\n\n\x08_adapter\"f\n\nConstraint\x12\x15\n\x0bjson_schema\x18\x01 \x01(\tH\x00\x12\x15\n\x0bjson_object\x18\x02 \x01(\x08H\x00\x12\x0f\n\x05regex\x18\x03 \x01(\tH\x00\x12\x11\n\x07grammar\x18\x04 \x01(\tH\x00\x42\x06\n\x04kind\":\n\x0c\x43hatMessages\x12*\n\x08messages\x18\x01 \x03(\x0b\x32\x18.galactic.v1.ChatMessage\"?\n\nTokenChunk\x12\x11\n\ttoken_ids\x18\x01 \x03(\x03\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x10\n\x08logprobs\x18\x03 \x03(\x02\"W\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\x03 \x01(\r\"M\n\x07Timings\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x1e\n\x16time_to_first_token_ms\x18\x02 \x01(\x01\x12\x10\n\x08total_ms\x18\x03 \x01(\x01\"\x83\x01\n\x05\x46inal\x12\x30\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x19.galactic.v1.FinishReason\x12!\n\x05usage\x18\x02 \x01(\x0b\x32\x12.galactic.v1.Usage\x12%\n\x07timings\x18\x03 \x01(\x0b\x32\x14.galactic.v1.Timings\"k\n\x10GenerateResponse\x12)\n\x06tokens\x18\x01 \x01(\x0b\x32\x17.galactic.v1.TokenChunkH\x00\x12#\n\x05\x66inal\x18\x02 \x01(\x0b\x32\x12.galactic.v1.FinalH\x00\x42\x07\n\x05\x66rame\"g\n\x0eSessionRequest\x12%\n\x06submit\x18\x01 \x01(\x0b\x32\x13.galactic.v1.SubmitH\x00\x12%\n\x06\x63\x61ncel\x18\x02 \x01(\x0b\x32\x13.galactic.v1.CancelH\x00\x42\x07\n\x05\x66rame\"_\n\x06Submit\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12-\n\x07request\x18\x02 \x01(\x0b\x32\x1c.galactic.v1.GenerateRequest\x12\x12\n\ntimeout_ms\x18\x03 \x01(\r\"\x1c\n\x06\x43\x61ncel\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"\xce\x01\n\x0fSessionResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12)\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x0b\x32\x15.galactic.v1.AcceptedH\x00\x12)\n\x06tokens\x18\x03 \x01(\x0b\x32\x17.galactic.v1.TokenChunkH\x00\x12#\n\x05\x66inal\x18\x04 \x01(\x0b\x32\x12.galactic.v1.FinalH\x00\x12#\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x07\n\x05\x66rame\"\"\n\x08\x41\x63\x63\x65pted\x12\x16\n\x0equeue_position\x18\x01 \x01(\r*r\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\n\n\x06LENGTH\x10\x01\x12\x07\n\x03\x45OS\x10\x02\x12\x11\n\rSTOP_SEQUENCE\x10\x03\x12\r\n\tCANCELLED\x10\x04\x12\x0c\n\x08\x44\x45\x41\x44LINE\x10\x05\x32\xa1\x01\n\nGeneration\x12I\n\x08Generate\x12\x1c.galactic.v1.GenerateRequest\x1a\x1d.galactic.v1.GenerateResponse0\x01\x12H\n\x07Session\x12\x1b.galactic.v1.SessionRequest\x1a\x1c.galactic.v1.SessionResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'galactic.v1.generation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=1707
-  _globals['_FINISHREASON']._serialized_end=1821
+  _globals['_FINISHREASON']._serialized_start=1856
+  _globals['_FINISHREASON']._serialized_end=1970
   _globals['_CHATMESSAGE']._serialized_start=70
   _globals['_CHATMESSAGE']._serialized_end=114
   _globals['_SAMPLINGPARAMS']._serialized_start=117
@@ -41,29 +41,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STOPPINGPARAMS']._serialized_start=321
   _globals['_STOPPINGPARAMS']._serialized_end=419
   _globals['_GENERATEREQUEST']._serialized_start=422
-  _globals['_GENERATEREQUEST']._serialized_end=692
-  _globals['_CHATMESSAGES']._serialized_start=694
-  _globals['_CHATMESSAGES']._serialized_end=752
-  _globals['_TOKENCHUNK']._serialized_start=754
-  _globals['_TOKENCHUNK']._serialized_end=817
-  _globals['_USAGE']._serialized_start=819
-  _globals['_USAGE']._serialized_end=906
-  _globals['_TIMINGS']._serialized_start=908
-  _globals['_TIMINGS']._serialized_end=985
-  _globals['_FINAL']._serialized_start=988
-  _globals['_FINAL']._serialized_end=1119
-  _globals['_GENERATERESPONSE']._serialized_start=1121
-  _globals['_GENERATERESPONSE']._serialized_end=1228
-  _globals['_SESSIONREQUEST']._serialized_start=1230
-  _globals['_SESSIONREQUEST']._serialized_end=1333
-  _globals['_SUBMIT']._serialized_start=1335
-  _globals['_SUBMIT']._serialized_end=1430
-  _globals['_CANCEL']._serialized_start=1432
-  _globals['_CANCEL']._serialized_end=1460
-  _globals['_SESSIONRESPONSE']._serialized_start=1463
-  _globals['_SESSIONRESPONSE']._serialized_end=1669
-  _globals['_ACCEPTED']._serialized_start=1671
-  _globals['_ACCEPTED']._serialized_end=1705
-  _globals['_GENERATION']._serialized_start=1824
-  _globals['_GENERATION']._serialized_end=1985
+  _globals['_GENERATEREQUEST']._serialized_end=737
+  _globals['_CONSTRAINT']._serialized_start=739
+  _globals['_CONSTRAINT']._serialized_end=841
+  _globals['_CHATMESSAGES']._serialized_start=843
+  _globals['_CHATMESSAGES']._serialized_end=901
+  _globals['_TOKENCHUNK']._serialized_start=903
+  _globals['_TOKENCHUNK']._serialized_end=966
+  _globals['_USAGE']._serialized_start=968
+  _globals['_USAGE']._serialized_end=1055
+  _globals['_TIMINGS']._serialized_start=1057
+  _globals['_TIMINGS']._serialized_end=1134
+  _globals['_FINAL']._serialized_start=1137
+  _globals['_FINAL']._serialized_end=1268
+  _globals['_GENERATERESPONSE']._serialized_start=1270
+  _globals['_GENERATERESPONSE']._serialized_end=1377
+  _globals['_SESSIONREQUEST']._serialized_start=1379
+  _globals['_SESSIONREQUEST']._serialized_end=1482
+  _globals['_SUBMIT']._serialized_start=1484
+  _globals['_SUBMIT']._serialized_end=1579
+  _globals['_CANCEL']._serialized_start=1581
+  _globals['_CANCEL']._serialized_end=1609
+  _globals['_SESSIONRESPONSE']._serialized_start=1612
+  _globals['_SESSIONRESPONSE']._serialized_end=1818
+  _globals['_ACCEPTED']._serialized_start=1820
+  _globals['_ACCEPTED']._serialized_end=1854
+  _globals['_GENERATION']._serialized_start=1973
+  _globals['_GENERATION']._serialized_end=2134
 # @@protoc_insertion_point(module_scope)
