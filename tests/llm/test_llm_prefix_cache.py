@@ -164,8 +164,24 @@ async def test_eviction_under_pressure_keeps_answers_exact(make_engine, referenc
     assert final.cached_prompt_tokens == 48
 
 
-async def test_process_runner_reuses_prefixes(make_engine, reference):
-    eng = await make_engine(runner="process")
+@pytest.mark.parametrize("overlap", ["off", "on"])
+async def test_process_runner_reuses_prefixes(tiny_dir, adapters_root, reference, overlap):
+    """The model process keeps the blocks; with overlapped steps a plan is sent before the
+    previous one's tokens are applied, and blocks registered by one plan are saved by the
+    child before the next one runs."""
+    from engines.llm.engine import LLMEngine
+    from llm_helpers import make_config
+
+    eng = LLMEngine(make_config(tiny_dir, adapters_root, runner="process", llm={"overlap_steps": overlap}))
+    eng.load(lambda msg: None)
+    await eng.start(asyncio.get_running_loop())
+    try:
+        await _reuses_prefixes(eng, reference)
+    finally:
+        await eng.stop(5)
+
+
+async def _reuses_prefixes(eng, reference) -> None:
     for i, q in enumerate(QUESTIONS[:3]):
         ids, _, final = await collect(eng, req(f"p{i}", SYSTEM + q))
         assert ids == greedy_reference(reference, SYSTEM + q, 8)

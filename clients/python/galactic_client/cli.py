@@ -135,7 +135,8 @@ def _generate(client: Client, args) -> int:
     sys.stdout.write("\n")
     if final is not None:
         print(
-            f"[{final.finish_reason}] prompt={final.prompt_tokens} completion={final.completion_tokens} "
+            f"[{final.finish_reason}] prompt={final.prompt_tokens} cached={final.cached_prompt_tokens} "
+            f"completion={final.completion_tokens} "
             f"queue={final.queue_ms:.1f}ms ttft={final.ttft_ms:.1f}ms total={final.total_ms:.1f}ms",
             file=sys.stderr,
         )
