@@ -37,7 +37,7 @@ PROMPT = Counter("galactic_llm_prompt_tokens", "Prompt tokens prefilled.", ["mod
 CONSTRAINED = Counter("galactic_llm_constrained_requests", "Requests queued with a structured-output constraint.", ["model"])
 GRAMMAR_CACHE_HITS = Counter("galactic_llm_grammar_cache_hits", "Constraints found compiled in the grammar cache at admission.", ["model"])
 GRAMMAR_CACHE_MISSES = Counter("galactic_llm_grammar_cache_misses", "Constraints compiled at admission (not cached).", ["model"])
-MASK_SECONDS = Histogram("galactic_llm_mask_seconds", "Per step with constrained rows: time computing their token masks and advancing their matchers.",
+MASK_SECONDS = Histogram("galactic_llm_mask_seconds", "Per step with constrained rows: time sampling waited for their token masks (computed beside the forward) and advanced their matchers.",
                          ["model"], buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1))
 FINISHED = Counter("galactic_llm_requests_finished", "Requests finished, by reason.", ["model", "reason"])
 

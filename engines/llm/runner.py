@@ -16,6 +16,7 @@ It never calls back up: the scheduler decides what runs, the engine applies the 
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -70,6 +71,7 @@ class _RowState:
     generator: torch.Generator | None
     seen: torch.Tensor | None  # prompt + generated ids, only with a repetition penalty
     matcher: Any = None  # a constrained request's llguidance matcher (constraints.Grammars)
+    pending: Future | None = None  # its next mask, computing while the forward runs (`prefetch`)
 
 
 class StepModel:
@@ -84,7 +86,8 @@ class StepModel:
         self._lora_ctx = lora_ctx  # LoRABank.ctx: `.index` selects each row's adapter slot
         self._rows: dict[Sequence, _RowState] = {}
         self.grammars = grammars  # constraints.Grammars over this model's tokenizer; None = refuse
-        self.mask_s = 0.0  # mask time since the runner last reset it (one step)
+        self.mask_s = 0.0  # mask time the step waited for, since the runner last reset it
+        self._masker: ThreadPoolExecutor | None = None  # made on the first constrained row
 
     def forward(self, slots: list[int], call: Callable[..., Any] | None = None, **inputs: Any) -> torch.Tensor:
         """One forward pass (`call`, default the model) with row i reading LoRA bank slot
@@ -97,12 +100,30 @@ class StepModel:
         logits = (self.model if call is None else call)(**inputs).logits
         return logits if logits.dim() == 2 else logits[:, -1]
 
+    def prefetch(self, seqs: list[Sequence]) -> None:
+        """Start the next masks of these rows' constrained requests on a helper thread, to
+        compute while the forward runs (llguidance releases the GIL; a row's next mask
+        depends only on tokens already sampled, as in vLLM and SGLang). `sample` waits for
+        what it needs; a mask not used this step (a prompt still prefilling) stays valid."""
+        for seq in seqs:
+            if seq.request.sampling.constraint is None:
+                continue
+            st = self._state(seq)
+            if st.pending is None:
+                if self._masker is None:
+                    self._masker = ThreadPoolExecutor(1, thread_name_prefix="llm-mask")
+                st.pending = self._masker.submit(self.grammars.allowed, st.matcher)
+
+    def _mask(self, st: _RowState) -> torch.Tensor:
+        pending, st.pending = st.pending, None
+        return pending.result() if pending is not None else self.grammars.allowed(st.matcher)
+
     def sample(self, seqs: list[Sequence], logits: torch.Tensor) -> list[tuple[int, float | None]]:
         """One token per row of `logits` (B, V) for `seqs` (B), under each request's sampling."""
         states = [self._state(s) for s in seqs]
         constrained = any(st.matcher is not None for st in states)
         t0 = time.perf_counter() if constrained else 0.0
-        masks = [None if st.matcher is None else self.grammars.allowed(st.matcher) for st in states]
+        masks = [None if st.matcher is None else self._mask(st) for st in states]
         if constrained:
             self.mask_s += time.perf_counter() - t0
         picks = sample_batch(logits, [(s.request.sampling, st.seen, st.generator, mask)
@@ -160,6 +181,7 @@ class ModelRunner:
         """Free the plan's dropped requests, then run it (`KVLayout.execute`)."""
         self.free([seq for seq, _ in plan.dropped])
         self.model.mask_s = 0.0
+        self.model.prefetch(plan.decode + [c.seq for c in plan.prefill])
         result = self.layout.execute(plan)
         result.mask_s = self.model.mask_s
         return result

@@ -189,3 +189,20 @@ async def test_through_grpc_client_and_errors_name_the_field(llm_daemon):
         with pytest.raises(errors.InvalidArgument) as err:
             await client.generate_text("x", json_schema='{"type": "frobnicate"}')
         assert err.value.field == "constraint.json_schema" and "frobnicate" in str(err.value)
+    metrics = await asyncio.to_thread(_scrape, llm_daemon.metrics_port)
+    # The same schema three times: compiled once, then found in the cache.
+    assert _value(metrics, "galactic_llm_grammar_cache_hits_total") >= RUNS - 1
+    assert _value(metrics, "galactic_llm_constrained_requests_total") >= RUNS + 1
+    assert _value(metrics, "galactic_llm_mask_seconds_count") >= 1
+
+
+def _scrape(port: int) -> str:
+    import urllib.request
+
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+
+
+def _value(text: str, name: str) -> float:
+    """The sample of `name` labelled model="tiny" (the tests share one registry)."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{") and 'model="tiny"' in line)
