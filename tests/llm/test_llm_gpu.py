@@ -80,3 +80,30 @@ async def test_llm_cuda_compiled_decode_matches_eager(tiny_dir, adapters_root, d
         assert compiled == eager == dynamic
     else:
         assert [c[:4] for c in compiled] == [e[:4] for e in eager]
+
+
+async def test_llm_cuda_compiled_decode_with_prefix_cache_matches_cache_off(tiny_dir, adapters_root):
+    """compile = "decode" with prefix caching: hits are copied into the graph's static
+    buffers in place (prefill steps stay eager), fp32 tokens equal the cache off."""
+    from engines.llm.engine import LLMEngine
+
+    system = PROMPTS[5] + " "
+    prompts = [system + p for p in PROMPTS[:4]]
+    base = dataclasses.replace(make_config(tiny_dir, adapters_root), device="cuda", dtype="float32", compile="decode")
+    got = {}
+    for on in (True, False):
+        cfg = dataclasses.replace(base, prefix_cache=dataclasses.replace(base.prefix_cache, enabled=on))
+        eng = LLMEngine(cfg)
+        eng.load(lambda msg: None)
+        await eng.start(asyncio.get_running_loop())
+        try:
+            first = [await collect(eng, GenerationRequest(f"q{i}", prompt=p, sampling=SamplingParams(max_new_tokens=10)))
+                     for i, p in enumerate(prompts)]
+            burst = await asyncio.gather(*(collect(eng, GenerationRequest(
+                f"b{i}", prompt=p, sampling=SamplingParams(max_new_tokens=10))) for i, p in enumerate(prompts)))
+            got[on] = [ids for ids, _, _ in first + list(burst)]
+            cached = [f.cached_prompt_tokens for _, _, f in first + list(burst)]
+            assert (sum(cached) > 0) == on
+        finally:
+            await eng.stop(1)
+    assert got[True] == got[False]
