@@ -54,8 +54,16 @@ def _blocks(engine, prompt: str) -> int:
     return (len(engine.tokenizer(prompt)["input_ids"]) - 1) // 16 * 16
 
 
+def _metric(name: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, {"model": "tiny"}) or 0.0  # every test engine is "tiny"
+
+
 async def test_shared_prefix_greedy_matches_generate_and_hits(make_engine, reference):
     eng = await make_engine()
+    hit_before = _metric("galactic_llm_prefix_cache_hit_tokens_total")
+    queried_before = _metric("galactic_llm_prefix_cache_queried_tokens_total")
     first = await collect(eng, req("p0", SYSTEM + QUESTIONS[0]))
     assert first[2].cached_prompt_tokens == 0
     assert first[0] == greedy_reference(reference, SYSTEM + QUESTIONS[0], 8)
@@ -72,6 +80,10 @@ async def test_shared_prefix_greedy_matches_generate_and_hits(make_engine, refer
     assert stats["prefix_cache_hit_tokens_total"] > 0
     assert 0 < stats["prefix_cache_hit_rate"] < 1
     assert stats["prefix_cache_tokens"] > 0
+    assert _metric("galactic_llm_prefix_cache_hit_tokens_total") - hit_before == stats["prefix_cache_hit_tokens_total"]
+    assert (_metric("galactic_llm_prefix_cache_queried_tokens_total") - queried_before
+            == stats["prefix_cache_queried_tokens_total"])
+    assert _metric("galactic_llm_prefix_cache_tokens") == stats["prefix_cache_tokens"]
 
 
 async def test_prompt_entirely_cached_still_computes_its_last_token(make_engine, reference):
