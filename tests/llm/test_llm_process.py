@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 
 import pytest
@@ -80,9 +81,14 @@ async def test_llm_process_adapter_errors_keep_their_status_and_field(proc_engin
     # Same module names as the served model, other shapes: refused by the child's bank check.
     other = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                          num_attention_heads=4, num_key_value_heads=2))
-    get_peft_model(other, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(adapters_root / "wrong-shape")
-    with pytest.raises(InvalidArgument) as err:
-        await proc_engine.load_adapter("wrong", "wrong-shape")
+    # Written into the session's adapters root, and taken out again: later tests list the root.
+    wrong = adapters_root / "wrong-shape"
+    get_peft_model(other, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(wrong)
+    try:
+        with pytest.raises(InvalidArgument) as err:
+            await proc_engine.load_adapter("wrong", "wrong-shape")
+    finally:
+        shutil.rmtree(wrong)
     assert err.value.field == "path" and "do not match" in err.value.message
     assert {a.name for a in proc_engine.list_adapters()} == {"alpha", "beta"}
 
