@@ -189,6 +189,13 @@ async def test_through_grpc_client_and_errors_name_the_field(llm_daemon):
         with pytest.raises(errors.InvalidArgument) as err:
             await client.generate_text("x", json_schema='{"type": "frobnicate"}')
         assert err.value.field == "constraint.json_schema" and "frobnicate" in str(err.value)
+        async with client.session() as s:  # a Session's Submit carries the same constraint
+            free = await s.submit("x", max_new_tokens=8)
+            shaped = await s.submit("x", regex=REGEXES[0], max_new_tokens=16)
+            text, final = await shaped.text()
+            assert final.finish_reason == "EOS" and re.fullmatch(REGEXES[0], text)
+            _, final = await free.text()
+            assert final.finish_reason in ("EOS", "LENGTH")
     metrics = await asyncio.to_thread(_scrape, llm_daemon.metrics_port)
     # The same schema three times: compiled once, then found in the cache.
     assert _value(metrics, "galactic_llm_grammar_cache_hits_total") >= RUNS - 1
@@ -206,3 +213,22 @@ def _value(text: str, name: str) -> float:
     """The sample of `name` labelled model="tiny" (the tests share one registry)."""
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith(name + "{") and 'model="tiny"' in line)
+
+
+def test_mask_covers_a_padded_model_vocabulary():
+    """A model whose logits are wider than the tokenizer's vocabulary: the tail is refused."""
+    import torch
+
+    from engines.llm.sampling import sample_row
+
+    logits = torch.zeros(12)
+    logits[10] = 100.0  # the padded tail is where the raw model would go
+    allowed = torch.zeros(8, dtype=torch.bool)
+    allowed[[2, 5]] = True
+    params = SamplingParams(temperature=1.0, seed=0)
+    from engines.llm.sampling import make_generator
+
+    gen = make_generator(params)
+    picks = {sample_row(logits, params, None, gen, allowed)[0] for _ in range(50)}
+    assert picks <= {2, 5}
+    assert sample_row(logits, SamplingParams(), None, None, allowed)[0] in (2, 5)
