@@ -121,6 +121,7 @@ class ConstraintConfig:
 
     max_bytes: int = 65536  # longest constraint text (JSON schema, regex, grammar) accepted
     cache_size: int = 128  # compiled grammars kept, least recently used dropped beyond this
+    max_depth: int = 32  # deepest nesting of a JSON schema's own JSON (objects and arrays)
     # llguidance's parser fuel per grammar build and per mask step: a pathological grammar
     # fails (INVALID_ARGUMENT at admission, or its request at the step) instead of stalling
     # the batch. Its defaults: 1_000_000 and 200_000 (~20 ms and ~14 ms of work).
@@ -130,6 +131,7 @@ class ConstraintConfig:
     def __post_init__(self) -> None:
         check(self.max_bytes >= 1, "max_bytes", "must be >= 1")
         check(self.cache_size >= 1, "cache_size", "must be >= 1")
+        check(self.max_depth >= 1, "max_depth", "must be >= 1")
         check(self.initial_lexer_fuel >= 1, "initial_lexer_fuel", "must be >= 1")
         check(self.step_lexer_fuel >= 1, "step_lexer_fuel", "must be >= 1")
 
@@ -243,6 +245,7 @@ block_tokens = 16                 # prompts are cached in full blocks of this ma
 [llm.constraints]
 max_bytes = 65536                 # longest constraint (JSON schema, regex, grammar) a request may send
 cache_size = 128                  # compiled grammars kept (LRU by the constraint's hash)
+max_depth = 32                    # deepest nesting of a JSON schema (objects and arrays)
 initial_lexer_fuel = 1000000      # llguidance fuel to build a grammar's lexer (bounds compile time)
 step_lexer_fuel = 200000          # llguidance fuel per mask step (bounds a step's mask time)
 """

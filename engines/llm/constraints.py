@@ -36,7 +36,16 @@ KINDS = ("json_schema", "json_object", "regex", "grammar")
 _JSON = {"whitespace_flexible": False}
 
 
-def _grammar(c: Constraint) -> str:
+def _depth(value: object) -> int:
+    """Nesting depth of parsed JSON (a scalar is 0)."""
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+def _grammar(c: Constraint, max_depth: int) -> str:
     """The constraint in llguidance's grammar form (no compiling yet)."""
     from llguidance import LLMatcher
 
@@ -46,8 +55,12 @@ def _grammar(c: Constraint) -> str:
             schema = json.loads(c.text)
         except ValueError as exc:
             raise InvalidArgument(f"the schema is not JSON: {exc}", field=field) from None
+        except RecursionError:
+            raise InvalidArgument("the schema nests too deeply to parse", field=field) from None
         if not isinstance(schema, dict):
             raise InvalidArgument("the schema must be a JSON object", field=field)
+        if _depth(schema) > max_depth:
+            raise InvalidArgument(f"the schema nests deeper than constraints.max_depth={max_depth}", field=field)
         try:
             return LLMatcher.grammar_from_json_schema(schema, defaults=_JSON)
         except ValueError as exc:
@@ -133,7 +146,7 @@ class Grammars:
         self.misses += 1
         limits = LLParserLimits(initial_lexer_fuel=self.config.initial_lexer_fuel,
                                 step_lexer_fuel=self.config.step_lexer_fuel, verbose_errors=False)
-        compiled = LLMatcher(self._tokenizer(), _grammar(c), log_level=0, limits=limits)
+        compiled = LLMatcher(self._tokenizer(), _grammar(c, self.config.max_depth), log_level=0, limits=limits)
         if not compiled.is_error():  # errors are not cached: a retry gets the same answer, cheaply enough
             self._cache[key] = compiled
             while len(self._cache) > self.config.cache_size:

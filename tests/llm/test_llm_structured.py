@@ -136,6 +136,9 @@ async def test_free_rows_are_unchanged_by_constrained_rows(engine):
     (Constraint("regex", ""), "constraint.regex"),
     (Constraint("yaml", "a: 1"), "constraint"),
     (Constraint("regex", "a" * 70000), "constraint.regex"),
+    (Constraint("json_schema", '{"a": ' * 40 + "1" + "}" * 40), "constraint.json_schema"),  # past max_depth
+    (Constraint("json_schema", "[" * 60000 + "]" * 60000), "constraint.json_schema"),  # past max_bytes
+    (Constraint("json_schema", '{"a":' * 5000 + "1" + "}" * 5000), "constraint.json_schema"),  # too deep to parse
 ])
 async def test_bad_constraint_is_invalid_argument(engine, constraint, field):
     with pytest.raises(InvalidArgument) as err:
