@@ -41,7 +41,7 @@ from daemon.servicers import deadline_of, pick, stream_concurrently
 from daemon.validation import Bounds
 from engines import tensors
 from engines.errors import GalacticError, InvalidArgument, NotFound, Unavailable
-from engines.llm.types import FinalOutput, GenerationRequest, SamplingParams, TokenChunk
+from engines.llm.types import Constraint, FinalOutput, GenerationRequest, SamplingParams, TokenChunk
 
 log = structlog.get_logger("galacticd.kserve")
 TENSOR_SERVICE = "galactic.v1.Inference"
@@ -75,6 +75,8 @@ TRITON_PARAMETERS = frozenset({"sequence_id", "sequence_start", "sequence_end", 
 NEUTRAL = {"n": 1, "best_of": 1, "presence_penalty": 0.0, "frequency_penalty": 0.0, "min_tokens": 0}
 # Engine field -> how this protocol names it, so an error points at what the client sent.
 _LLM_FIELDS = {f"sampling.{ours}": f"sampling_parameters.{theirs}" for theirs, (ours, _) in SAMPLING.items()}
+_LLM_FIELDS.update({f"constraint{kind}": "sampling_parameters.guided_decoding"
+                    for kind in ("", ".json_schema", ".json_object", ".regex", ".grammar")})
 _LLM_FIELDS.update({"sampling.stop": "sampling_parameters.stop", "prompt": "inputs[text_input]",
                     "adapter": "sampling_parameters.lora_name"})
 
@@ -242,6 +244,8 @@ def _sampling(params: object) -> tuple[SamplingParams, str | None]:
             values["stop"] = tuple(stop)
         elif key == "lora_name":
             adapter = str(value) or None
+        elif key == "guided_decoding":
+            values["constraint"] = _guided(value, field)
         elif key in NEUTRAL:
             try:
                 neutral = float(value) == NEUTRAL[key]
@@ -462,3 +466,21 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     @staticmethod
     def _ready(engine) -> bool:
         return engine.info().state == "ready"
+
+
+def _guided(value: object, field: str) -> Constraint | None:
+    """vLLM's `guided_decoding` ({"json": schema}, {"json_object": true}, {"regex": ...} or
+    {"grammar": ...}: one of them) -> the engine's constraint, which the engine compiles."""
+    if not isinstance(value, dict) or len([k for k, v in value.items() if v not in (None, False)]) > 1:
+        raise InvalidArgument("must be an object with one of json, json_object, regex, grammar", field=field)
+    for key, v in value.items():
+        if v in (None, False):
+            continue
+        if key == "json":
+            return Constraint("json_schema", v if isinstance(v, str) else json.dumps(v))
+        if key == "json_object" and v is True:
+            return Constraint("json_object")
+        if key in ("regex", "grammar") and isinstance(v, str):
+            return Constraint(key, v)
+        raise InvalidArgument(f"{shorten(str(key))}: not supported (json, json_object, regex, grammar)", field=field)
+    return None

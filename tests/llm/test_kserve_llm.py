@@ -279,3 +279,16 @@ async def test_tokens_are_charged_to_the_tenant(llm_daemon_with, tmp_path, chann
     free = await stub.ModelInfer(llm_request(sampling=SAMPLING), metadata=[("authorization", "Bearer tok-free")],
                                  timeout=60)
     assert text_of(free).startswith(PROMPT)
+
+
+async def test_guided_decoding_constrains_the_answer(stub):
+    """vLLM's guided_decoding sampling parameter maps onto the engine's constraint."""
+    import re
+
+    req = llm_request(sampling={"guided_decoding": {"regex": "(yes|no)"}, "max_tokens": 16, "temperature": 1.0},
+                      exclude=True)
+    assert re.fullmatch("(yes|no)", text_of(await stub.ModelInfer(req, timeout=60)))
+    bad = llm_request(sampling={"guided_decoding": {"json": {"type": "frobnicate"}}})
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.ModelInfer(bad, timeout=60)
+    assert from_rpc_error(err.value).field == "sampling_parameters.guided_decoding"
