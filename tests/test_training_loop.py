@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -103,6 +104,10 @@ async def test_train_hot_load_generate_and_unload_through_real_processes(daemon,
         assert first.text or any(getattr(i, "text", "") for i in rest[:-1])
         done = await unload
         assert done.returncode == 0, done.stderr
+        listing = await client.adapter_listing()
+        # Unloaded, it is still on the root: a request would load it again (adapters on demand).
+        assert "facts" not in {a.name for a in listing.adapters} and "facts" in listing.resolvable
+        shutil.rmtree(root / "facts")  # retired from the root too: gone for good
         with pytest.raises(NotFound):
             await client.generate_text(prompt, adapter="facts", max_new_tokens=4)
     assert proc.poll() is None  # the daemon served all of it without a restart
