@@ -24,7 +24,12 @@ from importlib import resources
 from pathlib import Path
 
 import google.rpc
-from grpc_tools import grpc_version, protoc
+
+try:
+    from grpc_tools import grpc_version, protoc
+except ImportError:  # the daemon's own venv, as installed from the lock's dependencies
+    raise SystemExit("grpcio-tools is not installed in this Python; run `make protos` "
+                     "(it uses .venv-protos, pinned in requirements/protos.txt)") from None
 
 ROOT = Path(__file__).resolve().parent
 PACKAGES = (Path("galactic/v1"), Path("inference"))
