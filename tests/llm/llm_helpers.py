@@ -76,3 +76,16 @@ def make_config(tiny_dir: Path, adapters_root: Path, runner: str = "thread", llm
     }, "llm")
 
 
+
+
+def drain_idle_results(monkeypatch, daemon) -> list[bool]:
+    """What each of the daemon's waits for in-flight calls returns (the drain's wait within
+    its grace): [True] after a drain that found the daemon idle before the grace ran out."""
+    results: list[bool] = []
+    wait_idle = daemon.admission.wait_idle
+
+    async def spy(timeout: float) -> bool:
+        results.append(await wait_idle(timeout))
+        return results[-1]
+    monkeypatch.setattr(daemon.admission, "wait_idle", spy)
+    return results

@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY
 
 from galactic.v1 import generation_pb2, generation_pb2_grpc
 from fault_injection import Held
+from llm_helpers import drain_idle_results
 from galactic_client.errors import from_rpc_error
 from inference import grpc_service_pb2 as pb
 from inference import grpc_service_pb2_grpc
@@ -225,13 +226,7 @@ async def test_a_client_leaving_the_stream_cancels_its_request(stub, llm_daemon,
 
 async def test_drain_finishes_the_stream_s_requests_refuses_new_ones_and_ends_it(stub, llm_daemon, monkeypatch):
     held = Held(monkeypatch, after_first_token=True)  # "running" outlives "late" on any machine
-    idle_in_grace = []  # what the drain's wait for in-flight calls returned
-    wait_idle = llm_daemon.admission.wait_idle
-
-    async def spy(timeout: float) -> bool:
-        idle_in_grace.append(await wait_idle(timeout))
-        return idle_in_grace[-1]
-    monkeypatch.setattr(llm_daemon.admission, "wait_idle", spy)
+    idle_in_grace = drain_idle_results(monkeypatch, llm_daemon)
     requests: asyncio.Queue = asyncio.Queue()
 
     async def frames():  # the client keeps its stream open: it never half-closes

@@ -15,7 +15,7 @@ from galactic.v1 import generation_pb2, generation_pb2_grpc
 from galactic_client import AsyncClient, errors
 from galactic_client.generation import Chunk, Final
 from fault_injection import Held, request_id_ends
-from llm_helpers import PROMPTS, greedy_reference
+from llm_helpers import PROMPTS, drain_idle_results, greedy_reference
 
 
 @pytest.fixture
@@ -230,13 +230,7 @@ async def test_drain_lets_inflight_stream_finish_and_refuses_new_calls(llm_daemo
 
 
 async def test_drain_ends_sessions_after_their_requests_and_refuses_new_submits(llm_daemon, client, monkeypatch):
-    idle_in_grace = []  # what the drain's wait for in-flight calls returned
-    wait_idle = llm_daemon.admission.wait_idle
-
-    async def spy(timeout: float) -> bool:
-        idle_in_grace.append(await wait_idle(timeout))
-        return idle_in_grace[-1]
-    monkeypatch.setattr(llm_daemon.admission, "wait_idle", spy)
+    idle_in_grace = drain_idle_results(monkeypatch, llm_daemon)
     async with client.session() as s:
         running = await s.submit(PROMPTS[0], request_id="running", max_new_tokens=30)
         first = await running.__anext__()  # the request is producing
