@@ -38,10 +38,12 @@ PYTEST_WORKERS ?= 2
 test: $(STAMP) check-protos
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
-# The shipped coordination checkpoint re-trained from its recipe, weights compared (2-3 min
-# on a quiet 2-core machine; CI runs it after `make test`).
+# The shipped coordination checkpoint re-trained from its recipe, weights compared, and the
+# demo LLM's recipe re-run to its first recorded step (3-4 min on a quiet 2-core machine;
+# CI runs it after `make test`).
 test-reproduce: $(STAMP)
-	GALACTIC_REPRODUCE_RECIPE=1 $(PY) -m pytest -q tests/coordination/test_coord_training.py -k reproduces
+	GALACTIC_REPRODUCE_RECIPE=1 $(PY) -m pytest -q -n 2 tests/coordination/test_coord_training.py \
+		tests/llm/test_llm_training.py -k reproduces
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
