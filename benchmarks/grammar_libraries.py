@@ -11,15 +11,16 @@ library that does not import is reported as missing and the others still run.
 Each (library, tokenizer) pair runs in a fresh child process, so import time and memory are
 its own. In the child, timed with `time.perf_counter` on one thread:
 
-* init: the library's tokenizer object from the Hugging Face tokenizer (xgrammar's
-  `TokenizerInfo` + `GrammarCompiler`; outlines-core's `Vocabulary`, built here from the
-  byte-level token strings, as outlines does);
+* init: the library's tokenizer object from the Hugging Face tokenizer (llguidance's
+  `LLTokenizer`; xgrammar's `TokenizerInfo` + `GrammarCompiler`; outlines-core's
+  `Vocabulary`, built here in Python from the byte-level token strings, since its own
+  `from_pretrained` reads the hub: byte-level BPE tokenizers only, as all of ours are);
 * compile: every schema of tests/llm/test_llm_structured.py (read from that file, so the two
   never drift), compact JSON (no whitespace between tokens, as the engine asks for); a
   schema the library refuses counts as unsupported, with its reason;
-* first mask: the first mask after a compile (llguidance compiles lazily, outlines-core
-  and xgrammar up front: compile + first mask is what a request waits for before its
-  first token);
+* first mask: a fresh matcher's first mask, the slowest of the schema's walks (llguidance
+  compiles lazily, outlines-core and xgrammar up front: compile + first mask is what a
+  request waits for before its first token);
 * mask per step: a constrained random walk per schema (`--walks` seeds): from each mask a
   random allowed token (EOS taken with probability 0.3 when the grammar allows it) until
   the grammar completes or `--max-steps`; each mask is written into an int32 bitmask
@@ -204,7 +205,7 @@ def _rss_mb(field: str = "VmRSS") -> float:
 
 def _byte_decoder() -> dict[str, int]:
     """GPT-2's byte-level alphabet back to bytes (the inverse of `bytes_to_unicode`)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -266,6 +267,8 @@ class OutlinesCore(Lib):
         for text, i in tok.get_vocab().items():
             if i in special:
                 continue  # outlines adds EOS itself; the other specials are never allowed
+            if not all(ch in dec for ch in text):
+                raise SystemExit(f"token {text!r}: not a byte-level BPE vocabulary, which this adapter needs")
             tokens.setdefault(bytes(dec[ch] for ch in text), []).append(i)
         self.vocab = outlines_core.Vocabulary(eos, tokens)
 
