@@ -2,7 +2,7 @@
 
 The library is llguidance (Microsoft's, used by vLLM and llama.cpp): an abi3 wheel with no
 dependencies, JSON schema / regex / Lark-grammar front ends, and a CPU mask computed in
-Rust (~0.05 ms a step on the demo vocabulary). See engines/llm/README.md, "Structured output".
+Rust (0.014 ms a step on average on the demo vocabulary, `benchmarks/grammar_libraries.py`). See engines/llm/README.md, "Structured output".
 
 Two places use a `Grammars`:
 
