@@ -220,32 +220,39 @@ class OpenAIServer:
         return web.json_response(answer.whole(texts, ids, logprobs, finals))
 
     async def _stream(self, request: web.Request, answer: Answer, streams: list) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        await resp.prepare(request)
         started: set[int] = set()
         finals: dict[int, FinalOutput] = {}
         chat = answer.call.kind == "chat"
-        try:
-            async with contextlib.aclosing(_merged(streams)) as items:
-                async for i, item in items:
-                    first = chat and i not in started
+        async with contextlib.aclosing(_merged(streams)) as merged:
+            # The 200 waits for the first output: what fails before any token (an adapter
+            # that does not load on demand, a full queue, a deadline spent waiting) gets its
+            # own status (404, 400, 429...) as a non-streaming call would, instead of an
+            # error event after a 200 that the SDK cannot map to its exception types.
+            first = await anext(merged)
+            if isinstance(first[1], FinalOutput):
+                _raise_if_cut_short(first[1])
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+            await resp.prepare(request)
+            try:
+                async for i, item in _prepend(first, merged):
+                    opens = chat and i not in started
                     started.add(i)
                     if isinstance(item, TokenChunk):
-                        if item.text or first or answer.call.logprobs:
-                            await _send(resp, answer.chunk(i, item, None, first))
+                        if item.text or opens or answer.call.logprobs:
+                            await _send(resp, answer.chunk(i, item, None, opens))
                     else:
                         _raise_if_cut_short(item)
                         finals[i] = item
-                        await _send(resp, answer.chunk(i, None, item, first))
-            if answer.call.include_usage:
-                await _send(resp, answer.usage_chunk(finals))
-        except (_ClientGone, asyncio.CancelledError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - after the 200 the error travels as an event
-            param = answer.call.param_of(getattr(exc, "field", None))
-            await _send(resp, http_errors.error_object(exc, param))
-            await _write(resp, _DONE)
-            raise _StreamFailed(resp, exc) from exc
+                        await _send(resp, answer.chunk(i, None, item, opens))
+                if answer.call.include_usage:
+                    await _send(resp, answer.usage_chunk(finals))
+            except (_ClientGone, asyncio.CancelledError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - after the 200 the error travels as an event
+                param = answer.call.param_of(getattr(exc, "field", None))
+                await _send(resp, http_errors.error_object(exc, param))
+                await _write(resp, _DONE)
+                raise _StreamFailed(resp, exc) from exc
         await _write(resp, _DONE)
         return resp
 
@@ -376,6 +383,12 @@ async def _merged(streams: list) -> AsyncIterator[tuple[int, Any]]:
         for task in readers:
             task.cancel()
         await asyncio.gather(*readers, return_exceptions=True)
+
+
+async def _prepend(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    yield first
+    async for item in rest:
+        yield item
 
 
 async def _write(resp: web.StreamResponse, data: bytes) -> None:

@@ -119,15 +119,49 @@ async def test_sse_wire_format(http_daemon, http):
 async def test_failure_after_the_200_is_an_error_event_and_counted(http_daemon, http, monkeypatch):
     from engines.llm.runner import ModelRunner
 
-    Injected(monkeypatch, ModelRunner, "submit", RuntimeError("injected step failure"))
+    real, steps = ModelRunner.submit, []
+
+    def second_step_fails(self, *args, **kwargs):  # the first step (prefill) samples the first token
+        steps.append(1)
+        if len(steps) == 2:
+            raise RuntimeError("injected step failure")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ModelRunner, "submit", second_step_fails)
     errors = counter("galactic_rpc_errors_total", method="POST /v1/completions", code="INTERNAL")
-    async with http.post(url(http_daemon, "/v1/completions"), json=body(stream=True)) as resp:
-        assert resp.status == 200  # sent before the step ran
+    async with http.post(url(http_daemon, "/v1/completions"), json=body(stream=True, ignore_eos=True)) as resp:
+        assert resp.status == 200  # sent with the first token, before the second step failed
         events = [e for e in (await resp.text()).split("\n\n") if e]
+    assert json.loads(events[0][6:])["choices"][0]["text"]  # the first token arrived
     error = json.loads(events[-2][6:])["error"]
     assert error["code"] == "internal" and "injected" not in error["message"]  # never leaks the text
     assert events[-1] == "data: [DONE]"
     assert counter("galactic_rpc_errors_total", method="POST /v1/completions", code="INTERNAL") == errors + 1
+
+
+async def test_a_failure_before_the_first_token_gets_its_status_not_an_error_event(daemon_factory, tiny_dir,
+                                                                                  adapters_root, tmp_path, http,
+                                                                                  monkeypatch):
+    """stream=true: the 200 waits for the first output, so an adapter that fails to load on
+    demand answers 400 / 412 as it would without streaming, and a step failing before any
+    token answers 500, each as OpenAI's error object the SDK maps to its exception."""
+    import shutil
+
+    from engines.llm.runner import ModelRunner
+
+    root = tmp_path / "adapters"
+    shutil.copytree(adapters_root, root)
+    (root / "beta" / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
+    daemon = await daemon_factory({"llm": {**LLM, "path": str(tiny_dir), "adapters": {"root": str(root)}},
+                                   "telemetry": {"metrics_listen": ""}})
+    async with http.post(url(daemon, "/v1/completions"), json=body(model="beta", stream=True)) as resp:
+        assert (resp.status, resp.content_type) == (400, "application/json")
+        assert (await resp.json())["error"]["type"] == "invalid_request_error"
+    Injected(monkeypatch, ModelRunner, "submit", RuntimeError("injected step failure"))
+    async with http.post(url(daemon, "/v1/completions"), json=body(stream=True)) as resp:
+        assert (resp.status, (await resp.json())["error"]["code"]) == (500, "internal")
+    async with http.post(url(daemon, "/v1/completions"), json=body(stream=True)) as resp:  # served on
+        assert resp.status == 200 and (await resp.text()).endswith("data: [DONE]\n\n")
 
 
 async def test_disconnect_mid_stream_cancels_the_request(http_daemon, http, monkeypatch):
