@@ -101,7 +101,12 @@ async def test_client_wait_ready_follows_health_to_serving(bare_daemon):
     await bare_daemon.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     async with AsyncClient(f"127.0.0.1:{bare_daemon.port}") as client:
         waiter = asyncio.create_task(client.wait_ready(timeout=30))
-        await asyncio.wait({waiter}, timeout=0.3)
+
+        async def watching() -> None:  # the daemon holds the client's Watch (and answered NOT_SERVING)
+            while not bare_daemon.health._watcher_count_by_service.get(""):
+                await asyncio.sleep(0.005)
+
+        await asyncio.wait_for(watching(), 30)
         assert not waiter.done()  # still NOT_SERVING
         await bare_daemon.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await waiter
