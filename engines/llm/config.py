@@ -127,6 +127,10 @@ class ConstraintConfig:
     # the batch. Its defaults: 1_000_000 and 200_000 (~20 ms and ~14 ms of work).
     initial_lexer_fuel: int = 1_000_000
     step_lexer_fuel: int = 200_000
+    # Admission compiles a constraint off the event loop (`constraints.Compiler`); past this
+    # bound the request is INVALID_ARGUMENT, so a schema that compiles slowly (fuel spent in
+    # steps the lexer fuel does not meter) cannot hold its caller, or anyone else, for long.
+    compile_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
         check(self.max_bytes >= 1, "max_bytes", "must be >= 1")
@@ -134,6 +138,7 @@ class ConstraintConfig:
         check(self.max_depth >= 1, "max_depth", "must be >= 1")
         check(self.initial_lexer_fuel >= 1, "initial_lexer_fuel", "must be >= 1")
         check(self.step_lexer_fuel >= 1, "step_lexer_fuel", "must be >= 1")
+        check(self.compile_timeout_s > 0, "compile_timeout_s", "must be > 0")
 
 
 @dataclass(frozen=True)
@@ -248,4 +253,5 @@ cache_size = 128                  # compiled grammars kept (LRU by the constrain
 max_depth = 32                    # deepest nesting of a JSON schema (objects and arrays)
 initial_lexer_fuel = 1000000      # llguidance fuel to build a grammar's lexer (bounds compile time)
 step_lexer_fuel = 200000          # llguidance fuel per mask step (bounds a step's mask time)
+compile_timeout_s = 5.0           # a constraint compiling longer is INVALID_ARGUMENT (compiles run off the event loop)
 """

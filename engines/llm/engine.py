@@ -46,7 +46,7 @@ from engines.errors import (
 from engines.llm import metrics as m
 from engines.llm.adapters import AdapterRegistry, OnDemandLoads
 from engines.llm.config import LLMConfig
-from engines.llm.constraints import Grammars
+from engines.llm.constraints import Compiler, Grammars
 from engines.llm.core import RUNNERS, ModelFacts, ModelSide, StepRunner
 from engines.llm.detok import IncrementalDecoder
 from engines.llm.output import OutputProcessor, RequestOutput
@@ -55,6 +55,7 @@ from engines.llm.runner import StepResult
 from engines.llm.scheduler import Scheduler, Sequence
 from engines.llm.types import (
     AdapterInfo,
+    Constraint,
     FinalOutput,
     FinishReason,
     GenerationRequest,
@@ -73,9 +74,17 @@ tracer = trace.get_tracer(__name__)
 MAX_FAILED_STEPS = 3
 
 
-async def _ended():
-    return
-    yield
+class _Cancelled:
+    """The items of a request closed before it was queued: its one FinalOutput, then the end."""
+
+    def __init__(self) -> None:
+        self._sent = False
+
+    async def __anext__(self) -> FinalOutput:
+        if self._sent:
+            raise StopAsyncIteration
+        self._sent = True
+        return FinalOutput(FinishReason.CANCELLED, 0, 0, Timings(0.0, 0.0, 0.0))
 
 
 class RequestStream:
@@ -83,9 +92,11 @@ class RequestStream:
     generator that is never started never runs its `finally`, and the request it queued
     would keep its slot; here `close()` always frees it.
 
-    A request whose adapter is being loaded on demand is not queued yet: `start` awaits
-    the load and queues it (`after_load`), on the first `__anext__`; the load's error, or
-    DeadlineExceeded, is then that call's exception."""
+    A request that must wait before it is queued (its constraint compiling, its adapter
+    loading on demand) is not queued yet: `start` awaits that and queues it (`deferred`),
+    on the first `__anext__`; the compile's or the load's error, or DeadlineExceeded, is
+    then that call's exception. Closed meanwhile (a Cancel, the drain), the request ends
+    at once with its FinalOutput(CANCELLED); the load or compile goes on for the others."""
 
     def __init__(self, seq: Sequence[RequestOutput] | None, wake: Callable[[], None],
                  start: Callable[[], Awaitable[Sequence[RequestOutput]]] | None = None,
@@ -95,30 +106,47 @@ class RequestStream:
         self._start = start
         self._forget = forget  # closed before it was queued: the engine forgets the request
         self._closed = False
+        self._starting: asyncio.Future | None = None  # `start`, awaited by the first __anext__
         self._items = seq.handle.stream.__aiter__() if seq is not None else None
 
     @classmethod
-    def after_load(cls, wake: Callable[[], None], start: Callable[[], Awaitable[Sequence[RequestOutput]]],
-                   forget: Callable[[], object]) -> "RequestStream":
+    def deferred(cls, wake: Callable[[], None], start: Callable[[], Awaitable[Sequence[RequestOutput]]],
+                 forget: Callable[[], object]) -> "RequestStream":
         return cls(None, wake, start, forget)
 
     def __aiter__(self) -> "RequestStream":
         return self
 
+    async def queued(self) -> None:
+        """Return once the request is queued (at once unless it was deferred); raises what
+        its first item would (the compile's or the load's error). A front end that must
+        answer such errors before it commits to a response (an HTTP status) awaits this."""
+        if self._items is not None:
+            return
+        if self._closed:
+            self._items = _Cancelled()
+            return
+        # A task of its own, so that close() from elsewhere (a Cancel frame, the drain) ends
+        # the wait now rather than when the load or compile ends.
+        self._starting = asyncio.ensure_future(self._start())
+        try:
+            self._seq = await self._starting
+        except asyncio.CancelledError:
+            if self._closed and not asyncio.current_task().cancelling():  # close(), not our caller
+                self._items = _Cancelled()
+                return
+            raise
+        self._items = self._seq.handle.stream.__aiter__()
+        if self._closed:
+            self.close()
+
     async def __anext__(self) -> TokenChunk | FinalOutput:
         try:
-            if self._items is None:
-                if self._closed:  # cancelled before it was queued: its one FinalOutput, then the end
-                    self._items = _ended()
-                    return FinalOutput(FinishReason.CANCELLED, 0, 0, Timings(0.0, 0.0, 0.0))
-                self._seq = await self._start()
-                self._items = self._seq.handle.stream.__aiter__()
-                if self._closed:
-                    self.close()
+            await self.queued()
             return await self._items.__anext__()
         except StopAsyncIteration:
             raise
-        except BaseException:  # the consumer was cancelled, the step or the load failed
+        except BaseException:  # the consumer was cancelled, the step, compile or load failed
             self.close()
             raise
 
@@ -126,6 +154,8 @@ class RequestStream:
         self._closed = True
         if self._seq is None:
             self._forget()
+            if self._starting is not None:
+                self._starting.cancel()
         if self._seq is not None and not self._seq.done:
             self._seq.cancelled = True
             self._wake()
@@ -157,13 +187,15 @@ class LLMEngine:
         self._live: dict[str, Sequence[RequestOutput]] = {}
         self._order = itertools.count()
         self._adapters: AdapterRegistry | None = None  # built in load(), with the model
-        self._loading: dict[str, RequestStream] = {}  # request id -> a request waiting for its adapter
+        # request id -> a request not queued yet: its constraint compiling or its adapter loading
+        self._loading: dict[str, RequestStream] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._worker: SupervisedWorker | None = None  # created in start()
         self._waiters: list[asyncio.Future] = []
         self._runner_holds = False  # the runner held the last step's tokens back (StepRunner.collect)
         self._model_dir = ""
         self._grammars: Grammars | None = None  # admission's compiled constraints; built in load()
+        self._compiler: Compiler | None = None  # compiles them off the event loop; built in load()
         self._counters = {"generated_tokens_total": 0.0, "prompt_tokens_total": 0.0, "steps_total": 0.0,
                           "requests_finished_total": 0.0, "requests_failed_total": 0.0,
                           "prefix_cache_queried_tokens_total": 0.0, "prefix_cache_hit_tokens_total": 0.0}
@@ -190,7 +222,10 @@ class LLMEngine:
         # truncation state), so the worker gets its own copy.
         self._decode_tokenizer = copy.deepcopy(tok)
         self._output.eos = set(facts.eos)
-        self._grammars = Grammars(tok, facts.eos, self.config.constraints)
+        # Its own tokenizer copy: llguidance reads it on a compile thread while this one
+        # encodes on the event loop (see above).
+        self._grammars = Grammars(copy.deepcopy(tok), facts.eos, self.config.constraints)
+        self._compiler = Compiler(self._grammars)
         self._adapters = AdapterRegistry(self.config.adapters, bank, self._model_lock, self._lock, Path(model_dir))
         self._adapters.on_evict = lambda name: self._m.adapter_evictions.inc()
         if self._prefix is not None:  # under `_lock`, as every use of the index
@@ -281,6 +316,7 @@ class LLMEngine:
         for seq in list(self._live.values()):  # only if the worker died mid-step
             seq.handle.stream.fail(Unavailable("engine stopped"))
         await asyncio.to_thread(self._side.close)
+        self._compiler.close()
         self.state = "stopped"
 
     def info(self) -> ModelInfo:
@@ -346,39 +382,52 @@ class LLMEngine:
         sends Accepted then). `close()`/`aclose()`, or cancelling the task awaiting the
         next item, cancels the request; its slot and cache are freed at the next step.
 
-        One exception: a request naming an adapter that is not loaded, with
-        `adapters.on_demand`, starts its load (or joins the one in flight) and is queued once
-        it is loaded; the first item then waits for the load (off the event loop: the batch
-        keeps running), and the load's errors (NotFound, FailedPrecondition, InvalidArgument,
-        ResourceExhausted) or DeadlineExceeded come from it instead. The error of a recent
-        failed load, and NotFound for a name with no directory under the root, are raised
-        at once (`OnDemandLoads`).
-        """
-        if request.adapter and self._adapters.wants_load(request.adapter):
-            if self.state != "ready" or self._worker is None:
-                raise Unavailable(f"model {self.name} is {self.state}")
-            ids = self._validate(request)
-            rid = request.request_id
-            if rid in self._live or rid in self._loading:
-                raise AlreadyExists(f"request {rid!r} is already running", field="request_id")
-            self._on_demand.start(request.adapter)  # now: concurrent first requests share its load
-            stream = RequestStream.after_load(self._worker.notify, lambda: self._after_load(request, ids),
-                                              forget=lambda: self._loading.pop(rid, None))
-            self._loading[rid] = stream
-            return stream
-        return RequestStream(self._enqueue(request), self._worker.notify)
+        Two exceptions, queued only once their wait is over (off the event loop: the batch
+        keeps running), the first item waiting for it:
 
-    async def _after_load(self, req: GenerationRequest, ids: list[int]) -> Sequence[RequestOutput]:
+        * a constraint not in the grammar cache is compiled first (`constraints.Compiler`,
+          bounded by `constraints.compile_timeout_s`); llguidance's refusal, or the bound
+          passed, is InvalidArgument naming `constraint.<kind>` then. What is cheap to check
+          (kind, size, a schema that is not JSON) is still raised at once;
+        * a request naming an adapter that is not loaded, with `adapters.on_demand`, starts
+          its load (or joins the one in flight); the load's errors (NotFound,
+          FailedPrecondition, InvalidArgument, ResourceExhausted) or DeadlineExceeded come
+          from it. The error of a recent failed load, and NotFound for a name with no
+          directory under the root, are raised at once (`OnDemandLoads`).
+        """
+        if self.state != "ready" or self._worker is None:
+            raise Unavailable(f"model {self.name} is {self.state}")
+        ids = self._validate(request)
+        constraint = request.sampling.constraint
+        compile_first = constraint is not None and self._needs_compile(constraint)
+        load_first = bool(request.adapter) and self._adapters.wants_load(request.adapter)
+        if not (compile_first or load_first):
+            return RequestStream(self._enqueue(request, ids=ids), self._worker.notify)
+        rid = request.request_id
+        if rid in self._live or rid in self._loading:
+            raise AlreadyExists(f"request {rid!r} is already running", field="request_id")
+        if load_first:
+            self._on_demand.start(request.adapter)  # now: concurrent first requests share its load
+        stream = RequestStream.deferred(self._worker.notify, lambda: self._queue_later(request, ids, compile_first),
+                                        forget=lambda: self._loading.pop(rid, None))
+        self._loading[rid] = stream
+        return stream
+
+    async def _queue_later(self, req: GenerationRequest, ids: list[int], compile_first: bool) -> Sequence[RequestOutput]:
         try:
-            await self._on_demand.wait(req.adapter, req.deadline)
+            if compile_first:
+                await self._compiler.compile(req.sampling.constraint)
+            if req.adapter:  # returns at once unless it is (still, or again) to be loaded
+                await self._on_demand.wait(req.adapter, req.deadline)
             return self._enqueue(req, ids=ids, accepted=True)
         finally:
             self._loading.pop(req.request_id, None)
-            self._state_changed()  # a drain waits for requests waiting for a load, too
+            self._state_changed()  # a drain waits for requests not queued yet, too
 
     def cancel(self, request_id: str) -> bool:
         """End a live request with FinalOutput(CANCELLED) within one step (one waiting for
-        its adapter's load: once the load ends); False if unknown."""
+        its adapter's load or its constraint's compile: at once, the load or compile going
+        on for the others); False if unknown."""
         loading = self._loading.get(request_id)
         if loading is not None:
             loading.close()
@@ -391,16 +440,18 @@ class LLMEngine:
         return True
 
     def _validate(self, req: GenerationRequest) -> list[int]:
-        """Check the request (its constraint compiled, or found in the grammar cache) and
-        tokenize its prompt; on the event loop, before any model work."""
-        g = self._grammars
-        hits, misses = (g.hits, g.misses) if g is not None else (0, 0)
-        try:
-            return validate_and_tokenize(req, self.tokenizer, self.config.scheduler, self._facts.max_positions, g)
-        finally:
-            if g is not None:
-                self._m.grammar_hits.inc(g.hits - hits)
-                self._m.grammar_misses.inc(g.misses - misses)
+        """Check the request (its constraint prechecked, not compiled) and tokenize its
+        prompt; on the event loop, before any model work."""
+        return validate_and_tokenize(req, self.tokenizer, self.config.scheduler, self._facts.max_positions,
+                                     self._grammars)
+
+    def _needs_compile(self, constraint: Constraint) -> bool:
+        """False if the constraint is in the grammar cache (a hit); counted either way."""
+        if self._compiler.needs_compile(constraint):
+            self._m.grammar_misses.inc()
+            return True
+        self._m.grammar_hits.inc()
+        return False
 
     def _enqueue(self, req: GenerationRequest, canary: bool = False, ids: list[int] | None = None,
                  accepted: bool = False) -> Sequence[RequestOutput]:

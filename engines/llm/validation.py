@@ -17,7 +17,8 @@ from engines.llm.types import GenerationRequest
 def validate_and_tokenize(req: GenerationRequest, tokenizer: Any, sched: SchedulerConfig, max_positions: int,
                           grammars: Any = None) -> list[int]:
     """Check a request field by field (errors name the proto field) and return its prompt ids.
-    A constraint is compiled here (`grammars`, a `constraints.Grammars`), before any model work."""
+    A constraint is prechecked here (`grammars`, a `constraints.Grammars`): what is refused
+    without compiling it; the engine compiles it off the event loop."""
     s = req.sampling
     if not req.request_id:
         raise InvalidArgument("request_id must be set", field="request_id")
@@ -39,7 +40,7 @@ def validate_and_tokenize(req: GenerationRequest, tokenizer: Any, sched: Schedul
                                   "ignore_eos cannot be set with a constraint", field="sampling.ignore_eos")
         if grammars is None:
             raise InvalidArgument("this model does not take constraints", field="constraint")
-        grammars.check(s.constraint)
+        grammars.precheck(s.constraint)
     if (req.prompt is None) == (not req.messages):
         raise InvalidArgument("set exactly one of prompt or messages", field="prompt")
     # Tokenizing runs on the event loop: bound the text first, so a 64 MiB prompt is refused

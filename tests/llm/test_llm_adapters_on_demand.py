@@ -225,6 +225,43 @@ async def test_a_request_waiting_for_its_adapter_can_be_cancelled(make_engine, r
     assert names(engine) == {"alpha": False}
 
 
+async def test_a_cancel_ends_a_wait_for_a_held_load_at_once(make_engine, root, monkeypatch):
+    """Cancelled while its adapter's load is held inside its read, a request ends CANCELLED
+    at once, not when the load ends; the one load (single flight) still completes for the
+    request that waits with it."""
+    import threading
+
+    from engines.llm import adapters
+    from engines.llm.types import FinishReason
+
+    reading, release = threading.Event(), threading.Event()
+    read = adapters.read_adapter
+
+    def held_read(path, root=None):
+        reading.set()
+        assert release.wait(120), "the held load was never released"
+        return read(path, root)
+
+    monkeypatch.setattr(adapters, "read_adapter", held_read)
+    engine = await make_engine(root)
+    cancelled, other = engine.generate(req("c", "alpha")), engine.generate(req("o", "alpha"))
+    first = asyncio.create_task(cancelled.__anext__())  # waiting inside the stream, as a Session's task does
+    later = asyncio.create_task(other.__anext__())
+    try:
+        await asyncio.to_thread(reading.wait, 120)
+        assert engine.cancel("c")
+        final = await first  # while the load is still held: `release` is not set yet
+        assert (final.finish_reason, final.completion_tokens) == (FinishReason.CANCELLED, 0)
+        assert not release.is_set() and not later.done()
+        with pytest.raises(StopAsyncIteration):
+            await cancelled.__anext__()
+    finally:
+        release.set()
+    ids, _, final = await collect_stream(other, [await later])
+    assert final.finish_reason is not FinishReason.CANCELLED and len(ids) == final.completion_tokens > 0
+    assert engine.stats()["adapter_loads_on_demand_total"] == 1 and names(engine) == {"alpha": False}
+
+
 async def test_a_load_in_progress_does_not_stall_the_running_batch(make_engine, root, monkeypatch):
     """The adapter's files are read off the event loop and off the model lock: a request on
     the base model runs to its end while the load is held inside its read."""

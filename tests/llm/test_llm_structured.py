@@ -2,7 +2,9 @@
 
 Every answer that ends because its grammar completed (EOS) must parse and validate against
 its schema (`jsonschema`), or match its regex in full; free rows sharing the batch must get
-exactly the tokens they get alone; a bad constraint is INVALID_ARGUMENT naming its field.
+exactly the tokens they get alone; a bad constraint is INVALID_ARGUMENT naming its field;
+a constraint compiles off the event loop, so a slow one holds up nobody else, and past its
+bound it is INVALID_ARGUMENT too.
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import threading
 
 import jsonschema
 import pytest
 
 from engines.errors import InvalidArgument
+from engines.llm.constraints import Grammars
 from engines.llm.types import Constraint, FinishReason, GenerationRequest, SamplingParams
 from llm_helpers import collect, make_config
 
@@ -141,10 +145,83 @@ async def test_free_rows_are_unchanged_by_constrained_rows(engine):
     (Constraint("json_schema", '{"a":' * 5000 + "1" + "}" * 5000), "constraint.json_schema"),  # too deep to parse
 ])
 async def test_bad_constraint_is_invalid_argument(engine, constraint, field):
+    # Raised by generate() when cheap to see, else by the first item (once compiled off the loop).
     with pytest.raises(InvalidArgument) as err:
-        engine.generate(_request("bad", constraint))
+        await collect(engine, _request("bad", constraint))
     assert err.value.field == field
     assert engine.running_count + engine.waiting_count == 0
+
+
+class HeldCompile:
+    """A barrier in `Grammars.compile` (on the compile thread) for constraints whose text
+    contains `marker`: `entered` is set once one waits there, `release()` lets them go."""
+
+    def __init__(self, monkeypatch, marker: str) -> None:
+        self.entered, self._open = threading.Event(), threading.Event()
+        real = Grammars.compile
+
+        def held(grammars, c):
+            if marker in c.text:
+                self.entered.set()
+                assert self._open.wait(120), "HeldCompile: never released"
+            return real(grammars, c)
+        monkeypatch.setattr(Grammars, "compile", held)
+
+    async def reached(self) -> None:
+        assert await asyncio.to_thread(self.entered.wait, 60), "no compile reached the barrier"
+
+    def release(self) -> None:
+        self._open.set()
+
+
+async def test_a_slow_compile_holds_up_no_other_request(engine, monkeypatch):
+    """A constraint still compiling (held on its thread) delays neither a free request nor
+    another constraint's compile; a second request with the same constraint joins the same
+    compile, and cancelling it ends it at once, the compile going on for the first."""
+    slow = {"type": "object", "properties": {"held_here": {"type": "integer", "minimum": 0, "maximum": 9}},
+            "required": ["held_here"], "additionalProperties": False}
+    held = HeldCompile(monkeypatch, "held_here")
+    try:
+        first = asyncio.create_task(collect(engine, _request("slow-1", Constraint("json_schema", json.dumps(slow)), seed=1)))
+        await held.reached()
+        _, _, free = await collect(engine, _request("free", None, temperature=0.0, max_new=8))
+        _, text, other = await collect(engine, _request("other", Constraint("regex", r"[0-9]{2}x"), seed=2))
+        assert free.finish_reason in (FinishReason.EOS, FinishReason.LENGTH)
+        assert other.finish_reason is FinishReason.EOS and re.fullmatch(r"[0-9]{2}x", text)
+        joined = engine.generate(_request("slow-2", Constraint("json_schema", json.dumps(slow))))
+        waiting = asyncio.create_task(anext(joined))
+        await asyncio.sleep(0)  # let it reach its wait for the compile
+        assert engine.cancel("slow-2")
+        final = await waiting
+        assert final.finish_reason is FinishReason.CANCELLED
+        assert not first.done()
+    finally:
+        held.release()
+    _, text, final = await first
+    assert final.finish_reason in (FinishReason.EOS, FinishReason.LENGTH)
+    if final.finish_reason is FinishReason.EOS:
+        jsonschema.validate(json.loads(text), slow)
+    assert engine.running_count + engine.waiting_count == 0
+
+
+async def test_a_compile_past_its_bound_is_invalid_argument(tiny_dir, adapters_root, monkeypatch):
+    from engines.llm.engine import LLMEngine
+
+    held = HeldCompile(monkeypatch, "never_compiles")
+    eng = LLMEngine(make_config(tiny_dir, adapters_root, llm={"constraints": {"compile_timeout_s": 0.05}}))
+    eng.load(lambda msg: None)
+    await eng.start(asyncio.get_running_loop())
+    try:
+        schema = json.dumps({"type": "object", "properties": {"never_compiles": {"type": "boolean"}}})
+        with pytest.raises(InvalidArgument) as err:
+            await collect(eng, _request("bounded", Constraint("json_schema", schema)))
+        assert err.value.field == "constraint.json_schema" and "compile_timeout_s" in err.value.message
+        assert held.entered.is_set()  # it was refused while compiling, not before
+        _, _, final = await collect(eng, _request("after", None, temperature=0.0, max_new=4))
+        assert final.finish_reason in (FinishReason.EOS, FinishReason.LENGTH)
+    finally:
+        held.release()
+        await eng.stop(5)
 
 
 async def test_ignore_eos_with_a_constraint_is_refused(engine):
