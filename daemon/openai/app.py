@@ -122,13 +122,13 @@ class OpenAIServer:
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
         async def work(span) -> web.StreamResponse:
-            return web.json_response({"object": "list", "data": self._model_cards()})
+            return web.json_response({"object": "list", "data": await self._model_cards()})
         return await self._call(request, "GET /v1/models", work, uses_tokens=False)
 
     async def _model(self, request: web.Request) -> web.StreamResponse:
         async def work(span) -> web.StreamResponse:
             name = request.match_info["model"]
-            for card in self._model_cards():
+            for card in await self._model_cards():
                 if card["id"] == name:
                     return web.json_response(card)
             raise self._unknown(name)
@@ -142,16 +142,29 @@ class OpenAIServer:
         return await self._call(request, "POST /v1/chat/completions",
                                 lambda span: self._generate(request, "chat", span), uses_tokens=True)
 
-    def _model_cards(self) -> list[dict[str, Any]]:
-        """Every base model, then its loaded adapters with `parent` naming it (as vLLM lists them)."""
-        cards = []
+    async def _model_cards(self) -> list[dict[str, Any]]:
+        """Every base model, then its adapters with `parent` naming it (as vLLM lists them):
+        the loaded ones, and those a request would load on demand (directories under
+        adapters.root; `root` is the directory, `created` the listing's time). A name is
+        listed once, under the model that `_resolve` picks for it."""
+        cards: list[dict[str, Any]] = []
+        seen = set(self._llms)
         for name, engine in self._llms.items():
             info = engine.info()
             cards.append({"id": name, "object": "model", "created": self._created, "owned_by": "galactic",
                           "root": info.version, "parent": None})
             for a in engine.list_adapters():
-                cards.append({"id": a.name, "object": "model", "created": int(a.loaded_at), "owned_by": "galactic",
-                              "root": a.path, "parent": name})
+                if a.name not in seen:
+                    seen.add(a.name)
+                    cards.append({"id": a.name, "object": "model", "created": int(a.loaded_at),
+                                  "owned_by": "galactic", "root": a.path, "parent": name})
+        for name, engine in self._llms.items():  # after every loaded one: `_resolve` prefers those
+            root = engine.config.adapters.resolved_root()
+            for adapter in await engine.resolvable_adapters():
+                if adapter not in seen:
+                    seen.add(adapter)
+                    cards.append({"id": adapter, "object": "model", "created": int(time.time()),
+                                  "owned_by": "galactic", "root": str(root / adapter), "parent": name})
         return cards
 
     def _unknown(self, name: str) -> NotFound:

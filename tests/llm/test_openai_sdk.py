@@ -71,12 +71,17 @@ def greedy(n: int, **fields) -> pb.GenerateRequest:
                               stopping=pb.StoppingParams(max_new_tokens=n, ignore_eos=True), logprobs=True, **fields)
 
 
-async def test_models_list_base_and_adapters(client, oa_daemon):
+async def test_models_list_base_and_adapters(client, oa_daemon, adapters_root):
+    """The base model, its loaded adapter (alpha) and those a request would load on demand
+    (the other directories under adapters.root), each adapter with `parent` naming the base."""
     models = {m.id: m for m in (await asyncio.to_thread(client.models.list)).data}
-    assert set(models) == {"tiny", "alpha"}
-    assert models["alpha"].model_extra["parent"] == "tiny"
+    assert set(models) == {"tiny", "alpha", "beta", "gamma", "delta"}
     assert models["tiny"].model_extra["parent"] is None
+    assert {name: models[name].model_extra["parent"] for name in ("alpha", "beta", "gamma", "delta")} == dict.fromkeys(
+        ("alpha", "beta", "gamma", "delta"), "tiny")
+    assert models["beta"].model_extra["root"] == str((adapters_root / "beta").resolve())
     assert (await asyncio.to_thread(client.models.retrieve, "alpha")).id == "alpha"
+    assert (await asyncio.to_thread(client.models.retrieve, "delta")).model_extra["parent"] == "tiny"
 
 
 async def test_completion_greedy_tokens_equal_native_generate(client, oa_daemon, channel_to):
@@ -279,6 +284,8 @@ async def test_an_adapter_not_loaded_is_loaded_on_demand_by_name(aclient, oa_dae
         assert out.choices[0].text == text and out.model == "gamma"
         listed = await admin.ListAdapters(admin_pb2.ListAdaptersRequest(), metadata=auth, timeout=60)
         assert {a.name: a.pinned for a in listed.adapters} == {"alpha": True, "gamma": False}
+        cards = [m.id for m in (await aclient.models.list()).data]
+        assert cards.count("gamma") == 1  # listed once, now as loaded
     finally:  # the daemon is the session's: leave it as found
         await admin.UnloadAdapter(admin_pb2.UnloadAdapterRequest(name="gamma"), metadata=auth, timeout=60)
 
