@@ -65,6 +65,7 @@ class Setup:
     # two slowest of 64 steps (each slow step is 32 samples), so two rows per system swung
     # by a factor of two on this host. The targets are checked on the median of all rows.
     top_repeats: int = 3
+    max_positions: int = 1024  # the model's context (benchmarks/prefix_cache.py needs ~2k)
 
 
 FULL = Setup(hidden=512, layers=8, vocab=4096, new_tokens=64, concurrency=(1, 8, 32), rounds=2)
@@ -162,7 +163,7 @@ def build(setup: Setup, root: Path) -> tuple[Path, Path]:
     tok = train_tokenizer(list(pydoc_data.topics.topics.values()), vocab_size=setup.vocab)
     torch.manual_seed(0)
     model = llama(tok, hidden=setup.hidden, intermediate=setup.hidden * 3, layers=setup.layers,
-                  heads=setup.hidden // 64, max_positions=1024)
+                  heads=max(1, setup.hidden // 64), max_positions=setup.max_positions)
     model.save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
     for i in range(4):
@@ -343,8 +344,9 @@ async def start_baseline(model_dir: Path, root: Path, streamer: str = "token") -
 
 async def start_galacticd(model_dir: Path, adapters_dir: Path, root: Path, max_running: int, names: list[str], *,
                           settings: dict[str, object] | None = None, env: dict[str, str] | None = None,
-                          server_threads: int = 0) -> Server:
-    """`settings`: more [llm] keys as TOML values, "scheduler.KEY" for [llm.scheduler]."""
+                          server_threads: int = 0, metrics_port: int = 0) -> Server:
+    """`settings`: more [llm] keys as TOML values, "scheduler.KEY" for [llm.scheduler];
+    `metrics_port`: serve Prometheus /metrics there (off by default)."""
     from galactic_client import AsyncClient
 
     settings = settings or {}
@@ -360,7 +362,7 @@ intra_op_threads = {server_threads}
 [openai]
 enabled = false
 [telemetry]
-metrics_listen = ""
+metrics_listen = "{f'127.0.0.1:{metrics_port}' if metrics_port else ''}"
 log_level = "warning"
 [llm]
 name = "bench"
