@@ -22,7 +22,11 @@ the completion tokens of every stream over the wall time of the burst. The daemo
 at most 0.15 of cache-off and tokens/s at least 2x; chat TTFT of the last turn within 1.5x
 of the first with the cache (cache-off grows with the history). Each row records the
 machine's load from /proc/stat (`other_cores`, `disturbed`), as llm_serving.py does.
-stdout gets a table; OUT a JSON list of rows.
+Both daemons keep the scheduler's defaults but for the token budget (room for a whole
+burst); with streams decoding, a step prefills at most `max_step_tokens` (default 2 x
+max_running) prompt tokens, which is what makes a long uncached prompt slow to start
+beside running streams (`--max-step-tokens` to compare). stdout gets a table; OUT a JSON
+list of rows (the first describes the setup).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from llm_serving import FULL, LoadProbe, Setup, _loadavg, _pct, build, start_galacticd  # noqa: E402
+from llm_serving import FULL, LoadProbe, _loadavg, _pct, build, start_galacticd  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -177,6 +181,8 @@ async def main_async(args: argparse.Namespace) -> list[dict]:
     # up front), in both daemons alike: the cache, not the budget, makes the difference.
     common = {"scheduler.max_batch_tokens": w.requests * (longest + w.new_tokens) + 4096,
               "scheduler.max_prompt_tokens": model_setup.max_positions}
+    if args.max_step_tokens:
+        common["scheduler.max_step_tokens"] = args.max_step_tokens
     daemons = {}
     try:
         for name, enabled in (("cache-on", "true"), ("cache-off", "false")):
@@ -262,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt-tokens", type=int, default=0, help="shared system prompt length (default 1500)")
     parser.add_argument("--turns", type=int, default=0, help="chat turns (default 10)")
     parser.add_argument("--rounds", type=int, default=0, help="rounds (default 3; 1 with --quick)")
+    parser.add_argument("--max-step-tokens", type=int, default=0,
+                        help="both daemons' scheduler.max_step_tokens (default: the engine's own, 2 x max_running)")
     parser.add_argument("--server-threads", type=int, default=0,
                         help="each galacticd's server.intra_op_threads (default 0: torch's own)")
     args = parser.parse_args(argv)
