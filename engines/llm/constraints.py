@@ -89,8 +89,8 @@ def _key(c: Constraint) -> bytes:
 class Grammars:
     """Compiled grammars for one tokenizer, by constraint hash (bounded LRU). The llguidance
     tokenizer is built on first use (about a second for a 150k vocabulary), so a model that
-    never sees a constraint never pays for it. The cache has one owner thread (the event
-    loop at admission, the step's thread at sampling); only `compile` may run elsewhere."""
+    never sees a constraint never pays for it. At admission the cache is the event loop's
+    (only `compile` runs elsewhere); at sampling `matcher` serializes its users."""
 
     def __init__(self, tokenizer: Any, eos: frozenset[int], config: ConstraintConfig) -> None:
         self._hf = tokenizer
@@ -98,6 +98,7 @@ class Grammars:
         self.config = config
         self._tok: Any = None
         self._tok_lock = threading.Lock()  # `compile` threads build the tokenizer once between them
+        self._matcher_lock = threading.Lock()  # `matcher` runs on the mask thread, rarely on the step's
         self._cache: OrderedDict[bytes, Any] = OrderedDict()  # hash -> compiled LLMatcher (a template)
         self.hits = 0
         self.misses = 0
@@ -164,8 +165,9 @@ class Grammars:
         passed admission in the daemon) gives a matcher in llguidance's error state, whose
         request then ends at once (`allowed` offers only EOS)."""
         try:
-            self.check(c)
-            return self._cache[_key(c)].deep_copy()
+            with self._matcher_lock:
+                self.check(c)
+                return self._cache[_key(c)].deep_copy()
         except InvalidArgument:
             from llguidance import LLMatcher
 

@@ -70,7 +70,8 @@ class KVLayout(Protocol):
 class _RowState:
     generator: torch.Generator | None
     seen: torch.Tensor | None  # prompt + generated ids, only with a repetition penalty
-    matcher: Any = None  # a constrained request's llguidance matcher (constraints.Grammars)
+    constraint: Any = None  # the request's structured-output constraint (types.Constraint), if any
+    matcher: Any = None  # its llguidance matcher (constraints.Grammars), built with the first mask
     pending: Future | None = None  # its next mask, computing while the forward runs (`prefetch`)
 
 
@@ -103,8 +104,10 @@ class StepModel:
     def prefetch(self, seqs: list[Sequence]) -> None:
         """Start the next masks of these rows' constrained requests on a helper thread, to
         compute while the forward runs (llguidance releases the GIL; a row's next mask
-        depends only on tokens already sampled, as in vLLM and SGLang). `sample` waits for
-        what it needs; a mask not used this step (a prompt still prefilling) stays valid."""
+        depends only on tokens already sampled, as in vLLM and SGLang). A new request's
+        grammar is compiled there too (a cache miss on this side), beside its prefill
+        rather than inside the step. `sample` waits for what it needs; a mask not used
+        this step (a prompt still prefilling) stays valid."""
         for seq in seqs:
             if seq.request.sampling.constraint is None:
                 continue
@@ -112,18 +115,23 @@ class StepModel:
             if st.pending is None:
                 if self._masker is None:
                     self._masker = ThreadPoolExecutor(1, thread_name_prefix="llm-mask")
-                st.pending = self._masker.submit(self.grammars.allowed, st.matcher)
+                st.pending = self._masker.submit(self._next_mask, st)
+
+    def _next_mask(self, st: _RowState) -> torch.Tensor:
+        if st.matcher is None:
+            st.matcher = self.grammars.matcher(st.constraint)
+        return self.grammars.allowed(st.matcher)
 
     def _mask(self, st: _RowState) -> torch.Tensor:
         pending, st.pending = st.pending, None
-        return pending.result() if pending is not None else self.grammars.allowed(st.matcher)
+        return pending.result() if pending is not None else self._next_mask(st)
 
     def sample(self, seqs: list[Sequence], logits: torch.Tensor) -> list[tuple[int, float | None]]:
         """One token per row of `logits` (B, V) for `seqs` (B), under each request's sampling."""
         states = [self._state(s) for s in seqs]
-        constrained = any(st.matcher is not None for st in states)
+        constrained = any(st.constraint is not None for st in states)
         t0 = time.perf_counter() if constrained else 0.0
-        masks = [None if st.matcher is None else self._mask(st) for st in states]
+        masks = [None if st.constraint is None else self._mask(st) for st in states]
         if constrained:
             self.mask_s += time.perf_counter() - t0
         picks = sample_batch(logits, [(s.request.sampling, st.seen, st.generator, mask)
@@ -132,7 +140,7 @@ class StepModel:
         for st, (token, _) in zip(states, picks):
             if st.seen is not None:
                 st.seen = torch.cat([st.seen, torch.tensor([token])])
-            if st.matcher is not None:
+            if st.constraint is not None:
                 self.grammars.advance(st.matcher, token)
         if constrained:
             self.mask_s += time.perf_counter() - t0
@@ -150,8 +158,7 @@ class StepModel:
         if state is None:
             params = seq.request.sampling
             seen = torch.tensor(seq.prompt_ids, dtype=torch.long) if params.repetition_penalty != 1.0 else None
-            matcher = None if params.constraint is None else self.grammars.matcher(params.constraint)
-            state = self._rows[seq] = _RowState(make_generator(params), seen, matcher)
+            state = self._rows[seq] = _RowState(make_generator(params), seen, params.constraint)
         return state
 
 

@@ -312,3 +312,18 @@ def test_mask_covers_a_padded_model_vocabulary():
     picks = {sample_row(logits, params, None, gen, allowed)[0] for _ in range(50)}
     assert picks <= {2, 5}
     assert sample_row(logits, SamplingParams(), None, None, allowed)[0] in (2, 5)
+
+
+async def test_the_model_side_builds_matchers_beside_the_step(engine, monkeypatch):
+    """The runner compiles a new request's grammar on its mask thread, beside the forward,
+    not on the thread that runs the step."""
+    threads = []
+    real = Grammars.matcher
+
+    def spy(grammars, c):
+        threads.append(threading.current_thread().name)
+        return real(grammars, c)
+    monkeypatch.setattr(Grammars, "matcher", spy)
+    _, text, final = await collect(engine, _request("where", Constraint("regex", r"[a-c]{3}"), max_new=8))
+    assert final.finish_reason is FinishReason.EOS and re.fullmatch(r"[a-c]{3}", text)
+    assert threads and all(name.startswith("llm-mask") for name in threads), threads
