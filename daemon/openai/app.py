@@ -202,7 +202,7 @@ class OpenAIServer:
                 req = dataclasses.replace(req, trace_context=trace_context)
                 streams.append(engine.generate(tenants.bind(req)))
             # A request may wait before it is queued (its schema compiling, its adapter
-            # loading): its errors then come here, as a status, not inside a 200 stream.
+            # loading): its errors come here, before any output, naming the OpenAI parameter.
             await asyncio.gather(*(stream.queued() for stream in streams))
         except GalacticError as exc:
             for stream in streams:
