@@ -40,6 +40,27 @@ class LoRASettings:
 
 
 @dataclass(frozen=True)
+class FederationSettings:
+    """How an NVFLARE round (`galactic-train federated`) treats sites that do not answer.
+
+    A round waits for every site it sent the task to, but never longer than
+    `round_timeout_s`; it then aggregates whoever answered if that is at least `min_sites`,
+    and fails the job otherwise. A site FLARE reports gone (its job process ended, or its
+    client stopped heartbeating) is written off after `dead_site_grace_s`, so later rounds
+    stop waiting for it well before the timeout; a site that answers again takes part again.
+    """
+
+    min_sites: int = 0  # sites a round needs; 0 = every site (any one down stalls the job)
+    round_timeout_s: float = 600.0  # longest a round waits for the sites beyond the minimum
+    dead_site_grace_s: float = 60.0  # FLARE's dead-client grace period for a site reported gone
+
+    def __post_init__(self) -> None:
+        check(self.min_sites >= 0, "min_sites", "must be >= 0 (0: every site)")
+        check(self.round_timeout_s >= 1, "round_timeout_s", "must be >= 1 (FLARE counts whole seconds)")
+        check(self.dead_site_grace_s > 0, "dead_site_grace_s", "must be > 0")
+
+
+@dataclass(frozen=True)
 class TrainingConfig:
     # Where: Lightning's accelerator, strategy, processes per node and nodes.
     accelerator: Literal["auto", "cpu", "cuda"] = "auto"
@@ -71,6 +92,7 @@ class TrainingConfig:
     checkpoint_every_n_steps: int = 50  # a resumable checkpoint (LoRA weights + optimiser)
     quantize: Literal["none", "nf4"] = "none"  # nf4 = QLoRA (bitsandbytes 4-bit base), CUDA only
     lora: LoRASettings = field(default_factory=LoRASettings)
+    federation: FederationSettings = field(default_factory=FederationSettings)  # galactic-train federated
 
     def __post_init__(self) -> None:
         check(self.devices >= 1, "devices", "must be >= 1")
@@ -121,6 +143,11 @@ rank = 8
 alpha = 16.0
 dropout = 0.05
 target_modules = ["all-linear"]   # every linear layer but the output head; or names, e.g. ["q_proj", "v_proj"]
+
+[training.federation]             # galactic-train federated (NVFLARE)
+min_sites = 0                     # sites a round needs to aggregate; 0 = every site (one site down stalls the job)
+round_timeout_s = 600.0           # a round waits at most this long for sites beyond min_sites, then aggregates who answered
+dead_site_grace_s = 60.0          # a site FLARE reports gone is written off after this, so rounds stop waiting for it
 """
 
 

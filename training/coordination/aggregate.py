@@ -40,6 +40,20 @@ def weighted_average(states: list[dict[str, torch.Tensor]], counts: list[float],
     return out
 
 
+def keep_absent_rows(merged: dict[str, torch.Tensor], current: dict[str, torch.Tensor],
+                     present: list[int]) -> dict[str, torch.Tensor]:
+    """Rows of the per-site parameters of sites that sent nothing this round keep their
+    global value: only site i trains row i, and the other sites' copies of it hold no news
+    (AdamW's weight decay would only shrink it while the site is down)."""
+    out = dict(merged)
+    for name in SITE_ROW_PARAMS:
+        absent = [i for i in range(current[name].shape[0]) if i not in present] if name in out else []
+        if absent:
+            out[name] = out[name].clone()
+            out[name][absent] = current[name][absent].to(out[name].dtype)
+    return out
+
+
 def round_lr(base_lr: float, r: int, rounds: int, cosine: bool) -> float:
     """Round r's learning rate: a cosine over rounds (a local fit is too short to anneal on
     its own, and restarting a schedule every round would undo it)."""

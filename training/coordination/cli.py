@@ -42,6 +42,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            help="flare: NVFLARE server and site processes; inprocess: the same rounds in one process")
             p.add_argument("--record-dir", type=Path, default=None,
                            help="flare: write each round's sent, received and aggregated weights here")
+            p.add_argument("--config", type=Path, default=None,
+                           help="TOML file; its [training.federation] section (flags override it)")
+            p.add_argument("--min-sites", type=int, default=None,
+                           help="flare: sites a round needs (training.federation.min_sites; 0 = every site)")
+            p.add_argument("--round-timeout-s", type=float, default=None,
+                           help="flare: longest a round waits for sites beyond the minimum "
+                                "(training.federation.round_timeout_s)")
         p.set_defaults(func=_train_cmd, federated=name == "federated")
     p = subparsers.add_parser("scenarios", help="write random observatory networks (site table + scenario) for "
                                                 "evaluation, drawn from the documented ranges of generator.py")
@@ -124,19 +131,47 @@ def _simulate_cmd(args) -> int:
     return 0
 
 
+def _federation_settings(args):
+    """`[training.federation]` of --config (and GALACTIC_TRAINING__FEDERATION__*), flags on top."""
+    from training import config as training_config
+
+    if not args.federated:
+        return None
+    overrides = {"federation.min_sites": args.min_sites, "federation.round_timeout_s": args.round_timeout_s}
+    return training_config.load(args.config, overrides=overrides).federation
+
+
 def _train_cmd(args) -> int:
+    from engines.config import ConfigError
+
     torch.set_num_threads(1)  # a 2k-parameter MLP: threads cost more than they give
     recipe = _recipe(args)
     engine = getattr(args, "engine", "inprocess")
-    if args.sites is None:
-        out = default.build(recipe, args.out, federated=args.federated, progress=_progress, engine=engine)
-    else:
-        out = _train_on_files(args, recipe, engine)
+    try:
+        settings = _federation_settings(args)
+        if args.sites is None:
+            out = default.build(recipe, args.out, federated=args.federated, progress=_progress, engine=engine,
+                                settings=settings)
+        else:
+            out = _train_on_files(args, recipe, engine, settings)
+    except ConfigError as exc:
+        print(f"galactic-train {'federated' if args.federated else 'coordination'}: {exc}", file=sys.stderr)
+        return 2
+    _report_rounds(out)
     _progress(f"wrote {out} and {out.with_suffix('.json')}")
     return 0
 
 
-def _train_on_files(args, recipe: default.Recipe, engine: str) -> Path:
+def _report_rounds(out: Path) -> None:
+    """One line per round of an NVFLARE federation: which sites it aggregated (and missed)."""
+    meta = json.loads(out.with_suffix(".json").read_text()).get("meta", {})
+    for rd in meta.get("aggregated", []):
+        missing = f"; missing {', '.join(rd['missing'])}" if rd["missing"] else ""
+        _progress(f"round {rd['round'] + 1}: aggregated {len(rd['sites'])} sites "
+                  f"({', '.join(f'{s} {n}' for s, n in rd['samples'].items())} samples){missing}")
+
+
+def _train_on_files(args, recipe: default.Recipe, engine: str, settings=None) -> Path:
     from engines.coordination.sites import load_sites
 
     table = load_sites(args.site_table)
@@ -149,7 +184,8 @@ def _train_on_files(args, recipe: default.Recipe, engine: str) -> Path:
 
         ids = {sitelog.read(f, table, args.skip_invalid).site_id: f for f in files}  # validate before starting
         fed = fl.Federation(logs=ids, site_table=args.site_table, snr_required=snr, out=args.out,
-                            record_dir=args.record_dir, skip_invalid=args.skip_invalid)
+                            record_dir=args.record_dir, skip_invalid=args.skip_invalid,
+                            **({"settings": settings} if settings is not None else {}))
         return fl.run(fed, table, recipe.fit, {**info, "engine": "nvflare"}, _progress)
     logs = sitelog.read_logs(files, table, snr, args.skip_invalid, _progress)
     model = (train.train_federated(logs, recipe.fit, _progress) if args.federated

@@ -61,7 +61,7 @@ def meta(recipe: Recipe, kind: str, rows: int, scenario_name: str) -> dict:
 
 
 def build(recipe: Recipe, out: Path, federated: bool = True, progress: Callable[[str], None] = lambda _m: None,
-          engine: str = "inprocess") -> Path:
+          engine: str = "inprocess", settings=None) -> Path:
     """Simulate the recipe's site logs, train on the files, export `out`."""
     sim = simulator(recipe)
     snr = sim.sc.scenario.snr_required
@@ -72,7 +72,8 @@ def build(recipe: Recipe, out: Path, federated: bool = True, progress: Callable[
         if federated and engine == "flare":
             from training.coordination import federated as fl
 
-            fed = fl.Federation(logs=paths, site_table=Path(recipe.sites), snr_required=snr, out=Path(out))
+            fed = fl.Federation(logs=paths, site_table=Path(recipe.sites), snr_required=snr, out=Path(out),
+                                **({"settings": settings} if settings is not None else {}))
             return fl.run(fed, sim.table, recipe.fit, {**info, "engine": "nvflare"}, progress)
     if federated:
         model = train.train_federated(logs, recipe.fit, progress)

@@ -1,10 +1,19 @@
 """The aggregation server of the NVFLARE federation: a FLARE `ModelController`.
 
-Each round it sends the global weights (and the round's learning rate) to every site,
-waits for all of them, and applies `aggregate.weighted_average` then the server optimizer
-(FedAvg, or FedAvgM with `server_momentum` > 0; FedProx is the sites' `prox_mu`). A site's
-row of the per-site parameters is keyed by its FLARE identity (the client name), which
-must be a site id of the table.
+Each round it sends the global weights (and the round's learning rate) to every site of
+the job, waits for their answers and applies `aggregate.weighted_average` then the server
+optimizer (FedAvg, or FedAvgM with `server_momentum` > 0; FedProx is the sites' `prox_mu`).
+A site's row of the per-site parameters is keyed by its FLARE identity (the client name),
+which must be a site id of the table.
+
+Stragglers: a round waits for every site, at most `round_timeout_s`, and aggregates whoever
+answered if that is at least `min_sites` (fewer fails the job: a model averaged from too few
+sites is not the federation's). FLARE ends the wait early once every site still missing
+is deemed dead (its job process gone, reported by its client, after FLARE's grace period).
+A site that was down and answers a later round is aggregated again; an answer to a round
+already closed is dropped by FLARE. Absent sites' rows of the per-site parameters keep
+their global value. Which sites each round aggregated, with their sample counts, goes into
+the checkpoint's metadata (`aggregated`) and the log.
 
 At the end it writes the checkpoint the engine loads. With `record_dir` it also writes,
 per round, the global weights it sent, every update it received (as received: weights and
@@ -32,7 +41,7 @@ class CoordFedAvg(ModelController):
     def __init__(self, site_ids: list[str], model_config: dict, rounds: int, seed: int, out: str,
                  server_momentum: float = 0.0, own_rows: bool = True, round_cosine: bool = True,
                  local_lr: float | None = None, meta: dict | None = None, record_dir: str | None = None,
-                 task_timeout_s: int = 0) -> None:
+                 min_sites: int = 0, round_timeout_s: int = 0) -> None:
         super().__init__()
         self.site_ids = list(site_ids)
         self.model_config = dict(model_config)
@@ -45,7 +54,8 @@ class CoordFedAvg(ModelController):
         self.local_lr = local_lr
         self.meta = dict(meta or {})
         self.record_dir = record_dir
-        self.task_timeout_s = task_timeout_s
+        self.min_sites = min_sites  # 0: every site of the job
+        self.round_timeout_s = round_timeout_s  # 0: wait for ever
 
     def run(self) -> None:
         import lightning as L
@@ -56,29 +66,49 @@ class CoordFedAvg(ModelController):
         index = {s: i for i, s in enumerate(self.site_ids)}
         server = aggregate.ServerOptimizer(self.server_momentum)
         base_lr = self.local_lr if self.local_lr is not None else config.lr
+        aggregated = []  # per round: which sites, how many samples
         for r in range(self.rounds):
             lr = aggregate.round_lr(base_lr, r, self.rounds, self.round_cosine)
             current = {k: v.detach().clone() for k, v in model.state_dict().items()}
             task = FLModel(params_type=ParamsType.FULL, params={k: v.numpy() for k, v in current.items()},
                            current_round=r, total_rounds=self.rounds,
                            meta={"lr": lr, "model_config": self.model_config})
-            results = self.send_model_and_wait(data=task, timeout=self.task_timeout_s)
+            targets = [c.name for c in self.engine.get_clients()]
+            needed = min(self.min_sites, len(targets)) if self.min_sites else len(targets)
+            # min_responses=needed marks the round complete once `needed` answered, but only
+            # after a further wait_time_after_min_received; waiting the whole round timeout
+            # there lets every live site answer, so a healthy slow site is not dropped just
+            # because the minimum was met first.
+            results = self.broadcast_model(data=task, min_responses=needed, timeout=self.round_timeout_s,
+                                           wait_time_after_min_received=self.round_timeout_s)
             # Table order, not arrival order: the sum is then the in-process loop's, bit for bit.
-            results = sorted(results, key=lambda res: index.get(res.meta["client_name"], -1))
+            results = sorted((res for res in results if int(res.current_round or 0) == r),
+                             key=lambda res: index.get(res.meta["client_name"], -1))
             names = [res.meta["client_name"] for res in results]
             unknown = sorted(set(names) - set(index))
             if unknown:
                 raise RuntimeError(f"participants {unknown} are not sites of the table")
+            if len(results) < needed:
+                raise RuntimeError(f"round {r + 1}: {len(results)} of {len(targets)} sites answered ({names}) "
+                                   f"within {self.round_timeout_s} s; min_sites is {needed}")
             states = [{k: torch.as_tensor(np.asarray(v)) for k, v in res.params.items()} for res in results]
             counts = [float(res.meta["samples"]) for res in results]
-            merged = aggregate.weighted_average(states, counts, [index[n] for n in names], self.own_rows)
+            present = [index[n] for n in names]
+            merged = aggregate.weighted_average(states, counts, present, self.own_rows)
+            if self.own_rows:
+                merged = aggregate.keep_absent_rows(merged, current, present)
             new = server.step(current, merged)
             model.load_state_dict(new)
+            missing = [s for s in self.site_ids if s not in names]
+            aggregated.append({"round": r, "sites": names, "samples": {n: int(c) for n, c in zip(names, counts)},
+                               "missing": missing})
             if self.record_dir:
                 self._record(r, current, results, new)
-            self.info(f"round {r + 1}/{self.rounds}: {len(results)} sites, {int(sum(counts))} samples")
+            self.info(f"round {r + 1}/{self.rounds}: {len(results)} sites, {int(sum(counts))} samples"
+                      + (f"; missing {', '.join(missing)}" if missing else ""))
         model.eval()
-        checkpoint.save(model, tuple(self.site_ids), Path(self.out), {**self.meta, "rounds": self.rounds})
+        checkpoint.save(model, tuple(self.site_ids), Path(self.out),
+                        {**self.meta, "rounds": self.rounds, "aggregated": aggregated})
         self.info(f"wrote {self.out}")
 
     def _record(self, r: int, sent: dict, results: list[FLModel], new: dict) -> None:

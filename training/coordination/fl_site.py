@@ -12,6 +12,7 @@ server maps identities, not anything a site says about itself, to rows of the si
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -35,6 +36,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--local-epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--leave-after-rounds", type=int, default=None, metavar="N",
+                   help="drill: after N rounds this site's job process exits when the next task arrives, "
+                        "as a site taken down mid-training does (the federation goes on without it)")
     return p.parse_args(argv)
 
 
@@ -59,9 +63,15 @@ def main(argv: list[str] | None = None) -> int:
         if task is None:
             break
         meta = task.meta or {}
+        r = int(task.current_round or 0)
+        if args.leave_after_rounds is not None and r >= args.leave_after_rounds:
+            # The process ends here, task in hand: no result, no goodbye. A clean exit
+            # status, because FLARE 2.9 fails the whole job when a site's job process
+            # reports a crash; a site that just goes away is what a federation must survive.
+            print(f"{site_id}: leaving the federation at round {r + 1} (--leave-after-rounds)", flush=True)
+            os._exit(0)
         config = CoordNetConfig(**meta["model_config"])
         state = {k: torch.as_tensor(v) for k, v in task.params.items()}
-        r = int(task.current_round or 0)
         out = train.local_fit(state, config, logs, float(meta["lr"]), cfg, train.local_seed(cfg, r, site))
         flare.send(FLModel(params_type=ParamsType.FULL, params={k: v.numpy() for k, v in out.items()},
                            current_round=r, meta={key: len(logs) for key in COUNT_KEYS}))

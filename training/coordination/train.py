@@ -14,7 +14,7 @@ import logging
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import lightning as L
 import numpy as np
@@ -116,23 +116,30 @@ def local_seed(cfg: FitConfig, r: int, site: int) -> int:
     return cfg.seed * 1000 + r * 31 + site
 
 
-def train_federated(site_logs: list[Logs], cfg: FitConfig, progress: Callable[[str], None] = lambda _m: None) -> CoordNet:
+def train_federated(site_logs: list[Logs], cfg: FitConfig, progress: Callable[[str], None] = lambda _m: None,
+                    participation: Sequence[Sequence[int]] | None = None) -> CoordNet:
     """FedAvg(M) rounds in one process: the reference for the NVFLARE federation
     (`federated.py`), which runs the same `local_fit` in each site's process and the same
     `aggregate` step on its server.
 
-    `site_logs[i]` must be site i's log (table order).
+    `site_logs[i]` must be site i's log (table order). `participation[r]`, when given, lists
+    the sites whose updates round r aggregated (a federation with a site down replays its
+    record); by default every site takes part in every round.
     """
     global_model = new_model(len(site_logs), cfg, cfg.prox_mu)
-    counts = [float(len(x)) for x in site_logs]
     server = aggregate.ServerOptimizer(cfg.server_momentum)
     base_lr = cfg.local_lr if cfg.local_lr is not None else global_model.config.lr
+    everyone = list(range(len(site_logs)))
     for r in range(cfg.rounds):
         lr = aggregate.round_lr(base_lr, r, cfg.rounds, cfg.round_cosine)
         current = global_model.state_dict()
-        states = [local_fit(current, global_model.config, logs, lr, cfg, local_seed(cfg, r, i))
-                  for i, logs in enumerate(site_logs)]
-        merged = aggregate.weighted_average(states, counts, list(range(len(site_logs))), cfg.own_embedding_rows)
+        present = sorted(participation[r]) if participation is not None else everyone
+        states = [local_fit(current, global_model.config, site_logs[i], lr, cfg, local_seed(cfg, r, i))
+                  for i in present]
+        merged = aggregate.weighted_average(states, [float(len(site_logs[i])) for i in present], present,
+                                            cfg.own_embedding_rows)
+        if cfg.own_embedding_rows:
+            merged = aggregate.keep_absent_rows(merged, current, present)
         global_model.load_state_dict(server.step(current, merged))
         progress(f"federated round {r + 1}/{cfg.rounds}")
     global_model.eval()
