@@ -176,6 +176,8 @@ def test_a_frozen_site_misses_a_round_and_rejoins(tmp_path, scenario):
     pid = _wait_for(lambda: _site_job_process(workspace, STALLED), done, f"{STALLED}'s job process started")
     # Frozen as round 1 closes (the record is written before round 2's task exists), thawed
     # once round 2 has closed without it: a site that drops off the network and comes back.
+    # Should it have fetched round 2's task first, it is frozen mid-fit and its answer, late,
+    # is dropped: either way round 2 goes without it (answering would take it a whole fit).
     _wait_for(lambda: (tmp_path / "rounds" / "round_000" / "received.json").exists(), done, "round 1 closed")
     os.kill(pid, signal.SIGSTOP)
     try:
