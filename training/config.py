@@ -50,7 +50,7 @@ class FederationSettings:
     stop waiting for it well before the timeout; a site that answers again takes part again.
     """
 
-    min_sites: int = 0  # sites a round needs; 0 = every site (any one down stalls the job)
+    min_sites: int = 0  # sites a round needs; 0 = every site (any one down fails the job)
     round_timeout_s: float = 600.0  # longest a round waits for the sites beyond the minimum
     dead_site_grace_s: float = 60.0  # FLARE's dead-client grace period for a site reported gone
 
@@ -145,7 +145,7 @@ dropout = 0.05
 target_modules = ["all-linear"]   # every linear layer but the output head; or names, e.g. ["q_proj", "v_proj"]
 
 [training.federation]             # galactic-train federated (NVFLARE)
-min_sites = 0                     # sites a round needs to aggregate; 0 = every site (one site down stalls the job)
+min_sites = 0                     # sites a round needs to aggregate; 0 = every site (one site down fails the job)
 round_timeout_s = 600.0           # a round waits at most this long for sites beyond min_sites, then aggregates who answered
 dead_site_grace_s = 60.0          # a site FLARE reports gone is written off after this, so rounds stop waiting for it
 """

@@ -74,7 +74,7 @@ def _wait_for(condition, done: threading.Event, what: str):
 
 
 @pytest.mark.timeout(900)
-def test_a_site_killed_mid_training_is_left_out_and_the_job_finishes(tmp_path, scenario):
+def test_a_site_whose_process_exits_mid_training_is_left_out_and_the_job_finishes(tmp_path, scenario):
     (tmp_path / "sites.toml").write_text(SITES_TOML)
     table = load_sites(tmp_path / "sites.toml")
     sim = Simulator(scenario, table)

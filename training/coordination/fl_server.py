@@ -78,8 +78,10 @@ class CoordFedAvg(ModelController):
             # min_responses=needed marks the round complete once `needed` answered, but only
             # after a further wait_time_after_min_received; waiting the whole round timeout
             # there lets every live site answer, so a healthy slow site is not dropped just
-            # because the minimum was met first.
-            results = self.broadcast_model(data=task, min_responses=needed, timeout=self.round_timeout_s,
+            # because the minimum was met first. Without a timeout a round waits for every
+            # site (FLARE would otherwise close it the moment `needed` answered).
+            quorum = needed if self.round_timeout_s else len(targets)
+            results = self.broadcast_model(data=task, min_responses=quorum, timeout=self.round_timeout_s,
                                            wait_time_after_min_received=self.round_timeout_s)
             # Table order, not arrival order: the sum is then the in-process loop's, bit for bit.
             results = sorted((res for res in results if int(res.current_round or 0) == r),
