@@ -149,7 +149,12 @@ STALLED = "la_palma"  # the site whose job process is frozen for a round, then r
 STALL_SETTINGS = FederationSettings(min_sites=2, round_timeout_s=60, dead_site_grace_s=2)
 
 
+# Outside `make test` (`make test-slow` runs it): it waits out a round's 60 s timeout by
+# design (125 s in all), and whether a healthy round beats that timeout depends, however
+# remotely, on how loaded the machine is.
 @pytest.mark.timeout(900)
+@pytest.mark.skipif(not os.environ.get("GALACTIC_SLOW_TESTS"),
+                    reason="waits out a 60 s round timeout by design; set GALACTIC_SLOW_TESTS=1 (make test-slow)")
 def test_a_frozen_site_misses_a_round_and_rejoins(tmp_path, scenario):
     (tmp_path / "sites.toml").write_text(SITES_TOML)
     table = load_sites(tmp_path / "sites.toml")
