@@ -36,6 +36,10 @@ class Injected:
         self.pending.clear()
 
 
+# The running test's Held barriers; monkeypatch removes each at the test's end.
+_active: dict[Any, bool] = {}
+
+
 class Held:
     """A barrier in the LLM engine's model step. A step that serves only held requests
     waits before it reaches the model (the runner's `submit`, in a thread or the model
@@ -47,7 +51,9 @@ class Held:
 
     `where(request)` picks the held requests (all by default); with `after_first_token`
     only their decode steps are held, so each streams its first token first. Patched on
-    the runner classes and restored by monkeypatch; a step held past `bound_s` fails."""
+    the runner classes and restored by monkeypatch; a step held past `bound_s` fails. A
+    step still held when the test ends (its monkeypatch undone) runs: a request the test
+    left behind on a shared daemon must not stall the next test's steps."""
 
     def __init__(self, monkeypatch, where: Callable[[Any], bool] = lambda request: True,
                  after_first_token: bool = False, bound_s: float = 120.0) -> None:
@@ -59,6 +65,7 @@ class Held:
         self._entered, self._open = threading.Event(), threading.Event()
         self._permits = self._arrivals = 0
         self._lock = threading.Lock()
+        monkeypatch.setitem(_active, self, True)  # removed when the test ends
         for cls in (ModelRunner, ProcessRunner):  # OverlappedProcessRunner submits through ProcessRunner's
             self._patch(monkeypatch, cls)
         add = Scheduler.add
@@ -81,7 +88,7 @@ class Held:
                 end, arrivals = time.monotonic() + self._bound_s, self._arrivals
                 # Cancels are flags set from other threads: look at them every 5 ms.
                 while not (self._open.wait(0.005) or all(seq.cancelled for seq in held) or self._take_permit()
-                           or self._arrivals != arrivals):
+                           or self._arrivals != arrivals or self not in _active):
                     if time.monotonic() > end:
                         raise TimeoutError("Held: a held step was neither cancelled nor released")
             return real(runner, plan)
