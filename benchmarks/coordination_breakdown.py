@@ -59,7 +59,8 @@ def main() -> int:
 
     # Instrument the step's parts where the engine looks them up (module attributes).
     engine_mod.features = type("F", (), {"pair_batch": staticmethod(timed("features", features.pair_batch))})
-    engine_mod.solver = type("S", (), {"assign": staticmethod(timed("solve", solver.assign))})
+    engine_mod.solver = type("S", (), {"assign": staticmethod(timed("solve", solver.assign)),
+                                       "urgent_pairs": staticmethod(solver.urgent_pairs)})
     engine_mod.problem = type("P", (), {"result": staticmethod(timed("result", problem.result)),
                                         "Problem": problem.Problem, "validate": problem.validate})
     model = eng._weights.model

@@ -24,7 +24,7 @@ from engines.errors import FailedPrecondition, GalacticError, InvalidArgument
 
 from daemon.errors import shorten, to_status
 from daemon.servicers import deadline_of, pick
-from daemon.servicers.coordination import REASONS, assignment_pb, conditions, observatory, target, to_pb
+from daemon.servicers.coordination import REASONS, assignment_pb, conditions, observatory, target_columns, to_pb
 from daemon.validation import Bounds
 
 _END = object()
@@ -74,7 +74,7 @@ class _Stream:
         if self.state is None:
             raise FailedPrecondition("the stream's first event must be `open`", field=kind)
         if kind == "upsert":
-            self.state.upsert(tuple(target(t) for t in ev.upsert.targets))
+            self.state.upsert(target_columns(ev.upsert.targets, ev.upsert))
         elif kind == "retract":
             self.state.retract(tuple(ev.retract.target_ids))
         elif kind == "site":
@@ -103,7 +103,7 @@ class _Stream:
                                   field="open.coalesce_ms")
         state = engine.open_plan(
             time_unix=m.time_unix, observatories=tuple(observatory(o) for o in m.observatories),
-            targets=tuple(target(t) for t in m.targets), window_s=m.window_s if m.HasField("window_s") else 3600.0,
+            targets=target_columns(m.targets, m), window_s=m.window_s if m.HasField("window_s") else 3600.0,
             snr_required=m.snr_required if m.HasField("snr_required") else None)
         self.engine, self.state = engine, state
         self.coalesce_s = coalesce_ms / 1000.0

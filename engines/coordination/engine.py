@@ -35,7 +35,9 @@ from engines.coordination.config import CoordinationConfig
 from engines.coordination.model import CoordNet
 from engines.coordination.plan import PlanState
 from engines.coordination.sites import SiteTable, load_sites
-from engines.coordination.types import CoordinateRequest, CoordinateResult, Observatory, Target, TensorSpec
+from engines.coordination.types import (
+    CoordinateRequest, CoordinateResult, Observatory, Target, TargetColumns, TensorSpec,
+)
 from engines.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from engines.paths import confine
 
@@ -197,8 +199,8 @@ class CoordinationEngine:
         prob = problem.validate(request, self._sites, self.config)
         return await self._batcher.submit(prob, deadline)
 
-    def open_plan(self, *, time_unix: float, observatories: tuple[Observatory, ...], targets: tuple[Target, ...],
-                  window_s: float, snr_required: float | None) -> PlanState:
+    def open_plan(self, *, time_unix: float, observatories: tuple[Observatory, ...],
+                  targets: tuple[Target, ...] | TargetColumns, window_s: float, snr_required: float | None) -> PlanState:
         """A standing plan for one stream (Coordination.PlanStream); pair with close_plan().
 
         ResourceExhausted past `streams.max_streams` open plans or `streams.max_targets`
@@ -220,14 +222,14 @@ class CoordinationEngine:
         """The plan for a PlanState's current contents: like coordinate() on its snapshot,
         but only targets without scores from the previous plan are run through the model."""
         self._require_ready()
-        req, epoch = state.snapshot()
+        req, epoch, stamps = state.snapshot()
         prob = problem.validate(req, self._sites, self.config)
         s = len(req.observatories)
         version = self.version
-        (ok, p, snr), missing = state.cached_scores(req.targets, epoch, version, s)
+        (ok, p, snr), missing = state.cached_scores(stamps, epoch, version, s)
         item = _PlanItem(prob, missing, ok, p, snr, version)
         result, grids = await self._batcher.submit(item, deadline)
-        state.store_scores(epoch, result.version, req.targets, grids)
+        state.store_scores(epoch, result.version, stamps, grids)
         return result
 
     async def infer(self, inputs: dict[str, torch.Tensor], deadline: float | None = None) -> dict[str, torch.Tensor]:
@@ -284,7 +286,7 @@ class CoordinationEngine:
         plans = [i for i in items if isinstance(i, _PlanItem)]
         raw = [i for i in items if isinstance(i, _InferItem)]
         # A plan's cached rows are only good for the weights that scored them.
-        rescore = [i.missing if i.version == weights.version else np.arange(len(i.problem.request.targets))
+        rescore = [i.missing if i.version == weights.version else np.arange(i.problem.n_targets)
                    for i in plans]
         specs = [(p.time_unix, p.targets, p.sites, p.expired, p.snr_required) for p in problems]
         specs += [(i.problem.time_unix, _rows(i.problem.targets, idx), i.problem.sites, i.problem.expired[idx],

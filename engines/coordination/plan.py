@@ -3,9 +3,11 @@
 A `PlanState` holds what the caller has said so far (sites with their conditions, targets
 by id, the window) and the last plan made from it. Each change is checked on its own
 before it touches the state, so a bad event is refused alone and the state stays as it
-was (otherwise one bad alert would poison every later plan). `request()` snapshots the
-state as an ordinary CoordinateRequest for the engine; `advance()` takes the engine's
-answer and says what changed against the previous plan. Plain Python, no asyncio: the
+was (otherwise one bad alert would poison every later plan). The targets are kept as
+columns (`TargetColumns`), updated by each event, so a snapshot for the next plan costs no
+object per target. `request()` snapshots the state as an ordinary CoordinateRequest for the
+engine; `advance()` takes the engine's answer and says what changed against the previous
+plan. Plain Python, no asyncio: the
 daemon's servicer owns the stream, the coalescing timer and the frames.
 """
 
@@ -20,11 +22,16 @@ from engines.coordination import problem
 from engines.coordination.config import CoordinationConfig
 from engines.coordination.sites import SiteTable
 from engines.coordination.types import (
-    Assignment, Conditions, CoordinateRequest, CoordinateResult, Observatory, Target, UnassignedReason,
+    Assignment, Conditions, CoordinateRequest, CoordinateResult, Observatory, Target, TargetColumns, UnassignedReason,
 )
 from engines.errors import GalacticError, InvalidArgument, NotFound, ResourceExhausted
 
 PROTOCOL_VERSION = 1
+_ARRAYS = tuple(f.name for f in dataclasses.fields(TargetColumns) if f.name != "id")
+
+
+def _as_columns(targets: tuple[Target, ...] | TargetColumns) -> TargetColumns:
+    return targets if isinstance(targets, TargetColumns) else problem.target_columns(targets)
 
 
 @dataclass(frozen=True)
@@ -79,42 +86,53 @@ def _reprefix(exc: GalacticError, prefix: str, rename: dict[str, str] | None = N
 class PlanState:
     """The standing plan of one stream. Every mutator validates first, then applies, and
     raises (InvalidArgument / NotFound / ResourceExhausted, the field named from the
-    event's point of view) without changing anything."""
+    event's point of view) without changing anything.
 
-    def __init__(self, *, time_unix: float, observatories: tuple[Observatory, ...], targets: tuple[Target, ...],
-                 window_s: float, snr_required: float | None, table: SiteTable, config: CoordinationConfig) -> None:
+    Targets live in columns, in the order they were first upserted (a replaced target keeps
+    its row, a retracted one closes its gap), each row stamped with the upsert that wrote
+    it. Columns are replaced, never written in place: a snapshot being planned on the
+    worker thread keeps the arrays it was given."""
+
+    def __init__(self, *, time_unix: float, observatories: tuple[Observatory, ...],
+                 targets: tuple[Target, ...] | TargetColumns, window_s: float, snr_required: float | None,
+                 table: SiteTable, config: CoordinationConfig) -> None:
         self._table = table
         self._config = config
         self._max_targets = config.streams.max_targets
         if len(targets) > self._max_targets:
             raise ResourceExhausted(f"{len(targets)} targets exceed the stream bound "
                                     f"streams.max_targets={self._max_targets}", field="open.targets")
-        req = CoordinateRequest(time_unix=time_unix, observatories=observatories, targets=targets,
-                                window_s=window_s, snr_required=snr_required)
         try:
-            problem.validate(req, table, config)
+            cols = _as_columns(targets)
+            problem.validate(CoordinateRequest(time_unix=time_unix, observatories=observatories, targets=cols,
+                                               window_s=window_s, snr_required=snr_required), table, config)
         except GalacticError as exc:
             raise _reprefix(exc, "open") from None
         self.time_unix = time_unix
         self.window_s = window_s
         self.snr_required = snr_required
         self._sites: dict[str, Observatory] = {o.site_id: o for o in observatories}
-        self._targets: dict[str, Target] = {t.id: t for t in targets}
+        self._ids: list[str] = list(cols.id)
+        self._row: dict[str, int] = {tid: i for i, tid in enumerate(self._ids)}
+        self._cols: dict[str, np.ndarray] = {name: np.asarray(getattr(cols, name)).copy() for name in _ARRAYS}
+        self._stamp = np.arange(len(self._ids), dtype=np.int64)  # (N,) the upsert that wrote each row
+        self._next_stamp = len(self._ids)
         self._previous: dict[str, Assignment] = {}
         self.sequence = 0
         # Per-target scores (feasible, P(success), SNR rows over the sites) of the last plan,
-        # valid for one (epoch, weights version): a new alert then costs the model its own
-        # 12 rows, not the whole state's. Site and window changes bump the epoch.
+        # valid for one (epoch, weights version) and keyed by row stamp: a new alert then
+        # costs the model its own 12 rows, not the whole state's. Site and window changes
+        # bump the epoch.
         self._epoch = 0
-        self._score_row: dict[str, int] = {}  # target id -> its row in _score_grids
+        self._score_stamps: np.ndarray | None = None  # (N,) stamps of the rows in _score_grids
         self._score_grids: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # (N, S) each
         self._scores_key: tuple[int, str] | None = None
 
     @property
     def n_targets(self) -> int:
-        return len(self._targets)
+        return len(self._ids)
 
-    def _check(self, *, targets: tuple[Target, ...] = (), sites: tuple[Observatory, ...] | None = None,
+    def _check(self, *, targets: tuple[Target, ...] | TargetColumns = (), sites: tuple[Observatory, ...] | None = None,
                time_unix: float | None = None, window_s: float | None = None) -> None:
         req = CoordinateRequest(time_unix=self.time_unix if time_unix is None else time_unix,
                                 observatories=tuple(self._sites.values()) if sites is None else sites,
@@ -122,32 +140,48 @@ class PlanState:
                                 snr_required=self.snr_required)
         problem.validate(req, self._table, self._config)
 
-    def upsert(self, targets: tuple[Target, ...]) -> None:
+    def upsert(self, targets: tuple[Target, ...] | TargetColumns) -> None:
         """Add targets, or replace those whose id is known."""
-        if not targets:
+        if not len(targets):
             raise InvalidArgument("at least one target is required", field="upsert.targets")
         try:
-            self._check(targets=targets)
+            cols = _as_columns(targets)
+            self._check(targets=cols)
         except GalacticError as exc:
             raise _reprefix(exc, "upsert") from None
-        new = sum(1 for t in targets if t.id not in self._targets)
-        if len(self._targets) + new > self._max_targets:
-            raise ResourceExhausted(f"the stream would hold {len(self._targets) + new} targets; "
+        rows = [self._row.get(tid, -1) for tid in cols.id]
+        new = rows.count(-1)
+        if len(self._ids) + new > self._max_targets:
+            raise ResourceExhausted(f"the stream would hold {len(self._ids) + new} targets; "
                                     f"streams.max_targets={self._max_targets}", field="upsert.targets")
-        for t in targets:
-            self._targets[t.id] = t
-            self._score_row.pop(t.id, None)
+        for k, tid in enumerate(cols.id):
+            if rows[k] < 0:
+                rows[k] = self._row[tid] = len(self._ids)
+                self._ids.append(tid)
+        idx = np.asarray(rows, dtype=np.int64)
+        stamps = np.arange(self._next_stamp, self._next_stamp + len(rows), dtype=np.int64)
+        self._next_stamp += len(rows)
+        for name, old in (*self._cols.items(), ("stamp", self._stamp)):
+            col = np.concatenate([old, np.zeros(new, dtype=old.dtype)]) if new else old.copy()
+            col[idx] = stamps if name == "stamp" else getattr(cols, name)
+            if name == "stamp":
+                self._stamp = col
+            else:
+                self._cols[name] = col
 
     def retract(self, target_ids: tuple[str, ...]) -> None:
         """Remove targets by id; an unknown id is NotFound and nothing is removed."""
         if not target_ids:
             raise InvalidArgument("at least one target id is required", field="retract.target_ids")
         for i, tid in enumerate(target_ids):
-            if tid not in self._targets:
+            if tid not in self._row:
                 raise NotFound(f"no target {tid!r} in this plan", field=f"retract.target_ids[{i}]")
-        for tid in target_ids:
-            self._targets.pop(tid, None)
-            self._score_row.pop(tid, None)
+        keep = np.ones(len(self._ids), dtype=bool)
+        keep[[self._row[tid] for tid in target_ids]] = False
+        self._ids = [tid for tid, k in zip(self._ids, keep.tolist()) if k]
+        self._row = {tid: i for i, tid in enumerate(self._ids)}
+        self._cols = {name: col[keep] for name, col in self._cols.items()}
+        self._stamp = self._stamp[keep]
 
     def update_site(self, change: SiteChange) -> None:
         """Change a site's forecast, current conditions, open state or capacity."""
@@ -179,37 +213,41 @@ class PlanState:
         self._epoch += 1
 
     def request(self, request_id: str = "") -> CoordinateRequest:
-        """The state as one snapshot request (valid by construction: every change was checked)."""
+        """The state as one snapshot request (valid by construction: every change was checked).
+        Its columns are the state's own arrays, which events replace rather than write."""
+        cols = TargetColumns(id=tuple(self._ids), **self._cols)
         return CoordinateRequest(time_unix=self.time_unix, observatories=tuple(self._sites.values()),
-                                 targets=tuple(self._targets.values()), window_s=self.window_s,
-                                 snr_required=self.snr_required, request_id=request_id)
+                                 targets=cols, window_s=self.window_s, snr_required=self.snr_required,
+                                 request_id=request_id)
 
-    def snapshot(self) -> tuple[CoordinateRequest, int]:
-        """The state as a request, and the epoch its site conditions and window belong to."""
-        return self.request(), self._epoch
+    def snapshot(self) -> tuple[CoordinateRequest, int, np.ndarray]:
+        """The state as a request, the epoch its site conditions and window belong to, and
+        the stamps (N,) of its rows (for `cached_scores` and `store_scores`)."""
+        return self.request(), self._epoch, self._stamp
 
-    def cached_scores(self, targets: tuple[Target, ...], epoch: int, version: str, n_sites: int):
-        """(feasible, P(success), SNR) grids (N, S) for `targets` from the previous plan, and
-        the rows (M,) that have no valid score (new or changed targets; all of them when
-        the epoch or the weights `version` differ)."""
-        n = len(targets)
+    def cached_scores(self, stamps: np.ndarray, epoch: int, version: str, n_sites: int):
+        """(feasible, P(success), SNR) grids (N, S) for the rows stamped `stamps` from the
+        previous plan, and the rows (M,) that have no valid score (new or replaced targets;
+        all of them when the epoch or the weights `version` differ)."""
+        n = len(stamps)
         ok, p, snr = np.zeros((n, n_sites), dtype=bool), np.zeros((n, n_sites)), np.zeros((n, n_sites))
         if self._scores_key != (epoch, version) or self._score_grids is None:
             return (ok, p, snr), np.arange(n, dtype=np.int64)
-        rows = np.fromiter((self._score_row.get(t.id, -1) for t in targets), dtype=np.int64, count=n)
-        hit = rows >= 0
-        for dst, src in zip((ok, p, snr), self._score_grids):  # three gathers, not 3 x N row copies
-            dst[hit] = src[rows[hit]]
+        old = self._score_stamps
+        order = np.argsort(old, kind="stable")
+        at = np.minimum(np.searchsorted(old[order], stamps), max(len(old) - 1, 0))
+        hit = (old[order][at] == stamps) if len(old) else np.zeros(n, dtype=bool)
+        src = order[at[hit]]
+        for dst, grid in zip((ok, p, snr), self._score_grids):  # three gathers, not 3 x N row copies
+            dst[hit] = grid[src]
         return (ok, p, snr), np.flatnonzero(~hit)
 
-    def store_scores(self, epoch: int, version: str, targets: tuple[Target, ...],
+    def store_scores(self, epoch: int, version: str, stamps: np.ndarray,
                      grids: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
-        """Keep the rows a plan scored, for targets unchanged since its snapshot."""
+        """Keep the rows a plan scored; a row's stamp says whether its target is unchanged."""
         if epoch != self._epoch:
             return  # conditions changed while it was planned: these rows are stale
-        self._scores_key, self._score_grids = (epoch, version), grids
-        current = self._targets
-        self._score_row = {t.id: i for i, t in enumerate(targets) if current.get(t.id) is t}
+        self._scores_key, self._score_grids, self._score_stamps = (epoch, version), grids, stamps
 
     def advance(self, result: CoordinateResult) -> PlanDiff:
         """Make `result` the current plan and return what changed against the previous one.
@@ -217,8 +255,8 @@ class PlanState:
         A target the result does not mention (retracted while it was being planned) is
         left out of the new plan rather than resurrected.
         """
-        now = {a.target_id: a for a in result.assignments if a.target_id in self._targets}
-        reasons = {u.target_id: u.reason for u in result.unassigned}
+        now = {a.target_id: a for a in result.assignments if a.target_id in self._row}
+        reasons: dict[str, int] | None = None  # built only when something was dropped
         assigned, moved, dropped = [], [], []
         for tid, a in now.items():
             before = self._previous.get(tid)
@@ -229,9 +267,12 @@ class PlanState:
         for tid, before in self._previous.items():
             if tid in now:
                 continue
-            gone = tid not in self._targets
-            dropped.append(Drop(tid, before.site_id, None if gone else reasons.get(tid, UnassignedReason.CAPACITY),
-                                gone))
+            gone = tid not in self._row
+            if reasons is None:
+                c = result.columns
+                reasons = {c.target_id[i]: r for i, r in zip(c.unassigned.tolist(), c.reason.tolist())}
+            reason = None if gone else UnassignedReason(reasons.get(tid, UnassignedReason.CAPACITY))
+            dropped.append(Drop(tid, before.site_id, reason, gone))
         self._previous = now
         self.sequence += 1
-        return PlanDiff(self.sequence, tuple(assigned), tuple(moved), tuple(dropped), result, len(self._targets))
+        return PlanDiff(self.sequence, tuple(assigned), tuple(moved), tuple(dropped), result, len(self._ids))

@@ -2,8 +2,10 @@
 
 `validate()` runs on the event loop before a request is queued, so a bad request fails
 alone with InvalidArgument naming its field (e.g. "targets[3].ra_deg") and never reaches a
-batch. `Problem` holds the arrays the worker needs; `result()` turns the solver's choice
-back into dataclasses.
+batch. Targets are checked as columns (`TargetColumns`, what the front ends fill from the
+wire; `target_columns()` makes them from `Target` dataclasses), in a few vectorised passes.
+`Problem` holds the arrays the worker needs; `result()` turns the solver's choice back into
+columns (`ResultColumns`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -20,7 +22,7 @@ from engines.coordination.config import CoordinationConfig
 from engines.coordination.features import SiteArrays, TargetArrays
 from engines.coordination.sites import SiteTable
 from engines.coordination.types import (
-    Assignment, CoordinateRequest, CoordinateResult, Unassigned, UnassignedReason,
+    CoordinateRequest, CoordinateResult, ResultColumns, Target, TargetColumns, UnassignedReason,
 )
 from engines.errors import InvalidArgument
 
@@ -29,7 +31,9 @@ _BAND_INDEX = {b: i for i, b in enumerate(physics.BANDS)}
 
 @dataclass(frozen=True)
 class Problem:
-    request: CoordinateRequest
+    request_id: str
+    target_ids: Sequence[str]  # (N,)
+    site_ids: tuple[str, ...]  # (S,)
     time_unix: float  # middle of the window: where geometry is evaluated
     targets: TargetArrays
     sites: SiteArrays
@@ -37,8 +41,12 @@ class Problem:
     snr_required: float
 
     @property
+    def n_targets(self) -> int:
+        return len(self.target_ids)
+
+    @property
     def pairs(self) -> int:
-        return len(self.request.targets) * len(self.request.observatories)
+        return len(self.target_ids) * len(self.site_ids)
 
 
 def _finite(value, field: str, lo: float | None = None, hi: float | None = None, positive: bool = False) -> float:
@@ -135,9 +143,70 @@ def validate(req: CoordinateRequest, table: SiteTable, cfg: CoordinationConfig) 
                                   ("humidity_pct", 0.0, 100.0, False)):
             weather[name, attr] = _column([getattr(c, attr) for c in conds],
                                           lambda k, a=attr, n=name: f"observatories[{js[k]}].{n}.{a}", lo, hi, pos)
-    ts = req.targets
+    cols = req.targets if isinstance(req.targets, TargetColumns) else target_columns(req.targets)
+    ra, dec, mag, band, exp, val, due = _check_targets(cols)
+    expired = due <= t0
+    # Urgent: flagged time-critical, or due before this window ends (no later chance).
+    crit = np.asarray(cols.time_critical, dtype=bool) | (due <= t0 + window)
+    sites = SiteArrays(
+        index=rows, latitude_deg=lat[rows], longitude_deg=lon[rows], aperture_m=aperture[rows], bands=bands[rows],
+        capacity=caps, open=np.array([bool(o.open) for o in req.observatories], dtype=bool),
+        seeing=weather["forecast", "seeing_arcsec"], cloud=weather["forecast", "cloud_extinction_mag"],
+        humidity=weather["forecast", "humidity_pct"])
+    return Problem(req.request_id, cols.id, tuple(o.site_id for o in req.observatories), t0 + window / 2.0,
+                   TargetArrays(ra, dec, mag, band, exp, val, crit), sites, expired, snr)
+
+
+def target_columns(ts: Sequence[Target]) -> TargetColumns:
+    """Columns from `Target` dataclasses, each value checked as it is read (a bool, a string
+    or a NaN where a number belongs is refused naming `targets[i].<field>`)."""
     n = len(ts)
-    ids = [t.id for t in ts]
+    num = lambda name, **kw: _column([getattr(t, name) for t in ts],  # noqa: E731
+                                     lambda i: f"targets[{i}].{name}", **kw)
+    ra, dec = num("ra_deg", lo=0.0, hi=360.0), num("dec_deg", lo=-90.0, hi=90.0)
+    mag = num("magnitude", lo=-30.0, hi=40.0)
+    try:
+        band = np.array([_BAND_INDEX[t.band] for t in ts], dtype=np.int64)
+    except (KeyError, TypeError):
+        i = next(i for i, t in enumerate(ts) if not isinstance(t.band, str) or t.band not in _BAND_INDEX)
+        raise InvalidArgument(f"must be one of {', '.join(physics.BANDS)}, got {ts[i].band!r}",
+                              field=f"targets[{i}].band") from None
+    exp, val = num("exposure_s", positive=True), num("value", positive=True)
+    has_due = np.array([t.deadline_unix is not None for t in ts], dtype=bool)
+    due = np.zeros(n)
+    if has_due.any():
+        idx = np.flatnonzero(has_due)
+        due[idx] = _column([ts[i].deadline_unix for i in idx], lambda k: f"targets[{idx[k]}].deadline_unix")
+    return TargetColumns([t.id for t in ts], ra, dec, mag, band, exp, val, due, has_due,
+                         np.array([bool(t.time_critical) for t in ts], dtype=bool))
+
+
+def _checked(arr: np.ndarray, name: str, lo: float | None = None, hi: float | None = None,
+             positive: bool = False) -> np.ndarray:
+    """A float64 column checked in one vectorised pass; only on failure is the first
+    offender looked up, so that the error names it (`targets[3].ra_deg`)."""
+    arr = np.asarray(arr, dtype=np.float64)
+    ok = np.isfinite(arr)
+    if lo is not None:
+        ok &= arr >= lo
+    if hi is not None:
+        ok &= arr <= hi
+    if positive:
+        ok &= arr > 0
+    if not ok.all():
+        i = int(np.argmin(ok))
+        _finite(float(arr[i]), f"targets[{i}].{name}", lo, hi, positive)
+    return arr
+
+
+def _check_targets(c: TargetColumns):
+    """The target columns checked, field by field in the order of `Target`: (ra, dec,
+    magnitude, band, exposure, value, deadline) with no deadline as +inf."""
+    ids = c.id
+    n = len(ids)
+    if any(len(col) != n for col in (c.ra_deg, c.dec_deg, c.magnitude, c.band, c.exposure_s, c.value,
+                                      c.deadline_unix, c.has_deadline, c.time_critical)):
+        raise InvalidArgument(f"every target column must hold {n} rows", field="targets")
     if len(set(ids)) != n or not all(ids):
         seen_ids: set[str] = set()
         for i, tid in enumerate(ids):
@@ -146,52 +215,42 @@ def validate(req: CoordinateRequest, table: SiteTable, cfg: CoordinationConfig) 
             if tid in seen_ids:
                 raise InvalidArgument(f"duplicate target id {tid!r}", field=f"targets[{i}].id")
             seen_ids.add(tid)
-    ra = _column([t.ra_deg for t in ts], lambda i: f"targets[{i}].ra_deg", 0.0, 360.0)
-    dec = _column([t.dec_deg for t in ts], lambda i: f"targets[{i}].dec_deg", -90.0, 90.0)
-    mag = _column([t.magnitude for t in ts], lambda i: f"targets[{i}].magnitude", -30.0, 40.0)
-    try:
-        band = np.array([_BAND_INDEX[t.band] for t in ts], dtype=np.int64)
-    except (KeyError, TypeError):
-        i = next(i for i, t in enumerate(ts) if not isinstance(t.band, str) or t.band not in _BAND_INDEX)
-        raise InvalidArgument(f"must be one of {', '.join(physics.BANDS)}, got {ts[i].band!r}",
-                              field=f"targets[{i}].band") from None
-    exp = _column([t.exposure_s for t in ts], lambda i: f"targets[{i}].exposure_s", positive=True)
-    val = _column([t.value for t in ts], lambda i: f"targets[{i}].value", positive=True)
-    has_due = np.array([t.deadline_unix is not None for t in ts], dtype=bool)
+    ra = _checked(c.ra_deg, "ra_deg", 0.0, 360.0)
+    dec = _checked(c.dec_deg, "dec_deg", -90.0, 90.0)
+    mag = _checked(c.magnitude, "magnitude", -30.0, 40.0)
+    band = np.asarray(c.band, dtype=np.int64)
+    bad = (band < 0) | (band >= len(physics.BANDS))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise InvalidArgument(f"must be one of {', '.join(physics.BANDS)}, got an unset or unknown band",
+                              field=f"targets[{i}].band")
+    exp = _checked(c.exposure_s, "exposure_s", positive=True)
+    val = _checked(c.value, "value", positive=True)
+    has_due = np.asarray(c.has_deadline, dtype=bool)
     due = np.full(n, np.inf)
     if has_due.any():
         idx = np.flatnonzero(has_due)
-        due[idx] = _column([ts[i].deadline_unix for i in idx], lambda k: f"targets[{idx[k]}].deadline_unix")
-    expired = due <= t0
-    # Urgent: flagged time-critical, or due before this window ends (no later chance).
-    crit = np.array([bool(t.time_critical) for t in ts], dtype=bool) | (due <= t0 + window)
-    sites = SiteArrays(
-        index=rows, latitude_deg=lat[rows], longitude_deg=lon[rows], aperture_m=aperture[rows], bands=bands[rows],
-        capacity=caps, open=np.array([bool(o.open) for o in req.observatories], dtype=bool),
-        seeing=weather["forecast", "seeing_arcsec"], cloud=weather["forecast", "cloud_extinction_mag"],
-        humidity=weather["forecast", "humidity_pct"])
-    return Problem(req, t0 + window / 2.0, TargetArrays(ra, dec, mag, band, exp, val, crit), sites, expired, snr)
+        got = np.asarray(c.deadline_unix, dtype=np.float64)[idx]
+        finite = np.isfinite(got)
+        if not finite.all():
+            k = int(np.argmin(finite))
+            _finite(float(got[k]), f"targets[{idx[k]}].deadline_unix")
+        due[idx] = got
+    return ra, dec, mag, band, exp, val, due
 
 
 def result(p: Problem, feasible: np.ndarray, prob: np.ndarray, snr: np.ndarray, choice: np.ndarray,
            solver: str) -> CoordinateResult:
-    """Dataclasses from the solver's choice (N,) and the (N, S) probability and SNR grids.
-
-    The per-target arithmetic is vectorised; only the dataclasses are built one by one (a
-    1,000-target plan otherwise spends as long here as in the solver)."""
-    req = p.request
-    n = len(req.targets)
+    """The result's columns from the solver's choice (N,) and the (N, S) probability and SNR
+    grids; no object per target (`CoordinateResult.assignments` builds them on demand)."""
+    n = p.n_targets
     rows = np.arange(n)
     col = np.maximum(choice, 0)
     p_chosen, snr_chosen = prob[rows, col], snr[rows, col]  # (N,)
     ev = p.targets.value * p_chosen
-    ids = [t.id for t in req.targets]
-    site_ids = [o.site_id for o in req.observatories]
     placed = np.flatnonzero(choice >= 0)
-    assignments = [Assignment(ids[i], site_ids[j], e, q, r) for i, j, e, q, r in zip(
-        placed.tolist(), choice[placed].tolist(), ev[placed].tolist(), p_chosen[placed].tolist(),
-        snr_chosen[placed].tolist())]
-    total = sum(a.expected_value for a in assignments)  # left to right, as before: same float
+    ev_placed = ev[placed]
+    total = sum(ev_placed.tolist())  # left to right, as before: the same float
     any_feasible = feasible.any(axis=1) if feasible.shape[1] else np.zeros(n, dtype=bool)
     best = (prob * feasible).max(axis=1) if feasible.shape[1] else np.zeros(n)
     reason = np.where(p.expired, UnassignedReason.EXPIRED,
@@ -199,6 +258,6 @@ def result(p: Problem, feasible: np.ndarray, prob: np.ndarray, snr: np.ndarray, 
                                np.where(best * p.targets.value <= 1e-12, UnassignedReason.ZERO_PROBABILITY,
                                         UnassignedReason.CAPACITY)))
     left = np.flatnonzero(choice < 0)
-    reasons = {int(r): r for r in UnassignedReason}
-    unassigned = [Unassigned(ids[i], reasons[r]) for i, r in zip(left.tolist(), reason[left].tolist())]
-    return CoordinateResult(req.request_id, tuple(assignments), tuple(unassigned), total, solver)
+    cols = ResultColumns(p.target_ids, p.site_ids, placed, choice[placed].astype(np.int64), ev_placed,
+                         p_chosen[placed], snr_chosen[placed], left, reason[left].astype(np.int64))
+    return CoordinateResult(p.request_id, cols, total, solver)
