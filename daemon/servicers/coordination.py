@@ -29,9 +29,9 @@ from daemon.validation import Bounds
 _BANDS = {pb.BAND_U: "u", pb.BAND_G: "g", pb.BAND_R: "r", pb.BAND_I: "i", pb.BAND_Z: "z", pb.BAND_Y: "y"}
 # Band enum value -> index into the engine's bands (u g r i z y); -1 (unset, or a value this
 # daemon does not know) is refused by the engine, naming the target's band field.
-_BAND_INDEX = np.full(max(pb.Band.values()) + 1, -1, dtype=np.int64)
+BAND_INDEX = np.full(max(pb.Band.values()) + 1, -1, dtype=np.int64)
 for _i, _b in enumerate((pb.BAND_U, pb.BAND_G, pb.BAND_R, pb.BAND_I, pb.BAND_Z, pb.BAND_Y)):
-    _BAND_INDEX[_b] = _i
+    BAND_INDEX[_b] = _i
 _FLOATS = ("ra_deg", "dec_deg", "magnitude", "exposure_s", "value", "deadline_unix")
 _HAS_DEADLINE = methodcaller("HasField", "deadline_unix")
 # Target.deadline_unix (field 8, fixed64) set to +0.0 or -0.0, as serialised.
@@ -43,9 +43,9 @@ REASONS = {
     UnassignedReason.ZERO_PROBABILITY: pb.Unassigned.REASON_ZERO_PROBABILITY,
 }
 
-_REASON_PB = np.zeros(max(REASONS) + 1, dtype=np.int64)  # UnassignedReason value -> enum value
+REASON_PB = np.zeros(max(REASONS) + 1, dtype=np.int64)  # UnassignedReason value -> enum value
 for _r, _v in REASONS.items():
-    _REASON_PB[_r] = _v
+    REASON_PB[_r] = _v
 
 
 def conditions(c: pb.Conditions) -> Conditions:
@@ -60,6 +60,13 @@ def observatory(o: pb.Observatory) -> Observatory:
                        capacity=o.capacity if o.HasField("capacity") else None)
 
 
+def band_index(bands: np.ndarray) -> np.ndarray:
+    """Band enum values (N,) -> the engine's band indices, -1 where unset or unknown."""
+    bands = np.asarray(bands, dtype=np.int64)
+    known = (bands >= 0) & (bands < len(BAND_INDEX))
+    return np.where(known, BAND_INDEX[np.where(known, bands, 0)], -1)
+
+
 def target_columns(targets: Sequence[pb.Target], message=None) -> TargetColumns:
     """The targets' fields read straight into the engine's columns, one pass per field and
     no object per target (a 10,000-target request otherwise spends more here than in the
@@ -69,8 +76,7 @@ def target_columns(targets: Sequence[pb.Target], message=None) -> TargetColumns:
     ts = list(targets)  # one wrapper per message, reused by every pass below
     n = len(ts)
     col = {name: np.fromiter(map(attrgetter(name), ts), dtype=np.float64, count=n) for name in _FLOATS}
-    band = np.fromiter(map(attrgetter("band"), ts), dtype=np.int64, count=n)
-    band = np.where((band >= 0) & (band < len(_BAND_INDEX)), _BAND_INDEX[np.clip(band, 0, len(_BAND_INDEX) - 1)], -1)
+    band = band_index(np.fromiter(map(attrgetter("band"), ts), dtype=np.int64, count=n))
     # `optional`: a deadline that reads 0 may be set (then it is long past) or unset. Asking
     # each such row costs more than reading a field, so ask only if the wire holds a set
     # zero deadline at all: its tag and eight zero bytes (or -0.0's). A match elsewhere in
@@ -111,7 +117,7 @@ def to_pb(result: CoordinateResult, model: str = "", version: str = "") -> pb.Co
                                               c.p_success.tolist(), c.expected_snr.tolist())],
         total_expected_value=result.total_expected_value, solver=result.solver)
     add = resp.unassigned.add  # add() in place: a third cheaper than building each message and extending
-    for i, r in zip(c.unassigned.tolist(), _REASON_PB[c.reason].tolist()):
+    for i, r in zip(c.unassigned.tolist(), REASON_PB[c.reason].tolist()):
         add(target_id=ids[i], reason=r)
     return resp
 

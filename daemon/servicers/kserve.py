@@ -3,7 +3,9 @@ translates, nothing else (STYLE habit 17).
 
 Tensor engines (those behind `galactic.v1.Inference`, the coordination model today) answer
 `ModelInfer` exactly as `Inference.Infer` does: the same `engine.infer()` call, so the same
-dynamic batcher, validation and errors. The LLM answers as Triton's vLLM backend does
+dynamic batcher, validation and errors. Each coordination model also answers as
+`<name>-coordinate`, a whole `Coordinate` step with one tensor per field
+(`kserve_coordination.py`), through the same `engine.coordinate()` call. The LLM answers as Triton's vLLM backend does
 (inputs `text_input`, `stream`, `sampling_parameters`, `exclude_input_in_output`; output
 `text_output`), so clients written for that backend work unchanged: `ModelStreamInfer`
 sends one response per engine chunk and a last one carrying `triton_final_response = true`;
@@ -37,7 +39,7 @@ from inference import grpc_service_pb2_grpc
 
 from daemon import tenants
 from daemon.errors import shorten, to_status
-from daemon.servicers import deadline_of, pick, stream_concurrently
+from daemon.servicers import deadline_of, kserve_coordination as coordinate, pick, stream_concurrently
 from daemon.validation import Bounds
 from engines import tensors
 from engines.errors import GalacticError, InvalidArgument, NotFound, Unavailable
@@ -170,6 +172,38 @@ def _elements(req: pb.ModelInferRequest, index: int, t, datatype: str) -> list:
     if len(values) != count:
         raise InvalidArgument(f"has {len(values)} values; the shape needs {count}", field=f"inputs[{t.name}].contents")
     return values
+
+
+def _column(req: pb.ModelInferRequest, index: int, t, datatype: str, shape: tuple[int, ...], max_elements: int):
+    """One input of a columnar model (one value per row): a numpy array, or for BYTES a list
+    of str, checked against its datatype and one-dimensional shape (-1: any length)."""
+    field = f"inputs[{t.name}]"
+    if t.datatype != datatype:
+        raise InvalidArgument(f"must be {datatype}, got {shorten(t.datatype)!r}", field=f"{field}.datatype")
+    dims = tuple(t.shape)
+    if len(dims) != 1 or dims[0] < 0 or dims[0] > max_elements or shape[0] not in (-1, dims[0]):
+        raise InvalidArgument(f"must have shape {list(shape)}, got {list(dims)}", field=f"{field}.shape")
+    if datatype != "BYTES":
+        return _decode(req, index, t, max_elements).numpy()
+    if req.raw_input_contents:
+        items = _read_bytes(req.raw_input_contents[index], dims[0], f"raw_input_contents[{index}]")
+    else:
+        items = t.contents.bytes_contents
+        if len(items) != dims[0]:
+            raise InvalidArgument(f"has {len(items)} values; the shape needs {dims[0]}", field=f"{field}.contents")
+    try:
+        return [b.decode() for b in items]
+    except UnicodeDecodeError:
+        bad = next(i for i, b in enumerate(items) if not _utf8(b))
+        raise InvalidArgument("is not UTF-8 text", field=f"{field}[{bad}]") from None
+
+
+def _utf8(b: bytes) -> bool:
+    try:
+        b.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 # -- tensors out --------------------------------------------------------------------------
@@ -336,6 +370,8 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         self._engines = dict(engines)
         # The rest are tensor engines (TENSOR_SERVICE): the daemon mounts this over no others.
         self._llms = {n: e for n, e in engines.items() if LLM_SERVICE in e.info().services}
+        # `<name>-coordinate`: a whole Coordinate step as tensors (kserve_coordination.py).
+        self._coordinate_models = coordinate.model_names(engines)
         self._admission = admission
         self._bounds = bounds
         self._server_version = _version()
@@ -354,13 +390,20 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context) -> pb.ModelReadyResponse:
         # An unknown model or version is "not ready", as Triton answers it.
-        engine = self._engines.get(request.name)
+        engine = self._engines.get(request.name) or self._coordinate_models.get(request.name)
         ready = engine is not None and self._ready(engine) and request.version in ("", self._engine_version(engine))
         return pb.ModelReadyResponse(ready=ready)
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context) -> pb.ModelMetadataResponse:
         engine, version = self._pick(request.name, request.version, "name", "version")
         meta = pb.ModelMetadataResponse
+        if request.name in self._coordinate_models:
+            resp = meta(name=request.name, versions=[version], platform="galactic_coordination")
+            resp.inputs.extend(meta.TensorMetadata(name=n, datatype=d, shape=s)
+                               for n, (d, s, _) in coordinate.INPUTS.items())
+            resp.outputs.extend(meta.TensorMetadata(name=n, datatype=d, shape=s)
+                                for n, (d, s) in coordinate.OUTPUTS.items())
+            return resp
         resp = meta(name=engine.name, versions=[version], platform=f"galactic_{engine.info().kind}")
         if engine.name in self._llms:
             resp.inputs.extend(meta.TensorMetadata(name=n, datatype=d, shape=s) for n, (d, s) in LLM_INPUTS.items())
@@ -412,6 +455,9 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             async for resp in self._generate(engine, version, req, deadline, streaming):
                 yield resp
             return
+        if req.model_name in self._coordinate_models:
+            yield await self._coordinate_step(engine, version, req, deadline)
+            return
         named = _named_inputs(req)
         max_elements = self._bounds.limits.max_tensor_elements
         inputs = {name: _decode(req, i, t, max_elements) for name, (i, t) in named.items()}
@@ -449,9 +495,33 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         finally:
             stream.close()
 
+    async def _coordinate_step(self, engine, version: str, req: pb.ModelInferRequest,
+                               deadline: float | None) -> pb.ModelInferResponse:
+        """`<name>-coordinate`: the inputs as the engine's columns, engine.coordinate(), the
+        result's columns as outputs."""
+        wanted = _selected(req, list(coordinate.OUTPUTS), req.model_name)
+        named = _named_inputs(req)
+        for name in named:
+            if name not in coordinate.INPUTS:
+                raise InvalidArgument(f"not an input of this model (inputs: {', '.join(coordinate.INPUTS)})",
+                                      field=f"inputs[{shorten(name)}]")
+        for name, (_, _, required) in coordinate.INPUTS.items():
+            if required and name not in named:
+                raise InvalidArgument("missing input", field=f"inputs[{name}]")
+        max_elements = self._bounds.limits.max_tensor_elements
+        values = {name: _column(req, i, t, *coordinate.INPUTS[name][:2], max_elements)
+                  for name, (i, t) in named.items()}
+        try:
+            result = await engine.coordinate(coordinate.request(values, req.id), deadline=deadline)
+        except GalacticError as exc:
+            raise coordinate.rename(exc) from None
+        outs = coordinate.outputs(result)
+        return _respond(req, req.model_name, version,
+                        [(n, coordinate.OUTPUTS[n][0], tuple(outs[n].shape), outs[n]) for n in wanted])
+
     # -- helpers --------------------------------------------------------------------------
     def _pick(self, name: str, version: str, name_field: str, version_field: str):
-        engine = pick(self._engines, name, field=name_field)
+        engine = self._coordinate_models.get(name) or pick(self._engines, name, field=name_field)
         served = self._engine_version(engine)
         if version and version != served:
             raise NotFound(f"version {shorten(version)!r} of {engine.name} is not loaded (serving {served!r})",
