@@ -1,7 +1,7 @@
 """Front ends over one engine: native gRPC `Generate` against the OpenAI API's SSE streams
-and KServe v2's `ModelStreamInfer`.
+and KServe v2's `ModelStreamInfer`; native `Coordinate` against KServe v2's `ModelInfer`.
 
-    python benchmarks/frontends.py [--quick] --json OUT
+    python benchmarks/frontends.py [--quick] [--skip-llm] [--coordination-calls N] --json OUT
 
 One galacticd (its default config: the model in a process of its own) serving the model of
 `llm_serving.py` (random weights, the same prompt, greedy, `ignore_eos`) on both ports; the
@@ -19,6 +19,12 @@ what a user's client sees: TTFT from the call to the first frame or event carryi
 tokens/s from the completion tokens each stream reports at its end. At one stream, 8
 requests back to back per row give the TTFT percentiles. The targets of issue 19: TTFT p50
 at 1 stream within 2 ms of native, tokens/s at 32 streams at least 0.95 of native.
+
+Coordination: a coordination-only galacticd (`coordination.py`'s config), one 1,000 x 12
+request (`coordination.make_request`) sent as native `Coordinate` and as `ModelInfer` on
+`coordination-coordinate` with raw tensors (what tritonclient sends; the client builds both
+messages once, before the clock), alternating call by call on one channel, one call at a
+time. The target of issue 19: ModelInfer p50 within 10 % of native.
 
 stdout gets a table and the targets; OUT a JSON object of rows and summary. Each row
 records the cores used by processes other than this one and the daemon (`other_cores`):
@@ -133,6 +139,88 @@ async def run_kserve(port: int, n: int, new_tokens: int) -> Trace:
     return Trace(ttft, itl, sum(counts), time.monotonic() - t0)
 
 
+def coordinate_infer_request(m, pb):
+    """A CoordinateRequest's fields as `coordination-coordinate`'s raw input tensors."""
+    import struct
+
+    import numpy as np
+
+    obs, ts = m.observatories, m.targets
+    text = lambda xs: b"".join(struct.pack("<I", len(x.encode())) + x.encode() for x in xs)  # noqa: E731
+    f64 = lambda xs: np.asarray(xs, "<f8").tobytes()  # noqa: E731
+    cols = [("time_unix", "FP64", 1, f64([m.time_unix])),
+            ("site_id", "BYTES", len(obs), text([o.site_id for o in obs])),
+            ("seeing_arcsec", "FP64", len(obs), f64([o.forecast.seeing_arcsec for o in obs])),
+            ("cloud_extinction_mag", "FP64", len(obs), f64([o.forecast.cloud_extinction_mag for o in obs])),
+            ("humidity_pct", "FP64", len(obs), f64([o.forecast.humidity_pct for o in obs])),
+            ("target_id", "BYTES", len(ts), text([t.id for t in ts])),
+            *((name, "FP64", len(ts), f64([getattr(t, name) for t in ts]))
+              for name in ("ra_deg", "dec_deg", "magnitude", "exposure_s", "value")),
+            ("band", "INT32", len(ts), np.asarray([t.band for t in ts], "<i4").tobytes()),
+            ("time_critical", "BOOL", len(ts), np.asarray([t.time_critical for t in ts], bool).tobytes())]
+    return pb.ModelInferRequest(
+        model_name="coordination-coordinate", id=m.request_id,
+        inputs=[pb.ModelInferRequest.InferInputTensor(name=n, datatype=d, shape=[k]) for n, d, k, _ in cols],
+        raw_input_contents=[raw for *_, raw in cols])
+
+
+async def coordination_rows(calls: int) -> list[dict]:
+    """Native Coordinate and ModelInfer on coordination-coordinate, 1,000 x 12, alternating."""
+    import subprocess
+
+    import grpc
+
+    import coordination as cbench
+    from galactic_client import AsyncClient
+    from inference import grpc_service_pb2 as kpb
+    from inference import grpc_service_pb2_grpc
+
+    pb, pbg = cbench._stubs()
+    port = _free_port()
+    root = Path(tempfile.mkdtemp(prefix="galactic-frontends-coord-"))
+    cfg = root / "galactic.toml"
+    cfg.write_text(cbench.CONFIG.format(port=port, threads=1))
+    proc = subprocess.Popen([sys.executable, "-m", "daemon.main", "serve", "--config", str(cfg)], cwd=cbench.REPO)
+    native_req = cbench.make_request(pb, 1000, 0, "f")
+    kserve_req = coordinate_infer_request(native_req, kpb)
+    times: dict[str, list[float]] = {"native-coordinate": [], "kserve-coordinate": []}
+    try:
+        async with AsyncClient(f"127.0.0.1:{port}") as probe:
+            await probe.wait_ready(timeout=120)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            native = pbg.CoordinationStub(ch).Coordinate
+            kserve = grpc_service_pb2_grpc.GRPCInferenceServiceStub(ch).ModelInfer
+            calls_by = {"native-coordinate": lambda: native(native_req, timeout=60),
+                        "kserve-coordinate": lambda: kserve(kserve_req, timeout=60)}
+            for call in calls_by.values():  # warm-up
+                for _ in range(3):
+                    await call()
+            for i in range(calls):
+                order = list(calls_by.items()) if i % 2 == 0 else list(calls_by.items())[::-1]
+                for name, call in order:
+                    t = time.perf_counter()
+                    await call()
+                    times[name].append(time.perf_counter() - t)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        shutil.rmtree(root, ignore_errors=True)
+    return [{"system": name, "targets": 1000, "sites": len(cbench.SITES), "calls": len(ts),
+             "p50_ms": round(_pct(ts, 0.5), 2), "p99_ms": round(_pct(ts, 0.99), 2),
+             "loadavg": _loadavg()} for name, ts in times.items()]
+
+
+def summarize_coordination(rows: list[dict]) -> tuple[str, dict]:
+    by = {r["system"]: r for r in rows}
+    ratio = by["kserve-coordinate"]["p50_ms"] / by["native-coordinate"]["p50_ms"]
+    lines = ["| front end | targets x sites | calls | p50 ms | p99 ms | loadavg |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['system']} | {r['targets']} x {r['sites']} | {r['calls']} | {r['p50_ms']} | {r['p99_ms']} | "
+              f"{r['loadavg']} |" for r in rows]
+    lines.append(f"Coordinate 1,000 x 12 p50: ModelInfer / native = {ratio:.3f} (target <= 1.10: "
+                 f"{'met' if ratio <= 1.10 else 'missed'})")
+    return "\n".join(lines), {"p50_ratio": round(ratio, 3), "met": ratio <= 1.10}
+
+
 async def main_async(args: argparse.Namespace) -> list[dict]:
     import aiohttp
     import torch
@@ -225,14 +313,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, required=True, help="write rows and summary here")
     parser.add_argument("--quick", action="store_true", help="one round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds, each front end once per level (default 3)")
+    parser.add_argument("--coordination-calls", type=int, default=200,
+                        help="timed calls per front end in the coordination rows (default 200; 0: none)")
+    parser.add_argument("--skip-llm", action="store_true", help="only the coordination rows")
     args = parser.parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so the `finally` that stops the daemon runs.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    rows = asyncio.run(main_async(args))  # builds its model under a temp dir it removes
-    table, summary = summarize(rows)
+    out: dict = {}
+    if not args.skip_llm:
+        rows = asyncio.run(main_async(args))  # builds its model under a temp dir it removes
+        table, summary = summarize(rows)
+        out.update(rows=rows, summary=summary)
+        print(table)
+    if args.coordination_calls:
+        coord = asyncio.run(coordination_rows(args.coordination_calls))
+        table, summary = summarize_coordination(coord)
+        out.update(coordination=coord, coordination_summary=summary)
+        print(table)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"rows": rows, "summary": summary}, indent=2))
-    print(table)
+    args.json.write_text(json.dumps(out, indent=2))
     return 0
 
 
