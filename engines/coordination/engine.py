@@ -332,7 +332,7 @@ class CoordinationEngine:
 
     def _decide(self, pr: problem.Problem, ok, prob, esnr, version: str) -> CoordinateResult:
         choice, used = self._assign(pr, prob)
-        return replace(problem.result(pr, ok, prob, esnr, choice, used), version=version)
+        return problem.result(pr, ok, prob, esnr, choice, used, version)
 
     def _assign(self, pr: problem.Problem, prob: np.ndarray) -> tuple[np.ndarray, str]:
         """The decision for one problem's (N, S) P(success) grid (0 where infeasible)."""

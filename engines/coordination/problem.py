@@ -27,6 +27,9 @@ from engines.coordination.types import (
 from engines.errors import InvalidArgument
 
 _BAND_INDEX = {b: i for i, b in enumerate(physics.BANDS)}
+_EXPIRED, _NO_FEASIBLE_SITE, _ZERO_PROBABILITY, _CAPACITY = (
+    int(r) for r in (UnassignedReason.EXPIRED, UnassignedReason.NO_FEASIBLE_SITE, UnassignedReason.ZERO_PROBABILITY,
+                     UnassignedReason.CAPACITY))
 
 
 @dataclass(frozen=True)
@@ -186,6 +189,10 @@ def _checked(arr: np.ndarray, name: str, lo: float | None = None, hi: float | No
     """A float64 column checked in one vectorised pass; only on failure is the first
     offender looked up, so that the error names it (`targets[3].ra_deg`)."""
     arr = np.asarray(arr, dtype=np.float64)
+    if arr.shape[0] <= _SCALAR_MAX:  # a few comparisons cost less than five numpy calls
+        for i, v in enumerate(arr.tolist()):
+            _finite(v, f"targets[{i}].{name}", lo, hi, positive)
+        return arr
     ok = np.isfinite(arr)
     if lo is not None:
         ok &= arr >= lo
@@ -240,24 +247,23 @@ def _check_targets(c: TargetColumns):
 
 
 def result(p: Problem, feasible: np.ndarray, prob: np.ndarray, snr: np.ndarray, choice: np.ndarray,
-           solver: str) -> CoordinateResult:
+           solver: str, version: str = "") -> CoordinateResult:
     """The result's columns from the solver's choice (N,) and the (N, S) probability and SNR
     grids; no object per target (`CoordinateResult.assignments` builds them on demand)."""
-    n = p.n_targets
-    rows = np.arange(n)
-    col = np.maximum(choice, 0)
-    p_chosen, snr_chosen = prob[rows, col], snr[rows, col]  # (N,)
-    ev = p.targets.value * p_chosen
     placed = np.flatnonzero(choice >= 0)
-    ev_placed = ev[placed]
+    site = choice[placed].astype(np.int64)
+    p_placed, snr_placed = prob[placed, site], snr[placed, site]  # (K,)
+    ev_placed = p.targets.value[placed] * p_placed
     total = sum(ev_placed.tolist())  # left to right, as before: the same float
-    any_feasible = feasible.any(axis=1) if feasible.shape[1] else np.zeros(n, dtype=bool)
-    best = (prob * feasible).max(axis=1) if feasible.shape[1] else np.zeros(n)
-    reason = np.where(p.expired, UnassignedReason.EXPIRED,
-                      np.where(~any_feasible, UnassignedReason.NO_FEASIBLE_SITE,
-                               np.where(best * p.targets.value <= 1e-12, UnassignedReason.ZERO_PROBABILITY,
-                                        UnassignedReason.CAPACITY)))
     left = np.flatnonzero(choice < 0)
-    cols = ResultColumns(p.target_ids, p.site_ids, placed, choice[placed].astype(np.int64), ev_placed,
-                         p_chosen[placed], snr_chosen[placed], left, reason[left].astype(np.int64))
-    return CoordinateResult(p.request_id, cols, total, solver)
+    # Why each unassigned row is left out; the first that holds of: expired, no feasible
+    # site, negligible P everywhere, capacity.
+    ok_left = feasible[left]  # (U, S)
+    any_feasible = ok_left.any(axis=1) if ok_left.shape[1] else np.zeros(left.size, dtype=bool)
+    best = (prob[left] * ok_left).max(axis=1) if ok_left.shape[1] else np.zeros(left.size)
+    reason = np.full(left.size, _CAPACITY, dtype=np.int64)
+    reason[best * p.targets.value[left] <= 1e-12] = _ZERO_PROBABILITY
+    reason[~any_feasible] = _NO_FEASIBLE_SITE
+    reason[p.expired[left]] = _EXPIRED
+    cols = ResultColumns(p.target_ids, p.site_ids, placed, site, ev_placed, p_placed, snr_placed, left, reason)
+    return CoordinateResult(p.request_id, cols, total, solver, version=version)
