@@ -256,7 +256,7 @@ class PlanState:
         left out of the new plan rather than resurrected.
         """
         now = {a.target_id: a for a in result.assignments if a.target_id in self._row}
-        reasons: dict[str, int] | None = None  # built only when something was dropped
+        reasons: dict[str, int] | None = None  # built only when a target still held was dropped
         assigned, moved, dropped = [], [], []
         for tid, a in now.items():
             before = self._previous.get(tid)
@@ -268,7 +268,7 @@ class PlanState:
             if tid in now:
                 continue
             gone = tid not in self._row
-            if reasons is None:
+            if not gone and reasons is None:
                 c = result.columns
                 reasons = {c.target_id[i]: r for i, r in zip(c.unassigned.tolist(), c.reason.tolist())}
             reason = None if gone else UnassignedReason(reasons.get(tid, UnassignedReason.CAPACITY))
