@@ -222,3 +222,16 @@ async def test_unknown_input_is_refused(stub):
     req = infer_request([*columns(native_request(5)), ("colour", "FP64", [0.1] * 5)], raw=True)
     err = await call_error(stub.ModelInfer(req, timeout=30))
     assert (err.code, err.field) == (grpc.StatusCode.INVALID_ARGUMENT, "inputs[colour]")
+
+
+async def test_stream_infer_answers_each_request_and_a_bad_one_alone(stub):
+    good = infer_request(columns(native_request(30, seed=1)), raw=True)
+    bad = _edit("ra_deg", _set(3, float("nan")))(True)
+    bad.id = "bad"
+    frames = [f async for f in stub.ModelStreamInfer(iter([good, bad]), timeout=30)]
+    by_id = {f.infer_response.id: f for f in frames}
+    assert set(by_id) == {"c1", "bad"}
+    assert "inputs[ra_deg][3]" in by_id["bad"].error_message
+    assert by_id["c1"].error_message == ""
+    out = outputs_of(by_id["c1"].infer_response)
+    assert len(out["assignment_target_index"]) + len(out["unassigned_target_index"]) == 30
