@@ -200,7 +200,8 @@ class CoordinationEngine:
         return await self._batcher.submit(prob, deadline)
 
     def open_plan(self, *, time_unix: float, observatories: tuple[Observatory, ...],
-                  targets: tuple[Target, ...] | TargetColumns, window_s: float, snr_required: float | None) -> PlanState:
+                  targets: tuple[Target, ...] | TargetColumns, window_s: float,
+                  snr_required: float | None) -> PlanState:
         """A standing plan for one stream (Coordination.PlanStream); pair with close_plan().
 
         ResourceExhausted past `streams.max_streams` open plans or `streams.max_targets`

@@ -20,8 +20,8 @@ from .test_coord_servicer import _deadline_pb, _with_deadlines
 
 MODEL = "coordination-coordinate"
 RAW = {"FP64": "<f8", "FP32": "<f4", "INT32": "<i4", "INT64": "<i8", "BOOL": "?"}
-TYPED = {"FP64": "fp64_contents", "FP32": "fp32_contents", "INT32": "int_contents", "INT64": "int64_contents", "BOOL": "bool_contents",
-         "BYTES": "bytes_contents"}
+TYPED = {"FP64": "fp64_contents", "FP32": "fp32_contents", "INT32": "int_contents", "INT64": "int64_contents",
+         "BOOL": "bool_contents", "BYTES": "bytes_contents"}
 
 
 @pytest.fixture
