@@ -1,6 +1,7 @@
 """The real `tritonclient[grpc]` against galacticd: health, metadata, ModelInfer on the
 coordination model (raw contents through its API, typed contents through its own generated
-stubs), and a `start_stream` / `async_stream_infer` generation on the LLM.
+stubs), a whole coordination step on `coordination-coordinate` (the README's example), and a
+`start_stream` / `async_stream_infer` generation on the LLM.
 
 tritonclient needs protobuf < 7 and the daemon runs protobuf 7, so the client runs in a venv
 of its own with the versions pinned below (made once per module; pip's cache makes reruns
@@ -80,6 +81,23 @@ elif mode == "infer-typed":
     for output in response.outputs:
         out[output.name] = list(output.contents.fp32_contents)
         out[output.name + ".shape"] = list(output.shape)
+elif mode == "coordinate":
+    # The README's example, as a user would run it: a whole Coordinate step in columns.
+    n = 3
+    cols = {"time_unix": np.array([1741584600.0]), "site_id": np.array([b"rubin", b"ctio"], dtype=np.object_),
+            "seeing_arcsec": np.array([0.8, 0.9]), "cloud_extinction_mag": np.zeros(2),
+            "humidity_pct": np.array([30.0, 40.0]), "target_id": np.array([b"a", b"b", b"c"], dtype=np.object_),
+            "ra_deg": np.array([150.0, 160.0, 170.0]), "dec_deg": np.full(n, -30.0), "magnitude": np.full(n, 20.0),
+            "band": np.full(n, 3, np.int32), "exposure_s": np.full(n, 60.0), "value": np.ones(n)}
+    inputs = []
+    for name, a in cols.items():
+        datatype = {"O": "BYTES", "f": "FP64", "i": "INT32"}[a.dtype.kind]
+        inputs.append(grpcclient.InferInput(name, list(a.shape), datatype))
+        inputs[-1].set_data_from_numpy(a)
+    result = client.infer("coordination-coordinate", inputs)
+    for name in ("assignment_target_index", "assignment_site_index", "expected_value", "p_success",
+                 "unassigned_target_index", "unassigned_reason", "total_expected_value"):
+        out[name] = result.as_numpy(name).tolist()
 elif mode == "stream":
     results = queue.Queue()
     client.start_stream(callback=lambda result, error: results.put((result, error)))
@@ -177,6 +195,28 @@ async def test_infer_typed_through_its_stubs(triton_python, both_daemon, channel
     want = await native_infer(channel_to(both_daemon), x)
     for name in ("p_success", "expected_snr"):
         np.testing.assert_array_equal(np.asarray(got[name], np.float32), want[name])
+
+
+async def test_coordinate_in_columns_equals_native_coordinate(triton_python, both_daemon, channel_to):
+    from galactic.v1 import coordination_pb2 as cpb, coordination_pb2_grpc
+
+    got = await run_client(triton_python, both_daemon, "coordinate")
+    forecast = {"rubin": (0.8, 30.0), "ctio": (0.9, 40.0)}
+    want = await coordination_pb2_grpc.CoordinationStub(channel_to(both_daemon)).Coordinate(cpb.CoordinateRequest(
+        time_unix=1741584600.0,
+        observatories=[cpb.Observatory(site_id=s, forecast=cpb.Conditions(seeing_arcsec=see, humidity_pct=hum))
+                       for s, (see, hum) in forecast.items()],
+        targets=[cpb.Target(id=t, ra_deg=ra, dec_deg=-30.0, magnitude=20.0, band=cpb.BAND_R, exposure_s=60.0,
+                            value=1.0) for t, ra in zip("abc", (150.0, 160.0, 170.0))]), timeout=60)
+    ids, sites = ["a", "b", "c"], list(forecast)
+    assert len(got["assignment_target_index"]) == len(want.assignments) > 0
+    assert [(ids[i], sites[j]) for i, j in zip(got["assignment_target_index"], got["assignment_site_index"])] == [
+        (a.target_id, a.site_id) for a in want.assignments]
+    assert got["expected_value"] == [a.expected_value for a in want.assignments]
+    assert got["p_success"] == [a.p_success for a in want.assignments]
+    assert [(ids[i], r) for i, r in zip(got["unassigned_target_index"], got["unassigned_reason"])] == [
+        (u.target_id, u.reason) for u in want.unassigned]
+    assert got["total_expected_value"] == [want.total_expected_value]
 
 
 async def test_stream_generation_receives_the_tokens_and_the_final_response(triton_python, both_daemon,
