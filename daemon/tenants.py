@@ -109,15 +109,20 @@ class Tenant:
         lim = self.limits
         if lim.concurrency and self.in_flight >= lim.concurrency:
             raise RateLimited(f"tenant {self.name}: {lim.concurrency} calls already in flight", 1.0)
-        if uses_tokens and self._tokens is not None:
-            wait = self._tokens.wait_positive()
-            if wait:
-                raise RateLimited(f"tenant {self.name}: {lim.tokens_per_min:g} tokens per minute used", wait)
+        if uses_tokens:
+            self.check_tokens()
         if self._rps is not None:
             wait = self._rps.take(1)
             if wait:
                 raise RateLimited(f"tenant {self.name}: {lim.rps:g} calls per second", wait)
         self.in_flight += 1
+
+    def check_tokens(self) -> None:
+        """RateLimited while the tenant's token budget is spent (in debt until it refills)."""
+        if self._tokens is not None:
+            wait = self._tokens.wait_positive()
+            if wait:
+                raise RateLimited(f"tenant {self.name}: {self.limits.tokens_per_min:g} tokens per minute used", wait)
 
     def release(self) -> None:
         self.in_flight -= 1
@@ -130,10 +135,13 @@ class Tenant:
 def bind(request: GenerationRequest) -> GenerationRequest:
     """`request` stamped with the current call's tenant: its name (the scheduler's fairness
     key) and its meter (the engine charges tokens to it as they are used). Every front end
-    hands its requests to the engine through this, so none can skip the budget."""
+    hands its requests to the engine through this, so none can skip the budget: a tenant
+    whose token budget is spent is refused here (RateLimited), whichever call carries the
+    request (a KServe call that may serve a tensor model, a Session's next submit)."""
     tenant = CURRENT.get()
     if tenant is None:
         return request
+    tenant.check_tokens()
     meter = tenant.charge if tenant.limits.tokens_per_min else None
     return dataclasses.replace(request, tenant=tenant.name, meter=meter)
 

@@ -13,11 +13,10 @@ from daemon import tenants
 from daemon.interceptors.admission import TOKEN, Admission
 from daemon.interceptors.base import Around
 
-# Calls whose LLM tokens count against a tenant's tokens_per_min. KServe's inference calls
-# serve the LLM and the tensor models alike and are admitted before their model is known:
-# a tenant past its token budget waits for it on either.
-TOKEN_METERED = ("/galactic.v1.Generation/", "/inference.GRPCInferenceService/ModelInfer",
-                 "/inference.GRPCInferenceService/ModelStreamInfer")
+# Calls refused at admission while the tenant's token budget is spent: they only serve
+# the LLM. KServe's inference calls serve the tensor models too, so theirs are refused
+# per LLM request, where `tenants.bind` stamps it (as every front end's are).
+TOKEN_METERED = ("/galactic.v1.Generation/",)
 
 
 class TenancyInterceptor(Around):

@@ -255,10 +255,13 @@ async def test_drain_finishes_the_stream_s_requests_refuses_new_ones_and_ends_it
 
 async def test_tokens_are_charged_to_the_tenant(llm_daemon_with, tmp_path, channel_to):
     # One KServe generation of 200 tokens puts a 20-tokens-a-minute tenant in debt for
-    # minutes: its next calls, on either protocol, are refused; another tenant's are not.
+    # minutes: its next LLM calls, on either protocol, are refused; another tenant's are
+    # not, and neither are its own calls on a tensor model (they use no tokens).
+    from sections import COORDINATION
+
     keys = tmp_path / "keys"
     keys.write_text("tok-a tenant=team-a tokens_per_min=20\ntok-free\n")
-    daemon = await llm_daemon_with({"security": {"api_keys_file": str(keys)}})
+    daemon = await llm_daemon_with({"security": {"api_keys_file": str(keys)}, **COORDINATION})
     channel = channel_to(daemon)
     stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
     a = [("authorization", "Bearer tok-a")]
@@ -274,6 +277,12 @@ async def test_tokens_are_charged_to_the_tenant(llm_daemon_with, tmp_path, chann
     free = await stub.ModelInfer(llm_request(sampling=SAMPLING), metadata=[("authorization", "Bearer tok-free")],
                                  timeout=60)
     assert text_of(free).startswith(PROMPT)
+    tensor = pb.ModelInferRequest.InferInputTensor
+    scores = await stub.ModelInfer(pb.ModelInferRequest(model_name="coordination", inputs=[
+        tensor(name="features", datatype="FP32", shape=[2, 21], contents=pb.InferTensorContents(fp32_contents=[0.1] * 42)),
+        tensor(name="site", datatype="INT64", shape=[2], contents=pb.InferTensorContents(int64_contents=[0, 1]))]),
+        metadata=a, timeout=60)
+    assert [o.name for o in scores.outputs] and len(scores.outputs[0].contents.fp32_contents) == 2
 
 
 async def test_guided_decoding_constrains_the_answer(stub):
