@@ -568,9 +568,14 @@ def main(argv: list[str] | None = None) -> int:
         return limit_worker(args.limit_worker, args.threads or max(1, os.cpu_count() or 1))
     if args.json is None:
         parser.error("the following arguments are required: --json")
-    # SIGTERM unwinds like Ctrl-C, so the `finally` that stops the servers runs.
+    return run_and_write(main_async, summarize, args)  # builds its model under a temp dir it removes
+
+
+def run_and_write(main_async, summarize, args: argparse.Namespace) -> int:
+    """Run a benchmark's `main_async(args)`, write its rows to `args.json`, print its table.
+    SIGTERM unwinds like Ctrl-C, so the `finally` that stops the servers runs."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    rows = asyncio.run(main_async(args))  # builds its model under a temp dir it removes
+    rows = asyncio.run(main_async(args))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(rows, indent=2))
     print(summarize(rows))

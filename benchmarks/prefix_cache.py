@@ -35,7 +35,6 @@ import argparse
 import asyncio
 import json
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -45,7 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from llm_serving import FULL, LoadProbe, _loadavg, _pct, build, start_galacticd  # noqa: E402
+from llm_serving import FULL, LoadProbe, _loadavg, _pct, build, run_and_write, start_galacticd  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -272,13 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="both daemons' scheduler.max_step_tokens (default: the engine's own, 2 x max_running)")
     parser.add_argument("--server-threads", type=int, default=0,
                         help="each galacticd's server.intra_op_threads (default 0: torch's own)")
-    args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: the `finally` stops the daemons
-    rows = asyncio.run(main_async(args))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(rows, indent=2))
-    print(summarize(rows))
-    return 0
+    return run_and_write(main_async, summarize, parser.parse_args(argv))
 
 
 if __name__ == "__main__":
