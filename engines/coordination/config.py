@@ -72,9 +72,10 @@ class CoordinationConfig:
     # Above this many candidate (target, slot) cells the HiGHS transportation LP replaces
     # linear_sum_assignment, whose cost grows as targets x slots^2.
     lsa_max_cells: int = 60_000
-    # The decision rule for urgent targets (time-critical, or due within the window): they are
-    # placed before all others only at sites where P(success) >= this floor; elsewhere they
-    # compete by expected value like any target (engines/coordination/solver.py). Without a
+    # The decision rule for urgent targets (time-critical, or due within the window): as many
+    # as the capacity allows are placed, ahead of all others, at sites where P(success) >=
+    # this floor; elsewhere they compete by expected value like any target
+    # (engines/coordination/solver.py). Without a
     # floor a calibrated model's P ~ 1e-5 for a hopeless urgent pair outranks an ordinary
     # target at P ~ 0.9. 0 restores "any chance at all goes first".
     urgent_min_p_success: float = 0.05
@@ -109,8 +110,8 @@ snr_required = 10.0          # an observation counts as a success at this SNR
 max_targets = 100000         # per request
 max_observatories = 64       # per request
 lsa_max_cells = 60000        # beyond this, the HiGHS transportation LP replaces the Hungarian solver
-# Urgent targets (time_critical, or due within the window) are placed before all others only
-# at sites where P(success) reaches this floor; elsewhere they compete by value x P like any
+# Urgent targets (time_critical, or due within the window) go ahead of all others only at
+# sites where P(success) reaches this floor; elsewhere they compete by value x P like any
 # target, so a hopeless urgent placement never takes an ordinary target's slot.
 urgent_min_p_success = 0.05
 

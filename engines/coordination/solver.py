@@ -13,14 +13,26 @@ nothing. So the optimum's value is unchanged, and a 10,000-target call with 12 s
 slots solves over at most 12 x 144 pairs instead of 120,000.
 
 The decision rule for urgent targets (time-critical, or due within the window: they have no
-later chance) is `urgent_pairs()`: an urgent target is placed first, in its own solve, but
-only at sites where its P(success) reaches a floor (`urgent_min_p_success`, 0.05 by
-default). Its other pairs, and an urgent target with no site above the floor, compete with
-every other target by expected value in the second solve, over the capacity the first left.
-Without the floor any positive weight earned a first-pass slot, and a calibrated model never
-says exactly 0: urgent targets it rated at P ~ 1e-5 took slots that ordinary targets at
-P ~ 0.9 would have used, while a scorer that rounds hopeless pairs to 0 was spared. The floor
-is on P rather than on value x P so that a client's value scale does not move it.
+later chance) is `urgent_pairs()` and one solve: an urgent target's pair *qualifies* where
+its P(success) reaches a floor (`urgent_min_p_success`, 0.05 by default). The solve
+maximises, first, the number of urgent targets placed at a qualifying pair and then, among
+the plans that place that many, the total expected value of everything, urgent targets
+included. It does so exactly, in one assignment, by adding to every qualifying pair a bonus
+larger than the value of any whole plan (`_urgent_bonus`): one more urgent placement then
+outweighs any gain in value, and between plans with as many, value alone decides. An urgent
+target with no qualifying pair left competes like any target by expected value.
+
+Without the floor any positive weight qualified, and a calibrated model never says exactly
+0: urgent targets it rated at P ~ 1e-5 took slots that ordinary targets at P ~ 0.9 would
+have used, while a scorer that rounds hopeless pairs to 0 was spared. The floor is on P
+rather than on value x P so that a client's value scale does not move it. The rule used to
+be two solves, the urgent pairs alone first (maximising their value x P) and everything else
+in what was left; that pass chose an urgent target's site without seeing what the site cost
+the others (urgent U at P 0.50 at A, 0.49 at B; ordinary O fits only A at 0.9, value 3: it
+sent U to A and left O out), so a method with other probabilities could beat the rule
+applied to the truth. One solve of one objective has no such gap: applied to the true
+probabilities it is the best plan under the rule (what `training/coordination/evaluate.py`'s
+oracle relies on).
 
 Deterministic for a given input: both solvers are deterministic, and nothing here depends on
 time or hash order.
@@ -36,7 +48,7 @@ _EPS = 1e-12
 
 
 def urgent_pairs(urgent: np.ndarray, p_success: np.ndarray, min_p_success: float) -> np.ndarray:
-    """(N, S) bool: the pairs solved first. `urgent` (N,) bool, `p_success` (N, S).
+    """(N, S) bool: the qualifying urgent pairs (`assign`). `urgent` (N,) bool, `p_success` (N, S).
 
     An urgent target's pair qualifies when its P(success) is at least `min_p_success` (and
     above 0: an infeasible pair never does, even with a floor of 0).
@@ -46,36 +58,29 @@ def urgent_pairs(urgent: np.ndarray, p_success: np.ndarray, min_p_success: float
 
 def assign(weights: np.ndarray, capacity: np.ndarray, first: np.ndarray | None = None,
            lsa_max_cells: int = 60_000) -> tuple[np.ndarray, str]:
-    """Site index per target (-1: unassigned) and the solver(s) used, "+"-joined.
+    """Site index per target (-1: unassigned) and the solver used.
 
     `weights` (N, S): expected value, <= 0 where infeasible. `capacity` (S,). `first` (N, S)
-    bool, from `urgent_pairs()`: these pairs are solved first, over the whole capacity; the
-    targets still unassigned then compete with all their pairs for what is left.
+    bool, from `urgent_pairs()`: the qualifying urgent pairs. The plan places as many targets
+    at these pairs as the capacity allows and, among such plans, maximises the total weight
+    (module docstring); without `first`, it maximises the total weight.
     """
     n, s = weights.shape
-    out = np.full(n, -1, dtype=np.int64)
-    cap = np.asarray(capacity, dtype=np.int64).copy()
     if n == 0 or s == 0:
-        return out, "empty"
+        return np.full(n, -1, dtype=np.int64), "empty"
     if first is not None and first.shape != weights.shape:
         raise ValueError(f"first has shape {first.shape}, weights {weights.shape}: pass urgent_pairs(...)")
-    used: list[str] = []
+    w = weights
+    if first is not None:
+        first = first & (weights > _EPS)  # an infeasible pair never qualifies
+        if first.any():
+            w = np.where(first, weights + _urgent_bonus(weights), weights)
+    return _solve(w, np.asarray(capacity, dtype=np.int64), lsa_max_cells)
 
-    def solve(rows: np.ndarray, w: np.ndarray) -> None:
-        if rows.size == 0 or cap.sum() == 0:
-            return
-        sub, name = _solve(w, cap, lsa_max_cells)
-        if name != "empty" and name not in used:
-            used.append(name)
-        out[rows] = sub
-        cap[:] -= np.bincount(sub[sub >= 0], minlength=s)
 
-    if first is not None and first.any():
-        rows = np.flatnonzero(first.any(axis=1))
-        solve(rows, np.where(first[rows], weights[rows], 0.0))
-    rest = np.flatnonzero(out < 0)
-    solve(rest, weights[rest])
-    return out, "+".join(used) or "empty"
+def _urgent_bonus(weights: np.ndarray) -> float:
+    """More than the total weight of any plan: each target counts at most its best pair."""
+    return 1.0 + float(np.maximum(weights, 0.0).max(axis=1).sum())
 
 
 def _solve(w: np.ndarray, cap: np.ndarray, lsa_max_cells: int) -> tuple[np.ndarray, str]:

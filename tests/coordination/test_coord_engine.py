@@ -157,7 +157,7 @@ async def test_many_clients_share_model_steps(engine, request_factory):
 
 async def test_large_request_is_pruned_then_solved_within_capacity(engine, request_factory):
     req = request_factory(3000, seed=5)
-    # Not time-critical: 300 urgent targets would fill every slot in the first pass.
+    # Not time-critical: what is checked here is pruning and capacity under value alone.
     req = dataclasses.replace(req, targets=tuple(dataclasses.replace(t, time_critical=False) for t in req.targets))
     res = await engine.coordinate(req)
     # 3,000 x 13 pairs prune to each site's best candidates (solver.py), small enough for

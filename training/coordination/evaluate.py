@@ -5,21 +5,32 @@ success probabilities (`Simulator.exact_probability`: the simulator's weather mo
 the hidden effects, integrated rather than sampled): value = sum over assigned pairs of
 value x P_true, the expected realized value. The oracle decides with those same true
 probabilities under the same decision rule as every solver-based method (`decide`: the
-engine's urgent floor), so it faces the tiny P a calibrated model outputs: it is what the
-rule decides when it knows the truth, and a rule-following method's gap to it is what that
-method's probabilities get wrong.
+engine's urgent floor), so it faces the tiny P a calibrated model outputs.
 
-Per method, beside the share of the oracle: `critical_completed`, the expected fraction of
-time-critical targets observed successfully; `critical_expected`, their expected completions
-per window; and `urgent_waste_slots`, the capacity per window spent on time-critical
-placements whose true P is below `WASTE_P` (and its share of all capacity). The model's
-calibration (log loss, Brier, ECE) is measured against one realized weather draw per window.
+The rule (engines/coordination/solver.py) maximises one objective in one exact solve: first
+the number of urgent targets placed at a pair whose P reaches the floor, then the expected
+value. Applied to the truth it is therefore the best plan under the rule, judged by the
+truth: no plan places more urgent targets with a true P at the floor, and none that places
+as many has more value. A plan can have more value only by placing fewer of them, that is
+by breaking the rule's promise, which a method does when its P for such a pair is wrongly
+below the floor. `share_of_oracle` counts a window's value at most at the oracle's
+(`share()`): what a plan gained by dropping an urgent target the rule would have placed is
+not credited, so the share cannot exceed 1 and falls only for what a method gets wrong.
+Beside it, `value_share` is the plain ratio of values (uncredited gains included) and
+`urgent_fair_missed` the urgent targets per window the oracle placed with a true P at the
+floor and the method did not (placements the method made short of the oracle's count).
+
+Per method, also: `critical_completed`, the expected fraction of time-critical targets
+observed successfully; `critical_expected`, their expected completions per window; and
+`urgent_waste_slots`, the capacity per window spent on time-critical placements whose true P
+is below `WASTE_P` (and its share of all capacity). The model's calibration (log loss,
+Brier, ECE) is measured against one realized weather draw per window.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -92,9 +103,39 @@ def random_feasible(w: Window, rng: np.random.Generator) -> np.ndarray:
 
 @dataclass
 class _Tally:
-    value: float = 0.0
+    values: list[float] = field(default_factory=list)  # expected value per window
+    fair: list[int] = field(default_factory=list)  # urgent placed with true P >= the floor, per window
     critical: float = 0.0  # expected completions of time-critical targets
     waste: int = 0  # slots given to time-critical placements with true P < WASTE_P
+
+
+@dataclass(frozen=True)
+class PlanScore:
+    """One plan judged with the true probabilities."""
+
+    value: float  # sum of value x P_true over its placements
+    urgent_fair: int  # urgent targets placed where P_true >= the rule's floor
+    critical_expected: float  # sum of P_true over its time-critical placements
+    waste: int  # time-critical placements with P_true < WASTE_P
+
+
+def score_plan(value: np.ndarray, critical: np.ndarray, p_true: np.ndarray, choice: np.ndarray,
+               urgent_floor: float = URGENT_FLOOR) -> PlanScore:
+    """`choice` (N,) site or -1, judged with `p_true` (N, S); `value`, `critical` (N,)."""
+    idx = np.flatnonzero(choice >= 0)
+    gain = p_true[idx, choice[idx]]
+    crit = np.asarray(critical, dtype=bool)[idx]
+    fair = solver.urgent_pairs(critical, p_true, urgent_floor)[idx, choice[idx]]
+    return PlanScore(float((value[idx] * gain).sum()), int(fair.sum()), float(gain[crit].sum()),
+                     int((crit & (gain < WASTE_P)).sum()))
+
+
+def share(values: list[float] | np.ndarray, oracle: list[float] | np.ndarray) -> float:
+    """Share of the oracle over windows, each window's value credited at most at the oracle's
+    (module docstring: only a plan that broke the rule can have more). At most 1."""
+    o = np.asarray(oracle, dtype=np.float64)
+    total = float(o.sum())
+    return float(np.minimum(np.asarray(values, dtype=np.float64), o).sum() / total) if total > 0 else 0.0
 
 
 def calibration(p: np.ndarray, y: np.ndarray, bins: int = 10) -> dict[str, float]:
@@ -131,18 +172,21 @@ def evaluate(sim: Simulator, methods: dict[str, Chooser], calib_model: CoordNet,
             choices[name] = choose(w, np.random.default_rng([seed, 31, len(ps)]))
             timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
         for name, c in choices.items():
-            idx = np.flatnonzero(c >= 0)
-            gain = p_true[idx, c[idx]]
-            crit = w.targets.critical[idx]
-            tallies[name].value += float((w.targets.value[idx] * gain).sum())
-            tallies[name].critical += float(gain[crit].sum())
-            tallies[name].waste += int((crit & (gain < WASTE_P)).sum())
+            sc = score_plan(w.targets.value, w.targets.critical, p_true, c, urgent_floor)
+            t = tallies[name]
+            t.values.append(sc.value)
+            t.fair.append(sc.urgent_fair)
+            t.critical += sc.critical_expected
+            t.waste += sc.waste
         fi, fj = np.nonzero(w.feasible)
         ps.append(calib_score(w, rng)[fi, fj])
         ys.append(ok[fi, fj].astype(np.float64))
-    oracle = tallies["oracle"].value
-    out = {name: {"value": round(t.value / windows, 4),
-                  "share_of_oracle": round(t.value / oracle, 4) if oracle > 0 else 0.0,
+    oracle = tallies["oracle"]
+    oracle_value = sum(oracle.values)
+    out = {name: {"value": round(sum(t.values) / windows, 4),
+                  "share_of_oracle": round(share(t.values, oracle.values), 4),
+                  "value_share": round(sum(t.values) / oracle_value, 4) if oracle_value > 0 else 0.0,
+                  "urgent_fair_missed": round(sum(max(o - m, 0) for o, m in zip(oracle.fair, t.fair)) / windows, 3),
                   "critical_completed": round(t.critical / max(n_critical, 1), 4),
                   "critical_expected": round(t.critical / windows, 4),
                   "urgent_waste_slots": round(t.waste / windows, 3),
