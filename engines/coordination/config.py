@@ -72,9 +72,8 @@ class CoordinationConfig:
     # Above this many candidate (target, slot) cells the HiGHS transportation LP replaces
     # linear_sum_assignment, whose cost grows as targets x slots^2.
     lsa_max_cells: int = 60_000
-    # The decision rule for urgent targets (time-critical, or due within the window): as many
-    # as the capacity allows are placed, ahead of all others, at sites where P(success) >=
-    # this floor; elsewhere they compete by expected value like any target
+    # The decision rule for urgent targets (time-critical, or due within the window): they are
+    # placed ahead of all others, but only at sites where P(success) >= this floor; elsewhere they compete by expected value like any target
     # (engines/coordination/solver.py). Without a
     # floor a calibrated model's P ~ 1e-5 for a hopeless urgent pair outranks an ordinary
     # target at P ~ 0.9. 0 restores "any chance at all goes first".

@@ -13,26 +13,26 @@ nothing. So the optimum's value is unchanged, and a 10,000-target call with 12 s
 slots solves over at most 12 x 144 pairs instead of 120,000.
 
 The decision rule for urgent targets (time-critical, or due within the window: they have no
-later chance) is `urgent_pairs()` and one solve: an urgent target's pair *qualifies* where
-its P(success) reaches a floor (`urgent_min_p_success`, 0.05 by default). The solve
-maximises, first, the number of urgent targets placed at a qualifying pair and then, among
-the plans that place that many, the total expected value of everything, urgent targets
-included. It does so exactly, in one assignment, by adding to every qualifying pair a bonus
-larger than the value of any whole plan (`_urgent_bonus`): one more urgent placement then
-outweighs any gain in value, and between plans with as many, value alone decides. An urgent
-target with no qualifying pair left competes like any target by expected value.
+later chance) is `urgent_pairs()` and two solves. An urgent target's pair *qualifies* where
+its P(success) reaches a floor (`urgent_min_p_success`, 0.05 by default). First the
+qualifying pairs alone are solved over the whole capacity, maximising their value x P: the
+urgent targets this places are *kept* (`kept()`). Then one solve places everything: every
+kept target at one of its qualifying pairs, and, under that, the most total value x P,
+urgent targets included. It is exact, one assignment problem: each kept target's qualifying
+pairs get a bonus larger than the value of any whole plan (`_urgent_bonus`), so the plan
+places all of them (they fit together: the first solve placed them) and value alone decides
+the rest and where they go. Urgent targets not kept compete like any target by value.
 
 Without the floor any positive weight qualified, and a calibrated model never says exactly
 0: urgent targets it rated at P ~ 1e-5 took slots that ordinary targets at P ~ 0.9 would
 have used, while a scorer that rounds hopeless pairs to 0 was spared. The floor is on P
-rather than on value x P so that a client's value scale does not move it. The rule used to
-be two solves, the urgent pairs alone first (maximising their value x P) and everything else
-in what was left; that pass chose an urgent target's site without seeing what the site cost
-the others (urgent U at P 0.50 at A, 0.49 at B; ordinary O fits only A at 0.9, value 3: it
-sent U to A and left O out), so a method with other probabilities could beat the rule
-applied to the truth. One solve of one objective has no such gap: applied to the true
-probabilities it is the best plan under the rule (what `training/coordination/evaluate.py`'s
-oracle relies on).
+rather than on value x P so that a client's value scale does not move it. Until 2026-12-04
+the first solve also fixed *where* the kept targets went, blind to what the site cost the
+others (urgent U at P 0.50 at A, 0.49 at B; ordinary O fits only A at 0.9, value 3: U went
+to A and O was left out), so a method with other probabilities could beat the rule applied
+to the truth. Now the first solve decides only *which* urgent targets are kept; applied to
+the true probabilities the rule is then the best plan that keeps them (what
+`training/coordination/evaluate.py`'s oracle relies on).
 
 Deterministic for a given input: both solvers are deterministic, and nothing here depends on
 time or hash order.
@@ -48,7 +48,7 @@ _EPS = 1e-12
 
 
 def urgent_pairs(urgent: np.ndarray, p_success: np.ndarray, min_p_success: float) -> np.ndarray:
-    """(N, S) bool: the qualifying urgent pairs (`assign`). `urgent` (N,) bool, `p_success` (N, S).
+    """(N, S) bool: the qualifying urgent pairs (`assign`, `kept`). `urgent` (N,) bool, `p_success` (N, S).
 
     An urgent target's pair qualifies when its P(success) is at least `min_p_success` (and
     above 0: an infeasible pair never does, even with a floor of 0).
@@ -58,24 +58,46 @@ def urgent_pairs(urgent: np.ndarray, p_success: np.ndarray, min_p_success: float
 
 def assign(weights: np.ndarray, capacity: np.ndarray, first: np.ndarray | None = None,
            lsa_max_cells: int = 60_000) -> tuple[np.ndarray, str]:
-    """Site index per target (-1: unassigned) and the solver used.
+    """Site index per target (-1: unassigned) and the solver(s) used, "+"-joined.
 
     `weights` (N, S): expected value, <= 0 where infeasible. `capacity` (S,). `first` (N, S)
-    bool, from `urgent_pairs()`: the qualifying urgent pairs. The plan places as many targets
-    at these pairs as the capacity allows and, among such plans, maximises the total weight
-    (module docstring); without `first`, it maximises the total weight.
+    bool, from `urgent_pairs()`: the qualifying urgent pairs. The urgent targets `kept()`
+    chooses are all placed at qualifying pairs; under that, the plan maximises the total
+    weight (module docstring). Without `first`, it maximises the total weight.
     """
     n, s = weights.shape
     if n == 0 or s == 0:
         return np.full(n, -1, dtype=np.int64), "empty"
-    if first is not None and first.shape != weights.shape:
-        raise ValueError(f"first has shape {first.shape}, weights {weights.shape}: pass urgent_pairs(...)")
-    w = weights
+    cap = np.asarray(capacity, dtype=np.int64)
+    w, used = weights, []
     if first is not None:
-        first = first & (weights > _EPS)  # an infeasible pair never qualifies
-        if first.any():
-            w = np.where(first, weights + _urgent_bonus(weights), weights)
-    return _solve(w, np.asarray(capacity, dtype=np.int64), lsa_max_cells)
+        keep, name = _kept(weights, cap, first, lsa_max_cells)
+        used.append(name)
+        if keep.any():
+            must = first & keep[:, None] & (weights > _EPS)
+            w = np.where(must, weights + _urgent_bonus(weights), weights)
+    out, name = _solve(w, cap, lsa_max_cells)
+    used.append(name)
+    used = [u for i, u in enumerate(used) if u != "empty" and u not in used[:i]]
+    return out, "+".join(used) or "empty"
+
+
+def kept(weights: np.ndarray, capacity: np.ndarray, first: np.ndarray, lsa_max_cells: int = 60_000) -> np.ndarray:
+    """(N,) bool: the urgent targets the rule keeps, those the qualifying pairs alone (`first`)
+    place when they maximise their own value x P over the whole capacity."""
+    return _kept(weights, np.asarray(capacity, dtype=np.int64), first, lsa_max_cells)[0]
+
+
+def _kept(weights: np.ndarray, cap: np.ndarray, first: np.ndarray, lsa_max_cells: int) -> tuple[np.ndarray, str]:
+    if first.shape != weights.shape:
+        raise ValueError(f"first has shape {first.shape}, weights {weights.shape}: pass urgent_pairs(...)")
+    keep = np.zeros(weights.shape[0], dtype=bool)
+    rows = np.flatnonzero((first & (weights > _EPS)).any(axis=1))
+    if rows.size == 0:
+        return keep, "empty"
+    sub, name = _solve(np.where(first[rows], weights[rows], 0.0), cap, lsa_max_cells)
+    keep[rows[sub >= 0]] = True
+    return keep, name
 
 
 def _urgent_bonus(weights: np.ndarray) -> float:

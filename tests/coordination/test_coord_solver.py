@@ -109,22 +109,23 @@ def test_urgent_target_goes_first_where_it_has_a_fair_chance_and_competes_elsewh
 
 def test_an_urgent_targets_site_is_chosen_for_the_whole_plan():
     # One slot at each of two sites. Urgent U: P 0.50 at A, 0.49 at B, value 1 (a fair chance
-    # at both). Ordinary O fits only A (P 0.9), value 3. U must be placed; where is chosen
-    # with O in view: U at B, O at A (3.19), not U at A and O out (0.50, the two-pass rule).
+    # at both). Ordinary O fits only A (P 0.9), value 3. U is kept; where it goes is chosen
+    # with O in view: U at B, O at A (3.19), not U at A and O out (0.50, the old rule).
     p = np.array([[0.50, 0.49], [0.9, 0.0]])
     value = np.array([1.0, 3.0])
     first = solver.urgent_pairs(np.array([True, False]), p, 0.05)
     for cells in (10**9, 1):  # Hungarian and LP
         choice, _ = solver.assign(value[:, None] * p, np.array([1, 1]), first, lsa_max_cells=cells)
         assert choice.tolist() == [1, 0]
-    # As many urgent targets as fit go first, even when each is worth far less than the
-    # ordinary target it displaces: two urgent at 0.1 (value 1) take both slots from O at 0.9
-    # (value 30), where value alone would place O.
+    # Kept urgent targets go first, even when each is worth far less than the ordinary target
+    # it displaces: two urgent at 0.1 (value 1) take both slots from O at 0.9 (value 30),
+    # where value alone would place O.
     p = np.array([[0.1, 0.1], [0.1, 0.1], [0.9, 0.9]])
     value = np.array([1.0, 1.0, 30.0])
     first = solver.urgent_pairs(np.array([True, True, False]), p, 0.05)
     choice = solver.assign(value[:, None] * p, np.array([1, 1]), first)[0]
     assert sorted(choice[:2].tolist()) == [0, 1] and choice[2] == -1
+    assert solver.kept(value[:, None] * p, np.array([1, 1]), first).tolist() == [True, True, False]
     assert solver.assign(value[:, None] * p, np.array([1, 1]))[0][2] >= 0
 
 

@@ -7,18 +7,19 @@ value x P_true, the expected realized value. The oracle decides with those same 
 probabilities under the same decision rule as every solver-based method (`decide`: the
 engine's urgent floor), so it faces the tiny P a calibrated model outputs.
 
-The rule (engines/coordination/solver.py) maximises one objective in one exact solve: first
-the number of urgent targets placed at a pair whose P reaches the floor, then the expected
-value. Applied to the truth it is therefore the best plan under the rule, judged by the
-truth: no plan places more urgent targets with a true P at the floor, and none that places
-as many has more value. A plan can have more value only by placing fewer of them, that is
-by breaking the rule's promise, which a method does when its P for such a pair is wrongly
-below the floor. `share_of_oracle` counts a window's value at most at the oracle's
-(`share()`): what a plan gained by dropping an urgent target the rule would have placed is
-not credited, so the share cannot exceed 1 and falls only for what a method gets wrong.
-Beside it, `value_share` is the plain ratio of values (uncredited gains included) and
-`urgent_fair_missed` the urgent targets per window the oracle placed with a true P at the
-floor and the method did not (placements the method made short of the oracle's count).
+The rule (engines/coordination/solver.py) keeps some urgent targets (`solver.kept`: those
+its urgent solve places) and then solves exactly for the most value among the plans that
+place every kept target at a pair whose P reaches the floor. Applied to the truth it is
+therefore the best plan that keeps the urgent targets the truth says the rule must keep:
+a plan that keeps them all, at a true P at the floor, has at most the oracle's value. A plan
+can have more value only by leaving one of them out (or at a pair whose true P is below the
+floor), that is by breaking the rule's promise, which a method does when its P for such a
+pair is wrongly low. `share_of_oracle` counts a window's value at most at the oracle's
+(`share()`): what a plan gained by dropping an urgent target the rule keeps is not credited,
+so the share cannot exceed 1 and falls only for what a method gets wrong. Beside it,
+`value_share` is the plain ratio of values (uncredited gains included) and
+`urgent_fair_missed` the kept urgent targets per window that the method did not place at a
+true P at the floor.
 
 Per method, also: `critical_completed`, the expected fraction of time-critical targets
 observed successfully; `critical_expected`, their expected completions per window; and
@@ -104,7 +105,7 @@ def random_feasible(w: Window, rng: np.random.Generator) -> np.ndarray:
 @dataclass
 class _Tally:
     values: list[float] = field(default_factory=list)  # expected value per window
-    fair: list[int] = field(default_factory=list)  # urgent placed with true P >= the floor, per window
+    missed: list[int] = field(default_factory=list)  # kept urgent targets not placed at a true P >= the floor
     critical: float = 0.0  # expected completions of time-critical targets
     waste: int = 0  # slots given to time-critical placements with true P < WASTE_P
 
@@ -114,20 +115,27 @@ class PlanScore:
     """One plan judged with the true probabilities."""
 
     value: float  # sum of value x P_true over its placements
-    urgent_fair: int  # urgent targets placed where P_true >= the rule's floor
+    urgent_missed: int  # of the `kept` urgent targets, those not placed where P_true >= the floor
     critical_expected: float  # sum of P_true over its time-critical placements
     waste: int  # time-critical placements with P_true < WASTE_P
 
 
+def truly_kept(value: np.ndarray, critical: np.ndarray, capacity: np.ndarray, p_true: np.ndarray,
+               urgent_floor: float = URGENT_FLOOR) -> np.ndarray:
+    """(N,) bool: the urgent targets the rule keeps when it knows the truth."""
+    return solver.kept(value[:, None] * p_true, capacity, solver.urgent_pairs(critical, p_true, urgent_floor))
+
+
 def score_plan(value: np.ndarray, critical: np.ndarray, p_true: np.ndarray, choice: np.ndarray,
-               urgent_floor: float = URGENT_FLOOR) -> PlanScore:
-    """`choice` (N,) site or -1, judged with `p_true` (N, S); `value`, `critical` (N,)."""
+               kept: np.ndarray, urgent_floor: float = URGENT_FLOOR) -> PlanScore:
+    """`choice` (N,) site or -1, judged with `p_true` (N, S); `value`, `critical`, `kept` (N,)
+    (`kept` from `truly_kept`)."""
     idx = np.flatnonzero(choice >= 0)
     gain = p_true[idx, choice[idx]]
     crit = np.asarray(critical, dtype=bool)[idx]
     fair = solver.urgent_pairs(critical, p_true, urgent_floor)[idx, choice[idx]]
-    return PlanScore(float((value[idx] * gain).sum()), int(fair.sum()), float(gain[crit].sum()),
-                     int((crit & (gain < WASTE_P)).sum()))
+    return PlanScore(float((value[idx] * gain).sum()), int(kept.sum() - (kept[idx] & fair).sum()),
+                     float(gain[crit].sum()), int((crit & (gain < WASTE_P)).sum()))
 
 
 def share(values: list[float] | np.ndarray, oracle: list[float] | np.ndarray) -> float:
@@ -171,11 +179,12 @@ def evaluate(sim: Simulator, methods: dict[str, Chooser], calib_model: CoordNet,
             t0 = time.perf_counter()
             choices[name] = choose(w, np.random.default_rng([seed, 31, len(ps)]))
             timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
+        kept = truly_kept(w.targets.value, w.targets.critical, w.sites.capacity, p_true, urgent_floor)
         for name, c in choices.items():
-            sc = score_plan(w.targets.value, w.targets.critical, p_true, c, urgent_floor)
+            sc = score_plan(w.targets.value, w.targets.critical, p_true, c, kept, urgent_floor)
             t = tallies[name]
             t.values.append(sc.value)
-            t.fair.append(sc.urgent_fair)
+            t.missed.append(sc.urgent_missed)
             t.critical += sc.critical_expected
             t.waste += sc.waste
         fi, fj = np.nonzero(w.feasible)
@@ -186,7 +195,7 @@ def evaluate(sim: Simulator, methods: dict[str, Chooser], calib_model: CoordNet,
     out = {name: {"value": round(sum(t.values) / windows, 4),
                   "share_of_oracle": round(share(t.values, oracle.values), 4),
                   "value_share": round(sum(t.values) / oracle_value, 4) if oracle_value > 0 else 0.0,
-                  "urgent_fair_missed": round(sum(max(o - m, 0) for o, m in zip(oracle.fair, t.fair)) / windows, 3),
+                  "urgent_fair_missed": round(sum(t.missed) / windows, 3),
                   "critical_completed": round(t.critical / max(n_critical, 1), 4),
                   "critical_expected": round(t.critical / windows, 4),
                   "urgent_waste_slots": round(t.waste / windows, 3),
