@@ -111,7 +111,12 @@ elif mode == "stream":
     request(sys.argv[3], {"max_tokens": 10, "ignore_eos": True, "temperature": "0"}, "bad")  # see below
     out["chunks"], out["final"], out["errors"] = [], [], []
     while True:
-        result, error = results.get(timeout=120)
+        try:
+            result, error = results.get(timeout=120)
+        except queue.Empty:
+            print(json.dumps({"stuck": out}), flush=True)
+            import os
+            os._exit(3)  # grpc's stream thread would keep the interpreter alive
         if error is not None:
             out["errors"].append(str(error))
             # The stream lives on after a bad request: the good one goes on the same stream.
@@ -151,7 +156,25 @@ async def run_client(py, daemon, *args: str) -> dict:
     proc = await asyncio.create_subprocess_exec(
         str(py), "-c", CLIENT, f"127.0.0.1:{daemon.port}", *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 180)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 180)
+    except TimeoutError:
+        # Say where it stood: the client's output so far, every thread of this process
+        # (the daemon runs here) and the engines' queues.
+        import faulthandler
+
+        proc.kill()
+        out, err = await proc.communicate()
+        faulthandler.dump_traceback(all_threads=True)
+        state = {name: e.stats() for name, e in daemon.engines.items()}
+        raise AssertionError(f"tritonclient hung; engines {state}; client stderr: {err.decode()[-3000:]}; "
+                             f"stdout: {out.decode()[-1000:]}") from None
+    if proc.returncode == 3:  # the client waited 120 s for a response: where did the daemon stand?
+        import faulthandler
+
+        faulthandler.dump_traceback(all_threads=True)
+        state = {name: e.stats() for name, e in daemon.engines.items()}
+        raise AssertionError(f"no response for 120 s; engines {state}; client: {out.decode()[-1000:]}")
     assert proc.returncode == 0, err.decode()[-3000:]
     return json.loads(out.decode().strip().splitlines()[-1])
 
