@@ -28,7 +28,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[1]
 # Fields that describe a row's conditions rather than name it or measure it.
-CONTEXT = {"round", "loadavg", "disturbed", "other_cores"}
+CONTEXT = {"round", "repeat", "loadavg", "disturbed", "other_cores"}
 KEY_TYPES = (str, bool)
 # Numeric fields that name a row (its size, its settings) rather than measure it.
 NAMING = {"concurrency", "targets", "sites", "intra_op_threads", "threads", "new_tokens", "requests"}
