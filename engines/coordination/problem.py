@@ -65,6 +65,18 @@ def _finite(value, field: str, lo: float | None = None, hi: float | None = None,
 _SCALAR_MAX = 32
 
 
+def _in_range(arr: np.ndarray, lo: float | None, hi: float | None, positive: bool) -> np.ndarray:
+    """Per element: what `_finite` accepts, in one vectorised pass."""
+    ok = np.isfinite(arr)
+    if lo is not None:
+        ok &= arr >= lo
+    if hi is not None:
+        ok &= arr <= hi
+    if positive:
+        ok &= arr > 0
+    return ok
+
+
 def _column(values: list, field: Callable[[int], str], lo: float | None = None, hi: float | None = None,
             positive: bool = False) -> np.ndarray:
     """A float column checked in one vectorised pass; `field(i)` names element i (e.g.
@@ -78,14 +90,7 @@ def _column(values: list, field: Callable[[int], str], lo: float | None = None, 
         return np.array(values, dtype=np.float64)
     try:
         arr = np.array(values, dtype=np.float64)
-        ok = np.isfinite(arr)
-        if lo is not None:
-            ok &= arr >= lo
-        if hi is not None:
-            ok &= arr <= hi
-        if positive:
-            ok &= arr > 0
-        if ok.all():
+        if _in_range(arr, lo, hi, positive).all():
             return arr
     except (TypeError, ValueError):
         pass
@@ -193,13 +198,7 @@ def _checked(arr: np.ndarray, name: str, lo: float | None = None, hi: float | No
         for i, v in enumerate(arr.tolist()):
             _finite(v, f"targets[{i}].{name}", lo, hi, positive)
         return arr
-    ok = np.isfinite(arr)
-    if lo is not None:
-        ok &= arr >= lo
-    if hi is not None:
-        ok &= arr <= hi
-    if positive:
-        ok &= arr > 0
+    ok = _in_range(arr, lo, hi, positive)
     if not ok.all():
         i = int(np.argmin(ok))
         _finite(float(arr[i]), f"targets[{i}].{name}", lo, hi, positive)

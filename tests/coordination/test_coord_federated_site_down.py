@@ -73,33 +73,44 @@ def _wait_for(condition, done: threading.Event, what: str):
     return value
 
 
+class _Job:
+    """A FLARE job over three simulated site logs, run on a thread of its own so that the
+    test can act on its processes meanwhile; `join()` re-raises what the job raised."""
+
+    def __init__(self, tmp_path: Path, scenario, settings: FederationSettings, **federation) -> None:
+        (tmp_path / "sites.toml").write_text(SITES_TOML)
+        self.table = load_sites(tmp_path / "sites.toml")
+        self.sim = Simulator(scenario, self.table)
+        self.paths = {s: sitelog.write(tmp_path / "logs" / f"{s}.csv", self.sim.site_log(i, 6 + 4 * i, 7, 10))
+                      for i, s in enumerate(self.table.ids)}
+        self.workspace = tmp_path / "flare"
+        self.fed = federated.Federation(logs=self.paths, site_table=tmp_path / "sites.toml",
+                                        snr_required=scenario.scenario.snr_required, out=tmp_path / "fed.safetensors",
+                                        record_dir=tmp_path / "rounds", timeout_s=900, settings=settings,
+                                        workspace=self.workspace, **federation)
+        self.done, self._failure = threading.Event(), []
+        self._runner = threading.Thread(target=self._run, daemon=True)
+        self._runner.start()
+
+    def _run(self) -> None:
+        try:
+            federated.run(self.fed, self.table, FIT, {"recipe": "test"})
+        except BaseException as exc:  # handed to the test thread
+            self._failure.append(exc)
+        finally:
+            self.done.set()
+
+    def join(self) -> None:
+        self._runner.join()
+        assert not self._failure, self._failure
+
+
 @pytest.mark.timeout(900)
 def test_a_site_whose_process_exits_mid_training_is_left_out_and_the_job_finishes(tmp_path, scenario):
-    (tmp_path / "sites.toml").write_text(SITES_TOML)
-    table = load_sites(tmp_path / "sites.toml")
-    sim = Simulator(scenario, table)
-    paths = {s: sitelog.write(tmp_path / "logs" / f"{s}.csv", sim.site_log(i, 6 + 4 * i, 7, 10))
-             for i, s in enumerate(table.ids)}
-    workspace = tmp_path / "flare"
-    fed = federated.Federation(logs=paths, site_table=tmp_path / "sites.toml",
-                               snr_required=scenario.scenario.snr_required, out=tmp_path / "fed.safetensors",
-                               record_dir=tmp_path / "rounds", timeout_s=900, settings=SETTINGS,
-                               workspace=workspace, leave_after={DOWN: 1})
-    done, failure = threading.Event(), []
-
-    def run():
-        try:
-            federated.run(fed, table, FIT, {"recipe": "test"})
-        except BaseException as exc:  # handed to the test thread
-            failure.append(exc)
-        finally:
-            done.set()
-
-    runner = threading.Thread(target=run, daemon=True)
-    runner.start()
+    job = _Job(tmp_path, scenario, SETTINGS, leave_after={DOWN: 1})
+    table, sim, paths, workspace, fed, done = job.table, job.sim, job.paths, job.workspace, job.fed, job.done
     pid = _wait_for(lambda: _site_job_process(workspace, DOWN), done, f"{DOWN}'s job process started")
-    runner.join()
-    assert not failure, failure
+    job.join()
     # The site's job process really ended (FLARE's client reaped it) and nothing restarted it.
     assert not Path(f"/proc/{pid}").exists() and _site_job_process(workspace, DOWN) is None
     job_logs = list((workspace / "galactic" / "prod_00" / DOWN).glob("*/log.txt"))
@@ -156,28 +167,8 @@ STALL_SETTINGS = FederationSettings(min_sites=2, round_timeout_s=60, dead_site_g
 @pytest.mark.skipif(not os.environ.get("GALACTIC_SLOW_TESTS"),
                     reason="waits out a 60 s round timeout by design; set GALACTIC_SLOW_TESTS=1 (make test-slow)")
 def test_a_frozen_site_misses_a_round_and_rejoins(tmp_path, scenario):
-    (tmp_path / "sites.toml").write_text(SITES_TOML)
-    table = load_sites(tmp_path / "sites.toml")
-    sim = Simulator(scenario, table)
-    paths = {s: sitelog.write(tmp_path / "logs" / f"{s}.csv", sim.site_log(i, 6 + 4 * i, 7, 10))
-             for i, s in enumerate(table.ids)}
-    workspace = tmp_path / "flare"
-    fed = federated.Federation(logs=paths, site_table=tmp_path / "sites.toml",
-                               snr_required=scenario.scenario.snr_required, out=tmp_path / "fed.safetensors",
-                               record_dir=tmp_path / "rounds", timeout_s=900, settings=STALL_SETTINGS,
-                               workspace=workspace)
-    done, failure = threading.Event(), []
-
-    def run():
-        try:
-            federated.run(fed, table, FIT, {"recipe": "test"})
-        except BaseException as exc:  # handed to the test thread
-            failure.append(exc)
-        finally:
-            done.set()
-
-    runner = threading.Thread(target=run, daemon=True)
-    runner.start()
+    job = _Job(tmp_path, scenario, STALL_SETTINGS)
+    table, sim, paths, workspace, fed, done = job.table, job.sim, job.paths, job.workspace, job.fed, job.done
     pid = _wait_for(lambda: _site_job_process(workspace, STALLED), done, f"{STALLED}'s job process started")
     # Frozen as round 1 closes (the record is written before round 2's task exists), thawed
     # once round 2 has closed without it: a site that drops off the network and comes back.
@@ -189,8 +180,7 @@ def test_a_frozen_site_misses_a_round_and_rejoins(tmp_path, scenario):
         _wait_for(lambda: (tmp_path / "rounds" / "round_001" / "received.json").exists(), done, "round 2 closed")
     finally:
         os.kill(pid, signal.SIGCONT)
-    runner.join()
-    assert not failure, failure
+    job.join()
 
     aggregated = json.loads(fed.out.with_suffix(".json").read_text())["meta"]["aggregated"]
     assert [rd["sites"] for rd in aggregated] == [list(table.ids), [s for s in table.ids if s != STALLED],
