@@ -44,6 +44,10 @@ class BatchLimits:
     max_queue_delay_s: float = 0.002
     max_queue: int = 1024
     max_batch_cost: int | None = None  # e.g. (target, site) rows per step; None: count only
+    # Queued cost at which a batch leaves at once instead of waiting `max_queue_delay_s` for
+    # company (Triton's preferred batch size, in cost units): a request that brings this much
+    # work amortises a step's fixed cost on its own, so waiting would only add latency.
+    preferred_batch_cost: int | None = None
     max_failed_batches: int = 0  # failing batches in a row that make a fault; 0 = never
 
 
@@ -185,8 +189,10 @@ class DynamicBatcher(Generic[I, O]):
             return
         lim = self._limits
         waited = time.monotonic() - self._queue[0].enqueued
+        cost = sum(p.cost for p in self._queue) if lim.max_batch_cost or lim.preferred_batch_cost else 0
         full = len(self._queue) >= lim.max_batch_size or (
-            lim.max_batch_cost is not None and sum(p.cost for p in self._queue) >= lim.max_batch_cost)
+            lim.max_batch_cost is not None and cost >= lim.max_batch_cost) or (
+            lim.preferred_batch_cost is not None and cost >= lim.preferred_batch_cost)
         if full or waited >= lim.max_queue_delay_s or not self._accepting:
             self._cancel_timer()
             self._dispatch()

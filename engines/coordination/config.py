@@ -14,12 +14,16 @@ class BatchingConfig:
     max_batch_size: int = 64  # requests per model step
     max_batch_pairs: int = 400_000  # (target, site) rows per model step, the "token" budget
     max_queue_delay_ms: float = 2.0  # how long the first request waits for company
+    # Queued (target, site) pairs at which a step starts at once: a request this big fills a
+    # step on its own (a 1,000 x 12 call is 12,000), so waiting for company only adds latency.
+    preferred_batch_pairs: int = 4096
     max_queue: int = 1024  # pending requests beyond this get RESOURCE_EXHAUSTED
 
     def __post_init__(self) -> None:
         check(self.max_batch_size >= 1, "max_batch_size", "must be >= 1")
         check(self.max_batch_pairs >= 1, "max_batch_pairs", "must be >= 1")
         check(self.max_queue_delay_ms >= 0, "max_queue_delay_ms", "must be >= 0")
+        check(self.preferred_batch_pairs >= 1, "preferred_batch_pairs", "must be >= 1")
         check(self.max_queue >= 1, "max_queue", "must be >= 1")
 
 
@@ -29,7 +33,10 @@ class StreamsConfig:
 
     max_streams: int = 64  # open PlanStreams per model; more get RESOURCE_EXHAUSTED
     max_targets: int = 10_000  # targets one stream may hold; more get RESOURCE_EXHAUSTED
-    coalesce_ms: float = 2.0  # default burst window: events this close share one plan
+    # Default burst window. 0: an alert into an idle stream is planned at once; events that
+    # arrive while a plan is being made share the next plan anyway, so bursts under load
+    # still coalesce. A client whose bursts arrive spread out asks for a window (PlanOpen).
+    coalesce_ms: float = 0.0
     max_coalesce_ms: float = 1000.0  # the most a client may ask for in PlanOpen.coalesce_ms
 
     def __post_init__(self) -> None:
@@ -119,13 +126,14 @@ enabled = true
 max_batch_size = 64          # requests per model step
 max_batch_pairs = 400000     # (target, site) rows per model step
 max_queue_delay_ms = 2.0     # how long a lone request waits for others to share its step
+preferred_batch_pairs = 4096 # queued pairs that start a step at once (a big request does not wait)
 max_queue = 1024             # more pending requests are refused with RESOURCE_EXHAUSTED
 
 [coordination.streams]
 # Coordination.PlanStream: a standing plan per stream, updated by alert events.
 max_streams = 64             # open plan streams; more are refused with RESOURCE_EXHAUSTED
 max_targets = 10000          # targets one stream may hold; more are refused with RESOURCE_EXHAUSTED
-coalesce_ms = 2.0            # events this close together are answered by one plan
+coalesce_ms = 0.0            # events this close together share one plan; 0: plan at once (events during a plan still share the next)
 max_coalesce_ms = 1000.0     # the longest window a client may ask for (PlanOpen.coalesce_ms)
 
 [coordination.constraints]

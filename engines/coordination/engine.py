@@ -69,7 +69,10 @@ class _PlanItem:
 
     @property
     def pairs(self) -> int:
-        return max(1, int(self.missing.size) * int(self.cached_ok.shape[1]))
+        # The whole grid, not just the rows scored now: the step copies, solves and reports
+        # all N x S pairs, so a standing plan is as much work as a fresh request of its size
+        # (and an alert into a big plan starts a step at once, as that request would).
+        return max(1, self.problem.pairs)
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,7 @@ class CoordinationEngine:
             max_queue_delay_s=b.max_queue_delay_ms / 1000.0 if b.enabled else 0.0,
             max_queue=b.max_queue,
             max_batch_cost=b.max_batch_pairs,
+            preferred_batch_cost=b.preferred_batch_pairs,
             max_failed_batches=MAX_FAILED_BATCHES,
         )
         self._batcher: DynamicBatcher = DynamicBatcher(config.name, self._step, limits, cost=self._cost)

@@ -178,3 +178,23 @@ async def test_a_worker_fault_is_reported_and_restart_fails_what_it_held():
         assert b.stats()["queue_depth"] == 0
     finally:
         await b.stop(1.0)
+
+
+async def test_a_request_that_reaches_the_preferred_cost_starts_a_step_without_waiting_for_company():
+    # The queue delay is 60 s: without the preferred cost nothing would run within the test's
+    # 30 s bound. A cheap request waits for company; the big one arriving takes it along.
+    rec = Recorder()
+    b = DynamicBatcher("preferred", rec, BatchLimits(max_batch_size=8, max_queue_delay_s=60.0, preferred_batch_cost=10),
+                       cost=lambda item: item)
+    await b.start()
+    try:
+        small = asyncio.ensure_future(b.submit(1))
+        await asyncio.sleep(0)
+        assert b.stats()["queue_depth"] == 1 and not rec.entered.is_set()  # waiting for company
+        assert await asyncio.wait_for(b.submit(9), 30) == 18  # 1 + 9 queued: the preferred cost
+        assert await small == 2
+        assert rec.batches == [[1, 9]]
+        assert await asyncio.wait_for(b.submit(12), 30) == 24  # alone past the preferred cost
+        assert rec.batches[-1] == [12]
+    finally:
+        await b.stop(1.0)

@@ -74,8 +74,9 @@ class CoordinationServicer(object):
         """Stateful planning, protocol version 1 (PLAN_PROTOCOL_VERSION). The daemon keeps one
         plan per stream: the first event opens it (PlanOpen: sites, window, initial targets);
         later events add, update or retract targets by id, update a site's conditions, close or
-        reopen a site, or move the window. Events arriving within the stream's coalescing window
-        (a few ms, PlanOpen.coalesce_ms) are applied together and yield one new plan, sent as a
+        reopen a site, or move the window. Events arriving while a plan is being made, or within
+        the stream's coalescing window (PlanOpen.coalesce_ms, 0 by default), are applied together
+        and yield one new plan, sent as a
         PlanFrame holding what changed against the previous plan (assigned, moved, dropped),
         plus the full plan when asked (PlanOpen.full_plan_every_frame or a PlanRequest event).
         A bad event gets an error frame (INVALID_ARGUMENT, the field named in a BadRequest
