@@ -111,7 +111,12 @@ class _Flat:
         return x, physics.sky_mag(self.band[pt], x, moon_nl)
 
 
-def _flat_geometry(problems) -> _Flat:
+def _flat_geometry(problems, candidates=None, min_altitude_deg: float = 0.0) -> _Flat:
+    """Every pair's geometry. `candidates(pt, ps, sun_alt)`, if given, says (P,) which pairs
+    can be feasible at all from what is known per site and per target (daylight, a closed
+    site, a band the site lacks, an expired target): the altitude is computed for those
+    alone (-90 elsewhere), and the Moon separation only for those at least
+    `min_altitude_deg` high (NaN elsewhere). A masked pair is then infeasible by altitude."""
     # A batch of small requests would otherwise pay numpy's per-call overhead (~100 calls of
     # ~1 us each) once per request; here the Sun, Moon and sidereal time are computed for
     # every (request, site) row at once and the pair quantities for every pair at once.
@@ -120,15 +125,19 @@ def _flat_geometry(problems) -> _Flat:
     s_k = np.array([p[2].latitude_deg.shape[0] for p in problems], dtype=np.int64)
     lat = np.concatenate([p[2].latitude_deg for p in problems])  # (sum S,)
     lon = np.concatenate([p[2].longitude_deg for p in problems])
-    site_jd = np.repeat(jd, s_k)
+    site_k = np.repeat(np.arange(len(problems)), s_k)  # (sum S,) the problem of each site row
+    site_jd = jd[site_k]
     lst = sky.lst_deg(site_jd, lon)
     sra, sdec = sky.sun_radec_deg(site_jd)
     sun_alt, _ = sky.altaz_deg(sra, sdec, lst, lat)
-    mra, mdec = sky.moon_radec_deg(site_jd, lst, lat)  # topocentric
+    moon = sky.moon_geocentric(jd)  # (K, 3): the Moon's series once per request, not per site
+    mra, mdec = sky.moon_radec_deg(site_jd, lst, lat, xyz=moon[site_k])  # topocentric
     moon_alt, _ = sky.altaz_deg(mra, mdec, lst, lat)
-    illum, phase = sky.moon_illumination(jd)  # (K,)
+    illum, phase = sky.moon_illumination(jd, xyz=moon)  # (K,)
+    target_k = np.repeat(np.arange(len(problems)), n_k)
     ra, dec = sky.precess_from_j2000(np.concatenate([p[1].ra_deg for p in problems]),
-                                     np.concatenate([p[1].dec_deg for p in problems]), np.repeat(jd, n_k))
+                                     np.concatenate([p[1].dec_deg for p in problems]), jd[target_k],
+                                     angles=tuple(a[target_k] for a in sky.precession_angles(jd)))
     band = np.concatenate([p[1].band for p in problems])
     # Pair index arrays: request k's (N_k, S_k) grid, row-major, offset into the flat arrays.
     t_off = np.concatenate([[0], np.cumsum(n_k)[:-1]]).astype(np.int64)
@@ -137,8 +146,18 @@ def _flat_geometry(problems) -> _Flat:
     local = np.arange(pk.shape[0]) - np.repeat(np.concatenate([[0], np.cumsum(n_k * s_k)[:-1]]), n_k * s_k)
     pt = t_off[pk] + local // s_k[pk]
     ps = s_off[pk] + local % s_k[pk]
-    alt = sky.altitude_pairs_deg(ra, dec, lst, lat, pt, ps)  # (P,)
-    sep = sky.separation_pairs_deg(ra, dec, mra, mdec, pt, ps)
+    if candidates is None:
+        alt = sky.altitude_pairs_deg(ra, dec, lst, lat, pt, ps)  # (P,)
+        sep = sky.separation_pairs_deg(ra, dec, mra, mdec, pt, ps)
+    else:
+        # The pair trigonometry is most of a big request's features: spent only where the
+        # answer can matter (a night-side site's pairs above the horizon, typically a third).
+        c = np.flatnonzero(candidates(pt, ps, sun_alt))
+        alt = np.full(pt.shape[0], -90.0)
+        alt[c] = sky.altitude_pairs_deg(ra, dec, lst, lat, pt[c], ps[c])
+        c = c[alt[c] >= min_altitude_deg]
+        sep = np.full(pt.shape[0], np.nan)
+        sep[c] = sky.separation_pairs_deg(ra, dec, mra, mdec, pt[c], ps[c])
     return _Flat(n_k, s_k, t_off, s_off, pt, ps, pk, sun_alt, moon_alt, np.atleast_1d(illum),
                  np.atleast_1d(np.asarray(phase)), alt, sep, band)
 
@@ -235,17 +254,21 @@ class PairBatch:
 def pair_batch(problems: list[tuple[float, TargetArrays, SiteArrays, np.ndarray, float]],
                c: ConstraintsConfig) -> PairBatch:
     """Masks and features for (time, targets, sites, excluded (N,) bool, snr) problems at once."""
-    f = _flat_geometry([p[:3] for p in problems])
     cat_t = lambda name: np.concatenate([getattr(p[1], name) for p in problems])  # noqa: E731
     cat_s = lambda name: np.concatenate([getattr(p[2], name) for p in problems])  # noqa: E731
-    band, pt, ps, pk = cat_t("band"), f.pt, f.ps, f.pk
+    band = cat_t("band")
     excluded = np.concatenate([p[3] for p in problems])
-    ok = f.alt >= c.min_altitude_deg
-    ok &= f.sun_alt[ps] <= c.max_sun_altitude_deg
+    site_open, bands = cat_s("open") & (cat_s("capacity") > 0), cat_s("bands")
+
+    def candidates(pt, ps, sun_alt):  # the constraints that need no pair geometry
+        ok = (site_open & (sun_alt <= c.max_sun_altitude_deg))[ps] & ~excluded[pt]
+        ok[ok] = bands[ps[ok], band[pt[ok]]]
+        return ok
+
+    f = _flat_geometry([p[:3] for p in problems], candidates, c.min_altitude_deg)
+    pt, ps, pk = f.pt, f.ps, f.pk
+    ok = f.alt >= c.min_altitude_deg  # -90 outside the candidates (min_altitude_deg >= 0)
     ok &= (f.sep >= c.min_moon_separation_deg) | (f.moon_alt[ps] <= 0.0)
-    ok &= cat_s("bands")[ps, band[pt]]
-    ok &= (cat_s("open") & (cat_s("capacity") > 0))[ps]
-    ok &= ~excluded[pt]
     sel = np.flatnonzero(ok)  # only feasible pairs are featurised and scored
     t, s, k = pt[sel], ps[sel], pk[sel]
     seeing, cloud, aperture = cat_s("seeing")[s], cat_s("cloud")[s], cat_s("aperture_m")[s]

@@ -37,12 +37,21 @@ def lst_deg(jd, longitude_deg):
     return np.mod(gmst_deg(jd) + longitude_deg, 360.0)
 
 
-def precess_from_j2000(ra_deg, dec_deg, jd):
-    """Mean J2000 (ICRS to ~20 mas) -> mean equator and equinox of date (Meeus eq. 21.2-21.4)."""
+def precession_angles(jd):
+    """(zeta, z, theta) radians of the precession from J2000 to `jd` (Meeus eq. 21.2)."""
     t = (jd - J2000) / 36525.0
     zeta = (2306.2181 * t + 0.30188 * t**2 + 0.017998 * t**3) / 3600.0 * D2R
     z = (2306.2181 * t + 1.09468 * t**2 + 0.018203 * t**3) / 3600.0 * D2R
     theta = (2004.3109 * t - 0.42665 * t**2 - 0.041833 * t**3) / 3600.0 * D2R
+    return zeta, z, theta
+
+
+def precess_from_j2000(ra_deg, dec_deg, jd, angles=None):
+    """Mean J2000 (ICRS to ~20 mas) -> mean equator and equinox of date (Meeus eq. 21.2-21.4).
+
+    `angles`: `precession_angles(jd)` already taken (once per request, then gathered per
+    target, instead of the same polynomials once per target)."""
+    zeta, z, theta = precession_angles(jd) if angles is None else angles
     ra = np.asarray(ra_deg) * D2R
     dec = np.asarray(dec_deg) * D2R
     a = np.cos(dec) * np.sin(ra + zeta)
@@ -113,9 +122,15 @@ def _moon_geocentric(jd):
     return np.stack([r * l_, r * m_, r * n_], axis=-1)
 
 
-def moon_radec_deg(jd, lst=None, latitude_deg=None):
-    """Moon RA/Dec of date; topocentric (parallax up to ~1 deg) when lst and latitude are given."""
-    xyz = _moon_geocentric(jd)
+def moon_geocentric(jd):
+    """The geocentric Moon at `jd` (..., 3), for `moon_radec_deg` and `moon_illumination`'s `xyz`."""
+    return _moon_geocentric(jd)
+
+
+def moon_radec_deg(jd, lst=None, latitude_deg=None, xyz=None):
+    """Moon RA/Dec of date; topocentric (parallax up to ~1 deg) when lst and latitude are given.
+    `xyz`: `moon_geocentric(jd)` already taken (one series per request, not one per site)."""
+    xyz = _moon_geocentric(jd) if xyz is None else xyz
     if lst is not None:
         lat = np.asarray(latitude_deg) * D2R
         ls = np.asarray(lst) * D2R
@@ -148,10 +163,10 @@ def separation_pairs_deg(ra1, dec1, ra2, dec2, p1, p2):
     return np.arctan2(num, den) * R2D
 
 
-def moon_illumination(jd):
+def moon_illumination(jd, xyz=None):
     """Illuminated fraction of the Moon's disc, from the geocentric Sun-Moon elongation."""
     sra, sdec = sun_radec_deg(jd)
-    xyz = _moon_geocentric(jd)
+    xyz = _moon_geocentric(jd) if xyz is None else xyz
     mra = np.arctan2(xyz[..., 1], xyz[..., 0]) * R2D
     mdec = np.arcsin(xyz[..., 2] / np.linalg.norm(xyz, axis=-1)) * R2D
     elong = separation_deg(sra, sdec, mra, mdec) * D2R
