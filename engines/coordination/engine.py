@@ -228,7 +228,7 @@ class CoordinationEngine:
         but only targets without scores from the previous plan are run through the model."""
         self._require_ready()
         req, epoch, stamps = state.snapshot()
-        prob = problem.validate(req, self._sites, self.config)
+        prob = problem.validate(req, self._sites, self.config, targets_checked=True)  # each upsert was
         s = len(req.observatories)
         version = self.version
         (ok, p, snr), missing = state.cached_scores(stamps, epoch, version, s)

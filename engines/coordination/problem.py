@@ -108,7 +108,13 @@ def _table_arrays(table: SiteTable) -> tuple[dict[str, int], np.ndarray, np.ndar
             np.array([x.capacity for x in table.site], dtype=np.int64))
 
 
-def validate(req: CoordinateRequest, table: SiteTable, cfg: CoordinationConfig) -> Problem:
+def validate(req: CoordinateRequest, table: SiteTable, cfg: CoordinationConfig, targets_checked: bool = False) -> Problem:
+    """The engine's Problem from a request, every field checked (InvalidArgument naming it).
+
+    `targets_checked`: the targets are columns that were each checked as they arrived (a
+    standing plan's snapshot: `PlanState` checks every upsert), so they are taken as they are
+    instead of being checked again on every plan; sites, window and time still are.
+    """
     t0 = _finite(req.time_unix, "time_unix", 0.0, 4.1e9)
     window = _finite(req.window_s, "window_s", positive=True)
     snr = cfg.snr_required if req.snr_required is None else _finite(req.snr_required, "snr_required", positive=True)
@@ -152,7 +158,7 @@ def validate(req: CoordinateRequest, table: SiteTable, cfg: CoordinationConfig) 
             weather[name, attr] = _column([getattr(c, attr) for c in conds],
                                           lambda k, a=attr, n=name: f"observatories[{js[k]}].{n}.{a}", lo, hi, pos)
     cols = req.targets if isinstance(req.targets, TargetColumns) else target_columns(req.targets)
-    ra, dec, mag, band, exp, val, due = _check_targets(cols)
+    ra, dec, mag, band, exp, val, due = _target_arrays(cols) if targets_checked else _check_targets(cols)
     expired = due <= t0
     # Urgent: flagged time-critical, or due before this window ends (no later chance).
     crit = np.asarray(cols.time_critical, dtype=bool) | (due <= t0 + window)
@@ -203,6 +209,14 @@ def _checked(arr: np.ndarray, name: str, lo: float | None = None, hi: float | No
         i = int(np.argmin(ok))
         _finite(float(arr[i]), f"targets[{i}].{name}", lo, hi, positive)
     return arr
+
+
+def _target_arrays(c: TargetColumns):
+    """`_check_targets`' arrays from columns already checked, without checking them again."""
+    due = np.where(np.asarray(c.has_deadline, dtype=bool), np.asarray(c.deadline_unix, dtype=np.float64), np.inf)
+    return (*(np.asarray(col, dtype=np.float64) for col in (c.ra_deg, c.dec_deg, c.magnitude)),
+            np.asarray(c.band, dtype=np.int64),
+            *(np.asarray(col, dtype=np.float64) for col in (c.exposure_s, c.value)), due)
 
 
 def _check_targets(c: TargetColumns):
