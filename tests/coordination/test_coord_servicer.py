@@ -171,3 +171,27 @@ async def test_bad_target_column_names_the_field(stub, field, value, words):
         await stub.Coordinate(m)
     e = from_rpc_error(err.value)
     assert e.code == grpc.StatusCode.INVALID_ARGUMENT and e.field == field and words in e.details
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("targets[2].ra_deg", float("nan"), "finite"),  # a short request: the scalar check
+    ("targets[1].value", 0.0, "positive"),
+    ("observatories[1].forecast.seeing_arcsec", -0.5, "positive"),
+    ("observatories[0].forecast.humidity_pct", 100.5, "within"),
+    ("observatories[2].forecast.cloud_extinction_mag", float("inf"), "finite"),
+])
+async def test_a_short_request_names_its_bad_scalar(stub, field, value, words):
+    from galactic_client.errors import from_rpc_error
+
+    from .conftest import make_request
+
+    m = request_pb(make_request(4))
+    if field.startswith("targets"):
+        _bad(field, value)(m)
+    else:
+        j, rest = field.removeprefix("observatories[").split("].forecast.")
+        setattr(m.observatories[int(j)].forecast, rest, value)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.Coordinate(m)
+    e = from_rpc_error(err.value)
+    assert e.code == grpc.StatusCode.INVALID_ARGUMENT and e.field == field and words in e.details
