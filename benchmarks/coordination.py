@@ -11,6 +11,11 @@ list of rows {case, targets, sites, p50_ms, p99_ms, calls_per_s, loadavg}; `load
 Targets: p99 < 35 ms for 1000 x 12, < 350 ms for 10000 x 12 (at least 50 calls),
 batched/unbatched >= 4x, and stream-alert-1000x12 (one new alert into a PlanStream holding
 1,000 targets x 12 sites, time from sending the alert to its plan's frame) p99 < 20 ms.
+
+`small-calls-grpc-floor` is the same small-call load against a bare grpc.aio server in its
+own process whose Coordinate answers a constant: what gRPC and this client cost per call
+on this machine, with no daemon work at all. No batching can make the daemon's small
+calls faster than that row, which is what bounds the batched/unbatched ratio.
 """
 
 from __future__ import annotations
@@ -65,6 +70,43 @@ enabled = false
 [coordination.batching]
 max_queue = 4096
 """
+
+
+def _floor_server(port: int) -> None:
+    """`--floor-server PORT`: Coordinate answers a constant (no interceptors, no engine)."""
+    import grpc
+
+    pb, pbg = _stubs()
+    answer = pb.CoordinateResponse(model="floor")
+
+    class Floor(pbg.CoordinationServicer):
+        async def Coordinate(self, request, context):
+            return answer
+
+    async def serve() -> None:
+        server = grpc.aio.server()
+        pbg.add_CoordinationServicer_to_server(Floor(), server)
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        await server.wait_for_termination()
+
+    asyncio.run(serve())
+
+
+async def grpc_floor(args) -> dict:
+    import grpc
+
+    pb, pbg = _stubs()
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, __file__, "--floor-server", str(port)], cwd=REPO)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            await asyncio.wait_for(ch.channel_ready(), 60)
+            return await small_calls(pbg.CoordinationStub(ch), pb, "small-calls-grpc-floor", args.small_targets,
+                                     args.concurrency, args.seconds)
+    finally:
+        proc.terminate()
+        proc.wait(30)
 
 
 def _free_port() -> int:
@@ -178,6 +220,7 @@ async def bench(args) -> list[dict]:
             proc.terminate()
             proc.wait(30)
             cfg.unlink(missing_ok=True)
+    rows.append(await grpc_floor(args))
     return rows
 
 
@@ -191,7 +234,11 @@ def main() -> int:
     p.add_argument("--alerts", type=int, default=200, help="alerts timed in stream-alert-1000x12")
     p.add_argument("--threads", type=int, default=1,
                    help="the daemon's server.intra_op_threads (0 = torch's default, one per core)")
+    p.add_argument("--floor-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.floor_server:
+        _floor_server(args.floor_server)
+        return 0
     rows = [{**r, "intra_op_threads": args.threads} for r in asyncio.run(bench(args))]
     targets = {"unary-1000x12": "p99 < 35 ms", "unary-10000x12": "p99 < 350 ms",
                "stream-alert-1000x12": "p99 < 20 ms"}
@@ -203,6 +250,9 @@ def main() -> int:
     by_case = {r["case"]: r for r in rows}
     ratio = by_case["small-calls-batched"]["calls_per_s"] / max(by_case["small-calls-unbatched"]["calls_per_s"], 1e-9)
     print(f"\nbatched/unbatched throughput: {ratio:.2f}x (target >= 4x)")
+    floor = by_case["small-calls-grpc-floor"]["calls_per_s"]
+    print(f"batched daemon at {by_case['small-calls-batched']['calls_per_s'] / floor:.0%} of the bare gRPC floor's "
+          f"calls/s; the floor is {floor / max(by_case['small-calls-unbatched']['calls_per_s'], 1e-9):.2f}x unbatched")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
