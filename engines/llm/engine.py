@@ -319,10 +319,16 @@ class LLMEngine:
         self._compiler.close()
         self.state = "stopped"
 
+    @property
+    def version(self) -> str:
+        """The loaded model's version (its directory's name), as `info().version`; cheap,
+        where `info()` copies the whole config: front ends read it on every request."""
+        return Path(self._model_dir).name or self.config.path
+
     def info(self) -> ModelInfo:
         facts = self._facts  # zeros until loaded
         return ModelInfo(
-            name=self.name, kind="llm", version=Path(self._model_dir).name or self.config.path, state=self.state,
+            name=self.name, kind="llm", version=self.version, state=self.state,
             device=facts.device, parameters=facts.parameters, memory_bytes=facts.memory_bytes,
             config=to_mapping(self.config),
             services=("galactic.v1.Generation",),
