@@ -203,7 +203,10 @@ class OpenAIServer:
                 streams.append(engine.generate(tenants.bind(req)))
             # A request may wait before it is queued (its schema compiling, its adapter
             # loading): its errors come here, before any output, naming the OpenAI parameter.
-            await asyncio.gather(*(stream.queued() for stream in streams))
+            if len(streams) == 1:  # the common case, without gather's task and its loop turns
+                await streams[0].queued()
+            else:
+                await asyncio.gather(*(stream.queued() for stream in streams))
         except GalacticError as exc:
             for stream in streams:
                 stream.close()
@@ -247,14 +250,17 @@ class OpenAIServer:
             first = await anext(merged)
             if isinstance(first[1], FinalOutput):
                 _raise_if_cut_short(first[1])
-            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+            resp = _EventStream(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
             await resp.prepare(request)
+            logprobs = answer.call.logprobs
             try:
                 async for i, item in _prepend(first, merged):
                     opens = chat and i not in started
                     started.add(i)
                     if isinstance(item, TokenChunk):
-                        if item.text or opens or answer.call.logprobs:
+                        if item.text and not (opens or logprobs):  # most events: only the text differs
+                            await _write(resp, answer.text_event(i, item.text))
+                        elif item.text or opens or logprobs:
                             await _send(resp, answer.chunk(i, item, None, opens))
                     else:
                         _raise_if_cut_short(item)
@@ -368,6 +374,14 @@ def _raise_if_cut_short(final: FinalOutput) -> None:
         raise Unavailable("the server cancelled this request (draining, or its adapter was unloaded); retry")
     if final.finish_reason is FinishReason.DEADLINE:
         raise DeadlineExceeded("the request's deadline passed")
+
+
+class _EventStream(web.StreamResponse):
+    """A server-sent event stream whose headers leave with its first event, in one write
+    (aiohttp's own Response does so; a StreamResponse sends them at once): a write of their
+    own would cost a send here and a wake-up in the client before the first token."""
+
+    _send_headers_immediately = False
 
 
 async def _merged(streams: list) -> AsyncIterator[tuple[int, Any]]:
