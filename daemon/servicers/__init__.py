@@ -62,29 +62,72 @@ async def stream_concurrently(
     on_error: Callable[[Req, Exception], Resp],
     until: asyncio.Event | None = None,
 ) -> AsyncIterator[Resp]:
-    """Every request runs as its own task, so the engine's batcher sees them together; the
-    frames of each (`handle(req)` yields one or more) leave as they are made, interleaved
-    with the others'; a failing request ends with its own error frame (`on_error`) and the
-    stream lives on. Leaving the generator (the client went away) cancels what is still
-    pending, which drops it from the engine's queue before its step.
-
-    Once `until` is set (the daemon's drain), the stream ends as soon as no request is left
-    in it, even if the client keeps it open: one idle stream must not hold up shutdown.
-    """
+    """`write_concurrently` for a servicer that yields its responses: the frames are handed
+    to this generator as they are made. Leaving it (the client went away) cancels what is
+    still pending."""
     out: asyncio.Queue = asyncio.Queue()
+    end = object()
+
+    async def put(frame: Resp) -> None:
+        out.put_nowait(frame)
+
+    work = asyncio.create_task(write_concurrently(requests, handle, on_error, put, until))
+    work.add_done_callback(lambda _: out.put_nowait(end))
+    try:
+        while (item := await out.get()) is not end:
+            yield item
+        await work  # re-raises a failure of the incoming stream
+    finally:
+        work.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await work
+
+
+async def write_concurrently(
+    requests: AsyncIterator[Req],
+    handle: Callable[[Req], AsyncIterator[Resp]],
+    on_error: Callable[[Req, Exception], Resp],
+    write: Callable[[Resp], Awaitable[None]],
+    until: asyncio.Event | None = None,
+) -> None:
+    """Every request runs as its own task, so the engine's batcher sees them together, and
+    writes its frames (`handle(req)` yields one or more) as it makes them, interleaved with
+    the others': the frame leaves from the task the engine wakes, with no hand-off to a
+    writer task and no extra turn of the event loop per frame. One write at a time (a lock):
+    gRPC takes one message in flight per call. A failing request ends with its own error
+    frame (`on_error`) and the stream lives on; a failing write, like a failing read of
+    `requests`, ends the call with its exception. Leaving (the client went away) cancels
+    what is still pending, which drops it from the engine's queue before its step.
+
+    Once `until` is set (the daemon's drain), this returns as soon as no request is left,
+    even if the client keeps the stream open: one idle stream must not hold up shutdown.
+    """
+    lock = asyncio.Lock()
     pending: set[asyncio.Task] = set()
+    changed = asyncio.Event()  # a request or the reader ended, or the drain began: re-check
+    failures: list[BaseException] = []
+
+    async def send(frame: Resp) -> None:
+        async with lock:
+            await write(frame)
 
     async def answer(req: Req) -> None:
-        try:
-            async with contextlib.aclosing(handle(req)) as frames:
-                async for frame in frames:
-                    out.put_nowait(frame)
-        except Exception as exc:  # noqa: BLE001 - a per-request error frame
-            out.put_nowait(on_error(req, exc))
+        async with contextlib.aclosing(handle(req)) as frames:
+            while True:
+                try:
+                    frame = await anext(frames)
+                except StopAsyncIteration:
+                    return
+                except Exception as exc:  # noqa: BLE001 - a per-request error frame
+                    await send(on_error(req, exc))
+                    return
+                await send(frame)  # outside the try: a failing write fails the call (`finished`)
 
     def finished(task: asyncio.Task) -> None:
         pending.discard(task)
-        out.put_nowait(None)  # wake the writer so it can notice the end
+        if not task.cancelled() and task.exception() is not None:
+            failures.append(task.exception())
+        changed.set()
 
     async def read() -> None:
         try:
@@ -93,20 +136,21 @@ async def stream_concurrently(
                 pending.add(task)
                 task.add_done_callback(finished)
         finally:
-            out.put_nowait(None)  # the writer re-checks; a failed read re-raises there
+            changed.set()  # a failed read re-raises below
 
     async def wake_on(event: asyncio.Event) -> None:
         await event.wait()
-        out.put_nowait(None)
+        changed.set()
 
     reader = asyncio.create_task(read())
     watch = asyncio.create_task(wake_on(until)) if until is not None else None
     try:
         while True:
-            item = await out.get()
-            if item is not None:
-                yield item
-            elif not pending and out.empty():
+            await changed.wait()
+            changed.clear()
+            if failures:
+                raise failures[0]
+            if not pending:
                 if reader.done():
                     await reader  # re-raises a failure of the incoming stream
                     return

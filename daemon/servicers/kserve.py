@@ -39,7 +39,7 @@ from inference import grpc_service_pb2_grpc
 
 from daemon import tenants
 from daemon.errors import shorten, to_status
-from daemon.servicers import deadline_of, kserve_coordination as coordinate, pick, stream_concurrently
+from daemon.servicers import deadline_of, kserve_coordination as coordinate, pick, write_concurrently
 from daemon.validation import Bounds
 from engines import tensors
 from engines.errors import GalacticError, InvalidArgument, NotFound, Unavailable
@@ -460,9 +460,9 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         frames = [frame async for frame in self._infer(request, deadline_of(context), streaming=False)]
         return frames[-1]
 
-    async def ModelStreamInfer(self, request_iterator, context) -> AsyncIterator[pb.ModelStreamInferResponse]:
+    async def ModelStreamInfer(self, request_iterator, context) -> None:
         # Requests run concurrently (the engines batch them); responses leave as they are
-        # made, each naming its request's id.
+        # made, each naming its request's id, written by the request's own task.
         deadline = deadline_of(context)
 
         async def handle(req: pb.ModelInferRequest) -> AsyncIterator[pb.ModelStreamInferResponse]:
@@ -485,8 +485,7 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         # Draining: requests still arriving are refused, and the stream ends once those it
         # holds have finished.
         draining = self._admission.drain_started
-        async for frame in stream_concurrently(request_iterator, handle, on_error, until=draining):
-            yield frame
+        await write_concurrently(request_iterator, handle, on_error, context.write, until=draining)
 
     async def _infer(self, req: pb.ModelInferRequest, deadline: float | None,
                      streaming: bool) -> AsyncIterator[pb.ModelInferResponse | pb.ModelStreamInferResponse]:
