@@ -95,12 +95,14 @@ async def test_metadata_names_the_vllm_backend_tensors(stub):
     assert (await stub.ModelReady(pb.ModelReadyRequest(name=MODEL), timeout=5)).ready
 
 
-async def test_stream_sends_each_chunk_then_a_final_response(stub, llm_daemon, channel_to):
+@pytest.mark.parametrize("typed", [False, True], ids=["raw", "typed"])
+async def test_stream_sends_each_chunk_then_a_final_response(stub, llm_daemon, channel_to, typed):
     want = await native(channel_to(llm_daemon), 10)
-    frames = [f async for f in stub.ModelStreamInfer(iter([llm_request(stream=True, sampling=SAMPLING)]),
+    frames = [f async for f in stub.ModelStreamInfer(iter([llm_request(stream=True, sampling=SAMPLING, typed=typed)]),
                                                      timeout=60)]
     assert all(f.error_message == "" for f in frames)
     responses = [f.infer_response for f in frames]
+    assert all(bool(r.raw_output_contents) != typed for r in responses)  # answered the way it was asked
     assert all(r.id == "q1" and r.model_name == MODEL for r in responses)
     assert [r.parameters[FINAL].bool_param for r in responses] == [False] * len(want) + [True]
     assert [text_of(r) for r in responses[:-1]] == want

@@ -111,6 +111,9 @@ async def test_sse_wire_format(http_daemon, http):
         events = [line for line in (await resp.text()).split("\n\n") if line]
     assert all(e.startswith("data: ") for e in events)
     assert events[-1] == "data: [DONE]"
+    # Each event is its object as json.dumps writes it compactly, key order included.
+    assert all(e[6:] == json.dumps(json.loads(e[6:]), separators=(",", ":")) for e in events[:-1])
+    assert all(json.loads(e[6:])["usage"] is None for e in events[:-2])
     usage = json.loads(events[-2][6:])
     assert usage["choices"] == [] and usage["usage"]["total_tokens"] == sum(usage["usage"][k] for k in (
         "prompt_tokens", "completion_tokens"))
