@@ -4,6 +4,7 @@ arithmetic when a site is absent (the FLARE run itself: test_coord_federated_sit
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 import pytest
 import torch
@@ -82,3 +83,37 @@ def test_in_process_rounds_replay_a_participation_record(simulator):
     for name in aggregate.SITE_ROW_PARAMS:
         assert torch.equal(without_1[name][1], initial[name][1])  # site 1 never trained its row
         assert not torch.equal(without_1[name][0], initial[name][0])
+
+
+def test_the_personalisation_round_takes_each_sites_own_rows_and_nothing_else():
+    current = {name: torch.zeros(3, 2) for name in aggregate.SITE_ROW_PARAMS} | {"w": torch.zeros(2)}
+    # What sites 0 and 2 sent back: their own rows trained, and (were it to happen) shared
+    # weights and others' rows moved; only their own rows may be kept.
+    states = [{k: torch.full_like(v, float(i + 1)) for k, v in current.items()} for i in (0, 2)]
+    out = aggregate.personalised(current, states, [0, 2])
+    for name in aggregate.SITE_ROW_PARAMS:
+        assert out[name][0].tolist() == [1.0, 1.0] and out[name][2].tolist() == [3.0, 3.0]
+        assert out[name][1].tolist() == [0.0, 0.0]  # site 1 sent nothing
+    assert out["w"].tolist() == [0.0, 0.0] and current["w"] is not out["w"]
+
+
+def test_in_process_personalisation_round_trains_only_the_per_site_rows(simulator):
+    logs = simulator.all_logs(windows=2, seed=3, per_window=10)[:3]
+    cfg = train.FitConfig(rounds=2, local_epochs=1, batch_size=128, seed=2)
+    plain = train.train_federated(logs, cfg).state_dict()
+    personal = train.train_federated(logs, replace(cfg, personal_epochs=2)).state_dict()
+    for k, v in plain.items():
+        if k in aggregate.SITE_ROW_PARAMS:
+            assert not torch.equal(personal[k], v), k  # every site moved its rows
+        else:
+            assert torch.equal(personal[k], v), k  # the shared weights are the rounds' own
+    # Row i is site i's personal fit of the rounds' result, and a site absent from the
+    # personalisation round (participation[rounds]) keeps its row.
+    expected = train.personal_fit(plain, train.new_model(3, cfg).config, logs[1], train.CoordNetConfig().lr,
+                                  replace(cfg, personal_epochs=2), train.local_seed(cfg, cfg.rounds, 1))
+    without_2 = train.train_federated(logs, replace(cfg, personal_epochs=2),
+                                      participation=[[0, 1, 2], [0, 1, 2], [0, 1]]).state_dict()
+    for name in aggregate.SITE_ROW_PARAMS:
+        assert torch.equal(personal[name][1], expected[name][1])
+        assert torch.equal(without_2[name][2], plain[name][2])
+        assert torch.equal(without_2[name][0], personal[name][0])

@@ -10,6 +10,10 @@ site i alone for row i: a plain average would shrink a site's update by its samp
 (1/13 here) and stall the per-site effects. FedAvgM (Hsu et al. 2019) applies
 (average - global) as a pseudo-gradient with server momentum. FedProx (Li et al. 2020)
 changes the sites' objective only (`CoordNet.prox_mu`), not this step.
+
+The personalisation round after the last one (`FitConfig.personal_epochs`) trains only the
+per-site rows, each site its own: `own_rows` takes row i from site i's answer and keeps every
+shared parameter as it was (no average, no momentum).
 """
 
 from __future__ import annotations
@@ -51,6 +55,19 @@ def keep_absent_rows(merged: dict[str, torch.Tensor], current: dict[str, torch.T
         if absent:
             out[name] = out[name].clone()
             out[name][absent] = current[name][absent].to(out[name].dtype)
+    return out
+
+
+def personalised(current: dict[str, torch.Tensor], states: list[dict[str, torch.Tensor]],
+                 sites: list[int]) -> dict[str, torch.Tensor]:
+    """The personalisation round's step: `current` with row `sites[k]` of each per-site
+    parameter taken from `states[k]`; shared parameters (which the sites did not train) and
+    the rows of sites that sent nothing stay as they are."""
+    out = {k: v.detach().clone() for k, v in current.items()}
+    for state, i in zip(states, sites):
+        for name in SITE_ROW_PARAMS:
+            if name in out:
+                out[name][i] = state[name][i].to(out[name].dtype)
     return out
 
 

@@ -83,7 +83,7 @@ def build_job(fed: Federation, table: SiteTable, cfg: FitConfig, meta: dict):
     job.to_server(CoordFedAvg(
         site_ids=list(table.ids), model_config=model_config, rounds=cfg.rounds, seed=cfg.seed, out=str(fed.out.resolve()),
         server_momentum=cfg.server_momentum, own_rows=cfg.own_embedding_rows, round_cosine=cfg.round_cosine,
-        local_lr=cfg.local_lr, meta=meta, record_dir=str(fed.record_dir.resolve()) if fed.record_dir else None,
+        local_lr=cfg.local_lr, personal_epochs=cfg.personal_epochs, meta=meta, record_dir=str(fed.record_dir.resolve()) if fed.record_dir else None,
         min_sites=fed.min_sites(), round_timeout_s=math.ceil(fed.settings.round_timeout_s)))
     for site in sites:
         args = ["--log", str(Path(fed.logs[site]).resolve()), "--site-table", str(fed.site_table.resolve()),

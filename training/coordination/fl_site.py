@@ -3,6 +3,8 @@
 FLARE runs this script inside the site's own job process (`ScriptRunner`). It reads only
 this site's log file, and for every task the server sends it fits the global weights on
 that log and sends back the weights and its sample count: nothing else leaves the site.
+A task whose metadata carries `personal_epochs` is the personalisation round: the site fits
+only its own rows of the per-site parameters (`train.personal_fit`).
 The site's FLARE identity (its provisioned certificate's name) must be its site id; the
 server maps identities, not anything a site says about itself, to rows of the site table.
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -72,7 +75,12 @@ def main(argv: list[str] | None = None) -> int:
             os._exit(0)
         config = CoordNetConfig(**meta["model_config"])
         state = {k: torch.as_tensor(v) for k, v in task.params.items()}
-        out = train.local_fit(state, config, logs, float(meta["lr"]), cfg, train.local_seed(cfg, r, site))
+        if meta.get("personal_epochs"):  # the personalisation round: this site's rows only
+            out = train.personal_fit(state, config, logs, float(meta["lr"]),
+                                     replace(cfg, personal_epochs=int(meta["personal_epochs"])),
+                                     train.local_seed(cfg, r, site))
+        else:
+            out = train.local_fit(state, config, logs, float(meta["lr"]), cfg, train.local_seed(cfg, r, site))
         flare.send(FLModel(params_type=ParamsType.FULL, params={k: v.numpy() for k, v in out.items()},
                            current_round=r, meta={key: len(logs) for key in COUNT_KEYS}))
     return 0

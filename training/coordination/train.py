@@ -38,6 +38,10 @@ class FitConfig:
     round_cosine: bool = True  # federated: anneal the learning rate over rounds
     local_lr: float | None = None  # federated: the sites' learning rate (None: the model's)
     server_momentum: float = 0.0  # federated: FedAvgM (Hsu et al. 2019) server momentum; 0 is FedAvg
+    # federated: after the rounds, a personalisation round: each site fits only its own rows of
+    # the per-site parameters on its own log for this many epochs (the shared weights frozen);
+    # the served model is still one model, row i trained by site i. 0: none.
+    personal_epochs: int = 0
     val_fraction: float = 0.1
     seed: int = 0
 
@@ -112,6 +116,19 @@ def local_fit(global_state: dict[str, torch.Tensor], config: CoordNetConfig, log
     return {k: v.detach().clone() for k, v in local.state_dict().items()}  # only weights leave the site
 
 
+def personal_fit(global_state: dict[str, torch.Tensor], config: CoordNetConfig, logs: Logs, lr: float,
+                 cfg: FitConfig, seed: int) -> dict[str, torch.Tensor]:
+    """One site's part of the personalisation round: the global weights with only the per-site
+    rows trainable (the shared trunk and head frozen), `cfg.personal_epochs` epochs on its own
+    log, the learning rate annealed over them. The server keeps only this site's row."""
+    local = CoordNet(dataclasses.replace(config, lr=lr, cosine=True, prox_mu=0.0))
+    local.load_state_dict(global_state)
+    for name, p in local.named_parameters():
+        p.requires_grad_(name in aggregate.SITE_ROW_PARAMS)
+    fit(local, logs, cfg.personal_epochs, replace(cfg, seed=seed))
+    return {k: v.detach().clone() for k, v in local.state_dict().items()}
+
+
 def local_seed(cfg: FitConfig, r: int, site: int) -> int:
     return cfg.seed * 1000 + r * 31 + site
 
@@ -124,7 +141,8 @@ def train_federated(site_logs: list[Logs], cfg: FitConfig, progress: Callable[[s
 
     `site_logs[i]` must be site i's log (table order). `participation[r]`, when given, lists
     the sites whose updates round r aggregated (a federation with a site down replays its
-    record); by default every site takes part in every round.
+    record), and `participation[cfg.rounds]` those of the personalisation round; by default
+    every site takes part in every round.
     """
     global_model = new_model(len(site_logs), cfg, cfg.prox_mu)
     server = aggregate.ServerOptimizer(cfg.server_momentum)
@@ -142,6 +160,15 @@ def train_federated(site_logs: list[Logs], cfg: FitConfig, progress: Callable[[s
             merged = aggregate.keep_absent_rows(merged, current, present)
         global_model.load_state_dict(server.step(current, merged))
         progress(f"federated round {r + 1}/{cfg.rounds}")
+    if cfg.personal_epochs > 0:
+        # At the base learning rate, annealed within the fit: the rounds' cosine has reached 0.
+        r = cfg.rounds
+        present = sorted(participation[r]) if participation is not None and len(participation) > r else everyone
+        current = global_model.state_dict()
+        states = [personal_fit(current, global_model.config, site_logs[i], base_lr, cfg, local_seed(cfg, r, i))
+                  for i in present]
+        global_model.load_state_dict(aggregate.personalised(current, states, present))
+        progress(f"personalisation round ({cfg.personal_epochs} epochs, per-site rows only)")
     global_model.eval()
     return global_model
 
