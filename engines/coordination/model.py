@@ -31,9 +31,17 @@ class CoordNetConfig:
     snr_weight: float = 0.1  # weight of the log10-SNR regression next to the BCE
     prox_mu: float = 0.0  # FedProx proximal term; 0 is plain FedAvg
     cosine: bool = True  # anneal the learning rate to 0 over the fit (federated rounds anneal outside)
+    # Learning-rate multiplier of the per-site rows (SITE_ROWS). Federated fits set it > 1: a
+    # site's rows see only that site's data, one short local fit a round, while the shared
+    # weights pool every site's; central leaves it at 1.
+    site_lr_scale: float = 1.0
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# Parameters with one row per site (table order), trained only by that site's data.
+SITE_ROWS = ("site_emb.weight", "site_head_w.weight", "site_head_b.weight")
 
 
 class CoordNet(L.LightningModule):
@@ -93,7 +101,13 @@ class CoordNet(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+        params = self.parameters()
+        if self.config.site_lr_scale != 1.0:
+            named = list(self.named_parameters())
+            rows_lr = self.config.lr * self.config.site_lr_scale
+            params = [{"params": [p for n, p in named if n not in SITE_ROWS]},
+                      {"params": [p for n, p in named if n in SITE_ROWS], "lr": rows_lr}]
+        opt = torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
         if not self.config.cosine:
             return opt
         steps = max(int(self.trainer.estimated_stepping_batches), 1)

@@ -57,8 +57,11 @@ bands = ["g", "r", "i", "z"]
 capacity = 6
 """
 ROUNDS = 3
-# Plain FedAvg, so each round's global model is exactly the average (FedAvgM adds momentum).
-FIT = train.FitConfig(rounds=ROUNDS, local_epochs=2, batch_size=64, server_momentum=0.0, seed=5)
+# Plain FedAvg, so each round's global model is exactly the average (FedAvgM adds momentum);
+# the per-site rows' learning-rate scale and then the personalisation round as the recipe
+# has them (the latter recorded as round ROUNDS).
+FIT = train.FitConfig(rounds=ROUNDS, local_epochs=2, batch_size=64, server_momentum=0.0, seed=5, personal_epochs=1,
+                      site_lr_scale=3.0)
 TOL = 1e-6  # float32 sums of three weighted states
 
 
@@ -88,8 +91,8 @@ def _rounds(d: Path) -> list[Path]:
 
 def test_each_round_is_the_sample_weighted_average_of_what_the_sites_sent(flare_run):
     d, table, logs = flare_run
-    rounds = _rounds(d)
-    assert len(rounds) == ROUNDS
+    rounds = _rounds(d)[:ROUNDS]
+    assert len(_rounds(d)) == ROUNDS + 1
     counts = {s: float(len(x)) for s, x in zip(table.ids, logs)}
     assert len(set(counts.values())) == 3
     total = sum(counts.values())
@@ -113,6 +116,22 @@ def test_each_round_is_the_sample_weighted_average_of_what_the_sites_sent(flare_
                 assert not torch.allclose(new[k], sum(updates[s][k] for s in table.ids) / 3, atol=1e-7) \
                     or k.endswith("bias")  # not the unweighted mean
         previous = new
+
+
+def test_the_personalisation_round_keeps_the_shared_weights_and_takes_each_sites_own_rows(flare_run):
+    d, table, _ = flare_run
+    rd = _rounds(d)[ROUNDS]
+    sent, new = _state(rd / "global_in.safetensors"), _state(rd / "global_out.safetensors")
+    assert all(torch.equal(sent[k], _state(_rounds(d)[ROUNDS - 1] / "global_out.safetensors")[k]) for k in sent)
+    for k in new:
+        if k in aggregate.SITE_ROW_PARAMS:
+            for i, s in enumerate(table.ids):
+                update = _state(rd / f"update_{s}.safetensors")
+                assert torch.equal(new[k][i], update[k][i]) and not torch.equal(new[k][i], sent[k][i])
+        else:
+            assert torch.equal(new[k], sent[k]), k  # frozen at the sites, not averaged
+    aggregated = json.loads(checkpoint.config_path(d / "fed.safetensors").read_text())["meta"]["aggregated"]
+    assert [rd.get("personal", False) for rd in aggregated] == [False] * ROUNDS + [True]
 
 
 def test_the_loss_falls(flare_run):

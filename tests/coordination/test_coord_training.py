@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import replace
 
 import lightning as L
 import pytest
@@ -14,7 +15,7 @@ from engines.coordination import checkpoint
 from engines.coordination.config import CoordinationConfig
 from engines.coordination.engine import CoordinationEngine
 from engines.coordination.features import N_FEATURES
-from engines.coordination.model import CoordNet
+from engines.coordination.model import SITE_ROWS, CoordNet
 from training.coordination import train
 
 
@@ -54,6 +55,18 @@ async def test_federated_export_loads_in_the_engine(tiny_logs, sites, tmp_path, 
         await engine.stop(1.0)
 
 
+def test_per_site_rows_take_the_fits_learning_rate_scale_in_federated_fits_only(tiny_logs):
+    cfg = train.FitConfig(rounds=1, local_epochs=1, batch_size=128, site_lr_scale=3.0)
+    fed = train.train_federated(tiny_logs[:3], cfg)
+    assert fed.config.site_lr_scale == 3.0  # what the sites' local fits (and FLARE's) are sent
+    local = CoordNet(replace(fed.config, cosine=False))
+    groups = local.configure_optimizers().param_groups
+    rows = {id(p) for n, p in local.named_parameters() if n in SITE_ROWS}
+    assert [g["lr"] for g in groups] == [local.config.lr, 3.0 * local.config.lr]
+    assert {id(p) for p in groups[1]["params"]} == rows and not rows & {id(p) for p in groups[0]["params"]}
+    assert train.train_central(tiny_logs[:3], replace(cfg, epochs=1)).config.site_lr_scale == 1.0
+
+
 def test_central_fit_learns(tiny_logs):
     model = train.train_central(tiny_logs, train.FitConfig(epochs=3, batch_size=128))
     pooled = train.Logs.concat(tiny_logs)
@@ -74,6 +87,10 @@ def test_shipped_checkpoint_is_the_default_recipe(sites):
     assert meta["recipe"] == "federated" and meta["engine"] == "nvflare" and meta["seed"] == Recipe.seed
     assert meta["windows_per_site"] == Recipe.windows_per_site and meta["per_window"] == Recipe.per_window
     assert meta["rounds"] == Recipe.fit.rounds
+    assert meta["personal_epochs"] == Recipe.fit.personal_epochs
+    assert doc["model"]["site_lr_scale"] == Recipe.fit.site_lr_scale
+    assert [rd.get("personal", False) for rd in meta["aggregated"]] == \
+        [False] * Recipe.fit.rounds + [True] * (Recipe.fit.personal_epochs > 0)
     assert tuple(doc["site_ids"]) == sites.ids
     assert doc["model"]["n_features"] == N_FEATURES
 

@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from engines.coordination.model import SITE_ROWS
+
 # Parameters with one row per site (table order): each row is trained by its own site only.
-SITE_ROW_PARAMS = ("site_emb.weight", "site_head_w.weight", "site_head_b.weight")
+SITE_ROW_PARAMS = SITE_ROWS
 
 
 def weighted_average(states: list[dict[str, torch.Tensor]], counts: list[float], sites: list[int] | None = None,

@@ -101,6 +101,8 @@ def _fed_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prox-mu", type=float, default=0.0, help="> 0 turns FedAvg into FedProx")
     p.add_argument("--server-momentum", type=float, default=default.Recipe.fit.server_momentum,
                    help="FedAvgM server momentum (0: plain FedAvg)")
+    p.add_argument("--site-lr-scale", type=float, default=default.Recipe.fit.site_lr_scale,
+                   help="the per-site rows' learning rate over the shared weights' in the sites' fits")
     p.add_argument("--personal-epochs", type=int, default=default.Recipe.fit.personal_epochs,
                    help="epochs of the personalisation round after the last (each site fits only its own "
                         "per-site rows); 0: none")
@@ -113,7 +115,8 @@ def _recipe(args, seed: int | None = None) -> default.Recipe:
                   local_epochs=getattr(args, "local_epochs", default.Recipe.fit.local_epochs),
                   prox_mu=getattr(args, "prox_mu", 0.0),
                   server_momentum=getattr(args, "server_momentum", default.Recipe.fit.server_momentum),
-                  personal_epochs=getattr(args, "personal_epochs", default.Recipe.fit.personal_epochs))
+                  personal_epochs=getattr(args, "personal_epochs", default.Recipe.fit.personal_epochs),
+                  site_lr_scale=getattr(args, "site_lr_scale", default.Recipe.fit.site_lr_scale))
     return default.Recipe(scenario=args.scenario, sites=args.site_table, seed=seed,
                           windows_per_site=args.windows, per_window=args.per_window, fit=fit)
 

@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Callable
 
 from engines.config import ConfigError
-from engines.coordination.model import CoordNetConfig
 from engines.coordination.sites import SiteTable
 from training.coordination import fl_site
-from training.coordination.train import FitConfig
+from training.coordination.train import FitConfig, federated_config
 from training.config import FederationSettings
 
 log = logging.getLogger("galactic.train.federated")
@@ -77,7 +76,7 @@ def build_job(fed: Federation, table: SiteTable, cfg: FitConfig, meta: dict):
     from training.coordination.fl_server import CoordFedAvg
 
     sites = [s for s in table.ids if s in fed.logs]
-    model_config = asdict(CoordNetConfig(n_sites=len(table.ids), prox_mu=cfg.prox_mu))
+    model_config = asdict(federated_config(len(table.ids), cfg))
     # No mandatory site: FLARE would abort the job the moment any one of them is deemed dead.
     job = FedJob(name="galactic-coordination", min_clients=fed.min_sites())
     job.to_server(CoordFedAvg(

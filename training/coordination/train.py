@@ -38,6 +38,7 @@ class FitConfig:
     round_cosine: bool = True  # federated: anneal the learning rate over rounds
     local_lr: float | None = None  # federated: the sites' learning rate (None: the model's)
     server_momentum: float = 0.0  # federated: FedAvgM (Hsu et al. 2019) server momentum; 0 is FedAvg
+    site_lr_scale: float = 1.0  # federated: the per-site rows' learning rate over the shared weights
     # federated: after the rounds, a personalisation round: each site fits only its own rows of
     # the per-site parameters on its own log for this many epochs (the shared weights frozen);
     # the served model is still one model, row i trained by site i. 0: none.
@@ -97,6 +98,12 @@ def new_model(n_sites: int, cfg: FitConfig, prox_mu: float = 0.0, **net) -> Coor
     return CoordNet(CoordNetConfig(n_sites=n_sites, prox_mu=prox_mu, **net))
 
 
+def federated_config(n_sites: int, cfg: FitConfig) -> CoordNetConfig:
+    """The model config a federation sends its sites: FedProx's mu and the per-site rows'
+    learning-rate scale are the fit's; the rest the model's defaults."""
+    return CoordNetConfig(n_sites=n_sites, prox_mu=cfg.prox_mu, site_lr_scale=cfg.site_lr_scale)
+
+
 def train_central(site_logs: list[Logs], cfg: FitConfig, **net) -> CoordNet:
     return fit(new_model(len(site_logs), cfg, **net), Logs.concat(site_logs), cfg.epochs, cfg)
 
@@ -121,7 +128,9 @@ def personal_fit(global_state: dict[str, torch.Tensor], config: CoordNetConfig, 
     """One site's part of the personalisation round: the global weights with only the per-site
     rows trainable (the shared trunk and head frozen), `cfg.personal_epochs` epochs on its own
     log, the learning rate annealed over them. The server keeps only this site's row."""
-    local = CoordNet(dataclasses.replace(config, lr=lr, cosine=True, prox_mu=0.0))
+    # Only the rows train here, at `lr` itself: site_lr_scale weighs them against the shared
+    # weights, and there are none to weigh against.
+    local = CoordNet(dataclasses.replace(config, lr=lr, cosine=True, prox_mu=0.0, site_lr_scale=1.0))
     local.load_state_dict(global_state)
     for name, p in local.named_parameters():
         p.requires_grad_(name in aggregate.SITE_ROW_PARAMS)
@@ -144,7 +153,8 @@ def train_federated(site_logs: list[Logs], cfg: FitConfig, progress: Callable[[s
     record), and `participation[cfg.rounds]` those of the personalisation round; by default
     every site takes part in every round.
     """
-    global_model = new_model(len(site_logs), cfg, cfg.prox_mu)
+    fed = federated_config(len(site_logs), cfg)
+    global_model = new_model(len(site_logs), cfg, fed.prox_mu, site_lr_scale=fed.site_lr_scale)
     server = aggregate.ServerOptimizer(cfg.server_momentum)
     base_lr = cfg.local_lr if cfg.local_lr is not None else global_model.config.lr
     everyone = list(range(len(site_logs)))
