@@ -123,7 +123,9 @@ def test_a_site_whose_process_exits_mid_training_is_left_out_and_the_job_finishe
     logs = sitelog.read_logs(list(paths.values()), table, scenario.scenario.snr_required)
     counts = {s: len(x) for s, x in zip(table.ids, logs)}
     aggregated = json.loads(fed.out.with_suffix(".json").read_text())["meta"]["aggregated"]
-    assert [rd["round"] for rd in aggregated] == list(range(ROUNDS))
+    # FIT has a personalisation round after the last one (round ROUNDS), also without DOWN.
+    assert [rd["round"] for rd in aggregated] == list(range(ROUNDS + (FIT.personal_epochs > 0)))
+    assert [bool(rd.get("personal")) for rd in aggregated][-1] == (FIT.personal_epochs > 0)
     assert aggregated[0]["sites"] == list(table.ids) and aggregated[0]["missing"] == []
     live = [s for s in table.ids if s != DOWN]
     for rd in aggregated[1:]:
@@ -183,8 +185,9 @@ def test_a_frozen_site_misses_a_round_and_rejoins(tmp_path, scenario):
     job.join()
 
     aggregated = json.loads(fed.out.with_suffix(".json").read_text())["meta"]["aggregated"]
+    personal = [list(table.ids)] if FIT.personal_epochs > 0 else []  # the personalisation round, everyone back
     assert [rd["sites"] for rd in aggregated] == [list(table.ids), [s for s in table.ids if s != STALLED],
-                                                  list(table.ids)]
+                                                  list(table.ids), *personal]
     assert aggregated[1]["missing"] == [STALLED] and aggregated[2]["missing"] == []
     # The round it missed is not averaged in late: the weights are the in-process rounds
     # with that participation.
