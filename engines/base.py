@@ -39,6 +39,11 @@ class ModelInfo:
 class Engine(Protocol):
     name: str
 
+    @property
+    def version(self) -> str:
+        """The served weights' version, as `info().version`; cheap (front ends read it on
+        every request, where `info()` copies the whole config)."""
+
     def load(self, progress: Callable[[str], None]) -> None:
         """Blocking: read weights, build the model, warm it up. Runs on a worker thread.
 

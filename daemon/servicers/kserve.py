@@ -431,7 +431,7 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(self, request: pb.ModelReadyRequest, context) -> pb.ModelReadyResponse:
         # An unknown model or version is "not ready", as Triton answers it.
         engine = self._engines.get(request.name) or self._coordinate_models.get(request.name)
-        ready = engine is not None and self._ready(engine) and request.version in ("", self._engine_version(engine))
+        ready = engine is not None and self._ready(engine) and request.version in ("", engine.version)
         return pb.ModelReadyResponse(ready=ready)
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context) -> pb.ModelMetadataResponse:
@@ -498,7 +498,7 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             return
         if req.model_name in self._coordinate_models:
             resp = await self._coordinate_step(engine, version, req, deadline)
-            yield pb.ModelStreamInferResponse(infer_response=resp) if streaming else resp
+            yield _framed(resp, streaming)
             return
         named = _named_inputs(req)
         max_elements = self._bounds.limits.max_tensor_elements
@@ -507,7 +507,7 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         outputs = await engine.infer(inputs, deadline=deadline)
         resp = _respond(req, engine.name, version,
                         [(n, tensors.wire_dtype(outputs[n].dtype), tuple(outputs[n].shape), outputs[n]) for n in wanted])
-        yield pb.ModelStreamInferResponse(infer_response=resp) if streaming else resp
+        yield _framed(resp, streaming)
 
     async def _generate(self, engine, version: str, req: pb.ModelInferRequest, deadline: float | None,
                         streaming: bool) -> AsyncIterator[pb.ModelInferResponse | pb.ModelStreamInferResponse]:
@@ -516,7 +516,6 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             raise InvalidArgument("streaming needs ModelStreamInfer; ModelInfer answers the whole text",
                                   field="inputs[stream]")
         final_flag = True if streaming else None  # Triton marks every response of a decoupled model
-        wrap = (lambda resp: pb.ModelStreamInferResponse(infer_response=resp)) if streaming else (lambda resp: resp)
         stream = call.start(engine)
         parts: list[str] = []
         tokens = 0
@@ -529,10 +528,10 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                     else:
                         parts.append(out.text)
                 elif call.stream:
-                    yield wrap(call.response(engine.name, version, "", out, 0, True))
+                    yield _framed(call.response(engine.name, version, "", out, 0, True), streaming)
                 else:
                     text = (call.prompt if call.prepend else "") + "".join(parts)
-                    yield wrap(call.response(engine.name, version, text, out, tokens, final_flag))
+                    yield _framed(call.response(engine.name, version, text, out, tokens, final_flag), streaming)
         except GalacticError as exc:  # an adapter's on-demand load fails in the stream
             exc.field = _LLM_FIELDS.get(exc.field, exc.field)
             raise
@@ -566,20 +565,20 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     # -- helpers --------------------------------------------------------------------------
     def _pick(self, name: str, version: str, name_field: str, version_field: str):
         engine = self._coordinate_models.get(name) or pick(self._engines, name, field=name_field)
-        served = self._engine_version(engine)
+        served = engine.version
         if version and version != served:
             raise NotFound(f"version {shorten(version)!r} of {engine.name} is not loaded (serving {served!r})",
                            field=version_field)
         return engine, served
 
     @staticmethod
-    def _engine_version(engine) -> str:
-        version = getattr(engine, "version", None)
-        return version if isinstance(version, str) else engine.info().version
-
-    @staticmethod
     def _ready(engine) -> bool:
         return engine.info().state == "ready"
+
+
+def _framed(resp: pb.ModelInferResponse, streaming: bool) -> pb.ModelInferResponse | pb.ModelStreamInferResponse:
+    """A response as ModelInfer returns it, or in its ModelStreamInferResponse for ModelStreamInfer."""
+    return pb.ModelStreamInferResponse(infer_response=resp) if streaming else resp
 
 
 def _guided(value: object, field: str) -> Constraint | None:

@@ -103,8 +103,9 @@ def sun_radec_deg(jd):
     return np.mod(ra * R2D, 360.0), dec * R2D
 
 
-def _moon_geocentric(jd):
-    """Geocentric Moon, equator of date: unit-free cartesian in Earth radii, shape (..., 3)."""
+def moon_geocentric(jd):
+    """Geocentric Moon, equator of date: unit-free cartesian in Earth radii, shape (..., 3)
+    (what `moon_radec_deg` and `moon_illumination` take as `xyz`)."""
     t = (jd - J2000) / 36525.0
     s = lambda a, b: np.sin((a + b * t) * D2R)  # noqa: E731
     c = lambda a, b: np.cos((a + b * t) * D2R)  # noqa: E731
@@ -122,15 +123,10 @@ def _moon_geocentric(jd):
     return np.stack([r * l_, r * m_, r * n_], axis=-1)
 
 
-def moon_geocentric(jd):
-    """The geocentric Moon at `jd` (..., 3), for `moon_radec_deg` and `moon_illumination`'s `xyz`."""
-    return _moon_geocentric(jd)
-
-
 def moon_radec_deg(jd, lst=None, latitude_deg=None, xyz=None):
     """Moon RA/Dec of date; topocentric (parallax up to ~1 deg) when lst and latitude are given.
     `xyz`: `moon_geocentric(jd)` already taken (one series per request, not one per site)."""
-    xyz = _moon_geocentric(jd) if xyz is None else xyz
+    xyz = moon_geocentric(jd) if xyz is None else xyz
     if lst is not None:
         lat = np.asarray(latitude_deg) * D2R
         ls = np.asarray(lst) * D2R
@@ -166,7 +162,7 @@ def separation_pairs_deg(ra1, dec1, ra2, dec2, p1, p2):
 def moon_illumination(jd, xyz=None):
     """Illuminated fraction of the Moon's disc, from the geocentric Sun-Moon elongation."""
     sra, sdec = sun_radec_deg(jd)
-    xyz = _moon_geocentric(jd) if xyz is None else xyz
+    xyz = moon_geocentric(jd) if xyz is None else xyz
     mra = np.arctan2(xyz[..., 1], xyz[..., 0]) * R2D
     mdec = np.arcsin(xyz[..., 2] / np.linalg.norm(xyz, axis=-1)) * R2D
     elong = separation_deg(sra, sdec, mra, mdec) * D2R

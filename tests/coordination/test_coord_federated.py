@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from safetensors.numpy import load_file
 
 from engines.coordination import checkpoint
-from engines.coordination.model import CoordNet, CoordNetConfig
+from engines.coordination.model import SITE_ROWS, CoordNet, CoordNetConfig
 from engines.coordination.sites import load_sites
-from training.coordination import aggregate, federated, fl_site, sitelog, train
+from training.coordination import federated, fl_site, sitelog, train
 from training.coordination.simulator import Simulator
 
 pytestmark = pytest.mark.slow
@@ -105,7 +105,7 @@ def test_each_round_is_the_sample_weighted_average_of_what_the_sites_sent(flare_
         if previous is not None:
             assert all(torch.equal(sent[k], previous[k]) for k in sent)  # the next round starts from it
         for k in new:
-            if k in aggregate.SITE_ROW_PARAMS:
+            if k in SITE_ROWS:
                 # Row i of a per-site parameter: the weighted average over the sites holding
                 # data for it, which is site i alone.
                 for i, s in enumerate(table.ids):
@@ -124,7 +124,7 @@ def test_the_personalisation_round_keeps_the_shared_weights_and_takes_each_sites
     sent, new = _state(rd / "global_in.safetensors"), _state(rd / "global_out.safetensors")
     assert all(torch.equal(sent[k], _state(_rounds(d)[ROUNDS - 1] / "global_out.safetensors")[k]) for k in sent)
     for k in new:
-        if k in aggregate.SITE_ROW_PARAMS:
+        if k in SITE_ROWS:
             for i, s in enumerate(table.ids):
                 update = _state(rd / f"update_{s}.safetensors")
                 assert torch.equal(new[k][i], update[k][i]) and not torch.equal(new[k][i], sent[k][i])

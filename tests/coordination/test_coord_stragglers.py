@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from engines.config import ConfigError
+from engines.coordination.model import SITE_ROWS
 from training import config as training_config
 from training.config import FederationSettings
 from training.coordination import aggregate, cli, federated, train
@@ -58,12 +59,12 @@ def test_min_sites_above_the_site_count_is_refused_before_flare_starts(tmp_path,
 
 
 def test_an_absent_sites_rows_keep_their_global_value():
-    current = {name: torch.zeros(3, 2) for name in aggregate.SITE_ROW_PARAMS} | {"w": torch.zeros(2)}
+    current = {name: torch.zeros(3, 2) for name in SITE_ROWS} | {"w": torch.zeros(2)}
     # Sites 0 and 2 answered; both hold (stale, decayed) copies of site 1's row.
     states = [{k: torch.full_like(v, float(i + 1)) for k, v in current.items()} for i in (0, 2)]
     merged = aggregate.weighted_average(states, [1.0, 3.0], [0, 2])
     kept = aggregate.keep_absent_rows(merged, current, [0, 2])
-    for name in aggregate.SITE_ROW_PARAMS:
+    for name in SITE_ROWS:
         assert kept[name][0].tolist() == [1.0, 1.0] and kept[name][2].tolist() == [3.0, 3.0]
         assert kept[name][1].tolist() == [0.0, 0.0]  # not the others' copies (2.5)
         assert merged[name][1].tolist() == [2.5, 2.5]  # merged itself is untouched
@@ -80,18 +81,18 @@ def test_in_process_rounds_replay_a_participation_record(simulator):
         assert torch.equal(same.state_dict()[k], v)  # every site every round is the default
     initial = train.new_model(3, cfg).state_dict()
     without_1 = train.train_federated(logs, cfg, participation=[[0, 2], [0, 2]]).state_dict()
-    for name in aggregate.SITE_ROW_PARAMS:
+    for name in SITE_ROWS:
         assert torch.equal(without_1[name][1], initial[name][1])  # site 1 never trained its row
         assert not torch.equal(without_1[name][0], initial[name][0])
 
 
 def test_the_personalisation_round_takes_each_sites_own_rows_and_nothing_else():
-    current = {name: torch.zeros(3, 2) for name in aggregate.SITE_ROW_PARAMS} | {"w": torch.zeros(2)}
+    current = {name: torch.zeros(3, 2) for name in SITE_ROWS} | {"w": torch.zeros(2)}
     # What sites 0 and 2 sent back: their own rows trained, and (were it to happen) shared
     # weights and others' rows moved; only their own rows may be kept.
     states = [{k: torch.full_like(v, float(i + 1)) for k, v in current.items()} for i in (0, 2)]
     out = aggregate.personalised(current, states, [0, 2])
-    for name in aggregate.SITE_ROW_PARAMS:
+    for name in SITE_ROWS:
         assert out[name][0].tolist() == [1.0, 1.0] and out[name][2].tolist() == [3.0, 3.0]
         assert out[name][1].tolist() == [0.0, 0.0]  # site 1 sent nothing
     assert out["w"].tolist() == [0.0, 0.0] and current["w"] is not out["w"]
@@ -103,7 +104,7 @@ def test_in_process_personalisation_round_trains_only_the_per_site_rows(simulato
     plain = train.train_federated(logs, cfg).state_dict()
     personal = train.train_federated(logs, replace(cfg, personal_epochs=2)).state_dict()
     for k, v in plain.items():
-        if k in aggregate.SITE_ROW_PARAMS:
+        if k in SITE_ROWS:
             assert not torch.equal(personal[k], v), k  # every site moved its rows
         else:
             assert torch.equal(personal[k], v), k  # the shared weights are the rounds' own
@@ -113,7 +114,7 @@ def test_in_process_personalisation_round_trains_only_the_per_site_rows(simulato
                                   replace(cfg, personal_epochs=2), train.local_seed(cfg, cfg.rounds, 1))
     without_2 = train.train_federated(logs, replace(cfg, personal_epochs=2),
                                       participation=[[0, 1, 2], [0, 1, 2], [0, 1]]).state_dict()
-    for name in aggregate.SITE_ROW_PARAMS:
+    for name in SITE_ROWS:
         assert torch.equal(personal[name][1], expected[name][1])
         assert torch.equal(without_2[name][2], plain[name][2])
         assert torch.equal(without_2[name][0], personal[name][0])

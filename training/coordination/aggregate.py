@@ -4,7 +4,7 @@ Pure tensor arithmetic, shared by the NVFLARE server (`fl_server.py`) and the in
 reference loop (`train.train_federated`), so the two cannot drift apart.
 
 FedAvg (McMahan et al. 2017) is the sample-weighted mean of the sites' state dicts. The
-rows of the per-site parameters (`SITE_ROW_PARAMS`, one row per site in table order) are
+rows of the per-site parameters (`SITE_ROWS`, one row per site in table order) are
 averaged with the same rule restricted to the sites that hold data for the row, which is
 site i alone for row i: a plain average would shrink a site's update by its sample share
 (1/13 here) and stall the per-site effects. FedAvgM (Hsu et al. 2019) applies
@@ -25,9 +25,6 @@ import torch
 
 from engines.coordination.model import SITE_ROWS
 
-# Parameters with one row per site (table order): each row is trained by its own site only.
-SITE_ROW_PARAMS = SITE_ROWS
-
 
 def weighted_average(states: list[dict[str, torch.Tensor]], counts: list[float], sites: list[int] | None = None,
                      own_rows: bool = True) -> dict[str, torch.Tensor]:
@@ -36,7 +33,7 @@ def weighted_average(states: list[dict[str, torch.Tensor]], counts: list[float],
     total = float(sum(counts))
     out = {k: sum(s[k].float() * (c / total) for s, c in zip(states, counts)) for k in states[0]}
     if own_rows and sites is not None:
-        for name in SITE_ROW_PARAMS:
+        for name in SITE_ROWS:
             if name not in out:
                 continue
             for i in set(sites):
@@ -52,7 +49,7 @@ def keep_absent_rows(merged: dict[str, torch.Tensor], current: dict[str, torch.T
     global value: only site i trains row i, and the other sites' copies of it hold no news
     (AdamW's weight decay would only shrink it while the site is down)."""
     out = dict(merged)
-    for name in SITE_ROW_PARAMS:
+    for name in SITE_ROWS:
         absent = [i for i in range(current[name].shape[0]) if i not in present] if name in out else []
         if absent:
             out[name] = out[name].clone()
@@ -67,7 +64,7 @@ def personalised(current: dict[str, torch.Tensor], states: list[dict[str, torch.
     the rows of sites that sent nothing stay as they are."""
     out = {k: v.detach().clone() for k, v in current.items()}
     for state, i in zip(states, sites):
-        for name in SITE_ROW_PARAMS:
+        for name in SITE_ROWS:
             if name in out:
                 out[name][i] = state[name][i].to(out[name].dtype)
     return out

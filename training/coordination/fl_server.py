@@ -75,8 +75,7 @@ class CoordFedAvg(ModelController):
         for r in range(self.rounds):
             lr = aggregate.round_lr(base_lr, r, self.rounds, self.round_cosine)
             current = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            results, names, counts, present = self._round(r, current, {"lr": lr}, index)
-            states = [{k: torch.as_tensor(np.asarray(v)) for k, v in res.params.items()} for res in results]
+            results, states, names, counts, present = self._round(r, current, {"lr": lr}, index)
             merged = aggregate.weighted_average(states, counts, present, self.own_rows)
             if self.own_rows:
                 merged = aggregate.keep_absent_rows(merged, current, present)
@@ -88,9 +87,8 @@ class CoordFedAvg(ModelController):
             # own rows at the base learning rate; row i comes from site i, nothing is averaged.
             r = self.rounds
             current = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            results, names, counts, present = self._round(
+            results, states, names, counts, present = self._round(
                 r, current, {"lr": base_lr, "personal_epochs": self.personal_epochs}, index)
-            states = [{k: torch.as_tensor(np.asarray(v)) for k, v in res.params.items()} for res in results]
             new = aggregate.personalised(current, states, present)
             model.load_state_dict(new)
             aggregated.append({**self._aggregated(r, names, counts, results, current, new), "personal": True})
@@ -102,7 +100,7 @@ class CoordFedAvg(ModelController):
 
     def _round(self, r: int, current: dict, meta: dict, index: dict[str, int]):
         """Send `current` with `meta` to every site, wait (stragglers: module docstring), and
-        return the answers in table order with their site names, sample counts and rows."""
+        return the answers in table order with their weights, site names, sample counts and rows."""
         task = FLModel(params_type=ParamsType.FULL, params={k: v.numpy() for k, v in current.items()},
                        current_round=r, total_rounds=self.rounds + (self.personal_epochs > 0),
                        meta={**meta, "model_config": self.model_config})
@@ -126,8 +124,9 @@ class CoordFedAvg(ModelController):
         if len(results) < needed:
             raise RuntimeError(f"round {r + 1}: {len(results)} of {len(targets)} sites answered ({names}) "
                                f"within {self.round_timeout_s} s; min_sites is {needed}")
+        states = [{k: torch.as_tensor(np.asarray(v)) for k, v in res.params.items()} for res in results]
         counts = [float(res.meta["samples"]) for res in results]
-        return results, names, counts, [index[n] for n in names]
+        return results, states, names, counts, [index[n] for n in names]
 
     def _aggregated(self, r: int, names: list[str], counts: list[float], results, sent: dict, new: dict) -> dict:
         """Round r's entry of the checkpoint's `aggregated` record (and its log line and files)."""

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from engines.coordination import checkpoint
-from engines.coordination.model import CoordNet, CoordNetConfig
+from engines.coordination.model import SITE_ROWS, CoordNet, CoordNetConfig
 from training.coordination import aggregate
 from training.coordination.sitelog import Logs
 
@@ -133,7 +133,7 @@ def personal_fit(global_state: dict[str, torch.Tensor], config: CoordNetConfig, 
     local = CoordNet(dataclasses.replace(config, lr=lr, cosine=True, prox_mu=0.0, site_lr_scale=1.0))
     local.load_state_dict(global_state)
     for name, p in local.named_parameters():
-        p.requires_grad_(name in aggregate.SITE_ROW_PARAMS)
+        p.requires_grad_(name in SITE_ROWS)
     fit(local, logs, cfg.personal_epochs, replace(cfg, seed=seed))
     return {k: v.detach().clone() for k, v in local.state_dict().items()}
 
@@ -153,7 +153,7 @@ def train_federated(site_logs: list[Logs], cfg: FitConfig, progress: Callable[[s
     record), and `participation[cfg.rounds]` those of the personalisation round; by default
     every site takes part in every round.
     """
-    fed = federated_config(len(site_logs), cfg)
+    fed = federated_config(len(site_logs), cfg)  # what the NVFLARE job sends its sites
     global_model = new_model(len(site_logs), cfg, fed.prox_mu, site_lr_scale=fed.site_lr_scale)
     server = aggregate.ServerOptimizer(cfg.server_momentum)
     base_lr = cfg.local_lr if cfg.local_lr is not None else global_model.config.lr
