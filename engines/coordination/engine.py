@@ -323,7 +323,9 @@ class CoordinationEngine:
 
     def _solve_plan(self, item: _PlanItem, idx, ok_sub, ti, sj, p, snr, version: str):
         """A plan's grids (cached rows + rows `idx` scored now), solved: (result, grids)."""
-        ok, prob, esnr = item.cached_ok.copy(), item.cached_p.copy(), item.cached_snr.copy()
+        # The item's grids are its own (`PlanState.cached_scores` makes them per plan) and
+        # rows `idx` are rewritten whole, so a rerun of this step writes the same: no copies.
+        ok, prob, esnr = item.cached_ok, item.cached_p, item.cached_snr
         ok[idx], prob[idx], esnr[idx] = ok_sub, 0.0, 0.0
         prob[idx[ti], sj] = p
         esnr[idx[ti], sj] = snr

@@ -230,10 +230,21 @@ class PlanState:
         previous plan, and the rows (M,) that have no valid score (new or replaced targets;
         all of them when the epoch or the weights `version` differ)."""
         n = len(stamps)
-        ok, p, snr = np.zeros((n, n_sites), dtype=bool), np.zeros((n, n_sites)), np.zeros((n, n_sites))
         if self._scores_key != (epoch, version) or self._score_grids is None:
-            return (ok, p, snr), np.arange(n, dtype=np.int64)
+            empty = np.zeros((n, n_sites), dtype=bool), np.zeros((n, n_sites)), np.zeros((n, n_sites))
+            return empty, np.arange(n, dtype=np.int64)
         old = self._score_stamps
+        m = len(old)
+        if m <= n and np.array_equal(stamps[:m], old):
+            # Only rows added since the last plan (an alert, the usual event): the scored
+            # rows are a prefix, copied as blocks instead of gathered row by row.
+            grids = []
+            for grid in self._score_grids:
+                dst = np.empty((n, n_sites), dtype=grid.dtype)
+                dst[:m], dst[m:] = grid, 0
+                grids.append(dst)
+            return tuple(grids), np.arange(m, n, dtype=np.int64)
+        ok, p, snr = np.zeros((n, n_sites), dtype=bool), np.zeros((n, n_sites)), np.zeros((n, n_sites))
         order = np.argsort(old, kind="stable")
         at = np.minimum(np.searchsorted(old[order], stamps), max(len(old) - 1, 0))
         hit = (old[order][at] == stamps) if len(old) else np.zeros(n, dtype=bool)
