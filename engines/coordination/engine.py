@@ -66,6 +66,8 @@ class _PlanItem:
     cached_p: np.ndarray  # (N, S)
     cached_snr: np.ndarray  # (N, S)
     version: str
+    # The previous plan's (site per row, urgent kept) when its rows are a prefix of these.
+    previous: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def pairs(self) -> int:
@@ -231,10 +233,10 @@ class CoordinationEngine:
         prob = problem.validate(req, self._sites, self.config, targets_checked=True)  # each upsert was
         s = len(req.observatories)
         version = self.version
-        (ok, p, snr), missing = state.cached_scores(stamps, epoch, version, s)
-        item = _PlanItem(prob, missing, ok, p, snr, version)
-        result, grids = await self._batcher.submit(item, deadline)
-        state.store_scores(epoch, result.version, stamps, grids)
+        (ok, p, snr), missing, previous = state.cached_scores(stamps, epoch, version, s)
+        item = _PlanItem(prob, missing, ok, p, snr, version, previous)
+        result, grids, decision = await self._batcher.submit(item, deadline)
+        state.store_scores(epoch, result.version, stamps, grids, decision)
         return result
 
     async def infer(self, inputs: dict[str, torch.Tensor], deadline: float | None = None) -> dict[str, torch.Tensor]:
@@ -322,14 +324,22 @@ class CoordinationEngine:
         return [results[id(item)] for item in items]
 
     def _solve_plan(self, item: _PlanItem, idx, ok_sub, ti, sj, p, snr, version: str):
-        """A plan's grids (cached rows + rows `idx` scored now), solved: (result, grids)."""
+        """A plan's grids (cached rows + rows `idx` scored now), solved: (result, grids, decision).
+        A plan that only gained rows since the previous one builds on its decision."""
         # The item's grids are its own (`PlanState.cached_scores` makes them per plan) and
         # rows `idx` are rewritten whole, so a rerun of this step writes the same: no copies.
         ok, prob, esnr = item.cached_ok, item.cached_p, item.cached_snr
         ok[idx], prob[idx], esnr[idx] = ok_sub, 0.0, 0.0
         prob[idx[ti], sj] = p
         esnr[idx[ti], sj] = snr
-        return self._decide(item.problem, ok, prob, esnr, version), (ok, prob, esnr)
+        pr = item.problem
+        # The previous decision holds only for rows scored by these weights (not after a reload).
+        previous = item.previous if item.version == version else None
+        weights = pr.targets.value[:, None] * prob
+        first = solver.urgent_pairs(pr.targets.critical, prob, self.config.urgent_min_p_success)
+        choice, kept, used = solver.assign_more(weights, pr.sites.capacity, first, *(previous or (None, None)),
+                                                lsa_max_cells=self.config.lsa_max_cells)
+        return problem.result(pr, ok, prob, esnr, choice, used, version), (ok, prob, esnr), (choice, kept)
 
     def _solve(self, item: problem.Problem, ok, ti, sj, p, snr, version: str) -> CoordinateResult:
         prob, esnr = np.zeros(ok.shape), np.zeros(ok.shape)  # (N, S); 0 where infeasible

@@ -127,6 +127,9 @@ class PlanState:
         self._score_stamps: np.ndarray | None = None  # (N,) stamps of the rows in _score_grids
         self._score_grids: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # (N, S) each
         self._scores_key: tuple[int, str] | None = None
+        # The last plan's decision on those rows: site per row (N,) and the urgent targets
+        # kept (N,); a plan that only gained rows since builds on it (`solver.assign_more`).
+        self._decision: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def n_targets(self) -> int:
@@ -227,12 +230,13 @@ class PlanState:
 
     def cached_scores(self, stamps: np.ndarray, epoch: int, version: str, n_sites: int):
         """(feasible, P(success), SNR) grids (N, S) for the rows stamped `stamps` from the
-        previous plan, and the rows (M,) that have no valid score (new or replaced targets;
-        all of them when the epoch or the weights `version` differ)."""
+        previous plan, the rows (M,) that have no valid score (new or replaced targets; all
+        of them when the epoch or the weights `version` differ), and the previous plan's
+        decision (site per row, urgent kept) when the rows were only added to since, else None."""
         n = len(stamps)
         if self._scores_key != (epoch, version) or self._score_grids is None:
             empty = np.zeros((n, n_sites), dtype=bool), np.zeros((n, n_sites)), np.zeros((n, n_sites))
-            return empty, np.arange(n, dtype=np.int64)
+            return empty, np.arange(n, dtype=np.int64), None
         old = self._score_stamps
         m = len(old)
         if m <= n and np.array_equal(stamps[:m], old):
@@ -243,7 +247,7 @@ class PlanState:
                 dst = np.empty((n, n_sites), dtype=grid.dtype)
                 dst[:m], dst[m:] = grid, 0
                 grids.append(dst)
-            return tuple(grids), np.arange(m, n, dtype=np.int64)
+            return tuple(grids), np.arange(m, n, dtype=np.int64), self._decision
         ok, p, snr = np.zeros((n, n_sites), dtype=bool), np.zeros((n, n_sites)), np.zeros((n, n_sites))
         order = np.argsort(old, kind="stable")
         at = np.minimum(np.searchsorted(old[order], stamps), max(len(old) - 1, 0))
@@ -251,14 +255,17 @@ class PlanState:
         src = order[at[hit]]
         for dst, grid in zip((ok, p, snr), self._score_grids):  # three gathers, not 3 x N row copies
             dst[hit] = grid[src]
-        return (ok, p, snr), np.flatnonzero(~hit)
+        return (ok, p, snr), np.flatnonzero(~hit), None
 
     def store_scores(self, epoch: int, version: str, stamps: np.ndarray,
-                     grids: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
-        """Keep the rows a plan scored; a row's stamp says whether its target is unchanged."""
+                     grids: tuple[np.ndarray, np.ndarray, np.ndarray],
+                     decision: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """Keep the rows a plan scored, and its decision; a row's stamp says whether its
+        target is unchanged."""
         if epoch != self._epoch:
             return  # conditions changed while it was planned: these rows are stale
         self._scores_key, self._score_grids, self._score_stamps = (epoch, version), grids, stamps
+        self._decision = decision
 
     def advance(self, result: CoordinateResult) -> PlanDiff:
         """Make `result` the current plan and return what changed against the previous one.

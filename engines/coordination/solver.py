@@ -36,6 +36,20 @@ the true probabilities the rule is then the best plan that keeps them (what
 
 Deterministic for a given input: both solvers are deterministic, and nothing here depends on
 time or hash order.
+
+A standing plan that only gained targets since its last plan (an alert: `assign_more`) is
+not solved again from scratch. Its previous plan was optimal for the rows it had, and an
+optimal plan for one more row differs from it by one augmenting path starting at that row
+(the difference of two plans splits into paths and cycles, and any part of it that avoids
+the new row was already open to the previous plan, which found no gain in it). That path is
+the best of: the new target into a free slot, or into a taken one whose target moves on to
+another site, and so on, ending in a free slot or a target dropped. With S sites it is a
+shortest path over S + 1 nodes (the sites and "unassigned"), one per added row, instead of
+a Hungarian solve over every live target: ~0.2 ms against ~1.3 ms for 1,000 x 12. This holds
+for the urgent rule's second solve as long as the first keeps the same urgent targets (plus
+added ones); otherwise, or when the plan's rows changed in any other way, `assign` runs.
+The plan it finds has the same value as `assign`'s; where several plans tie it keeps the
+previous plan's choices, so the stream moves fewer targets.
 """
 
 from __future__ import annotations
@@ -144,3 +158,106 @@ def _solve(w: np.ndarray, cap: np.ndarray, lsa_max_cells: int) -> tuple[np.ndarr
     chosen = res.x > 0.5
     out[live[ii[chosen]]] = jj[chosen]
     return out, "highs_lp"
+
+
+def assign_more(weights: np.ndarray, capacity: np.ndarray, first: np.ndarray | None,
+                previous: np.ndarray | None = None, previous_kept: np.ndarray | None = None,
+                lsa_max_cells: int = 60_000) -> tuple[np.ndarray, np.ndarray, str]:
+    """`assign` for a problem whose first rows are one `assign` (or this) already solved, with
+    rows added after them: (site per target, the urgent targets kept (N,) bool, solver).
+
+    `previous` (M,) is that plan's choice for rows [0, M) and `previous_kept` (M,) the urgent
+    targets it kept; rows [M, N) are new and rows [0, M) unchanged (weights, capacity and
+    urgency). One augmenting path per new row (module docstring) when the rule keeps the same
+    urgent targets among the old rows; otherwise, and without `previous`, the full solve.
+    """
+    n, s = weights.shape
+    if n == 0 or s == 0:
+        return np.full(n, -1, dtype=np.int64), np.zeros(n, dtype=bool), "empty"
+    m = n + 1 if previous is None else previous.shape[0]
+    cap = np.asarray(capacity, dtype=np.int64)
+    kept_now = np.zeros(n, dtype=bool)
+    used = []
+    if first is not None:
+        kept_now, name = _kept(weights, cap, first, lsa_max_cells)
+        used.append(name)
+    old_kept = np.zeros(m, dtype=bool) if previous_kept is None else previous_kept
+    if m > n or not np.array_equal(kept_now[:m], old_kept):  # (m > n: no previous plan to build on)
+        out, name = _solve(_with_bonus(weights, first, kept_now), cap, lsa_max_cells)
+        used.append(name)
+    else:
+        w = _with_bonus(weights, first, kept_now)
+        out = np.full(n, -1, dtype=np.int64)
+        out[:m] = previous
+        if all(_augment(w, cap, out, e) for e in range(m, n)):
+            used.append("augmenting_path")
+        else:
+            out, name = _solve(w, cap, lsa_max_cells)
+            used.append(name)
+    used = [u for i, u in enumerate(used) if u != "empty" and u not in used[:i]]
+    return out, kept_now, "+".join(used) or "empty"
+
+
+def _with_bonus(weights: np.ndarray, first: np.ndarray | None, keep: np.ndarray) -> np.ndarray:
+    """The second solve's weights: each kept urgent target's qualifying pairs lifted above any plan."""
+    if first is None or not keep.any():
+        return weights
+    must = first & keep[:, None] & (weights > _EPS)
+    return np.where(must, weights + _urgent_bonus(weights), weights)
+
+
+def _augment(w: np.ndarray, cap: np.ndarray, out: np.ndarray, e: int) -> bool:
+    """Apply the best augmenting path that starts with unassigned row `e`, if it gains; False
+    (nothing changed) if the path could not be followed to its end.
+
+    Nodes: sites 0..S-1 and S = unassigned. Moving a placed target i from site k to site j
+    (w[i, j] > 0) or to S (dropped) costs w[i, k] - w[i, j] (w[i, S] = 0) and frees a slot
+    at k; a site with a free slot, and S, end a path at no cost. `dist[k]` is the least cost
+    of freeing a slot at k (Bellman-Ford over S + 1 nodes: the plan is optimal, so there is
+    no negative cycle), and the path's gain is w[e, j] - dist[j] at the best site j.
+    """
+    n, s = w.shape
+    if not (w[e] > _EPS).any():
+        return True
+    placed = np.flatnonzero(out >= 0)
+    at = out[placed]
+    load = np.bincount(at, minlength=s)
+    # cost[a, j]: moving placed target a to site j (inf where infeasible or its own site); j = s drops it.
+    wp = w[placed]
+    own = wp[np.arange(placed.size), at]
+    cost = np.full((placed.size, s + 1), np.inf)
+    cost[:, :s] = np.where(wp > _EPS, own[:, None] - wp, np.inf)
+    cost[np.arange(placed.size), at] = np.inf
+    cost[:, s] = own
+    edge = np.full((s + 1, s + 1), np.inf)  # edge[k, j]: cheapest move of a target at k to j
+    mover = np.full((s + 1, s + 1), -1, dtype=np.int64)
+    cols = np.arange(s + 1)
+    for k in np.unique(at).tolist():
+        rows = np.flatnonzero(at == k)
+        best = rows[cost[rows].argmin(axis=0)]  # (S + 1,) the cheapest placed target to move to each j
+        edge[k], mover[k] = cost[best, cols], placed[best]
+    dist = np.where(load < cap, 0.0, np.inf)
+    dist = np.append(dist, 0.0)  # S: unassigned, always free
+    nxt = np.full(s + 1, -1, dtype=np.int64)  # -1: the path ends here
+    for _ in range(s + 1):
+        via = edge + dist[None, :]
+        j = via.argmin(axis=1)
+        better = via[np.arange(s + 1), j] < dist - _EPS
+        if not better.any():
+            break
+        dist[better], nxt[better] = via[np.arange(s + 1), j][better], j[better]
+    gain = np.where(w[e] > _EPS, w[e] - dist[:s], -np.inf)
+    j = int(gain.argmax())
+    if gain[j] <= _EPS:
+        return True
+    path = []  # (target, its new site or -1), applied only once the path is known to end
+    target, site = e, j
+    for _ in range(s + 2):  # a simple path visits each node at most once
+        path.append((target, site if site < s else -1))
+        step = int(nxt[site]) if site < s else -1
+        if step < 0:
+            for t, k in path:
+                out[t] = k
+            return True
+        target, site = int(mover[site, step]), step
+    return False  # a cycle in the pointers: rounding met a zero-cost cycle; the caller solves afresh

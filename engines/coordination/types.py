@@ -149,7 +149,7 @@ class CoordinateResult:
     request_id: str
     columns: ResultColumns
     total_expected_value: float
-    solver: str  # "linear_sum_assignment", "highs_lp", both "+"-joined, or "empty"
+    solver: str  # "linear_sum_assignment", "highs_lp", "augmenting_path", "+"-joined, or "empty"
     stats: dict[str, float] = field(default_factory=dict)
     version: str = ""  # checkpoint hash of the weights that scored it (changes on reload)
 

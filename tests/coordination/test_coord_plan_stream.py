@@ -186,6 +186,8 @@ async def test_incremental_plans_match_a_snapshot_of_the_same_state(client):
         for a in alerts:
             await plan.upsert(a)
             last = await plan.next()
+            # An alert only adds a row: the plan builds on the previous one (solver.assign_more).
+            assert "augmenting_path" in last.full.solver
         await plan.retract(req.targets[0].id)
         last = await plan.next()
     snap = pb.CoordinateRequest()

@@ -157,3 +157,48 @@ def test_pruning_to_each_sites_best_candidates_keeps_the_optimum(seed):
         choice, _ = solver.assign(w, cap, lsa_max_cells=cells)
         _valid(choice, cap, w)
         assert _value(w, choice) == pytest.approx(-full.fun, rel=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_plan_that_gains_rows_is_extended_by_augmenting_paths_to_the_full_solves_optimum(seed):
+    # assign_more builds on the previous plan (one augmenting path per added row) and must
+    # reach the value of a solve from scratch under the urgent rule, with ties (rounded P)
+    # and without, one row at a time and several at once.
+    rng = np.random.default_rng(seed)
+    n, s = 120, 6
+    cap = rng.integers(0, 7, s)
+    p = rng.random((n, s)) * (rng.random((n, s)) > 0.5)
+    if seed % 2:
+        p = np.round(p, 1)
+    w = rng.uniform(0.5, 2.0, n)[:, None] * p
+    urgent = rng.random(n) < 0.15
+    first = solver.urgent_pairs(urgent, p, 0.05)
+    m = 80
+    previous, kept, used = solver.assign_more(w[:m], cap, first[:m])  # no previous plan: the full solve
+    assert "augmenting_path" not in used
+    for k in list(range(m + 1, m + 21)) + [n]:  # twenty alerts, then twenty rows at once
+        choice, kept_k, used = solver.assign_more(w[:k], cap, first[:k], previous, kept)
+        full, _ = solver.assign(w[:k], cap, first[:k])
+        keep_full = solver.kept(w[:k], cap, first[:k])
+        assert np.array_equal(kept_k, keep_full)
+        _valid(choice, cap, w[:k])
+        bonus = solver._with_bonus(w[:k], first[:k], keep_full)  # the rule's objective
+        assert _value(bonus, choice) == pytest.approx(_value(bonus, full), rel=1e-12)
+        assert (choice[keep_full] >= 0).all() and first[:k][keep_full, choice[keep_full]].all()
+        if np.array_equal(kept_k[:len(kept)], kept):
+            assert "augmenting_path" in used
+        else:  # the rule keeps other urgent targets now: solved afresh
+            assert "augmenting_path" not in used
+        previous, kept = choice, kept_k
+
+
+def test_a_new_urgent_target_that_changes_which_are_kept_is_solved_afresh():
+    # One slot; an urgent target at P 0.5 holds it. A new urgent target at P 0.9 and value 1
+    # now wins the first solve, so the kept set changes and the plan is solved from scratch.
+    w = np.array([[0.5], [0.9]])
+    first = solver.urgent_pairs(np.array([True, True]), w, 0.05)
+    cap = np.array([1])
+    previous, kept, _ = solver.assign_more(w[:1], cap, first[:1])
+    choice, kept2, used = solver.assign_more(w, cap, first, previous, kept)
+    assert list(choice) == [-1, 0] and list(kept2) == [False, True]
+    assert "augmenting_path" not in used
