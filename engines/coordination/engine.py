@@ -66,8 +66,8 @@ class _PlanItem:
     cached_p: np.ndarray  # (N, S)
     cached_snr: np.ndarray  # (N, S)
     version: str
-    # The previous plan's (site per row, urgent kept) when its rows are a prefix of these.
-    previous: tuple[np.ndarray, np.ndarray] | None = None
+    # The previous plan's decision on these rows (`PlanState.cached_scores`), or None.
+    previous: tuple | None = None
 
     @property
     def pairs(self) -> int:
@@ -325,7 +325,7 @@ class CoordinationEngine:
 
     def _solve_plan(self, item: _PlanItem, idx, ok_sub, ti, sj, p, snr, version: str):
         """A plan's grids (cached rows + rows `idx` scored now), solved: (result, grids, decision).
-        A plan that only gained rows since the previous one builds on its decision."""
+        It builds on the previous plan's decision (`solver.assign_more`)."""
         # The item's grids are its own (`PlanState.cached_scores` makes them per plan) and
         # rows `idx` are rewritten whole, so a rerun of this step writes the same: no copies.
         ok, prob, esnr = item.cached_ok, item.cached_p, item.cached_snr
@@ -337,7 +337,8 @@ class CoordinationEngine:
         previous = item.previous if item.version == version else None
         weights = pr.targets.value[:, None] * prob
         first = solver.urgent_pairs(pr.targets.critical, prob, self.config.urgent_min_p_success)
-        choice, kept, used = solver.assign_more(weights, pr.sites.capacity, first, *(previous or (None, None)),
+        previous_args = previous or (None, None, None, 0)
+        choice, kept, used = solver.assign_more(weights, pr.sites.capacity, first, *previous_args,
                                                 lsa_max_cells=self.config.lsa_max_cells)
         return problem.result(pr, ok, prob, esnr, choice, used, version), (ok, prob, esnr), (choice, kept)
 

@@ -128,7 +128,7 @@ class PlanState:
         self._score_grids: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # (N, S) each
         self._scores_key: tuple[int, str] | None = None
         # The last plan's decision on those rows: site per row (N,) and the urgent targets
-        # kept (N,); a plan that only gained rows since builds on it (`solver.assign_more`).
+        # kept (N,); the next plan builds on it (`solver.assign_more`).
         self._decision: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
@@ -232,7 +232,8 @@ class PlanState:
         """(feasible, P(success), SNR) grids (N, S) for the rows stamped `stamps` from the
         previous plan, the rows (M,) that have no valid score (new or replaced targets; all
         of them when the epoch or the weights `version` differ), and the previous plan's
-        decision (site per row, urgent kept) when the rows were only added to since, else None."""
+        decision on these rows for `solver.assign_more` (site per row, urgent kept, the rows
+        that are new, the placed targets gone since), or None when there is none to build on."""
         n = len(stamps)
         if self._scores_key != (epoch, version) or self._score_grids is None:
             empty = np.zeros((n, n_sites), dtype=bool), np.zeros((n, n_sites)), np.zeros((n, n_sites))
@@ -247,7 +248,8 @@ class PlanState:
                 dst = np.empty((n, n_sites), dtype=grid.dtype)
                 dst[:m], dst[m:] = grid, 0
                 grids.append(dst)
-            return tuple(grids), np.arange(m, n, dtype=np.int64), self._decision
+            previous = None if self._decision is None else (*self._decision, None, 0)
+            return tuple(grids), np.arange(m, n, dtype=np.int64), previous
         ok, p, snr = np.zeros((n, n_sites), dtype=bool), np.zeros((n, n_sites)), np.zeros((n, n_sites))
         order = np.argsort(old, kind="stable")
         at = np.minimum(np.searchsorted(old[order], stamps), max(len(old) - 1, 0))
@@ -255,7 +257,15 @@ class PlanState:
         src = order[at[hit]]
         for dst, grid in zip((ok, p, snr), self._score_grids):  # three gathers, not 3 x N row copies
             dst[hit] = grid[src]
-        return (ok, p, snr), np.flatnonzero(~hit), None
+        previous = None
+        if self._decision is not None:  # rows retracted or replaced: the kept rows' decision
+            choice, kept = self._decision
+            prev_choice, prev_kept = np.full(n, -1, dtype=np.int64), np.zeros(n, dtype=bool)
+            prev_choice[hit], prev_kept[hit] = choice[src], kept[src]
+            stays = np.zeros(m, dtype=bool)
+            stays[src] = True
+            previous = (prev_choice, prev_kept, ~hit, int(((choice >= 0) & ~stays).sum()))
+        return (ok, p, snr), np.flatnonzero(~hit), previous
 
     def store_scores(self, epoch: int, version: str, stamps: np.ndarray,
                      grids: tuple[np.ndarray, np.ndarray, np.ndarray],

@@ -37,19 +37,22 @@ the true probabilities the rule is then the best plan that keeps them (what
 Deterministic for a given input: both solvers are deterministic, and nothing here depends on
 time or hash order.
 
-A standing plan that only gained targets since its last plan (an alert: `assign_more`) is
-not solved again from scratch. Its previous plan was optimal for the rows it had, and an
-optimal plan for one more row differs from it by one augmenting path starting at that row
-(the difference of two plans splits into paths and cycles, and any part of it that avoids
-the new row was already open to the previous plan, which found no gain in it). That path is
-the best of: the new target into a free slot, or into a taken one whose target moves on to
-another site, and so on, ending in a free slot or a target dropped. With S sites it is a
-shortest path over S + 1 nodes (the sites and "unassigned"), one per added row, instead of
-a Hungarian solve over every live target: ~0.2 ms against ~1.3 ms for 1,000 x 12. This holds
-for the urgent rule's second solve as long as the first keeps the same urgent targets (plus
-added ones); otherwise, or when the plan's rows changed in any other way, `assign` runs.
-The plan it finds has the same value as `assign`'s; where several plans tie it keeps the
-previous plan's choices, so the stream moves fewer targets.
+A standing plan is not solved again from scratch on every event (`assign_more`). Its
+previous plan was optimal for the rows it had. An optimal plan for one more row differs
+from it by one augmenting path starting at that row: the difference of two plans splits
+into paths and cycles, and any part of it that avoids the new row was already open to the
+previous plan, which found no gain in it. That path is the best of: the new target into a
+free slot, or into a taken one whose target moves on to another site, and so on, ending in
+a free slot or a target dropped. Likewise a retracted placed target frees one slot, and the
+plan needs at most one path through it: a waiting target entering, or a placed target
+moving into it, each chain ending in a free slot or a drop. With S sites each path is a
+shortest path over S + 1 nodes (the sites and "unassigned"), instead of a Hungarian solve
+over every live target. A replaced target is a retraction and an addition. This holds for
+the urgent rule's second solve as long as the first keeps the same urgent targets among
+the rows that stayed; otherwise, after a site or window change, or a reload, `assign` runs.
+The plan it finds has the same value as `assign`'s (the tests compare them, with ties and
+without); where several plans tie it keeps the previous plan's choices, so the stream
+moves fewer targets.
 """
 
 from __future__ import annotations
@@ -162,38 +165,50 @@ def _solve(w: np.ndarray, cap: np.ndarray, lsa_max_cells: int) -> tuple[np.ndarr
 
 def assign_more(weights: np.ndarray, capacity: np.ndarray, first: np.ndarray | None,
                 previous: np.ndarray | None = None, previous_kept: np.ndarray | None = None,
+                fresh: np.ndarray | None = None, freed: int = 0,
                 lsa_max_cells: int = 60_000) -> tuple[np.ndarray, np.ndarray, str]:
-    """`assign` for a problem whose first rows are one `assign` (or this) already solved, with
-    rows added after them: (site per target, the urgent targets kept (N,) bool, solver).
+    """`assign` for a problem built from one `assign` (or this) already solved: (site per
+    target, the urgent targets kept (N,) bool, solver).
 
-    `previous` (M,) is that plan's choice for rows [0, M) and `previous_kept` (M,) the urgent
-    targets it kept; rows [M, N) are new and rows [0, M) unchanged (weights, capacity and
-    urgency). One augmenting path per new row (module docstring) when the rule keeps the same
-    urgent targets among the old rows; otherwise, and without `previous`, the full solve.
+    `previous` (N,) is that plan's site for each row (-1 unassigned) and `previous_kept` (N,)
+    whether it kept the row's urgent target; `fresh` (N,) marks rows that are new (their
+    entries in both are ignored), and `freed` counts the placed targets removed since. Rows
+    not fresh are unchanged (weights, capacity and urgency). A shorter `previous` (M,) means
+    rows [M, N) are fresh. The previous plan, less the removed targets, is repaired by one
+    augmenting path per freed slot and one per fresh row (module docstring) when the rule
+    keeps the same urgent targets among the old rows; otherwise, and without `previous`, the
+    full solve.
     """
     n, s = weights.shape
     if n == 0 or s == 0:
         return np.full(n, -1, dtype=np.int64), np.zeros(n, dtype=bool), "empty"
-    m = n + 1 if previous is None else previous.shape[0]
     cap = np.asarray(capacity, dtype=np.int64)
     kept_now = np.zeros(n, dtype=bool)
     used = []
     if first is not None:
         kept_now, name = _kept(weights, cap, first, lsa_max_cells)
         used.append(name)
-    old_kept = np.zeros(m, dtype=bool) if previous_kept is None else previous_kept
-    if m > n or not np.array_equal(kept_now[:m], old_kept):  # (m > n: no previous plan to build on)
-        out, name = _solve(_with_bonus(weights, first, kept_now), cap, lsa_max_cells)
+    w = _with_bonus(weights, first, kept_now)
+    out = None
+    if previous is not None and previous.shape[0] <= n:
+        m = previous.shape[0]
+        new = np.arange(n) >= m if fresh is None else np.asarray(fresh, dtype=bool)
+        old_kept = np.zeros(n, dtype=bool)
+        old_kept[:m] = False if previous_kept is None else previous_kept
+        if np.array_equal(kept_now[~new], old_kept[~new]):
+            out = np.full(n, -1, dtype=np.int64)
+            out[:m] = previous
+            out[new] = -1
+            waiting = np.flatnonzero(~new & (out < 0))  # old rows left out: candidates for freed slots
+            done = all(_augment(w, cap, out, waiting) for _ in range(freed))
+            entering = [e for e in np.flatnonzero(new).tolist() if (w[e] > _EPS).any()]
+            if not (done and all(_augment(w, cap, out, np.array([e])) for e in entering)):
+                out = None
+            else:
+                used.append("augmenting_path")
+    if out is None:
+        out, name = _solve(w, cap, lsa_max_cells)
         used.append(name)
-    else:
-        w = _with_bonus(weights, first, kept_now)
-        out = np.full(n, -1, dtype=np.int64)
-        out[:m] = previous
-        if all(_augment(w, cap, out, e) for e in range(m, n)):
-            used.append("augmenting_path")
-        else:
-            out, name = _solve(w, cap, lsa_max_cells)
-            used.append(name)
     used = [u for i, u in enumerate(used) if u != "empty" and u not in used[:i]]
     return out, kept_now, "+".join(used) or "empty"
 
@@ -206,19 +221,18 @@ def _with_bonus(weights: np.ndarray, first: np.ndarray | None, keep: np.ndarray)
     return np.where(must, weights + _urgent_bonus(weights), weights)
 
 
-def _augment(w: np.ndarray, cap: np.ndarray, out: np.ndarray, e: int) -> bool:
-    """Apply the best augmenting path that starts with unassigned row `e`, if it gains; False
-    (nothing changed) if the path could not be followed to its end.
+def _augment(w: np.ndarray, cap: np.ndarray, out: np.ndarray, rows: np.ndarray) -> bool:
+    """Apply the best augmenting path that starts with one of the unassigned `rows`, if it
+    gains; False (nothing changed) if the path could not be followed to its end.
 
     Nodes: sites 0..S-1 and S = unassigned. Moving a placed target i from site k to site j
     (w[i, j] > 0) or to S (dropped) costs w[i, k] - w[i, j] (w[i, S] = 0) and frees a slot
     at k; a site with a free slot, and S, end a path at no cost. `dist[k]` is the least cost
     of freeing a slot at k (Bellman-Ford over S + 1 nodes: the plan is optimal, so there is
-    no negative cycle), and the path's gain is w[e, j] - dist[j] at the best site j.
+    no negative cycle), and the path's gain is w[e, j] - dist[j] at the best row e and site j.
     """
     n, s = w.shape
-    if not (w[e] > _EPS).any():
-        return True
+    rows = rows[out[rows] < 0]  # a candidate a previous path placed is no longer one
     placed = np.flatnonzero(out >= 0)
     at = out[placed]
     load = np.bincount(at, minlength=s)
@@ -233,8 +247,8 @@ def _augment(w: np.ndarray, cap: np.ndarray, out: np.ndarray, e: int) -> bool:
     mover = np.full((s + 1, s + 1), -1, dtype=np.int64)
     cols = np.arange(s + 1)
     for k in np.unique(at).tolist():
-        rows = np.flatnonzero(at == k)
-        best = rows[cost[rows].argmin(axis=0)]  # (S + 1,) the cheapest placed target to move to each j
+        here = np.flatnonzero(at == k)
+        best = here[cost[here].argmin(axis=0)]  # (S + 1,) the cheapest placed target to move to each j
         edge[k], mover[k] = cost[best, cols], placed[best]
     dist = np.where(load < cap, 0.0, np.inf)
     dist = np.append(dist, 0.0)  # S: unassigned, always free
@@ -246,18 +260,27 @@ def _augment(w: np.ndarray, cap: np.ndarray, out: np.ndarray, e: int) -> bool:
         if not better.any():
             break
         dist[better], nxt[better] = via[np.arange(s + 1), j][better], j[better]
-    gain = np.where(w[e] > _EPS, w[e] - dist[:s], -np.inf)
-    j = int(gain.argmax())
-    if gain[j] <= _EPS:
-        return True
+    # A path starts with a candidate row entering site j (gain w[e, j] - dist[j]) or, once
+    # targets were removed, with a placed target leaving j for a slot they freed (gain
+    # -dist[j]: a plan that was optimal has dist >= 0 everywhere, so only removals open these).
+    gain = np.where(w[rows] > _EPS, w[rows] - dist[None, :s], -np.inf) if rows.size else np.full((0, s), -np.inf)
+    r, j = divmod(int(gain.argmax()), s) if rows.size else (-1, 0)  # the first best, row then site order
+    best = gain[r, j] if rows.size else -np.inf
+    leave = int(dist[:s].argmin())
     path = []  # (target, its new site or -1), applied only once the path is known to end
-    target, site = e, j
+    if -dist[leave] > max(best, _EPS):
+        node = leave
+    elif best > _EPS:
+        node = j
+        path.append((int(rows[r]), j))
+    else:
+        return True
     for _ in range(s + 2):  # a simple path visits each node at most once
-        path.append((target, site if site < s else -1))
-        step = int(nxt[site]) if site < s else -1
+        step = int(nxt[node]) if node < s else -1
         if step < 0:
             for t, k in path:
                 out[t] = k
             return True
-        target, site = int(mover[site, step]), step
+        path.append((int(mover[node, step]), step if step < s else -1))
+        node = step
     return False  # a cycle in the pointers: rounding met a zero-cost cycle; the caller solves afresh

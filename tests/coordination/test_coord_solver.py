@@ -202,3 +202,38 @@ def test_a_new_urgent_target_that_changes_which_are_kept_is_solved_afresh():
     choice, kept2, used = solver.assign_more(w, cap, first, previous, kept)
     assert list(choice) == [-1, 0] and list(kept2) == [False, True]
     assert "augmenting_path" not in used
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_plan_that_lost_and_replaced_rows_is_repaired_to_the_full_solves_optimum(seed):
+    # Retracted targets free slots: a placed target may now move into one, or a waiting
+    # target take it (one augmenting path per freed slot); replaced targets are new rows.
+    rng = np.random.default_rng(100 + seed)
+    n, s = 90, 5
+    cap = rng.integers(1, 6, s)
+    p = rng.random((n, s)) * (rng.random((n, s)) > 0.4)
+    if seed % 2:
+        p = np.round(p, 1)
+    value = rng.uniform(0.5, 2.0, n)
+    urgent = rng.random(n) < 0.15
+    w = value[:, None] * p
+    first = solver.urgent_pairs(urgent, p, 0.05)
+    previous, kept, _ = solver.assign_more(w, cap, first)
+    stay = rng.random(n) > 0.3  # a third retracted, the placed ones among them
+    stay[np.flatnonzero(previous >= 0)[:2]] = False
+    rows = np.flatnonzero(stay)
+    replaced = np.zeros(rows.size, dtype=bool)
+    replaced[rng.choice(rows.size, 3, replace=False)] = True
+    p2 = p[rows].copy()
+    p2[replaced] = rng.random((3, s))
+    w2, u2 = value[rows][:, None] * p2, urgent[rows]
+    first2 = solver.urgent_pairs(u2, p2, 0.05)
+    freed = int((previous[~stay] >= 0).sum() + (previous[rows][replaced] >= 0).sum())
+    choice, kept2, used = solver.assign_more(w2, cap, first2, previous[rows], kept[rows], replaced, freed)
+    full, _ = solver.assign(w2, cap, first2)
+    keep_full = solver.kept(w2, cap, first2)
+    _valid(choice, cap, w2)
+    bonus = solver._with_bonus(w2, first2, keep_full)
+    assert _value(bonus, choice) == pytest.approx(_value(bonus, full), rel=1e-12)
+    if np.array_equal(kept2[~replaced], kept[rows][~replaced]):
+        assert "augmenting_path" in used
