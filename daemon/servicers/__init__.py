@@ -83,6 +83,12 @@ async def stream_concurrently(
             await work
 
 
+async def _failing(exc: Exception) -> AsyncIterator:
+    """A request's frames when its handler failed at once: the failure, at the first frame."""
+    raise exc
+    yield  # pragma: no cover - makes this an async generator
+
+
 async def write_concurrently(
     requests: AsyncIterator[Req],
     handle: Callable[[Req], AsyncIterator[Resp]],
@@ -91,7 +97,8 @@ async def write_concurrently(
     until: asyncio.Event | None = None,
 ) -> None:
     """Every request runs as its own task, so the engine's batcher sees them together, and
-    writes its frames (`handle(req)` yields one or more) as it makes them, interleaved with
+    writes its frames (`handle(req)` returns an async iterator of one or more, and may start
+    the request's work when called) as it makes them, interleaved with
     the others': the frame leaves from the task the engine wakes, with no hand-off to a
     writer task and no extra turn of the event loop per frame. One write at a time (a lock):
     gRPC takes one message in flight per call. A failing request ends with its own error
@@ -111,8 +118,8 @@ async def write_concurrently(
         async with lock:
             await write(frame)
 
-    async def answer(req: Req) -> None:
-        async with contextlib.aclosing(handle(req)) as frames:
+    async def answer(req: Req, frames: AsyncIterator[Resp]) -> None:
+        async with contextlib.aclosing(frames):
             while True:
                 try:
                     frame = await anext(frames)
@@ -132,7 +139,15 @@ async def write_concurrently(
     async def read() -> None:
         try:
             async for req in requests:
-                task = asyncio.create_task(answer(req))
+                # `handle` is called here, as the request arrives: a handler that starts its
+                # work when called (KServe queues an LLM request with the engine before it
+                # returns) has it queued before this loop's next turn, with the requests
+                # that arrived with it, rather than after its task's first turn.
+                try:
+                    frames = handle(req)
+                except Exception as exc:  # noqa: BLE001 - its error frame, from its task
+                    frames = _failing(exc)
+                task = asyncio.create_task(answer(req, frames))
                 pending.add(task)
                 task.add_done_callback(finished)
         finally:

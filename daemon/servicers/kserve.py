@@ -24,6 +24,7 @@ typed list, FP16 and BF16: then all outputs are raw, as the specification requir
 
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
 import uuid
@@ -466,7 +467,11 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         deadline = deadline_of(context)
 
         def handle(req: pb.ModelInferRequest) -> AsyncIterator[pb.ModelStreamInferResponse]:
-            return self._infer(req, deadline, streaming=True)
+            # Called as the request arrives: an LLM request is checked and queued with the
+            # engine now, so requests that arrive together share a prefill step (a task's
+            # first turn later, a burst of 32 streams split over three). Its error, if any,
+            # becomes the request's error frame.
+            return self._begin(req, deadline, streaming=True)
 
         def on_error(req: pb.ModelInferRequest, exc: Exception) -> pb.ModelStreamInferResponse:
             status = to_status(exc)
@@ -487,15 +492,31 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                      streaming: bool) -> AsyncIterator[pb.ModelInferResponse | pb.ModelStreamInferResponse]:
         """The responses to one request: ModelInferResponses for ModelInfer, each in its
         ModelStreamInferResponse when `streaming` (ModelStreamInfer)."""
+        async with contextlib.aclosing(self._begin(req, deadline, streaming)) as frames:
+            async for resp in frames:
+                yield resp
+
+    def _begin(self, req: pb.ModelInferRequest, deadline: float | None,
+               streaming: bool) -> AsyncIterator[pb.ModelInferResponse | pb.ModelStreamInferResponse]:
+        """`_infer`'s responses, with the checks done and an LLM request queued with its
+        engine before this returns (raising what they raise); a tensor model's work starts
+        at the first response."""
         if streaming:
             if self._admission.draining:
                 raise Unavailable("server is draining; retry on another host")
             self._bounds.check(req)  # unary requests were bounded by the interceptor
         engine, version = self._pick(req.model_name, req.model_version, "model_name", "model_version")
         if engine.name in self._llms:
-            async for resp in self._generate(engine, version, req, deadline, streaming):
-                yield resp
-            return
+            call = _LLMCall(engine.name, req, deadline, self._bounds.limits.max_prompt_chars)
+            if call.stream and not streaming:
+                raise InvalidArgument("streaming needs ModelStreamInfer; ModelInfer answers the whole text",
+                                      field="inputs[stream]")
+            stream = call.start(engine)
+            return _Queued(self._generate(engine, version, call, stream, streaming), stream)
+        return self._tensor(engine, version, req, deadline, streaming)
+
+    async def _tensor(self, engine, version: str, req: pb.ModelInferRequest, deadline: float | None,
+                      streaming: bool) -> AsyncIterator[pb.ModelInferResponse | pb.ModelStreamInferResponse]:
         if req.model_name in self._coordinate_models:
             resp = await self._coordinate_step(engine, version, req, deadline)
             yield _framed(resp, streaming)
@@ -509,14 +530,10 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                         [(n, tensors.wire_dtype(outputs[n].dtype), tuple(outputs[n].shape), outputs[n]) for n in wanted])
         yield _framed(resp, streaming)
 
-    async def _generate(self, engine, version: str, req: pb.ModelInferRequest, deadline: float | None,
+    @staticmethod
+    async def _generate(engine, version: str, call: "_LLMCall", stream,
                         streaming: bool) -> AsyncIterator[pb.ModelInferResponse | pb.ModelStreamInferResponse]:
-        call = _LLMCall(engine.name, req, deadline, self._bounds.limits.max_prompt_chars)
-        if call.stream and not streaming:
-            raise InvalidArgument("streaming needs ModelStreamInfer; ModelInfer answers the whole text",
-                                  field="inputs[stream]")
         final_flag = True if streaming else None  # Triton marks every response of a decoupled model
-        stream = call.start(engine)
         parts: list[str] = []
         tokens = 0
         try:
@@ -574,6 +591,27 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     @staticmethod
     def _ready(engine) -> bool:
         return engine.info().state == "ready"
+
+
+class _Queued:
+    """The responses of an LLM request already queued with its engine (`_generate(...)`,
+    whose stream `call.start` returned). Closing it cancels the request even if no response
+    was asked for: an async generator closed before it started never runs its `finally`."""
+
+    def __init__(self, frames, stream) -> None:
+        self._frames, self._stream = frames, stream
+
+    def __aiter__(self) -> "_Queued":
+        return self
+
+    def __anext__(self):
+        return self._frames.__anext__()
+
+    async def aclose(self) -> None:
+        try:
+            await self._frames.aclose()
+        finally:
+            self._stream.close()
 
 
 def _framed(resp: pb.ModelInferResponse, streaming: bool) -> pb.ModelInferResponse | pb.ModelStreamInferResponse:
