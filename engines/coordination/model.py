@@ -35,13 +35,19 @@ class CoordNetConfig:
     # site's rows see only that site's data, one short local fit a round, while the shared
     # weights pool every site's; central leaves it at 1.
     site_lr_scale: float = 1.0
+    # A per-site bias on every hidden layer's pre-activation (`site_hidden_b`, one row of
+    # hidden * n_layers per site, zero-initialised): per-site parameters inside the trunk, not
+    # only at its input (the embedding) and its output (the head's correction). Off: the
+    # checkpoint has no such tensor (checkpoints written before it load as they were).
+    site_hidden_bias: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-# Parameters with one row per site (table order), trained only by that site's data.
-SITE_ROWS = ("site_emb.weight", "site_head_w.weight", "site_head_b.weight")
+# Parameters with one row per site (table order), trained only by that site's data. A model
+# has `site_hidden_b` only with CoordNetConfig.site_hidden_bias; users skip names it lacks.
+SITE_ROWS = ("site_emb.weight", "site_head_w.weight", "site_head_b.weight", "site_hidden_b.weight")
 
 
 class CoordNet(L.LightningModule):
@@ -63,12 +69,22 @@ class CoordNet(L.LightningModule):
         self.site_head_b = nn.Embedding(config.n_sites, 2)
         nn.init.zeros_(self.site_head_w.weight)
         nn.init.zeros_(self.site_head_b.weight)
+        self.site_hidden_b = None
+        if config.site_hidden_bias:
+            self.site_hidden_b = nn.Embedding(config.n_sites, config.hidden * config.n_layers)
+            nn.init.zeros_(self.site_hidden_b.weight)
         self._global: list[torch.Tensor] | None = None  # FedProx anchor
 
     def forward(self, features: torch.Tensor, site: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # features (B, F) float32, site (B,) int64 -> logit (B,), log10 SNR (B,)
         h = torch.cat([features, self.site_emb(site)], dim=-1)  # (B, F + E)
-        z = self.trunk(h)  # (B, H)
+        if self.site_hidden_b is None:
+            z = self.trunk(h)  # (B, H)
+        else:
+            biases = self.site_hidden_b(site).split(self.config.hidden, dim=-1)  # n_layers x (B, H)
+            z = h
+            for k, bias in enumerate(biases):  # trunk = [Linear, GELU] * n_layers
+                z = self.trunk[2 * k + 1](self.trunk[2 * k](z) + bias)
         w = self.site_head_w(site).view(-1, z.shape[-1], 2)  # (B, H, 2)
         out = self.head(z) + torch.bmm(z.unsqueeze(1), w).squeeze(1) + self.site_head_b(site)  # (B, 2)
         return out[:, 0], out[:, 1]

@@ -72,16 +72,18 @@ def test_an_absent_sites_rows_keep_their_global_value():
     assert aggregate.keep_absent_rows(merged, current, [0, 1, 2])["w"] is merged["w"]
 
 
-def test_in_process_rounds_replay_a_participation_record(simulator):
+@pytest.mark.parametrize("hidden_bias", [False, True])
+def test_in_process_rounds_replay_a_participation_record(simulator, hidden_bias):
     logs = simulator.all_logs(windows=2, seed=3, per_window=10)[:3]
-    cfg = train.FitConfig(rounds=2, local_epochs=1, batch_size=128, seed=2)
+    cfg = train.FitConfig(rounds=2, local_epochs=1, batch_size=128, seed=2, site_hidden_bias=hidden_bias)
     everyone = train.train_federated(logs, cfg)
     same = train.train_federated(logs, cfg, participation=[[0, 1, 2], [2, 1, 0]])
     for k, v in everyone.state_dict().items():
         assert torch.equal(same.state_dict()[k], v)  # every site every round is the default
     initial = train.new_model(3, cfg).state_dict()
     without_1 = train.train_federated(logs, cfg, participation=[[0, 2], [0, 2]]).state_dict()
-    for name in SITE_ROWS:
+    assert ("site_hidden_b.weight" in without_1) == hidden_bias
+    for name in (n for n in SITE_ROWS if n in without_1):
         assert torch.equal(without_1[name][1], initial[name][1])  # site 1 never trained its row
         assert not torch.equal(without_1[name][0], initial[name][0])
 
@@ -98,9 +100,10 @@ def test_the_personalisation_round_takes_each_sites_own_rows_and_nothing_else():
     assert out["w"].tolist() == [0.0, 0.0] and current["w"] is not out["w"]
 
 
-def test_in_process_personalisation_round_trains_only_the_per_site_rows(simulator):
+@pytest.mark.parametrize("hidden_bias", [False, True])
+def test_in_process_personalisation_round_trains_only_the_per_site_rows(simulator, hidden_bias):
     logs = simulator.all_logs(windows=2, seed=3, per_window=10)[:3]
-    cfg = train.FitConfig(rounds=2, local_epochs=1, batch_size=128, seed=2)
+    cfg = train.FitConfig(rounds=2, local_epochs=1, batch_size=128, seed=2, site_hidden_bias=hidden_bias)
     plain = train.train_federated(logs, cfg).state_dict()
     personal = train.train_federated(logs, replace(cfg, personal_epochs=2)).state_dict()
     for k, v in plain.items():
@@ -114,7 +117,8 @@ def test_in_process_personalisation_round_trains_only_the_per_site_rows(simulato
                                   replace(cfg, personal_epochs=2), train.local_seed(cfg, cfg.rounds, 1))
     without_2 = train.train_federated(logs, replace(cfg, personal_epochs=2),
                                       participation=[[0, 1, 2], [0, 1, 2], [0, 1]]).state_dict()
-    for name in SITE_ROWS:
+    assert ("site_hidden_b.weight" in personal) == hidden_bias
+    for name in (n for n in SITE_ROWS if n in personal):
         assert torch.equal(personal[name][1], expected[name][1])
         assert torch.equal(without_2[name][2], plain[name][2])
         assert torch.equal(without_2[name][0], personal[name][0])

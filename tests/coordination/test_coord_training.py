@@ -15,7 +15,7 @@ from engines.coordination import checkpoint
 from engines.coordination.config import CoordinationConfig
 from engines.coordination.engine import CoordinationEngine
 from engines.coordination.features import N_FEATURES
-from engines.coordination.model import SITE_ROWS, CoordNet
+from engines.coordination.model import SITE_ROWS, CoordNet, CoordNetConfig
 from training.coordination import train
 
 
@@ -36,9 +36,12 @@ def test_model_is_a_lightning_module():
         assert name in CoordNet.__dict__
 
 
-async def test_federated_export_loads_in_the_engine(tiny_logs, sites, tmp_path, request_factory):
-    cfg = train.FitConfig(rounds=2, local_epochs=1, epochs=1, batch_size=128, prox_mu=0.01)
+@pytest.mark.parametrize("hidden_bias", [False, True])
+async def test_federated_export_loads_in_the_engine(tiny_logs, sites, tmp_path, request_factory, hidden_bias):
+    cfg = train.FitConfig(rounds=2, local_epochs=1, epochs=1, batch_size=128, prox_mu=0.01,
+                          site_hidden_bias=hidden_bias)
     fed = train.train_federated(tiny_logs, cfg)
+    assert ("site_hidden_b.weight" in fed.state_dict()) == hidden_bias
     out = train.export(fed, sites.ids, tmp_path / "fed.safetensors", {"recipe": "test"})
     assert out.exists() and checkpoint.config_path(out).exists()
     loaded, site_ids, _ = checkpoint.load(out)
@@ -67,6 +70,23 @@ def test_per_site_rows_take_the_fits_learning_rate_scale_in_federated_fits_only(
     assert train.train_central(tiny_logs[:3], replace(cfg, epochs=1)).config.site_lr_scale == 1.0
 
 
+def test_per_site_hidden_biases_start_as_the_model_without_them_and_central_gets_them_too(tiny_logs):
+    plain = CoordNet(CoordNetConfig(n_sites=4))
+    biased = CoordNet(CoordNetConfig(n_sites=4, site_hidden_bias=True))
+    extra = set(biased.state_dict()) - set(plain.state_dict())
+    assert extra == {"site_hidden_b.weight"} and extra <= set(SITE_ROWS)
+    biased.load_state_dict(plain.state_dict() | {"site_hidden_b.weight": biased.site_hidden_b.weight.detach()})
+    x, s = torch.randn(6, N_FEATURES), torch.tensor([0, 1, 2, 3, 1, 0])
+    assert torch.equal(biased(x, s)[0], plain(x, s)[0])  # zero-initialised: the same function
+    with torch.no_grad():
+        biased.site_hidden_b.weight[2] += 1.0
+    moved = biased(x, s)[0] != plain(x, s)[0]
+    assert moved[2] and not moved[[0, 1, 3, 4, 5]].any()  # site 2's row moves site 2's pairs only
+    cfg = train.FitConfig(epochs=1, batch_size=128, site_hidden_bias=True)
+    assert train.train_central(tiny_logs[:3], cfg).config.site_hidden_bias
+    assert train.federated_config(3, cfg).site_hidden_bias
+
+
 def test_central_fit_learns(tiny_logs):
     model = train.train_central(tiny_logs, train.FitConfig(epochs=3, batch_size=128))
     pooled = train.Logs.concat(tiny_logs)
@@ -89,6 +109,7 @@ def test_shipped_checkpoint_is_the_default_recipe(sites):
     assert meta["rounds"] == Recipe.fit.rounds
     assert meta["personal_epochs"] == Recipe.fit.personal_epochs
     assert doc["model"]["site_lr_scale"] == Recipe.fit.site_lr_scale
+    assert doc["model"].get("site_hidden_bias", False) == Recipe.fit.site_hidden_bias
     assert [rd.get("personal", False) for rd in meta["aggregated"]] == \
         [False] * Recipe.fit.rounds + [True] * (Recipe.fit.personal_epochs > 0)
     assert tuple(doc["site_ids"]) == sites.ids

@@ -43,6 +43,8 @@ class FitConfig:
     # the per-site parameters on its own log for this many epochs (the shared weights frozen);
     # the served model is still one model, row i trained by site i. 0: none.
     personal_epochs: int = 0
+    # The model's per-site hidden biases (CoordNetConfig.site_hidden_bias), central and federated alike.
+    site_hidden_bias: bool = False
     val_fraction: float = 0.1
     seed: int = 0
 
@@ -95,13 +97,15 @@ def fit(model: CoordNet, logs: Logs, epochs: int, cfg: FitConfig) -> CoordNet:
 def new_model(n_sites: int, cfg: FitConfig, prox_mu: float = 0.0, **net) -> CoordNet:
     """A seeded CoordNet; `net` overrides CoordNetConfig fields (e.g. hidden, n_layers)."""
     L.seed_everything(cfg.seed, verbose=False)
-    return CoordNet(CoordNetConfig(n_sites=n_sites, prox_mu=prox_mu, **net))
+    return CoordNet(CoordNetConfig(**{"n_sites": n_sites, "prox_mu": prox_mu, "site_hidden_bias": cfg.site_hidden_bias,
+                                      **net}))
 
 
 def federated_config(n_sites: int, cfg: FitConfig) -> CoordNetConfig:
     """The model config a federation sends its sites: FedProx's mu and the per-site rows'
-    learning-rate scale are the fit's; the rest the model's defaults."""
-    return CoordNetConfig(n_sites=n_sites, prox_mu=cfg.prox_mu, site_lr_scale=cfg.site_lr_scale)
+    learning-rate scale and per-site hidden biases are the fit's; the rest the model's defaults."""
+    return CoordNetConfig(n_sites=n_sites, prox_mu=cfg.prox_mu, site_lr_scale=cfg.site_lr_scale,
+                          site_hidden_bias=cfg.site_hidden_bias)
 
 
 def train_central(site_logs: list[Logs], cfg: FitConfig, **net) -> CoordNet:
