@@ -39,7 +39,7 @@ test: $(STAMP) check-protos
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 # The shipped coordination checkpoint re-trained from its recipe, weights compared, and the
-# demo LLM's recipe re-run to its first recorded step (3-4 min on a quiet 2-core machine;
+# demo LLM's recipe re-run to its first recorded step (5-6 min on a quiet 2-core machine since the 60-round recipe;
 # CI runs it after `make test`).
 test-reproduce: $(STAMP)
 	GALACTIC_REPRODUCE_RECIPE=1 $(PY) -m pytest -q -n 2 tests/coordination/test_coord_training.py \

@@ -116,7 +116,7 @@ def test_shipped_checkpoint_is_the_default_recipe(sites):
     assert doc["model"]["n_features"] == N_FEATURES
 
 
-# The full recipe in one process: 137 s at load 2 on this 2-core machine and over 20 min under
+# The full recipe in one process: 244 s (60 rounds) on this 2-core machine and over 20 min under
 # load 10; `make test-reproduce` (run by .ci/run after `make test`) sets GALACTIC_REPRODUCE_RECIPE=1.
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
