@@ -334,12 +334,7 @@ class CoordinationEngine:
         esnr[idx[ti], sj] = snr
         pr = item.problem
         # The previous decision holds only for rows scored by these weights (not after a reload).
-        previous = item.previous if item.version == version else None
-        weights = pr.targets.value[:, None] * prob
-        first = solver.urgent_pairs(pr.targets.critical, prob, self.config.urgent_min_p_success)
-        previous_args = previous or (None, None, None, 0)
-        choice, kept, used = solver.assign_more(weights, pr.sites.capacity, first, *previous_args,
-                                                lsa_max_cells=self.config.lsa_max_cells)
+        choice, kept, used = self._assign(pr, prob, item.previous if item.version == version else None)
         return problem.result(pr, ok, prob, esnr, choice, used, version), (ok, prob, esnr), (choice, kept)
 
     def _solve(self, item: problem.Problem, ok, ti, sj, p, snr, version: str) -> CoordinateResult:
@@ -349,14 +344,18 @@ class CoordinationEngine:
         return self._decide(item, ok, prob, esnr, version)
 
     def _decide(self, pr: problem.Problem, ok, prob, esnr, version: str) -> CoordinateResult:
-        choice, used = self._assign(pr, prob)
+        choice, _, used = self._assign(pr, prob)
         return problem.result(pr, ok, prob, esnr, choice, used, version)
 
-    def _assign(self, pr: problem.Problem, prob: np.ndarray) -> tuple[np.ndarray, str]:
-        """The decision for one problem's (N, S) P(success) grid (0 where infeasible)."""
+    def _assign(self, pr: problem.Problem, prob: np.ndarray,
+                previous: tuple | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+        """The decision for one problem's (N, S) P(success) grid (0 where infeasible): site per
+        target, the urgent targets kept, the solver. `previous`: a plan's previous decision
+        on these rows (`PlanState.cached_scores`), to repair instead of solving afresh."""
         weights = pr.targets.value[:, None] * prob  # (N, S) expected value
         first = solver.urgent_pairs(pr.targets.critical, prob, self.config.urgent_min_p_success)
-        return solver.assign(weights, pr.sites.capacity, first, self.config.lsa_max_cells)
+        return solver.assign_more(weights, pr.sites.capacity, first, *(previous or (None, None, None, 0)),
+                                  lsa_max_cells=self.config.lsa_max_cells)
 
 
 def _rows(t: features.TargetArrays, idx: np.ndarray) -> features.TargetArrays:

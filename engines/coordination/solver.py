@@ -82,21 +82,8 @@ def assign(weights: np.ndarray, capacity: np.ndarray, first: np.ndarray | None =
     chooses are all placed at qualifying pairs; under that, the plan maximises the total
     weight (module docstring). Without `first`, it maximises the total weight.
     """
-    n, s = weights.shape
-    if n == 0 or s == 0:
-        return np.full(n, -1, dtype=np.int64), "empty"
-    cap = np.asarray(capacity, dtype=np.int64)
-    w, used = weights, []
-    if first is not None:
-        keep, name = _kept(weights, cap, first, lsa_max_cells)
-        used.append(name)
-        if keep.any():
-            must = first & keep[:, None] & (weights > _EPS)
-            w = np.where(must, weights + _urgent_bonus(weights), weights)
-    out, name = _solve(w, cap, lsa_max_cells)
-    used.append(name)
-    used = [u for i, u in enumerate(used) if u != "empty" and u not in used[:i]]
-    return out, "+".join(used) or "empty"
+    out, _, used = assign_more(weights, capacity, first, lsa_max_cells=lsa_max_cells)
+    return out, used
 
 
 def kept(weights: np.ndarray, capacity: np.ndarray, first: np.ndarray, lsa_max_cells: int = 60_000) -> np.ndarray:
