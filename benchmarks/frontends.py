@@ -14,10 +14,13 @@ same load through each front end, interleaved within each round so drift hits bo
            `stream`, `sampling_parameters`), one stream per request over one channel, as
            native's calls are; tokens counted from each response's `num_output_tokens`.
 
-Both clients connect before the clock starts (a warm-up run opens the connections) and time
-what a user's client sees: TTFT from the call to the first frame or event carrying text;
-tokens/s from the completion tokens each stream reports at its end. At one stream, 8
-requests back to back per row give the TTFT percentiles. The targets of issue 19: TTFT p50
+Every client connects once, before the clock starts, and keeps its connection for the run
+as a user's service does (one gRPC channel per gRPC front end, keep-alive HTTP connections
+opened by a warm-up run), and times what a user's client sees: TTFT from the call to the
+first frame or event carrying text; tokens/s from the completion tokens each stream reports
+at its end. At one stream the front ends take turns request by request, 16 requests each
+per round; the TTFT target is checked on the p50 of every round's samples pooled (one row's
+16 vary too much for a 2 ms target), with a bootstrap 90 % interval of the difference. The targets of issue 19: TTFT p50
 at 1 stream within 2 ms of native, tokens/s at 32 streams at least 0.95 of native.
 
 Coordination: a coordination-only galacticd (`coordination.py`'s config), one 1,000 x 12
@@ -37,6 +40,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import shutil
 import signal
 import statistics
@@ -47,10 +51,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from llm_serving import (FULL, PROMPT, SOLO_REPEATS, LoadProbe, Trace, _free_port, _loadavg,  # noqa: E402
+from llm_serving import (FULL, PROMPT, LoadProbe, Trace, _free_port, _loadavg,  # noqa: E402
                          _pct, build, merge, run_grpc, start_galacticd)
 
 CONCURRENCY = (1, 32)
+# Requests per front end per round at one stream. One TTFT sample varies by +-10 ms on this
+# 2-core host (the model's steps share the cores with both clients), so the 2 ms target needs
+# the rounds' samples pooled: 3 x 16 per front end put the p50's difference within about
+# +-1.5 ms (the bootstrap interval printed beside it).
+SOLO_TURNS = 16
 
 
 async def run_openai(session, port: int, n: int, new_tokens: int) -> Trace:
@@ -88,12 +97,18 @@ async def run_openai(session, port: int, n: int, new_tokens: int) -> Trace:
     return Trace(ttft, itl, sum(counts), time.monotonic() - t0)
 
 
-async def run_kserve(port: int, n: int, new_tokens: int) -> Trace:
-    """n concurrent ModelStreamInfer generations; times as the client sees them (as run_grpc)."""
+async def run_kserve(port: int, n: int, new_tokens: int, channel=None) -> Trace:
+    """n concurrent ModelStreamInfer generations; times as the client sees them (as run_grpc,
+    `channel` as there)."""
     import grpc
 
     from inference import grpc_service_pb2 as pb
     from inference import grpc_service_pb2_grpc
+
+    if channel is None:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            await channel.channel_ready()  # connected before the clock starts, as run_grpc
+            return await run_kserve(port, n, new_tokens, channel)
 
     def tensor(name: str, datatype: str, raw: bytes) -> tuple:
         return pb.ModelInferRequest.InferInputTensor(name=name, datatype=datatype, shape=[1]), raw
@@ -108,34 +123,32 @@ async def run_kserve(port: int, n: int, new_tokens: int) -> Trace:
     request = pb.ModelInferRequest(model_name="bench", inputs=[t for t, _ in parts],
                                    raw_input_contents=[raw for _, raw in parts])
     ttft, itl = [], []
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        await channel.channel_ready()  # connected before the clock starts, as run_grpc
-        stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        t0 = time.monotonic()
+    stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    t0 = time.monotonic()
 
-        async def one() -> int:
-            last, count, seen_text = None, 0, False
-            t_call = time.monotonic()
-            async for frame in stub.ModelStreamInfer(iter([request]), timeout=600):
-                now = time.monotonic()
-                if frame.error_message:
-                    raise RuntimeError(frame.error_message)
-                resp = frame.infer_response
-                names = [o.name for o in resp.outputs]
-                raw = dict(zip(names, resp.raw_output_contents))
-                count += int.from_bytes(raw["num_output_tokens"], "little")
-                if resp.parameters["triton_final_response"].bool_param:
-                    break
-                if len(raw["text_output"]) > 4:  # a 4-byte length, then the text
-                    if not seen_text:
-                        seen_text = True
-                        ttft.append(now - t_call)
-                    if last is not None:
-                        itl.append(now - last)
-                    last = now
-            return count
+    async def one() -> int:
+        last, count, seen_text = None, 0, False
+        t_call = time.monotonic()
+        async for frame in stub.ModelStreamInfer(iter([request]), timeout=600):
+            now = time.monotonic()
+            if frame.error_message:
+                raise RuntimeError(frame.error_message)
+            resp = frame.infer_response
+            names = [o.name for o in resp.outputs]
+            raw = dict(zip(names, resp.raw_output_contents))
+            count += int.from_bytes(raw["num_output_tokens"], "little")
+            if resp.parameters["triton_final_response"].bool_param:
+                break
+            if len(raw["text_output"]) > 4:  # a 4-byte length, then the text
+                if not seen_text:
+                    seen_text = True
+                    ttft.append(now - t_call)
+                if last is not None:
+                    itl.append(now - last)
+                last = now
+        return count
 
-        counts = await asyncio.gather(*(one() for _ in range(n)))
+    counts = await asyncio.gather(*(one() for _ in range(n)))
     return Trace(ttft, itl, sum(counts), time.monotonic() - t0)
 
 
@@ -234,43 +247,85 @@ async def main_async(args: argparse.Namespace) -> list[dict]:
     daemon = await start_galacticd(model_dir, adapters_dir, root, max(CONCURRENCY), [],
                                    env={"GALACTIC_OPENAI__ENABLED": "true",
                                         "GALACTIC_OPENAI__LISTEN": f"127.0.0.1:{openai_port}"})
-    # One keep-alive connection per concurrent stream, as the gRPC channel multiplexes them.
+    # Every client connects once and keeps its connection, as a user's service does: one
+    # gRPC channel per gRPC front end for the whole run (it multiplexes the streams), one
+    # keep-alive HTTP connection per concurrent stream. A fresh channel per call put the
+    # first call's HTTP/2 set-up into each TTFT sample: 3-9 ms for Generate and 5 ms more
+    # for a bidirectional ModelStreamInfer (probe of 2026-12-04, 20 calls each, paired).
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=600))
+    import grpc
+
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{daemon.port}") for _ in range(2)]
+    for channel in channels:
+        await channel.channel_ready()
     systems = {
-        "native": lambda n: run_grpc(daemon.port, n, setup.new_tokens, [None]),
+        "native": lambda n: run_grpc(daemon.port, n, setup.new_tokens, [None], channels[0]),
         "openai": lambda n: run_openai(session, openai_port, n, setup.new_tokens),
-        "kserve": lambda n: run_kserve(daemon.port, n, setup.new_tokens),
+        "kserve": lambda n: run_kserve(daemon.port, n, setup.new_tokens, channels[1]),
     }
     rows = []
+
+    def row(name: str, n: int, rnd: int, tr, probe) -> dict:
+        return {
+            "system": name, "concurrency": n, "round": rnd,
+            "tokens_per_s": round(tr.tokens / tr.wall, 1),
+            "ttft_p50_ms": round(_pct(tr.ttft, 0.5), 2), "ttft_p99_ms": round(_pct(tr.ttft, 0.99), 2),
+            "itl_p50_ms": round(_pct(tr.itl, 0.5), 2), "itl_p99_ms": round(_pct(tr.itl, 0.99), 2),
+            "other_cores": round(probe.other_cores, 2), "disturbed": probe.other_cores > 0.25,
+            "loadavg": _loadavg(),
+        }
+
     try:
         for run in systems.values():  # warm-up: connections open, first-call paths taken
             await run(max(CONCURRENCY))
         for rnd in range(rounds):
             for n in CONCURRENCY:
-                for name, run in systems.items():
+                if n == 1:
+                    # One request of each front end in turn, SOLO_TURNS times: drift over
+                    # the round reaches every front end alike, and TTFTs compare pairwise.
                     with LoadProbe(daemon.proc.pid) as probe:
-                        tr = merge([await run(n) for _ in range(SOLO_REPEATS if n == 1 else 1)])
-                    rows.append({
-                        "system": name, "concurrency": n, "round": rnd,
-                        "tokens_per_s": round(tr.tokens / tr.wall, 1),
-                        "ttft_p50_ms": round(_pct(tr.ttft, 0.5), 2), "ttft_p99_ms": round(_pct(tr.ttft, 0.99), 2),
-                        "itl_p50_ms": round(_pct(tr.itl, 0.5), 2), "itl_p99_ms": round(_pct(tr.itl, 0.99), 2),
-                        "other_cores": round(probe.other_cores, 2), "disturbed": probe.other_cores > 0.25,
-                        "loadavg": _loadavg(),
-                    })
-                    print(json.dumps(rows[-1]), file=sys.stderr)
+                        traces = {name: [] for name in systems}
+                        for _ in range(SOLO_TURNS):
+                            for name, run in systems.items():
+                                traces[name].append(await run(1))
+                    new = [row(name, 1, rnd, merge(trs), probe) for name, trs in traces.items()]
+                    for r, trs in zip(new, traces.values()):  # in turn order: sample i of each pairs up
+                        r["ttft_samples_ms"] = [round(t.ttft[0] * 1000, 3) for t in trs]
+                else:
+                    new = []
+                    for name, run in systems.items():
+                        with LoadProbe(daemon.proc.pid) as probe:
+                            tr = await run(n)
+                        new.append(row(name, n, rnd, tr, probe))
+                for r in new:
+                    print(json.dumps(r), file=sys.stderr)
+                rows += new
     except BaseException:
         print(daemon.log_tail(), file=sys.stderr)
         raise
     finally:
         await session.close()
+        for channel in channels:
+            await channel.close()
         daemon.stop()
         shutil.rmtree(root, ignore_errors=True)
     return rows
 
 
+def _bootstrap_delta(xs: list[float], base: list[float], rng: random.Random, draws: int = 2000) -> tuple[float, float]:
+    """A 90 % bootstrap interval of median(xs) - median(base), resampling the turns (pairs)."""
+    if not xs or len(xs) != len(base):
+        return float("nan"), float("nan")
+    deltas = []
+    for _ in range(draws):
+        pick = [rng.randrange(len(xs)) for _ in xs]
+        deltas.append(statistics.median(xs[i] for i in pick) - statistics.median(base[i] for i in pick))
+    deltas.sort()
+    return round(deltas[int(0.05 * draws)], 2), round(deltas[int(0.95 * draws) - 1], 2)
+
+
 def summarize(rows: list[dict]) -> tuple[str, dict]:
-    """The table, then the targets checked on the medians over rounds."""
+    """The table, then the targets: TTFT on the pooled samples, tokens/s on medians over rounds."""
     def med(system: str, n: int, key: str) -> float:
         # Undisturbed rows only, where each front end has one at this level (a neighbour on a
         # 2-core host moves both by far more than the front ends differ).
@@ -287,19 +342,28 @@ def summarize(rows: list[dict]) -> tuple[str, dict]:
                      f"{r['ttft_p99_ms']} | {r['itl_p50_ms']} | {r['itl_p99_ms']} | {'yes' if r['disturbed'] else 'no'} |")
     top = max(CONCURRENCY)
     fronts = [s for s in dict.fromkeys(r["system"] for r in rows) if s != "native"]
+    solo = [r for r in rows if r["concurrency"] == 1 and "ttft_samples_ms" in r]
+    quiet = [r for r in solo if not r["disturbed"]] or solo  # one probe per round: all or none disturbed
+    pooled = {s: [x for r in quiet if r["system"] == s for x in r["ttft_samples_ms"]] for s in ["native", *fronts]}
     summary = {
-        "ttft_p50_ms": {s: med(s, 1, "ttft_p50_ms") for s in ["native", *fronts]},
+        "ttft_p50_ms": {s: round(statistics.median(xs), 2) if xs else med(s, 1, "ttft_p50_ms")
+                        for s, xs in pooled.items()},
+        "ttft_samples": {s: len(xs) for s, xs in pooled.items()},
         f"tokens_per_s_{top}": {s: med(s, top, "tokens_per_s") for s in ["native", *fronts]},
     }
-    lines += ["", "(medians over the undisturbed rows of each level, where every front end has one)"]
+    lines += ["", f"(TTFT: p50 of every undisturbed round's samples at one stream pooled, "
+                  f"{summary['ttft_samples']['native']} per front end; tokens/s: medians over the "
+                  "undisturbed rows, where every front end has one)"]
+    rng = random.Random(0)
     for s in fronts:
         dt = summary["ttft_p50_ms"][s] - summary["ttft_p50_ms"]["native"]
+        low, high = _bootstrap_delta(pooled[s], pooled["native"], rng)
         ratio = summary[f"tokens_per_s_{top}"][s] / summary[f"tokens_per_s_{top}"]["native"]
-        summary[s] = {"ttft_delta_ms": round(dt, 2), "tokens_per_s_ratio": round(ratio, 3),
-                      "ttft_met": dt <= 2.0, "tokens_per_s_met": ratio >= 0.95}
+        summary[s] = {"ttft_delta_ms": round(dt, 2), "ttft_delta_90ci_ms": [low, high],
+                      "tokens_per_s_ratio": round(ratio, 3), "ttft_met": dt <= 2.0, "tokens_per_s_met": ratio >= 0.95}
         lines += [f"TTFT p50 at 1 stream: {s} {summary['ttft_p50_ms'][s]:.2f} ms, native "
-                  f"{summary['ttft_p50_ms']['native']:.2f} ms: {dt:+.2f} ms (target <= +2 ms: "
-                  f"{'met' if summary[s]['ttft_met'] else 'missed'})",
+                  f"{summary['ttft_p50_ms']['native']:.2f} ms: {dt:+.2f} ms, 90 % interval [{low:+.2f}, {high:+.2f}] "
+                  f"(target <= +2 ms: {'met' if summary[s]['ttft_met'] else 'missed'})",
                   f"tokens/s at {top} streams: {s} / native = {ratio:.3f} (target >= 0.95: "
                   f"{'met' if summary[s]['tokens_per_s_met'] else 'missed'})"]
     summary["disturbed_rows"] = sum(r["disturbed"] for r in rows)

@@ -262,42 +262,46 @@ def limit_worker(model_dir: str, threads: int) -> int:
     return 0
 
 
-async def run_grpc(port: int, n: int, new_tokens: int, adapters: list[str | None]) -> Trace:
+async def run_grpc(port: int, n: int, new_tokens: int, adapters: list[str | None], channel=None) -> Trace:
     """n concurrent streaming Generate calls over loopback; times as the client sees them:
-    TTFT from the call to the first non-empty text, ITL between frames carrying tokens."""
+    TTFT from the call to the first non-empty text, ITL between frames carrying tokens.
+    `channel`: an open grpc.aio channel to call over (a user's client keeps one open); by
+    default one is opened, and connected before the clock starts, for these n calls."""
     import grpc
 
     from galactic.v1 import generation_pb2 as pb
     from galactic.v1 import generation_pb2_grpc
 
+    if channel is None:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            # Connected before the clock starts: a TCP + HTTP/2 set-up inside every TTFT
+            # sample would shrink the ratios.
+            await channel.channel_ready()
+            return await run_grpc(port, n, new_tokens, adapters, channel)
     ttft, itl = [], []
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        # Connected before the clock starts: a user's client keeps its channel open, and
-        # a TCP + HTTP/2 set-up inside every TTFT sample would shrink the ratios.
-        await channel.channel_ready()
-        stub = generation_pb2_grpc.GenerationStub(channel)
-        t0 = time.monotonic()
+    stub = generation_pb2_grpc.GenerationStub(channel)
+    t0 = time.monotonic()
 
-        async def one(i: int) -> int:
-            req = pb.GenerateRequest(prompt=PROMPT, stopping=pb.StoppingParams(max_new_tokens=new_tokens, ignore_eos=True))
-            if adapters[i % len(adapters)]:
-                req.adapter = adapters[i % len(adapters)]
-            last, count, seen_text = None, 0, False
-            t_call = time.monotonic()
-            async for frame in stub.Generate(req, timeout=600):
-                now = time.monotonic()
-                if frame.HasField("tokens"):
-                    if not seen_text and frame.tokens.text:
-                        seen_text = True
-                        ttft.append(now - t_call)
-                    if last is not None:
-                        itl.append(now - last)
-                    last = now
-                else:
-                    count = frame.final.usage.completion_tokens
-            return count
+    async def one(i: int) -> int:
+        req = pb.GenerateRequest(prompt=PROMPT, stopping=pb.StoppingParams(max_new_tokens=new_tokens, ignore_eos=True))
+        if adapters[i % len(adapters)]:
+            req.adapter = adapters[i % len(adapters)]
+        last, count, seen_text = None, 0, False
+        t_call = time.monotonic()
+        async for frame in stub.Generate(req, timeout=600):
+            now = time.monotonic()
+            if frame.HasField("tokens"):
+                if not seen_text and frame.tokens.text:
+                    seen_text = True
+                    ttft.append(now - t_call)
+                if last is not None:
+                    itl.append(now - last)
+                last = now
+            else:
+                count = frame.final.usage.completion_tokens
+        return count
 
-        counts = await asyncio.gather(*(one(i) for i in range(n)))
+    counts = await asyncio.gather(*(one(i) for i in range(n)))
     return Trace(ttft, itl, sum(counts), time.monotonic() - t0)
 
 
