@@ -41,7 +41,7 @@ def _diff_pb(diff: PlanDiff, engine: CoordinationEngine, full: bool) -> pb.PlanU
         dropped=[pb.PlanDrop(target_id=d.target_id, from_site_id=d.from_site_id, retracted=d.retracted,
                              reason=REASONS[d.reason] if d.reason is not None else pb.Unassigned.REASON_UNSPECIFIED)
                  for d in diff.dropped],
-        total_expected_value=r.total_expected_value, targets=diff.targets, assigned_count=len(r.assignments),
+        total_expected_value=r.total_expected_value, targets=diff.targets, assigned_count=len(r.columns.assigned),
         full=to_pb(r, engine.name, version) if full else None)
 
 

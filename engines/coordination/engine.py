@@ -230,7 +230,9 @@ class CoordinationEngine:
         but only targets without scores from the previous plan are run through the model."""
         self._require_ready()
         req, epoch, stamps = state.snapshot()
-        prob = problem.validate(req, self._sites, self.config, targets_checked=True)  # each upsert was
+        # Each upsert's targets were checked as it came, and the sites when they last changed.
+        prob = problem.validate(req, self._sites, self.config, targets_checked=True,
+                                sites=state.site_arrays(self._sites))
         s = len(req.observatories)
         version = self.version
         (ok, p, snr), missing, previous = state.cached_scores(stamps, epoch, version, s)

@@ -104,20 +104,24 @@ class PlanState:
                                     f"streams.max_targets={self._max_targets}", field="open.targets")
         try:
             cols = _as_columns(targets)
-            problem.validate(CoordinateRequest(time_unix=time_unix, observatories=observatories, targets=cols,
-                                               window_s=window_s, snr_required=snr_required), table, config)
+            opened = problem.validate(CoordinateRequest(time_unix=time_unix, observatories=observatories,
+                                                        targets=cols, window_s=window_s, snr_required=snr_required),
+                                      table, config)
         except GalacticError as exc:
             raise _reprefix(exc, "open") from None
         self.time_unix = time_unix
         self.window_s = window_s
         self.snr_required = snr_required
         self._sites: dict[str, Observatory] = {o.site_id: o for o in observatories}
+        # The sites as checked arrays (`problem.check_sites`), kept until a site changes:
+        # each plan's snapshot would otherwise check the same observatories again.
+        self._site_arrays = opened.sites
         self._ids: list[str] = list(cols.id)
         self._row: dict[str, int] = {tid: i for i, tid in enumerate(self._ids)}
         self._cols: dict[str, np.ndarray] = {name: np.asarray(getattr(cols, name)).copy() for name in _ARRAYS}
         self._stamp = np.arange(len(self._ids), dtype=np.int64)  # (N,) the upsert that wrote each row
         self._next_stamp = len(self._ids)
-        self._previous: dict[str, Assignment] = {}
+        self._previous: dict[str, str] = {}  # the last plan: target id -> site id
         self.sequence = 0
         # Per-target scores (feasible, P(success), SNR rows over the sites) of the last plan,
         # valid for one (epoch, weights version) and keyed by row stamp: a new alert then
@@ -136,12 +140,12 @@ class PlanState:
         return len(self._ids)
 
     def _check(self, *, targets: tuple[Target, ...] | TargetColumns = (), sites: tuple[Observatory, ...] | None = None,
-               time_unix: float | None = None, window_s: float | None = None) -> None:
+               time_unix: float | None = None, window_s: float | None = None) -> problem.Problem:
         req = CoordinateRequest(time_unix=self.time_unix if time_unix is None else time_unix,
                                 observatories=tuple(self._sites.values()) if sites is None else sites,
                                 targets=targets, window_s=self.window_s if window_s is None else window_s,
                                 snr_required=self.snr_required)
-        problem.validate(req, self._table, self._config)
+        return problem.validate(req, self._table, self._config)
 
     def upsert(self, targets: tuple[Target, ...] | TargetColumns) -> None:
         """Add targets, or replace those whose id is known."""
@@ -149,7 +153,7 @@ class PlanState:
             raise InvalidArgument("at least one target is required", field="upsert.targets")
         try:
             cols = _as_columns(targets)
-            self._check(targets=cols)
+            problem.check_targets(cols, len(self._sites), self._config)  # sites, time, window: checked when set
         except GalacticError as exc:
             raise _reprefix(exc, "upsert") from None
         rows = [self._row.get(tid, -1) for tid in cols.id]
@@ -200,10 +204,11 @@ class PlanState:
         sites = tuple(new if s.site_id == change.site_id else s for s in self._sites.values())
         j = list(self._sites).index(change.site_id)
         try:
-            self._check(sites=sites)
+            checked = self._check(sites=sites)
         except GalacticError as exc:
             raise _reprefix(exc, "site", {f"observatories[{j}].": ""}) from None
         self._sites[change.site_id] = new
+        self._site_arrays = checked.sites
         self._epoch += 1
 
     def set_window(self, time_unix: float, window_s: float | None) -> None:
@@ -222,6 +227,11 @@ class PlanState:
         return CoordinateRequest(time_unix=self.time_unix, observatories=tuple(self._sites.values()),
                                  targets=cols, window_s=self.window_s, snr_required=self.snr_required,
                                  request_id=request_id)
+
+    def site_arrays(self, table: SiteTable):
+        """The sites as `problem.check_sites` made them when they last changed, for
+        `problem.validate(sites=...)`; None if `table` is not the one they were checked on."""
+        return self._site_arrays if table is self._table else None
 
     def snapshot(self) -> tuple[CoordinateRequest, int, np.ndarray]:
         """The state as a request, the epoch its site conditions and window belong to, and
@@ -283,24 +293,42 @@ class PlanState:
         A target the result does not mention (retracted while it was being planned) is
         left out of the new plan rather than resurrected.
         """
-        now = {a.target_id: a for a in result.assignments if a.target_id in self._row}
-        reasons: dict[str, int] | None = None  # built only when a target still held was dropped
+        # From the result's columns: an Assignment is built only for a target that is new
+        # or moved (an alert's plan changes a few of ~100 placements), not for every one.
+        c = result.columns
+        ids, sites, held = c.target_id, c.site_id, self._row
+        rows, cols = c.assigned.tolist(), c.site.tolist()
+        now = {ids[i]: sites[j] for i, j in zip(rows, cols) if ids[i] in held}  # target -> site
+        at = {ids[i]: k for k, i in enumerate(rows)}
+
+        def assignment(tid: str) -> Assignment:
+            k = at[tid]
+            return Assignment(tid, now[tid], float(c.expected_value[k]), float(c.p_success[k]),
+                              float(c.expected_snr[k]))
+
         assigned, moved, dropped = [], [], []
-        for tid, a in now.items():
+        for tid, site in now.items():
             before = self._previous.get(tid)
             if before is None:
-                assigned.append(a)
-            elif before.site_id != a.site_id:
-                moved.append(Move(tid, before.site_id, a))
+                assigned.append(assignment(tid))
+            elif before != site:
+                moved.append(Move(tid, before, assignment(tid)))
         for tid, before in self._previous.items():
             if tid in now:
                 continue
-            gone = tid not in self._row
-            if not gone and reasons is None:
-                c = result.columns
-                reasons = {c.target_id[i]: r for i, r in zip(c.unassigned.tolist(), c.reason.tolist())}
-            reason = None if gone else UnassignedReason(reasons.get(tid, UnassignedReason.CAPACITY))
-            dropped.append(Drop(tid, before.site_id, reason, gone))
+            gone = tid not in held
+            reason = None if gone else UnassignedReason(_reason(c, tid))
+            dropped.append(Drop(tid, before, reason, gone))
         self._previous = now
         self.sequence += 1
         return PlanDiff(self.sequence, tuple(assigned), tuple(moved), tuple(dropped), result, len(self._ids))
+
+
+def _reason(c, tid: str) -> int:
+    """Why the result left target `tid` (held, unassigned) out: its row's reason, found by
+    one search rather than a map of every unassigned target."""
+    row = c.target_id.index(tid)
+    k = int(np.searchsorted(c.unassigned, row))  # `unassigned` is in request order
+    if k < len(c.unassigned) and c.unassigned[k] == row:
+        return int(c.reason[k])
+    return UnassignedReason.CAPACITY

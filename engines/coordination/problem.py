@@ -116,12 +116,15 @@ def _table_arrays(table: SiteTable) -> tuple[dict[str, int], np.ndarray, np.ndar
             np.array([x.capacity for x in table.site], dtype=np.int64))
 
 
-def validate(req: CoordinateRequest, table: SiteTable, cfg: CoordinationConfig, targets_checked: bool = False) -> Problem:
+def validate(req: CoordinateRequest, table: SiteTable, cfg: CoordinationConfig, targets_checked: bool = False,
+             sites: SiteArrays | None = None) -> Problem:
     """The engine's Problem from a request, every field checked (InvalidArgument naming it).
 
     `targets_checked`: the targets are columns that were each checked as they arrived (a
     standing plan's snapshot: `PlanState` checks every upsert), so they are taken as they are
-    instead of being checked again on every plan; sites, window and time still are.
+    instead of being checked again on every plan. `sites`: `check_sites` of these
+    observatories, kept by the caller since they last changed (a standing plan's sites
+    change by events, not per plan). Time and window are always checked.
     """
     t0 = _finite(req.time_unix, "time_unix", 0.0, 4.1e9)
     window = _finite(req.window_s, "window_s", positive=True)
@@ -130,20 +133,45 @@ def validate(req: CoordinateRequest, table: SiteTable, cfg: CoordinationConfig, 
         raise InvalidArgument("at least one observatory is required", field="observatories")
     if len(req.observatories) > cfg.max_observatories:
         raise InvalidArgument(f"at most {cfg.max_observatories} observatories", field="observatories")
-    if len(req.targets) > cfg.max_targets:
+    _check_counts(len(req.targets), len(req.observatories), cfg)
+    if sites is None:
+        sites = check_sites(req.observatories, table)
+    cols = req.targets if isinstance(req.targets, TargetColumns) else target_columns(req.targets)
+    ra, dec, mag, band, exp, val, due = _target_arrays(cols) if targets_checked else _check_targets(cols)
+    expired = due <= t0
+    # Urgent: flagged time-critical, or due before this window ends (no later chance).
+    crit = np.asarray(cols.time_critical, dtype=bool) | (due <= t0 + window)
+    return Problem(req.request_id, cols.id, tuple(o.site_id for o in req.observatories), t0 + window / 2.0,
+                   TargetArrays(ra, dec, mag, band, exp, val, crit), sites, expired, snr)
+
+
+def _check_counts(n_targets: int, n_sites: int, cfg: CoordinationConfig) -> None:
+    if n_targets > cfg.max_targets:
         raise InvalidArgument(f"at most {cfg.max_targets} targets", field="targets")
-    pairs = len(req.targets) * len(req.observatories)
+    pairs = n_targets * n_sites
     if pairs > cfg.batching.max_batch_pairs:
         # One model step holds at most max_batch_pairs rows; a bigger request would run
         # alone past that budget (and its memory). Split it, or raise the limit.
-        raise InvalidArgument(f"{len(req.targets)} targets x {len(req.observatories)} observatories = {pairs} pairs "
+        raise InvalidArgument(f"{n_targets} targets x {n_sites} observatories = {pairs} pairs "
                               f"exceeds batching.max_batch_pairs={cfg.batching.max_batch_pairs}; split the request",
                               field="targets")
+
+
+def check_targets(cols: TargetColumns, n_sites: int, cfg: CoordinationConfig) -> None:
+    """What `validate` checks of the targets alone (a standing plan's upsert: its sites,
+    time and window were checked when they were set), InvalidArgument naming the field."""
+    _check_counts(len(cols), n_sites, cfg)
+    _check_targets(cols)
+
+
+def check_sites(observatories: Sequence, table: SiteTable) -> SiteArrays:
+    """The observatories checked against the site table (InvalidArgument naming
+    `observatories[j].<field>`), as the per-site arrays the features use."""
     index, lat, lon, aperture, bands, capacity = _table_arrays(table)
     seen: set[str] = set()
-    rows = np.empty(len(req.observatories), dtype=np.int64)
-    caps = np.empty(len(req.observatories), dtype=np.int64)
-    for j, o in enumerate(req.observatories):
+    rows = np.empty(len(observatories), dtype=np.int64)
+    caps = np.empty(len(observatories), dtype=np.int64)
+    for j, o in enumerate(observatories):
         f = f"observatories[{j}]"
         if o.site_id not in index:
             raise InvalidArgument(f"unknown site {o.site_id!r}", field=f"{f}.site_id")
@@ -159,24 +187,17 @@ def validate(req: CoordinateRequest, table: SiteTable, cfg: CoordinationConfig, 
         caps[j] = cap
     weather = {}
     for name in ("forecast", "current"):
-        js = [j for j, o in enumerate(req.observatories) if getattr(o, name) is not None]
-        conds = [getattr(req.observatories[j], name) for j in js]
+        js = [j for j, o in enumerate(observatories) if getattr(o, name) is not None]
+        conds = [getattr(observatories[j], name) for j in js]
         for attr, lo, hi, pos in (("seeing_arcsec", None, None, True), ("cloud_extinction_mag", 0.0, 20.0, False),
                                   ("humidity_pct", 0.0, 100.0, False)):
             weather[name, attr] = _column([getattr(c, attr) for c in conds],
                                           lambda k, a=attr, n=name: f"observatories[{js[k]}].{n}.{a}", lo, hi, pos)
-    cols = req.targets if isinstance(req.targets, TargetColumns) else target_columns(req.targets)
-    ra, dec, mag, band, exp, val, due = _target_arrays(cols) if targets_checked else _check_targets(cols)
-    expired = due <= t0
-    # Urgent: flagged time-critical, or due before this window ends (no later chance).
-    crit = np.asarray(cols.time_critical, dtype=bool) | (due <= t0 + window)
-    sites = SiteArrays(
+    return SiteArrays(
         index=rows, latitude_deg=lat[rows], longitude_deg=lon[rows], aperture_m=aperture[rows], bands=bands[rows],
-        capacity=caps, open=np.array([bool(o.open) for o in req.observatories], dtype=bool),
+        capacity=caps, open=np.array([bool(o.open) for o in observatories], dtype=bool),
         seeing=weather["forecast", "seeing_arcsec"], cloud=weather["forecast", "cloud_extinction_mag"],
         humidity=weather["forecast", "humidity_pct"])
-    return Problem(req.request_id, cols.id, tuple(o.site_id for o in req.observatories), t0 + window / 2.0,
-                   TargetArrays(ra, dec, mag, band, exp, val, crit), sites, expired, snr)
 
 
 def target_columns(ts: Sequence[Target]) -> TargetColumns:

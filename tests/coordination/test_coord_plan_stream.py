@@ -83,6 +83,28 @@ async def test_open_then_alerts_yield_diffs_that_rebuild_the_full_plan(client):
         assert eid != "" and list(update.full.assignments) and update.version
 
 
+async def test_a_target_dropped_while_held_says_why_as_the_full_plan_does(client):
+    _, kw = opening()
+    async with client.coordinate_stream(**kw) as plan:
+        state = plan_of(await plan.next(), {})
+        assert state
+        for o in kw["observatories"]:  # no capacity anywhere: every placed target is dropped
+            await plan.update_site(o.site_id, capacity=0)
+        marker = await plan.request_plan()
+        why: dict[str, int] = {}
+        while True:
+            frame = await plan.next_frame()
+            assert frame.HasField("update"), frame
+            for d in frame.update.dropped:
+                assert not d.retracted and d.reason != pb.Unassigned.REASON_UNSPECIFIED
+                why[d.target_id] = d.reason
+            if marker in frame.event_ids:
+                break
+        assert set(why) == set(state)  # each placed target dropped once, with its reason
+        full = {u.target_id: u.reason for u in frame.update.full.unassigned}
+        assert why == {tid: full[tid] for tid in why}
+
+
 async def test_a_burst_is_coalesced_into_one_plan(client):
     _, kw = opening(10)
     async with client.coordinate_stream(coalesce_ms=1000.0, **kw) as plan:
