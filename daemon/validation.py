@@ -206,9 +206,11 @@ class Bounds:
                 if not (string or repeated or message):
                     continue
                 flat = None
-                if repeated and message and fd.message_type.full_name not in self._building:
+                if message and fd.message_type.full_name not in self._building:
                     child = self._plan(fd.message_type)
-                    if all(c.string and not c.repeated and c.kind != "name" for c in child):
+                    if not repeated and not child:
+                        continue  # e.g. Observatory.forecast: only numbers inside, nothing to check
+                    if repeated and all(c.string and not c.repeated and c.kind != "name" for c in child):
                         flat = tuple((c.name, c.limit) for c in child)
                 fields.append(_Field(name=fd.name, string=string, repeated=repeated, message=message, kind=kind,
                                      limit=self._count_limit(kind) if repeated else self._string_limit(kind),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Callable, Sequence
 
 import numpy as np
@@ -166,7 +166,20 @@ def check_targets(cols: TargetColumns, n_sites: int, cfg: CoordinationConfig) ->
 
 def check_sites(observatories: Sequence, table: SiteTable) -> SiteArrays:
     """The observatories checked against the site table (InvalidArgument naming
-    `observatories[j].<field>`), as the per-site arrays the features use."""
+    `observatories[j].<field>`), as the per-site arrays the features use.
+
+    Cached by value: the requests of one decision window carry the same observatories, and
+    checking twelve of them was a third of a small request's time on the event loop. The
+    arrays are read-only (every caller of the same sites shares them); a refused list raises
+    and is not cached."""
+    try:
+        return _check_sites(tuple(observatories), table)
+    except TypeError:  # not hashable (a caller's own Conditions type): checked uncached
+        return _check_sites.__wrapped__(tuple(observatories), table)
+
+
+@functools.lru_cache(maxsize=256)
+def _check_sites(observatories: tuple, table: SiteTable) -> SiteArrays:
     index, lat, lon, aperture, bands, capacity = _table_arrays(table)
     seen: set[str] = set()
     rows = np.empty(len(observatories), dtype=np.int64)
@@ -193,11 +206,14 @@ def check_sites(observatories: Sequence, table: SiteTable) -> SiteArrays:
                                   ("humidity_pct", 0.0, 100.0, False)):
             weather[name, attr] = _column([getattr(c, attr) for c in conds],
                                           lambda k, a=attr, n=name: f"observatories[{js[k]}].{n}.{a}", lo, hi, pos)
-    return SiteArrays(
+    out = SiteArrays(
         index=rows, latitude_deg=lat[rows], longitude_deg=lon[rows], aperture_m=aperture[rows], bands=bands[rows],
         capacity=caps, open=np.array([bool(o.open) for o in observatories], dtype=bool),
         seeing=weather["forecast", "seeing_arcsec"], cloud=weather["forecast", "cloud_extinction_mag"],
         humidity=weather["forecast", "humidity_pct"])
+    for f in fields(out):
+        getattr(out, f.name).flags.writeable = False
+    return out
 
 
 def target_columns(ts: Sequence[Target]) -> TargetColumns:

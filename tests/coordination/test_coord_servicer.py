@@ -195,3 +195,34 @@ async def test_a_short_request_names_its_bad_scalar(stub, field, value, words):
         await stub.Coordinate(m)
     e = from_rpc_error(err.value)
     assert e.code == grpc.StatusCode.INVALID_ARGUMENT and e.field == field and words in e.details
+
+
+def test_cached_sites_and_observatories_answer_as_fresh_ones_and_follow_a_change(sites):
+    """The observatories are translated once per distinct wire content and checked once per
+    distinct value (`problem.check_sites`): a cached answer equals a fresh one, a changed
+    forecast is translated and checked anew (a bad one is refused even after the good one
+    was cached), and the shared arrays are read-only."""
+    from daemon.servicers import coordination as sc
+    from engines.coordination import problem
+    from engines.errors import InvalidArgument
+
+    from .conftest import make_request
+
+    m = request_pb(make_request(5))
+    fresh = tuple(sc.observatory(o) for o in m.observatories)
+    assert sc.observatories(m.observatories) == fresh and sc.observatories(m.observatories) == fresh
+    problem._check_sites.cache_clear()
+    first, again = problem.check_sites(fresh, sites), problem.check_sites(list(fresh), sites)
+    assert problem._check_sites.cache_info().hits == 1 and again is first
+    uncached = problem._check_sites.__wrapped__(fresh, sites)
+    assert all(np.array_equal(getattr(first, f.name), getattr(uncached, f.name)) for f in dataclasses.fields(first))
+    assert not first.seeing.flags.writeable and not first.capacity.flags.writeable
+
+    m.observatories[1].forecast.seeing_arcsec = 1.7
+    changed = sc.observatories(m.observatories)
+    assert changed[1].forecast.seeing_arcsec == 1.7 and changed[0] == fresh[0]
+    assert problem.check_sites(changed, sites).seeing[1] == 1.7
+    m.observatories[1].forecast.seeing_arcsec = -1.0
+    with pytest.raises(InvalidArgument) as bad:
+        problem.check_sites(sc.observatories(m.observatories), sites)
+    assert bad.value.field == "observatories[1].forecast.seeing_arcsec"
