@@ -327,7 +327,10 @@ class PlanState:
 def _reason(c, tid: str) -> int:
     """Why the result left target `tid` (held, unassigned) out: its row's reason, found by
     one search rather than a map of every unassigned target."""
-    row = c.target_id.index(tid)
+    try:
+        row = c.target_id.index(tid)
+    except ValueError:  # retracted and upserted again while the plan was made: not in it
+        return UnassignedReason.CAPACITY
     k = int(np.searchsorted(c.unassigned, row))  # `unassigned` is in request order
     if k < len(c.unassigned) and c.unassigned[k] == row:
         return int(c.reason[k])

@@ -22,7 +22,7 @@ from engines.coordination.config import CoordinationConfig
 from engines.coordination.features import SiteArrays, TargetArrays
 from engines.coordination.sites import SiteTable
 from engines.coordination.types import (
-    CoordinateRequest, CoordinateResult, ResultColumns, Target, TargetColumns, UnassignedReason,
+    Conditions, CoordinateRequest, CoordinateResult, ResultColumns, Target, TargetColumns, UnassignedReason,
 )
 from engines.errors import InvalidArgument
 
@@ -172,10 +172,20 @@ def check_sites(observatories: Sequence, table: SiteTable) -> SiteArrays:
     checking twelve of them was a third of a small request's time on the event loop. The
     arrays are read-only (every caller of the same sites shares them); a refused list raises
     and is not cached."""
-    try:
-        return _check_sites(tuple(observatories), table)
-    except TypeError:  # not hashable (a caller's own Conditions type): checked uncached
-        return _check_sites.__wrapped__(tuple(observatories), table)
+    observatories = tuple(observatories)
+    if all(map(_plain, observatories)):
+        return _check_sites(observatories, table)
+    return _check_sites.__wrapped__(observatories, table)
+
+
+def _plain(o) -> bool:
+    """Whether `o` holds exactly the types the wire gives (what a cache hit may stand in
+    for): equal values of other types (True == 1, a float subclass, an unhashable
+    Conditions) are checked afresh, so a cached answer never admits what the check refuses."""
+    return (type(o.site_id) is str and type(o.open) is bool and (o.capacity is None or type(o.capacity) is int)
+            and type(o.forecast) is Conditions and (o.current is None or type(o.current) is Conditions)
+            and all(type(v) is float for c in (o.forecast, o.current) if c is not None
+                    for v in (c.seeing_arcsec, c.cloud_extinction_mag, c.humidity_pct)))
 
 
 @functools.lru_cache(maxsize=256)

@@ -14,7 +14,7 @@ from engines.coordination.features import N_FEATURES
 from engines.coordination.types import Conditions, CoordinateRequest, Observatory, Target, UnassignedReason
 from engines.errors import InvalidArgument
 
-from .conftest import WINDOW_START
+from .conftest import WINDOW_START, make_request
 
 
 def test_default_toml_parses():
@@ -213,3 +213,27 @@ def test_the_coordination_engine_never_imports_training_or_the_daemon():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             assert not any(n.split(".")[0] in ("training", "daemon") for n in names), f"{path}: {names}"
+
+
+async def test_a_target_retracted_and_upserted_again_during_a_plan_is_reported_dropped_by_capacity(engine):
+    """Events apply to the state while a plan is being made: a placed target retracted, then
+    upserted again before the plan (made without it) returns, is held but absent from that
+    plan. The diff reports it dropped (not retracted: it is held) rather than failing, and the
+    next plan places it again."""
+    req = make_request(20)
+    state = engine.open_plan(time_unix=req.time_unix, observatories=req.observatories, targets=req.targets,
+                             window_s=req.window_s, snr_required=None)
+    try:
+        first = state.advance(await engine.plan(state))
+        placed = first.assigned[0].target_id
+        target = next(t for t in req.targets if t.id == placed)
+        state.retract((placed,))
+        without = await engine.plan(state)  # snapshotted without it
+        state.upsert((target,))  # back before that plan is applied
+        diff = state.advance(without)
+        assert [(d.target_id, d.retracted, d.reason) for d in diff.dropped] == [
+            (placed, False, UnassignedReason.CAPACITY)]
+        again = state.advance(await engine.plan(state))
+        assert placed in {a.target_id for a in again.assigned}
+    finally:
+        engine.close_plan()

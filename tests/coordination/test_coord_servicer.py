@@ -222,6 +222,13 @@ def test_cached_sites_and_observatories_answer_as_fresh_ones_and_follow_a_change
     changed = sc.observatories(m.observatories)
     assert changed[1].forecast.seeing_arcsec == 1.7 and changed[0] == fresh[0]
     assert problem.check_sites(changed, sites).seeing[1] == 1.7
+    # A value that equals a cached one but is refused by the check (True == 1) is refused.
+    with pytest.raises(InvalidArgument) as bad:
+        problem.check_sites((dataclasses.replace(fresh[0], capacity=True), *fresh[1:]), sites)
+    assert bad.value.field == "observatories[0].capacity"
+    problem.check_sites((dataclasses.replace(fresh[0], capacity=1), *fresh[1:]), sites)
+    with pytest.raises(InvalidArgument):
+        problem.check_sites((dataclasses.replace(fresh[0], capacity=True), *fresh[1:]), sites)
     m.observatories[1].forecast.seeing_arcsec = -1.0
     with pytest.raises(InvalidArgument) as bad:
         problem.check_sites(sc.observatories(m.observatories), sites)
