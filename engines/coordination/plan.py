@@ -183,10 +183,16 @@ class PlanState:
         for i, tid in enumerate(target_ids):
             if tid not in self._row:
                 raise NotFound(f"no target {tid!r} in this plan", field=f"retract.target_ids[{i}]")
+        gone = set(target_ids)
+        rows = [self._row.pop(tid) for tid in gone]
         keep = np.ones(len(self._ids), dtype=bool)
-        keep[[self._row[tid] for tid in target_ids]] = False
+        keep[rows] = False
         self._ids = [tid for tid, k in zip(self._ids, keep.tolist()) if k]
-        self._row = {tid: i for i, tid in enumerate(self._ids)}
+        # Only the rows after the first removed one moved (an alert retracted is usually
+        # the last row: nothing to renumber).
+        ids, row = self._ids, self._row
+        for i in range(min(rows), len(ids)):
+            row[ids[i]] = i
         self._cols = {name: col[keep] for name, col in self._cols.items()}
         self._stamp = self._stamp[keep]
 

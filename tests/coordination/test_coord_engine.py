@@ -12,7 +12,7 @@ from engines.config import ConfigError, from_mapping
 from engines.coordination.config import DEFAULT_TOML, CoordinationConfig
 from engines.coordination.features import N_FEATURES
 from engines.coordination.types import Conditions, CoordinateRequest, Observatory, Target, UnassignedReason
-from engines.errors import InvalidArgument
+from engines.errors import InvalidArgument, NotFound
 
 from .conftest import WINDOW_START, make_request
 
@@ -235,5 +235,29 @@ async def test_a_target_retracted_and_upserted_again_during_a_plan_is_reported_d
             (placed, False, UnassignedReason.CAPACITY)]
         again = state.advance(await engine.plan(state))
         assert placed in {a.target_id for a in again.assigned}
+    finally:
+        engine.close_plan()
+
+
+def test_retractions_anywhere_keep_every_later_event_on_the_right_row(engine):
+    """Retracting renumbers only the rows after the first one removed: ids retracted from the
+    front, the middle (twice in one event) and the end leave a state whose later replace and
+    retract events still find their targets, in first-upsert order."""
+    req = make_request(12)
+    state = engine.open_plan(time_unix=req.time_unix, observatories=req.observatories, targets=req.targets,
+                             window_s=req.window_s, snr_required=None)
+    try:
+        state.retract(("t5", "t0", "t5"))
+        state.retract(("t11",))
+        left = [t.id for t in req.targets if t.id not in ("t0", "t5", "t11")]
+        assert list(state.request().targets.id) == left
+        moved = dataclasses.replace(next(t for t in req.targets if t.id == "t7"), magnitude=17.5)
+        state.upsert((moved,))  # a replacement keeps its row
+        cols = state.request().targets
+        assert list(cols.id) == left and cols.magnitude[left.index("t7")] == 17.5
+        state.retract(("t6", "t10"))
+        assert list(state.request().targets.id) == [t for t in left if t not in ("t6", "t10")]
+        with pytest.raises(NotFound):
+            state.retract(("t5",))
     finally:
         engine.close_plan()
