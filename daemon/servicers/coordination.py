@@ -111,7 +111,8 @@ def assignment_pb(a) -> pb.Assignment:
 
 def build_coordinate_request(m: pb.CoordinateRequest) -> CoordinateRequest:
     """The engine's request from its protobuf; unset optional fields become None/defaults."""
-    return CoordinateRequest(time_unix=m.time_unix, observatories=observatories(m.observatories), targets=target_columns(m.targets, m),
+    return CoordinateRequest(time_unix=m.time_unix, observatories=observatories(m.observatories),
+                             targets=target_columns(m.targets, m),
                              window_s=m.window_s if m.HasField("window_s") else 3600.0,
                              snr_required=m.snr_required if m.HasField("snr_required") else None,
                              request_id=m.request_id)

@@ -24,7 +24,7 @@ from engines.errors import FailedPrecondition, GalacticError, InvalidArgument
 
 from daemon.errors import shorten, to_status
 from daemon.servicers import deadline_of, pick
-from daemon.servicers.coordination import REASONS, assignment_pb, conditions, observatory, target_columns, to_pb
+from daemon.servicers.coordination import REASONS, assignment_pb, conditions, observatories, target_columns, to_pb
 from daemon.validation import Bounds
 
 _END = object()
@@ -102,7 +102,7 @@ class _Stream:
             raise InvalidArgument(f"must be within [0, {streams.max_coalesce_ms}] ms, got {coalesce_ms}",
                                   field="open.coalesce_ms")
         state = engine.open_plan(
-            time_unix=m.time_unix, observatories=tuple(observatory(o) for o in m.observatories),
+            time_unix=m.time_unix, observatories=observatories(m.observatories),
             targets=target_columns(m.targets, m), window_s=m.window_s if m.HasField("window_s") else 3600.0,
             snr_required=m.snr_required if m.HasField("snr_required") else None)
         self.engine, self.state = engine, state

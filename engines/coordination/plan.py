@@ -139,14 +139,6 @@ class PlanState:
     def n_targets(self) -> int:
         return len(self._ids)
 
-    def _check(self, *, targets: tuple[Target, ...] | TargetColumns = (), sites: tuple[Observatory, ...] | None = None,
-               time_unix: float | None = None, window_s: float | None = None) -> problem.Problem:
-        req = CoordinateRequest(time_unix=self.time_unix if time_unix is None else time_unix,
-                                observatories=tuple(self._sites.values()) if sites is None else sites,
-                                targets=targets, window_s=self.window_s if window_s is None else window_s,
-                                snr_required=self.snr_required)
-        return problem.validate(req, self._table, self._config)
-
     def upsert(self, targets: tuple[Target, ...] | TargetColumns) -> None:
         """Add targets, or replace those whose id is known."""
         if not len(targets):
@@ -210,17 +202,19 @@ class PlanState:
         sites = tuple(new if s.site_id == change.site_id else s for s in self._sites.values())
         j = list(self._sites).index(change.site_id)
         try:
-            checked = self._check(sites=sites)
+            arrays = problem.check_sites(sites, self._table)  # time, window and targets are unchanged
         except GalacticError as exc:
             raise _reprefix(exc, "site", {f"observatories[{j}].": ""}) from None
         self._sites[change.site_id] = new
-        self._site_arrays = checked.sites
+        self._site_arrays = arrays
         self._epoch += 1
 
     def set_window(self, time_unix: float, window_s: float | None) -> None:
         window = self.window_s if window_s is None else window_s
-        try:
-            self._check(time_unix=time_unix, window_s=window)
+        try:  # the time and window; the sites as they were checked
+            problem.validate(CoordinateRequest(time_unix=time_unix, observatories=tuple(self._sites.values()),
+                                               targets=(), window_s=window, snr_required=self.snr_required),
+                             self._table, self._config, sites=self._site_arrays)
         except GalacticError as exc:
             raise _reprefix(exc, "window") from None
         self.time_unix, self.window_s = time_unix, window
