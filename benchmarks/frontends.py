@@ -21,7 +21,9 @@ first frame or event carrying text; tokens/s from the completion tokens each str
 at its end. At one stream the front ends take turns request by request, 16 requests each
 per round; the TTFT target is checked on the p50 of every round's samples pooled (one row's
 16 vary too much for a 2 ms target), with a bootstrap 90 % interval of the difference. The targets of issue 19: TTFT p50
-at 1 stream within 2 ms of native, tokens/s at 32 streams at least 0.95 of native.
+at 1 stream within 2 ms of native, tokens/s at 32 streams at least 0.95 of native, checked
+on the median over rounds of each round's ratio to native (the bursts of a round run in an
+order rotated every round).
 
 Coordination: a coordination-only galacticd (`coordination.py`'s config), one 1,000 x 12
 request (`coordination.make_request`) sent as native `Coordinate` and as `ModelInfer` on
@@ -295,10 +297,14 @@ async def main_async(args: argparse.Namespace) -> list[dict]:
                     for r, trs in zip(new, traces.values()):  # in turn order: sample i of each pairs up
                         r["ttft_samples_ms"] = [round(t.ttft[0] * 1000, 3) for t in trs]
                 else:
+                    # One burst each, in an order rotated every round: a front end is not
+                    # always the one that runs after the others (or first, on a cold cache).
+                    names = list(systems)
+                    names = names[rnd % len(names):] + names[:rnd % len(names)]
                     new = []
-                    for name, run in systems.items():
+                    for name in names:
                         with LoadProbe(daemon.proc.pid) as probe:
-                            tr = await run(n)
+                            tr = await systems[name](n)
                         new.append(row(name, n, rnd, tr, probe))
                 for r in new:
                     print(json.dumps(r), file=sys.stderr)
@@ -327,8 +333,27 @@ def _bootstrap_delta(xs: list[float], base: list[float], rng: random.Random, dra
     return round(deltas[int(0.05 * draws)], 2), round(deltas[int(0.95 * draws) - 1], 2)
 
 
+def _round_ratios(rows: list[dict], n: int, fronts: list[str]) -> dict[str, list[float]]:
+    """Each front end's tokens/s over native's in the same round at `n` streams, undisturbed
+    rounds only (all rounds if none is). One burst moves by a quarter between rounds on this
+    host (runs of 2026-12-04: native 364-461 tok/s in one run); a round's bursts run minutes
+    apart at most, so the ratio within a round is what compares the front ends, and the
+    median over rounds what the target checks. (Until 2026-12-04 the target took the ratio
+    of the front ends' median bursts, which pairs bursts of different rounds.)"""
+    level = [r for r in rows if r["concurrency"] == n]
+    rounds = sorted({r["round"] for r in level})
+    quiet = [k for k in rounds if not any(r["disturbed"] for r in level if r["round"] == k)] or rounds
+    out: dict[str, list[float]] = {s: [] for s in fronts}
+    for k in quiet:
+        by = {r["system"]: r["tokens_per_s"] for r in level if r["round"] == k}
+        for s in fronts:
+            if s in by and by.get("native"):
+                out[s].append(round(by[s] / by["native"], 3))
+    return out
+
+
 def summarize(rows: list[dict]) -> tuple[str, dict]:
-    """The table, then the targets: TTFT on the pooled samples, tokens/s on medians over rounds."""
+    """The table, then the targets: TTFT on the pooled samples, tokens/s on the rounds' own ratios."""
     def med(system: str, n: int, key: str) -> float:
         # Undisturbed rows only, where each front end has one at this level (a neighbour on a
         # 2-core host moves both by far more than the front ends differ).
@@ -354,20 +379,23 @@ def summarize(rows: list[dict]) -> tuple[str, dict]:
         "ttft_samples": {s: len(xs) for s, xs in pooled.items()},
         f"tokens_per_s_{top}": {s: med(s, top, "tokens_per_s") for s in ["native", *fronts]},
     }
+    ratios = _round_ratios(rows, top, fronts)
     lines += ["", f"(TTFT: p50 of every undisturbed round's samples at one stream pooled, "
-                  f"{summary['ttft_samples']['native']} per front end; tokens/s: medians over the "
-                  "undisturbed rows, where every front end has one)"]
+                  f"{summary['ttft_samples']['native']} per front end; tokens/s: the table's medians over the "
+                  "undisturbed rows; the target, the median of each round's ratio to native)"]
     rng = random.Random(0)
     for s in fronts:
         dt = summary["ttft_p50_ms"][s] - summary["ttft_p50_ms"]["native"]
         low, high = _bootstrap_delta(pooled[s], pooled["native"], rng)
-        ratio = summary[f"tokens_per_s_{top}"][s] / summary[f"tokens_per_s_{top}"]["native"]
+        ratio = statistics.median(ratios[s]) if ratios[s] else float("nan")
         summary[s] = {"ttft_delta_ms": round(dt, 2), "ttft_delta_90ci_ms": [low, high],
-                      "tokens_per_s_ratio": round(ratio, 3), "ttft_met": dt <= 2.0, "tokens_per_s_met": ratio >= 0.95}
+                      "tokens_per_s_ratio": round(ratio, 3), "tokens_per_s_round_ratios": ratios[s],
+                      "ttft_met": dt <= 2.0, "tokens_per_s_met": ratio >= 0.95}
         lines += [f"TTFT p50 at 1 stream: {s} {summary['ttft_p50_ms'][s]:.2f} ms, native "
                   f"{summary['ttft_p50_ms']['native']:.2f} ms: {dt:+.2f} ms, 90 % interval [{low:+.2f}, {high:+.2f}] "
                   f"(target <= +2 ms: {'met' if summary[s]['ttft_met'] else 'missed'})",
-                  f"tokens/s at {top} streams: {s} / native = {ratio:.3f} (target >= 0.95: "
+                  f"tokens/s at {top} streams: {s} / native = {ratio:.3f}, median of the rounds' "
+                  f"{', '.join(f'{x:.3f}' for x in ratios[s])} (target >= 0.95: "
                   f"{'met' if summary[s]['tokens_per_s_met'] else 'missed'})"]
     summary["disturbed_rows"] = sum(r["disturbed"] for r in rows)
     lines += [f"loadavg during rows: {', '.join(sorted({r['loadavg'] for r in rows}))}",
