@@ -87,6 +87,29 @@ def test_per_site_hidden_biases_start_as_the_model_without_them_and_central_gets
     assert train.federated_config(3, cfg).site_hidden_bias
 
 
+@pytest.mark.parametrize("hidden_bias", [False, True])
+def test_predict_is_forward_with_every_sites_head_in_one_product(hidden_bias):
+    # Random per-site rows (they start at zero, which would hide a wrong site's column) and
+    # every site in the batch, in no order.
+    torch.manual_seed(3)
+    model = CoordNet(CoordNetConfig(n_sites=5, site_hidden_bias=hidden_bias)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in SITE_ROWS:
+                p.normal_(0.0, 0.5)
+    x, s = torch.randn(257, N_FEATURES), torch.randint(0, 5, (257,))
+    with torch.no_grad():
+        logit, log_snr = model(x, s)
+    p, snr = model.predict(x, s)
+    torch.testing.assert_close(p, torch.sigmoid(logit), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(snr, torch.pow(10.0, log_snr.clamp(-3.0, 6.0)), rtol=1e-5, atol=1e-6)
+    # Each pair reads its own site's correction: another site's row moves no other pair.
+    with torch.no_grad():
+        model.site_head_w.weight[s[0]] += 1.0
+    moved = (model.predict(x, s)[0] - p).abs() > 1e-6
+    assert moved[s == s[0]].any() and not moved[s != s[0]].any()
+
+
 def test_central_fit_learns(tiny_logs):
     model = train.train_central(tiny_logs, train.FitConfig(epochs=3, batch_size=128))
     pooled = train.Logs.concat(tiny_logs)
