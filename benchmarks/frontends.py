@@ -23,7 +23,9 @@ per round; the TTFT target is checked on the p50 of every round's samples pooled
 16 vary too much for a 2 ms target), with a bootstrap 90 % interval of the difference. The targets of issue 19: TTFT p50
 at 1 stream within 2 ms of native, tokens/s at 32 streams at least 0.95 of native, checked
 on the median over rounds of each round's ratio to native (the bursts of a round run in an
-order rotated every round).
+order rotated every round). Beside it, each 32-stream row records the daemon process's CPU
+per token (`front_cpu_ms_per_token`; the model's process is not in it): what a front end
+itself costs, which a burst's tokens/s, moved by a quarter by drift, cannot show.
 
 Coordination: a coordination-only galacticd (`coordination.py`'s config), one 1,000 x 12
 request (`coordination.make_request`) sent as native `Coordinate` and as `ModelInfer` on
@@ -278,6 +280,11 @@ async def main_async(args: argparse.Namespace) -> list[dict]:
             "itl_p50_ms": round(_pct(tr.itl, 0.5), 2), "itl_p99_ms": round(_pct(tr.itl, 0.99), 2),
             "other_cores": round(probe.other_cores, 2), "disturbed": probe.other_cores > 0.25,
             "loadavg": _loadavg(),
+            # The daemon process's CPU per token (its front end, scheduler and event loop;
+            # the model's own process is not in it): what a front end costs, measured in
+            # CPU rather than in a burst's tokens/s, which drift moves by a quarter. Only
+            # where one probe covered one front end (not the one-stream turns).
+            **({"front_cpu_ms_per_token": round(probe.front_cpu_s / max(tr.tokens, 1) * 1000, 4)} if n > 1 else {}),
         }
 
     try:
@@ -380,6 +387,10 @@ def summarize(rows: list[dict]) -> tuple[str, dict]:
         f"tokens_per_s_{top}": {s: med(s, top, "tokens_per_s") for s in ["native", *fronts]},
     }
     ratios = _round_ratios(rows, top, fronts)
+    cpu = {s: [r["front_cpu_ms_per_token"] for r in rows
+               if r["system"] == s and r["concurrency"] == top and "front_cpu_ms_per_token" in r]
+           for s in ["native", *fronts]}
+    summary["front_cpu_ms_per_token"] = {s: round(statistics.median(xs), 4) for s, xs in cpu.items() if xs}
     lines += ["", f"(TTFT: p50 of every undisturbed round's samples at one stream pooled, "
                   f"{summary['ttft_samples']['native']} per front end; tokens/s: the table's medians over the "
                   "undisturbed rows; the target, the median of each round's ratio to native)"]
@@ -397,6 +408,13 @@ def summarize(rows: list[dict]) -> tuple[str, dict]:
                   f"tokens/s at {top} streams: {s} / native = {ratio:.3f}, median of the rounds' "
                   f"{', '.join(f'{x:.3f}' for x in ratios[s])} (target >= 0.95: "
                   f"{'met' if summary[s]['tokens_per_s_met'] else 'missed'})"]
+    if len(summary["front_cpu_ms_per_token"]) == len(cpu):
+        per = summary["front_cpu_ms_per_token"]
+        native_tok_s = summary[f"tokens_per_s_{top}"]["native"]
+        lines += [f"daemon process CPU per token at {top} streams (median of the rounds): "
+                  + ", ".join(f"{s} {per[s]:.3f} ms" for s in per)
+                  + "; " + ", ".join(f"{s} {(per[s] - per['native']) * native_tok_s / 10:+.1f} % of a core "
+                                    f"over native at native's {native_tok_s:.0f} tok/s" for s in fronts)]
     summary["disturbed_rows"] = sum(r["disturbed"] for r in rows)
     lines += [f"loadavg during rows: {', '.join(sorted({r['loadavg'] for r in rows}))}",
               f"disturbed rows: {summary['disturbed_rows']} of {len(rows)}"]

@@ -126,10 +126,12 @@ class LoadProbe:
     def __init__(self, server_pid: int | None) -> None:
         self.servers = _with_children(server_pid) if server_pid else [os.getpid()]
         self.pids = [os.getpid()] + (self.servers if server_pid else [])
+        self.server_pid = server_pid
 
     def __enter__(self) -> "LoadProbe":
         self.t0, self.m0 = time.monotonic(), _cpu_times()
         self.cpu0 = sum(_proc_cpu_s(p) for p in self.pids)
+        self.front0 = _proc_cpu_s(self.server_pid) if self.server_pid else 0.0
         for pid in self.servers:  # reset the peak RSS (VmHWM) so peak_rss_mb is per run
             try:
                 with open(f"/proc/{pid}/clear_refs", "w") as f:
@@ -146,6 +148,9 @@ class LoadProbe:
         self.machine_cores = frac * ncpu
         self.own_cores = (sum(_proc_cpu_s(p) for p in self.pids) - self.cpu0) / wall
         self.other_cores = max(0.0, self.machine_cores - self.own_cores)
+        # CPU seconds of the server's own process alone (its front ends, scheduler and event
+        # loop; a model in a process of its own is not in it).
+        self.front_cpu_s = (_proc_cpu_s(self.server_pid) - self.front0) if self.server_pid else 0.0
         self.peak_rss_mb = sum(_peak_rss_mb(pid) for pid in self.servers)  # the model process's too
 
 

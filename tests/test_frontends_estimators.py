@@ -16,7 +16,7 @@ import frontends  # noqa: E402
 def _row(system: str, rnd: int, tok_s: float, disturbed: bool = False) -> dict:
     return {"system": system, "concurrency": 32, "round": rnd, "tokens_per_s": tok_s, "ttft_p50_ms": 300.0,
             "ttft_p99_ms": 310.0, "itl_p50_ms": 50.0, "itl_p99_ms": 60.0, "disturbed": disturbed,
-            "loadavg": "1.0 1.0 1.0", "other_cores": 0.0}
+            "loadavg": "1.0 1.0 1.0", "other_cores": 0.0, "front_cpu_ms_per_token": 0.15}
 
 
 def test_the_tokens_per_s_target_pairs_each_front_end_with_native_in_its_own_round():
@@ -40,3 +40,11 @@ def test_a_disturbed_round_is_left_out_of_the_ratio_unless_every_round_is():
     assert frontends._round_ratios(everywhere, 32, ["openai"]) == {"openai": [0.5, 0.98]}
     _, summary = frontends.summarize(everywhere)
     assert summary["openai"]["tokens_per_s_met"] is False  # median of 0.5 and 0.98: 0.74
+
+
+def test_the_summary_gives_each_front_ends_cpu_per_token_beside_native():
+    rows = [{**_row(system, rnd, 500.0), "front_cpu_ms_per_token": cpu}
+            for rnd in range(3) for system, cpu in (("native", 0.15), ("kserve", 0.17 + 0.01 * rnd))]
+    table, summary = frontends.summarize(rows)
+    assert summary["front_cpu_ms_per_token"] == {"native": 0.15, "kserve": 0.18}
+    assert "kserve +1.5 % of a core over native at native's 500 tok/s" in table  # 0.03 ms x 500 /s
