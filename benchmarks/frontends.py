@@ -424,7 +424,7 @@ def summarize(rows: list[dict]) -> tuple[str, dict]:
                   f"tokens/s at {top} streams: {s} / native = {ratio:.3f}, median of the rounds' "
                   f"{', '.join(f'{x:.3f}' for x in ratios[s])} (target >= 0.95: "
                   f"{'met' if summary[s]['tokens_per_s_met'] else 'missed'})"]
-    if len(summary["front_cpu_ms_per_token"]) == len(cpu):
+    if all(cpu.values()):  # every front end has the figure (not a run from before it)
         per = summary["front_cpu_ms_per_token"]
         native_tok_s = summary[f"tokens_per_s_{top}"]["native"]
         lines += [f"daemon process CPU per token at {top} streams (median of the rounds): "
