@@ -3,8 +3,10 @@
 maximise sum_ij w_ij x_ij  s.t.  sum_j x_ij <= 1 (a target once),  sum_i x_ij <= cap_j,
 x_ij in {0, 1}, with w_ij = value_i * P(success_ij) on feasible pairs. This is a
 transportation problem: its constraint matrix is totally unimodular, so the LP optimum at a
-vertex is integral. Small instances go to scipy's Hungarian solver with one column per
-capacity slot; large ones to the LP with HiGHS (dual simplex, which ends at a vertex).
+vertex is integral. Where every target's best site has room for all the targets whose best
+it is, that plan is the optimum ("best_site": it is the best plan without capacity, and it
+fits). Otherwise small instances go to scipy's Hungarian solver with one column per capacity
+slot; large ones to the LP with HiGHS (dual simplex, which ends at a vertex).
 
 Before either solver, each site keeps only its `C` best candidates, C being the slots of
 all sites together: if target i sat at site j with C targets ahead of it there, one of those
@@ -111,6 +113,8 @@ def _urgent_bonus(weights: np.ndarray) -> float:
 
 def _solve(w: np.ndarray, cap: np.ndarray, lsa_max_cells: int) -> tuple[np.ndarray, str]:
     n, s = w.shape
+    if not cap.all():  # a site without slots takes nobody: its column cannot matter
+        w = np.where(cap > 0, w, 0.0)
     # Only targets with some positive weight can matter; and no site needs more slots than
     # there are such targets.
     live = np.flatnonzero((w > _EPS).any(axis=1))
@@ -118,6 +122,13 @@ def _solve(w: np.ndarray, cap: np.ndarray, lsa_max_cells: int) -> tuple[np.ndarr
     if live.size == 0:
         return out, "empty"
     wl = w[live]
+    # Each live target at its best site is the best plan when capacity is ignored, so where
+    # that plan fits every site's capacity it is the optimum: a small call, or the urgent
+    # rule's first solve over a few urgent targets, needs no assignment solver.
+    best = wl.argmax(axis=1)
+    if (np.bincount(best, minlength=s) <= cap).all():
+        out[live] = best
+        return out, "best_site"
     slots = np.minimum(cap, live.size)
     total = int(slots.sum())
     if total == 0:

@@ -57,7 +57,8 @@ def test_urgent_targets_first_and_deterministic():
     assert first.tolist() == [[True, False], [False, False], [False, False]]
     choice, used = solver.assign(value[:, None] * p, np.array([1, 2]), first)
     # The urgent target takes site 0's only slot although target 1 would score 50x more there.
-    assert choice.tolist() == [0, -1, 1] and used == "linear_sum_assignment"
+    # The first solve (one urgent target) fits as it stands; the second needs the Hungarian.
+    assert choice.tolist() == [0, -1, 1] and used == "best_site+linear_sum_assignment"
     # Without urgency the value-maximising plan gives that slot to target 1.
     assert solver.assign(value[:, None] * p, np.array([1, 2]))[0].tolist() == [-1, 0, 1]
 
@@ -100,11 +101,11 @@ def test_urgent_target_goes_first_where_it_has_a_fair_chance_and_competes_elsewh
     # Site 0 goes to the urgent target (its 0.2 loses to 0.9 on value alone); site 1 to the
     # better ordinary target, not to the urgent one's 1e-5.
     assert choice.tolist() == [0, 1, -1]
-    assert used == "linear_sum_assignment"
+    assert used == "best_site+linear_sum_assignment"
     # Site 0 full of urgent demand: the urgent target is not placed first anywhere else, but
     # still competes by value at site 1, and a spare slot there is better used than empty.
     choice, used = solver.assign(value[:, None] * p, np.array([0, 3]), first)
-    assert choice.tolist() == [1, 1, 1] and used == "linear_sum_assignment"
+    assert choice.tolist() == [1, 1, 1] and used == "best_site"
 
 
 def test_an_urgent_targets_site_is_chosen_for_the_whole_plan():
@@ -127,6 +128,29 @@ def test_an_urgent_targets_site_is_chosen_for_the_whole_plan():
     assert sorted(choice[:2].tolist()) == [0, 1] and choice[2] == -1
     assert solver.kept(value[:, None] * p, np.array([1, 1]), first).tolist() == [True, True, False]
     assert solver.assign(value[:, None] * p, np.array([1, 1]))[0][2] >= 0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_best_site_is_taken_only_where_it_fits_and_is_then_the_optimum(seed):
+    # Capacity to spare: every target's best site fits, and that plan is what the Hungarian
+    # finds (random weights: no ties). One slot fewer at a site that more targets want there
+    # than it holds, and the plan must come from a solver, at the same optimum as the LP's.
+    rng = np.random.default_rng(seed)
+    w = rng.random((8, 4)) * (rng.random((8, 4)) > 0.3)
+    live = (w > 0).any(axis=1)
+    want = np.bincount(w[live].argmax(axis=1), minlength=4)
+    choice, used = solver.assign(w, want)
+    assert used == "best_site"
+    _valid(choice, want, w)
+    assert choice[live].tolist() == w[live].argmax(axis=1).tolist() and (choice[~live] == -1).all()
+    assert np.array_equal(choice, solver._solve(w, want, lsa_max_cells=1)[0])  # best_site first, either way
+    tight = want.copy()
+    tight[int(want.argmax())] -= 1
+    choice, used = solver.assign(w, tight)
+    assert used == "linear_sum_assignment"
+    _valid(choice, tight, w)
+    assert _value(w, choice) < _value(w, solver.assign(w, want)[0])
+    assert _value(w, choice) == pytest.approx(_value(w, solver.assign(w, tight, lsa_max_cells=1)[0]), rel=1e-9)
 
 
 def test_empty():
