@@ -7,7 +7,11 @@ share the server's GIL, once with dynamic batching and once with it off
 (`GALACTIC_COORDINATION__BATCHING__ENABLED=false`), and measures through the daemon's whole
 path: interceptor, servicer, batcher, model, solver. Prints a table and writes OUT, a JSON
 list of rows {case, targets, sites, p50_ms, p99_ms, calls_per_s, loadavg}; `loadavg` is
-/proc/loadavg when the row finished (the machine is shared: read figures with it).
+/proc/loadavg when the row finished (the machine is shared: read figures with it). The
+small-call rows add the daemon's CPU per call from /proc: its event loop's
+(`loop_cpu_ms_per_call`), its other threads' (`other_threads_cpu_ms_per_call`: the step
+worker, gRPC's poller) and its cores in all. The Python work of all its threads holds one
+GIL, so where their sum nears one core, calls/s is about 1 / (loop + other threads).
 Targets (issue 22): p99 < 12 ms for 1000 x 12, < 150 ms for 10000 x 12 (at least 50 calls),
 batched/unbatched >= 4x, and stream-alert-1000x12 (one new alert into a PlanStream holding
 1,000 targets x 12 sites, time from sending the alert to its plan's frame) p99 < 8 ms.
@@ -121,7 +125,7 @@ async def grpc_floor(args) -> dict:
             big = await unary(stub, pb, 1000, args.calls)
             big["case"] = "unary-1000x12-grpc-floor"
             return [big, await small_calls(stub, pb, "small-calls-grpc-floor", args.small_targets,
-                                           args.concurrency, args.seconds)]
+                                           args.concurrency, args.seconds, pid=proc.pid)]
     finally:
         proc.terminate()
         proc.wait(30)
@@ -143,6 +147,29 @@ def _loadavg() -> str:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
     except OSError:
         return ""
+
+
+def _thread_cpu_s(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) of each thread of process `pid`, by thread id."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def _cpu_per_call(pid: int, before: dict[int, float], after: dict[int, float], calls: int, seconds: float) -> dict:
+    """The daemon's CPU per call: its main thread (the event loop: gRPC, interceptors, servicer)
+    and its other threads together (the batcher's step worker, gRPC's poller)."""
+    delta = {tid: t - before.get(tid, 0.0) for tid, t in after.items()}
+    loop, total = delta.get(pid, 0.0), sum(delta.values())
+    return {"loop_cpu_ms_per_call": round(loop * 1e3 / max(calls, 1), 3),
+            "other_threads_cpu_ms_per_call": round((total - loop) * 1e3 / max(calls, 1), 3),
+            "daemon_cores": round(total / seconds, 2)}
 
 
 def _row(case, n, lat, calls, seconds):
@@ -193,7 +220,7 @@ async def unary(stub, pb, n: int, calls: int) -> dict:
     return _row(f"unary-{n}x{len(SITES)}", n, lat, calls, time.perf_counter() - t0)
 
 
-async def small_calls(stub, pb, case: str, n: int, concurrency: int, seconds: float) -> dict:
+async def small_calls(stub, pb, case: str, n: int, concurrency: int, seconds: float, pid: int | None = None) -> dict:
     reqs = [make_request(pb, n, i, f"s{i}") for i in range(32)]
     lat: list[float] = []
     stop = time.perf_counter() + seconds
@@ -206,9 +233,14 @@ async def small_calls(stub, pb, case: str, n: int, concurrency: int, seconds: fl
             lat.append(time.perf_counter() - t)
             i += concurrency
     await asyncio.gather(*(stub.Coordinate(r) for r in reqs[:4]))  # warm-up
+    cpu0 = _thread_cpu_s(pid) if pid else {}
     t0 = time.perf_counter()
     await asyncio.gather(*(client(k) for k in range(concurrency)))
-    return _row(case, n, lat, len(lat), time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    row = _row(case, n, lat, len(lat), seconds)
+    if pid:
+        row.update(_cpu_per_call(pid, cpu0, _thread_cpu_s(pid), len(lat), seconds))
+    return row
 
 
 async def bench(args) -> list[dict]:
@@ -234,7 +266,8 @@ async def bench(args) -> list[dict]:
                     rows.append(await unary(stub, pb, 10000, max(args.calls // 2, 50)))
                     rows.append(await stream_alerts(port, pb, 1000, args.alerts))
                 case = "small-calls-batched" if batching else "small-calls-unbatched"
-                rows.append(await small_calls(stub, pb, case, args.small_targets, args.concurrency, args.seconds))
+                rows.append(await small_calls(stub, pb, case, args.small_targets, args.concurrency, args.seconds,
+                                              pid=proc.pid))
         finally:
             proc.terminate()
             proc.wait(30)
@@ -269,6 +302,11 @@ def main() -> int:
     by_case = {r["case"]: r for r in rows}
     ratio = by_case["small-calls-batched"]["calls_per_s"] / max(by_case["small-calls-unbatched"]["calls_per_s"], 1e-9)
     print(f"\nbatched/unbatched throughput: {ratio:.2f}x (target >= 4x)")
+    for case in ("small-calls-batched", "small-calls-unbatched", "small-calls-grpc-floor"):
+        r = by_case[case]
+        print(f"{case}: server CPU per call {r['loop_cpu_ms_per_call']} ms on the event loop + "
+              f"{r['other_threads_cpu_ms_per_call']} ms on its other threads, {r['daemon_cores']} cores; "
+              f"1 / (their sum) = {1e3 / (r['loop_cpu_ms_per_call'] + r['other_threads_cpu_ms_per_call']):.0f} calls/s")
     floor = by_case["small-calls-grpc-floor"]["calls_per_s"]
     print(f"batched daemon at {by_case['small-calls-batched']['calls_per_s'] / floor:.0%} of the bare gRPC floor's "
           f"calls/s; the floor is {floor / max(by_case['small-calls-unbatched']['calls_per_s'], 1e-9):.2f}x unbatched")
