@@ -59,17 +59,25 @@ def configure_logging(cfg: TelemetryConfig, stream=None) -> None:
     logging.basicConfig(level=max(level, logging.WARNING), handlers=[handler], force=True)
 
 
-def configure_tracing(cfg: TelemetryConfig, extra_processor: SpanProcessor | None = None) -> TracerProvider:
-    """Install the global tracer provider with the configured exporter.
+def configure_tracing(cfg: TelemetryConfig, extra_processor: SpanProcessor | None = None) -> TracerProvider | None:
+    """Install the global tracer provider with the configured exporter; None if nothing
+    would receive a span.
 
     The OTel API accepts one global provider per process and tracers cache it, so a second
     call (tests start many daemons in one process) reuses the installed provider and only
     adds the new processors. `extra_processor` lets tests attach an in-memory exporter.
+    With `tracing = "none"` and no processor, no SDK provider is installed: the API's no-op
+    tracer still continues a caller's `traceparent` (its trace id reaches the log lines and
+    the spans' links downstream) but records nothing. A recorded span that no processor
+    takes cost about 35 us of event-loop time per call (the tracing interceptor, 65 -> 30
+    us in process), for nothing.
     """
     current = trace.get_tracer_provider()
+    exporter = _EXPORTERS[cfg.tracing](cfg)
+    if exporter is None and extra_processor is None and not isinstance(current, TracerProvider):
+        return None
     provider = current if isinstance(current, TracerProvider) else TracerProvider(
         resource=Resource.create({"service.name": cfg.service_name}))
-    exporter = _EXPORTERS[cfg.tracing](cfg)
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     if extra_processor is not None:
