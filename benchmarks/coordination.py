@@ -163,8 +163,9 @@ def _thread_cpu_s(pid: int) -> dict[int, float]:
 
 
 def _cpu_per_call(pid: int, before: dict[int, float], after: dict[int, float], calls: int, seconds: float) -> dict:
-    """The daemon's CPU per call: its main thread (the event loop: gRPC, interceptors, servicer)
-    and its other threads together (the batcher's step worker, gRPC's poller)."""
+    """A server's CPU per call: its main thread (the event loop: gRPC, and in the daemon the
+    interceptors and servicer) and its other threads together (the daemon's step worker,
+    gRPC's poller)."""
     delta = {tid: t - before.get(tid, 0.0) for tid, t in after.items()}
     loop, total = delta.get(pid, 0.0), sum(delta.values())
     return {"loop_cpu_ms_per_call": round(loop * 1e3 / max(calls, 1), 3),
@@ -236,10 +237,10 @@ async def small_calls(stub, pb, case: str, n: int, concurrency: int, seconds: fl
     cpu0 = _thread_cpu_s(pid) if pid else {}
     t0 = time.perf_counter()
     await asyncio.gather(*(client(k) for k in range(concurrency)))
-    seconds = time.perf_counter() - t0
-    row = _row(case, n, lat, len(lat), seconds)
+    took = time.perf_counter() - t0
+    row = _row(case, n, lat, len(lat), took)
     if pid:
-        row.update(_cpu_per_call(pid, cpu0, _thread_cpu_s(pid), len(lat), seconds))
+        row.update(_cpu_per_call(pid, cpu0, _thread_cpu_s(pid), len(lat), took))
     return row
 
 
