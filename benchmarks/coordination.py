@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from procstat import threads_cpu_s
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -149,19 +150,6 @@ def _loadavg() -> str:
         return ""
 
 
-def _thread_cpu_s(pid: int) -> dict[int, float]:
-    """CPU seconds (user + system) of each thread of process `pid`, by thread id."""
-    out = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:  # the thread ended meanwhile
-            continue
-        out[int(tid)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return out
-
-
 def _cpu_per_call(pid: int, before: dict[int, float], after: dict[int, float], calls: int, seconds: float) -> dict:
     """A server's CPU per call: its main thread (the event loop: gRPC, and in the daemon the
     interceptors and servicer) and its other threads together (the daemon's step worker,
@@ -234,13 +222,13 @@ async def small_calls(stub, pb, case: str, n: int, concurrency: int, seconds: fl
             lat.append(time.perf_counter() - t)
             i += concurrency
     await asyncio.gather(*(stub.Coordinate(r) for r in reqs[:4]))  # warm-up
-    cpu0 = _thread_cpu_s(pid) if pid else {}
+    cpu0 = threads_cpu_s(pid) if pid else {}
     t0 = time.perf_counter()
     await asyncio.gather(*(client(k) for k in range(concurrency)))
     took = time.perf_counter() - t0
     row = _row(case, n, lat, len(lat), took)
     if pid:
-        row.update(_cpu_per_call(pid, cpu0, _thread_cpu_s(pid), len(lat), took))
+        row.update(_cpu_per_call(pid, cpu0, threads_cpu_s(pid), len(lat), took))
     return row
 
 

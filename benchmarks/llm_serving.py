@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from procstat import cpu_s  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -90,12 +91,6 @@ def _cpu_times() -> tuple[float, float]:
     return sum(fields) - idle, sum(fields)
 
 
-def _proc_cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _peak_rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -130,8 +125,7 @@ class LoadProbe:
 
     def __enter__(self) -> "LoadProbe":
         self.t0, self.m0 = time.monotonic(), _cpu_times()
-        self.cpu0 = sum(_proc_cpu_s(p) for p in self.pids)
-        self.front0 = _proc_cpu_s(self.server_pid) if self.server_pid else 0.0
+        self.cpu0 = {p: cpu_s(p) for p in self.pids}
         for pid in self.servers:  # reset the peak RSS (VmHWM) so peak_rss_mb is per run
             try:
                 with open(f"/proc/{pid}/clear_refs", "w") as f:
@@ -146,11 +140,12 @@ class LoadProbe:
         ncpu = os.cpu_count() or 1
         frac = (busy1 - self.m0[0]) / max(total1 - self.m0[1], 1e-9)
         self.machine_cores = frac * ncpu
-        self.own_cores = (sum(_proc_cpu_s(p) for p in self.pids) - self.cpu0) / wall
+        cpu = {p: cpu_s(p) for p in self.pids}
+        self.own_cores = (sum(cpu.values()) - sum(self.cpu0.values())) / wall
         self.other_cores = max(0.0, self.machine_cores - self.own_cores)
         # CPU seconds of the server's own process alone (its front ends, scheduler and event
         # loop; a model in a process of its own is not in it).
-        self.front_cpu_s = (_proc_cpu_s(self.server_pid) - self.front0) if self.server_pid else 0.0
+        self.front_cpu_s = (cpu[self.server_pid] - self.cpu0[self.server_pid]) if self.server_pid else 0.0
         self.peak_rss_mb = sum(_peak_rss_mb(pid) for pid in self.servers)  # the model process's too
 
 

@@ -56,6 +56,7 @@ def test_without_an_exporter_no_span_is_recorded_and_the_callers_trace_still_con
     # receive a span, so none is recorded; a real gRPC call through the tracing interceptor
     # still carries the caller's trace id into the log context.
     import json
+    import os
     import subprocess
     import sys
     from pathlib import Path
@@ -93,7 +94,7 @@ asyncio.run(main())
 ''')
     repo = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, str(script)], cwd=repo, capture_output=True, text=True, timeout=120,
-                         env={**__import__("os").environ, "PYTHONPATH": f"{repo}:{repo / 'clients' / 'python'}"})
+                         env={**os.environ, "PYTHONPATH": f"{repo}:{repo / 'clients' / 'python'}"})
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got == {"installed": False, "sdk": False, "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
